@@ -1,0 +1,85 @@
+"""Connecting to Ray and starting the actor pool. The only module that maps config onto Ray's arguments."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs.config import JobConfig
+from jobs.errors import ConfigError
+from workers.tasks import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ActorResources:
+    num_cpus: float
+    num_gpus: float
+
+
+def connect(address: str | None) -> None:
+    """Attach to Ray: the given address, else RAY_ADDRESS (as inside `ray job submit`), else a new local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    runtime_env = None
+    if address:
+        # Ship the actor-side package so cluster nodes can import it without an install.
+        runtime_env = {"py_modules": [str(Path(__file__).resolve().parent.parent / "workers")]}
+    kwargs = {}
+    if not address and not os.environ.get("RAY_ADDRESS"):
+        # A local instance listens on loopback only.
+        kwargs["_node_ip_address"] = "127.0.0.1"
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+        runtime_env=runtime_env,
+        **kwargs,
+    )
+
+
+def actor_resources(config: JobConfig) -> ActorResources:
+    """Resources each actor reserves; checked against the cluster's nodes so a job cannot wait forever."""
+    import ray
+
+    wanted = config.resources
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    if wanted.cpus_per_worker is not None:
+        cpus = wanted.cpus_per_worker
+    elif wanted.gpus_per_worker > 0:
+        cpus = 1.0
+    else:
+        cpus = max((node.get("CPU", 0.0) for node in nodes), default=1.0)
+    fits = [n for n in nodes if n.get("CPU", 0.0) >= cpus and n.get("GPU", 0.0) >= wanted.gpus_per_worker]
+    if not fits:
+        have = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes) or "no nodes"
+        raise ConfigError(
+            f"resources: no Ray node can host a worker needing {cpus:g} CPU and "
+            f"{wanted.gpus_per_worker:g} GPU (nodes: {have}); lower resources.cpus_per_worker/gpus_per_worker"
+        )
+    return ActorResources(num_cpus=cpus, num_gpus=wanted.gpus_per_worker)
+
+
+def start_workers(settings: WorkerSettings, resources: ActorResources, count: int) -> list:
+    """Create `count` actors at once; they load their models in parallel."""
+    import ray
+
+    from workers.worker import GenerationWorker
+
+    actor_class = ray.remote(GenerationWorker).options(
+        num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_restarts=0
+    )
+    return [actor_class.remote(settings, index) for index in range(count)]
+
+
+def stop_workers(actors: list) -> None:
+    import ray
+
+    for actor in actors:
+        ray.kill(actor, no_restart=True)

@@ -1,0 +1,147 @@
+"""The job configuration: one pydantic tree, loaded from YAML, with `--set` overrides applied first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from jobs.errors import ConfigError
+from workers.loading import missing_model_folder
+from workers.schedulers import SCHEDULERS
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    id: str = Field("tiny", description='"tiny" (built-in), a Hugging Face hub id, or a local diffusers folder.')
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to load.")
+    scheduler: str | None = Field(
+        None, description=f"null keeps the model's scheduler; else one of: {', '.join(SCHEDULERS)}."
+    )
+    dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 (fp16 where unsupported) on GPU, fp32 on CPU."
+    )
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, name: str | None) -> str | None:
+        if name is not None and name not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}")
+        return name
+
+    @field_validator("id")
+    @classmethod
+    def _existing_folder(cls, ref: str) -> str:
+        missing = missing_model_folder(ref)
+        if missing:
+            raise ValueError(f"model folder {missing} does not exist")
+        return ref
+
+
+class GenerationConfig(_Section):
+    steps: int = Field(30, ge=1, description="Denoising steps per image.")
+    guidance_scale: float = Field(7.5, ge=0, allow_inf_nan=False, description="<= 1 disables classifier-free guidance.")
+    width: int = Field(512, ge=8, description="Image width in pixels, a multiple of 8.")
+    height: int = Field(512, ge=8, description="Image height in pixels, a multiple of 8.")
+    negative_prompt: str = Field("", description="Used for rows without a negative_prompt of their own.")
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"must be a multiple of 8, got {value}")
+        return value
+
+
+class ClipConfig(_Section):
+    model: str | None = Field("tiny", description='"tiny", a hub id, or a local CLIP folder; null disables scoring.')
+
+    @field_validator("model")
+    @classmethod
+    def _existing_folder(cls, ref: str | None) -> str | None:
+        missing = missing_model_folder(ref)
+        if missing:
+            raise ValueError(f"CLIP folder {missing} does not exist")
+        return ref
+
+
+class ResourcesConfig(_Section):
+    workers: int = Field(1, ge=1, description="Number of actors, each holding the whole pipeline.")
+    gpus_per_worker: float = Field(1, ge=0, description="GPUs each actor reserves; 0 runs actors on CPU.")
+    cpus_per_worker: float | None = Field(
+        None, gt=0, description="CPUs each actor reserves; default 1 with a GPU, all cores of a node without."
+    )
+    batch_size: int = Field(8, ge=1, description="Images per pipeline call.")
+
+
+class JobConfig(_Section):
+    manifest: str = Field(description="A Parquet file, a folder of Parquet files, or a glob.")
+    output: str = Field(description="Output folder; created.")
+    seed: int = Field(0, ge=0, description="Job seed; rows without a seed get one derived from (seed, row id).")
+    shard_size: int = Field(256, ge=1, description="Rows per shard.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    clip: ClipConfig = Field(default_factory=ClipConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> JobConfig:
+    """Read a YAML config, apply `dotted.key=value` overrides, and validate everything."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read config: {_one_line(error)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(raw).__name__}")
+    for override in overrides:
+        apply_override(raw, override, path)
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"{path}: {describe_validation_error(error)}") from None
+
+
+def apply_override(raw: dict, override: str, path: Path) -> None:
+    """Set `a.b.c=value` in a raw config dict; the value is parsed as YAML (so 30 is an int)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{path}: --set {override!r}: expected dotted.key=value")
+    parts = key.strip().split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{path}: --set {override!r}: {'.'.join(parts[: depth + 1])} is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: --set {override!r}: {_one_line(error)}") from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """pydantic's errors as one line: `key: problem; key: problem`."""
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"unknown key {key!r}")
+        elif item["type"] == "missing":
+            problems.append(f"missing key {key!r}")
+        else:
+            problems.append(f"{key}: {item['msg'].removeprefix('Value error, ')}")
+    return "; ".join(problems)
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())

@@ -1,0 +1,36 @@
+"""genbatch's exceptions. The CLI turns them into one-line messages and exit codes."""
+
+EXIT_OK = 0
+EXIT_ROWS_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class GenbatchError(Exception):
+    """Base class; `exit_code` is what the CLI exits with."""
+
+    exit_code = EXIT_ROWS_FAILED
+
+
+class ConfigError(GenbatchError):
+    """The job config (file, --set override, or a resource it names) is invalid."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ManifestError(GenbatchError):
+    """The prompt manifest is missing, unreadable or invalid."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class OutputError(GenbatchError):
+    """The output folder cannot be used."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class WorkerStartError(GenbatchError):
+    """No actor could load its models."""
+
+    exit_code = EXIT_BAD_INPUT

@@ -1,0 +1,219 @@
+"""Finding, reading and validating prompt manifests (Parquet) before any actor starts."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from jobs.errors import ManifestError
+from workers import columns as C
+
+MAX_IDS_SHOWN = 5
+_BATCH_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    path: str
+    rows: int
+    first_row: int  # manifest-wide index of this file's first row
+
+
+@dataclass(frozen=True)
+class Manifest:
+    source: str
+    files: tuple[ManifestFile, ...]
+    columns: tuple[str, ...]
+    has_id_column: bool
+    rows: int
+    fingerprint: str
+
+
+@dataclass
+class _Problem:
+    """Rows of one file that break one rule."""
+
+    file: str
+    column: str
+    rule: str
+    noun: str = "row"
+    count: int = 0
+    ids: list = field(default_factory=list)
+
+    def add(self, ids: list) -> None:
+        self.count += len(ids)
+        self.ids.extend(ids[: MAX_IDS_SHOWN - len(self.ids)])
+
+    def message(self) -> str:
+        shown = ", ".join(_show_id(i) for i in self.ids)
+        noun = self.noun if self.count == 1 else self.noun + "s"
+        return f"{self.file}: column {self.column!r}: {self.rule} in {self.count} {noun} (ids: {shown})"
+
+
+def find_manifest_files(source: str) -> list[str]:
+    """A file, every `*.parquet` below a folder, or the files a glob matches; sorted, so stable."""
+    if glob.has_magic(source):
+        files = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p))
+    elif os.path.isdir(source):
+        files = sorted(str(p) for p in Path(source).rglob("*.parquet") if p.is_file() and not p.name.startswith("."))
+    elif os.path.isfile(source):
+        files = [source]
+    else:
+        raise ManifestError(f"{source}: manifest not found")
+    if not files:
+        raise ManifestError(f"{source}: no Parquet files found")
+    return files
+
+
+def read_manifest(source: str) -> Manifest:
+    """Validate every file and row of a manifest; raises ManifestError naming what is wrong."""
+    paths = find_manifest_files(source)
+    schema, files, first_row = None, [], 0
+    for path in paths:
+        parquet = _open(path)
+        if schema is None:
+            schema = parquet.schema_arrow
+            _check_schema(path, schema)
+        elif not parquet.schema_arrow.equals(schema):
+            raise ManifestError(f"{path}: columns differ from {paths[0]} ({_describe(parquet.schema_arrow)} vs {_describe(schema)})")
+        rows = parquet.metadata.num_rows
+        files.append(ManifestFile(path=path, rows=rows, first_row=first_row))
+        first_row += rows
+    if first_row == 0:
+        raise ManifestError(f"{source}: manifest has no rows")
+    has_id = C.ID in schema.names
+    all_ids = []
+    for manifest_file in files:
+        all_ids.append(_check_rows(manifest_file, schema, has_id))
+    _check_unique_ids(source if len(files) > 1 else files[0].path, all_ids)
+    return Manifest(
+        source=source,
+        files=tuple(files),
+        columns=tuple(schema.names),
+        has_id_column=has_id,
+        rows=first_row,
+        fingerprint=fingerprint(paths),
+    )
+
+
+def fingerprint(paths: list[str]) -> str:
+    """sha256 over the files' bytes, in order: changes whenever the manifest's contents change."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        digest.update(b"\0file\0")
+    return digest.hexdigest()
+
+
+def _open(path: str) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except pa.ArrowInvalid as error:
+        raise ManifestError(f"{path}: not a Parquet file ({_one_line(error)})") from None
+    except OSError as error:
+        raise ManifestError(f"{path}: cannot read manifest ({_one_line(error)})") from None
+
+
+def _check_schema(path: str, schema: pa.Schema) -> None:
+    names = set(schema.names)
+    if C.PROMPT not in names:
+        raise ManifestError(f"{path}: no {C.PROMPT!r} column (columns: {', '.join(schema.names)})")
+    reserved = sorted(names & C.RESERVED)
+    if reserved:
+        raise ManifestError(f"{path}: column {reserved[0]!r} is reserved for genbatch's output; rename it")
+    expected = {
+        C.PROMPT: ("strings", _is_string),
+        C.NEGATIVE_PROMPT: ("strings", _is_string),
+        C.ID: ("strings or integers", lambda t: _is_string(t) or pa.types.is_integer(t)),
+        C.SEED: ("integers", pa.types.is_integer),
+        C.STEPS: ("integers", pa.types.is_integer),
+        C.WIDTH: ("integers", pa.types.is_integer),
+        C.HEIGHT: ("integers", pa.types.is_integer),
+        C.GUIDANCE_SCALE: ("numbers", lambda t: pa.types.is_floating(t) or pa.types.is_integer(t)),
+    }
+    for name, (kind, accepts) in expected.items():
+        if name in names and not accepts(schema.field(name).type):
+            raise ManifestError(f"{path}: column {name!r} must hold {kind}, found {schema.field(name).type}")
+
+
+def _check_rows(manifest_file: ManifestFile, schema: pa.Schema, has_id: bool) -> pa.Array:
+    """Check every row of one file; returns its ids (for the uniqueness check across files)."""
+    path = manifest_file.path
+    wanted = [n for n in (C.ID, C.PROMPT, C.SEED, *C.ROW_OVERRIDES) if n in schema.names]
+    rules = [
+        (C.ID, "null id", lambda col: col.is_null()),
+        (C.PROMPT, "null, empty or whitespace-only prompt", _blank),
+        (C.SEED, "negative seed", lambda col: pc.less(col, 0)),
+        (C.STEPS, "steps < 1", lambda col: pc.less(col, 1)),
+        (C.GUIDANCE_SCALE, "negative or non-finite guidance_scale", _bad_guidance),
+        (C.WIDTH, "width not a positive multiple of 8", _bad_size),
+        (C.HEIGHT, "height not a positive multiple of 8", _bad_size),
+    ]
+    problems = {name: _Problem(path, name, rule) for name, rule, _ in rules if name in schema.names}
+    ids_seen, offset = [], manifest_file.first_row
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS, columns=wanted):
+        if has_id:
+            ids = batch.column(C.ID)
+        else:
+            ids = pa.array(range(offset, offset + batch.num_rows), type=pa.int64())
+        offset += batch.num_rows
+        ids_seen.append(ids)
+        for name, _, broken in rules:
+            if name in problems:
+                mask = pc.fill_null(broken(batch.column(name)), False)
+                if pc.any(mask).as_py():
+                    problems[name].add(pc.filter(ids, mask).to_pylist())
+    found = [problem for problem in problems.values() if problem.count]
+    if found:
+        others = f" (and {len(found) - 1} more problems)" if len(found) > 1 else ""
+        raise ManifestError(found[0].message() + others)
+    return pa.chunked_array(ids_seen, type=schema.field(C.ID).type if has_id else pa.int64())
+
+
+def _check_unique_ids(where: str, ids_per_file: list[pa.ChunkedArray]) -> None:
+    chunks = [chunk for ids in ids_per_file for chunk in ids.chunks]
+    counts = pc.value_counts(pa.chunked_array(chunks))
+    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        problem = _Problem(where, C.ID, "duplicates", noun="id")
+        problem.add(repeated.to_pylist())
+        raise ManifestError(problem.message())
+
+
+def _blank(column: pa.Array) -> pa.Array:
+    return pc.or_kleene(column.is_null(), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0))
+
+
+def _bad_guidance(column: pa.Array) -> pa.Array:
+    column = pc.cast(column, pa.float64())
+    return pc.or_(pc.less(column, 0), pc.invert(pc.is_finite(column)))
+
+
+def _bad_size(column: pa.Array) -> pa.Array:
+    return pc.or_(pc.less(column, 8), pc.not_equal(pc.bit_wise_and(column, 7), 0))
+
+
+def _is_string(data_type: pa.DataType) -> bool:
+    return pa.types.is_string(data_type) or pa.types.is_large_string(data_type)
+
+
+def _show_id(value) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _describe(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name}: {f.type}" for f in schema)
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())

@@ -1,0 +1,30 @@
+"""Cutting a validated manifest into shards: deterministic, and never spanning two files."""
+
+from __future__ import annotations
+
+import os
+
+from jobs.manifest import Manifest
+from workers.tasks import ShardTask
+
+
+def plan_shards(manifest: Manifest, shard_size: int) -> list[ShardTask]:
+    """Consecutive runs of at most `shard_size` rows of each file, numbered in manifest order.
+
+    The same manifest and shard_size always give the same shards, so shard files can be named by index.
+    """
+    shards = []
+    for manifest_file in manifest.files:
+        for start in range(0, manifest_file.rows, shard_size):
+            stop = min(start + shard_size, manifest_file.rows)
+            shards.append(
+                ShardTask(
+                    index=len(shards),
+                    file=os.path.abspath(manifest_file.path),
+                    start=start,
+                    stop=stop,
+                    first_row=manifest_file.first_row + start,
+                    has_id_column=manifest.has_id_column,
+                )
+            )
+    return shards

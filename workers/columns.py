@@ -1,0 +1,62 @@
+"""Output column names and types: the one place that defines what a shard file holds."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+ID = "id"
+PROMPT = "prompt"
+NEGATIVE_PROMPT = "negative_prompt"
+SEED = "seed"
+STEPS = "steps"
+GUIDANCE_SCALE = "guidance_scale"
+WIDTH = "width"
+HEIGHT = "height"
+IMAGE = "image"
+CLIP_SCORE = "clip_score"
+CLIP_COSINE = "clip_cosine"
+PROMPT_TRUNCATED = "prompt_truncated"
+SCHEDULER = "scheduler"
+MODEL = "model"
+CLIP_MODEL = "clip_model"
+WORKER = "worker"
+DURATION_S = "duration_s"
+IMAGE_SHA256 = "image_sha256"
+STATUS = "status"
+ERROR = "error"
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+# Manifest columns that set how a row is generated; a null value falls back to the job config.
+ROW_OVERRIDES = (STEPS, GUIDANCE_SCALE, WIDTH, HEIGHT)
+
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+# Columns genbatch writes after the manifest's own, in this order, with these types. `id` is written
+# first and keeps the manifest's type (string or integer).
+GENERATED: dict[str, pa.DataType] = {
+    IMAGE: IMAGE_TYPE,
+    CLIP_SCORE: pa.float32(),
+    CLIP_COSINE: pa.float32(),
+    PROMPT_TRUNCATED: pa.bool_(),
+    SEED: pa.int64(),
+    STEPS: pa.int32(),
+    GUIDANCE_SCALE: pa.float32(),
+    WIDTH: pa.int32(),
+    HEIGHT: pa.int32(),
+    SCHEDULER: pa.string(),
+    MODEL: pa.string(),
+    CLIP_MODEL: pa.string(),
+    WORKER: pa.string(),
+    DURATION_S: pa.float32(),
+    IMAGE_SHA256: pa.string(),
+    STATUS: pa.string(),
+    ERROR: pa.string(),
+}
+
+# A manifest may carry these; genbatch replaces them with the values it resolved and used.
+REPLACED_INPUTS = frozenset({ID, SEED, *ROW_OVERRIDES})
+
+# A manifest may not carry these: they would be silently overwritten by genbatch's own output.
+RESERVED = frozenset(GENERATED) - REPLACED_INPUTS

@@ -1,0 +1,97 @@
+"""Finding and loading models: the built-in `tiny`, a local folder, or a Hugging Face hub id.
+
+Every load goes through `from_pretrained` with safetensors only; remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from workers import tiny
+
+logger = logging.getLogger(__name__)
+
+
+def looks_like_path(ref: str) -> bool:
+    """True when a model reference names a local folder rather than a hub id like `org/name`."""
+    return (
+        os.path.isdir(ref)
+        or ref.startswith(("/", "./", "../", "~"))
+        or ref.endswith("/")
+        or ref.count("/") > 1
+        or os.sep != "/" and os.sep in ref
+    )
+
+
+def missing_model_folder(ref: str | None) -> str | None:
+    """The expanded path when `ref` names a local folder that does not exist, else None."""
+    if ref is None or ref == tiny.TINY or not looks_like_path(ref):
+        return None
+    path = os.path.expanduser(ref)
+    return None if os.path.isdir(path) else path
+
+
+def pipeline_source(ref: str) -> str:
+    """What to hand to `from_pretrained` for a pipeline reference."""
+    if ref == tiny.TINY:
+        return str(tiny.tiny_pipeline_dir())
+    return os.path.expanduser(ref) if looks_like_path(ref) else ref
+
+
+def clip_source(ref: str) -> str:
+    """What to hand to `from_pretrained` for a CLIP reference."""
+    if ref == tiny.TINY:
+        return str(tiny.tiny_clip_dir())
+    return os.path.expanduser(ref) if looks_like_path(ref) else ref
+
+
+def pick_device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(name: str, device):
+    """`auto` is bf16 (or fp16 where bf16 is unsupported) on a GPU and fp32 on the CPU."""
+    import torch
+
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
+
+
+def load_pipeline(ref: str, revision: str | None, scheduler: str | None, device, dtype):
+    """The text-to-image pipeline named by `ref`, on `device`, with the scheduler swapped if asked."""
+    from diffusers import AutoPipelineForText2Image
+
+    from workers.schedulers import build_scheduler
+
+    source = pipeline_source(ref)
+    logger.info("loading pipeline %s (%s)", ref, source)
+    pipeline = AutoPipelineForText2Image.from_pretrained(
+        source,
+        revision=revision,
+        dtype=dtype,
+        use_safetensors=True,
+        # Batch evaluation needs the real image behind every score, not a blacked-out one.
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
+    if scheduler is not None:
+        pipeline.scheduler = build_scheduler(scheduler, pipeline.scheduler.config)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline.to(device)
+
+
+def load_clip(ref: str, device):
+    """CLIP model and processor named by `ref`. CLIP stays in fp32: it is cheap and scores stay exact."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    source = clip_source(ref)
+    logger.info("loading CLIP %s (%s)", ref, source)
+    model = CLIPModel.from_pretrained(source, use_safetensors=True)
+    processor = CLIPProcessor.from_pretrained(source)
+    return model.to(device).eval(), processor

@@ -1,0 +1,64 @@
+"""Assembling a shard's output table from its manifest rows and what the worker made of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from workers import columns as C
+from workers.rows import RowSpec
+
+
+@dataclass
+class RowOutput:
+    """What became of one row: an encoded image and its score, or an error."""
+
+    png: bytes | None = None
+    sha256: str | None = None
+    cosine: float | None = None
+    truncated: bool | None = None
+    duration_s: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RunLabels:
+    """Per-shard constants written on every row."""
+
+    model: str
+    clip_model: str | None
+    scheduler: str
+    worker: str
+
+
+def build_output_table(
+    manifest: pa.Table, ids: pa.Array, rows: list[RowSpec], outputs: list[RowOutput], labels: RunLabels
+) -> pa.Table:
+    """`id`, then the manifest's own columns unchanged, then the generated columns (see columns.py)."""
+    passthrough = [name for name in manifest.column_names if name not in C.REPLACED_INPUTS]
+    arrays = {C.ID: ids}
+    arrays.update({name: manifest.column(name) for name in passthrough})
+    scored = [out.cosine is not None for out in outputs]
+    generated = {
+        C.IMAGE: [None if out.png is None else {"bytes": out.png, "path": None} for out in outputs],
+        C.CLIP_SCORE: [100.0 * max(out.cosine, 0.0) if ok else None for out, ok in zip(outputs, scored)],
+        C.CLIP_COSINE: [out.cosine for out in outputs],
+        C.PROMPT_TRUNCATED: [out.truncated for out in outputs],
+        C.SEED: [row.seed for row in rows],
+        C.STEPS: [row.steps for row in rows],
+        C.GUIDANCE_SCALE: [row.guidance_scale for row in rows],
+        C.WIDTH: [row.width for row in rows],
+        C.HEIGHT: [row.height for row in rows],
+        C.SCHEDULER: [labels.scheduler] * len(rows),
+        C.MODEL: [labels.model] * len(rows),
+        C.CLIP_MODEL: [labels.clip_model] * len(rows),
+        C.WORKER: [labels.worker] * len(rows),
+        C.DURATION_S: [out.duration_s for out in outputs],
+        C.IMAGE_SHA256: [out.sha256 for out in outputs],
+        C.STATUS: [C.STATUS_OK if out.error is None else C.STATUS_ERROR for out in outputs],
+        C.ERROR: [out.error for out in outputs],
+    }
+    for name, values in generated.items():
+        arrays[name] = pa.array(values, type=C.GENERATED[name])
+    return pa.table(arrays)

@@ -1,0 +1,97 @@
+"""Reading a shard's rows from its manifest file and resolving each row's generation settings."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from workers import columns as C
+from workers.tasks import GenerationDefaults, ShardTask
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One image to generate, with every setting resolved."""
+
+    id: object
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance_scale: float
+    width: int
+    height: int
+
+    @property
+    def batch_key(self) -> tuple:
+        """Rows that share this key can go through the pipeline in one call."""
+        return (self.steps, self.guidance_scale, self.width, self.height)
+
+
+def derive_seed(job_seed: int, row_id: object) -> int:
+    """A stable 63-bit seed for a row that has none, from the job seed and the row's id."""
+    digest = hashlib.blake2b(f"{job_seed}:{row_id!r}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def read_slice(path: str, start: int, stop: int) -> pa.Table:
+    """Rows [start, stop) of a Parquet file, reading only the row groups that hold them."""
+    parquet = pq.ParquetFile(path)
+    metadata = parquet.metadata
+    groups, first, offset = [], None, 0
+    for group in range(metadata.num_row_groups):
+        size = metadata.row_group(group).num_rows
+        if offset < stop and offset + size > start:
+            groups.append(group)
+            first = offset if first is None else first
+        offset += size
+    if not groups:
+        return parquet.schema_arrow.empty_table()
+    table = parquet.read_row_groups(groups)
+    return table.slice(start - first, stop - start)
+
+
+def row_ids(table: pa.Table, task: ShardTask) -> pa.Array:
+    """The shard's ids: the manifest's `id` column, else each row's manifest-wide position."""
+    if task.has_id_column:
+        return table.column(C.ID).combine_chunks()
+    return pa.array(range(task.first_row, task.first_row + table.num_rows), type=pa.int64())
+
+
+def resolve_rows(table: pa.Table, ids: pa.Array, defaults: GenerationDefaults, job_seed: int) -> list[RowSpec]:
+    """Turn manifest rows into RowSpecs; null or absent optional values fall back to the defaults."""
+
+    def values(name: str) -> list:
+        if name in table.column_names:
+            return table.column(name).to_pylist()
+        return [None] * table.num_rows
+
+    prompts = values(C.PROMPT)
+    negatives = values(C.NEGATIVE_PROMPT)
+    seeds = values(C.SEED)
+    steps = values(C.STEPS)
+    guidance = values(C.GUIDANCE_SCALE)
+    widths = values(C.WIDTH)
+    heights = values(C.HEIGHT)
+    specs = []
+    for i, row_id in enumerate(ids.to_pylist()):
+        specs.append(
+            RowSpec(
+                id=row_id,
+                prompt=prompts[i],
+                negative_prompt=_default(negatives[i], defaults.negative_prompt),
+                seed=int(seeds[i]) if seeds[i] is not None else derive_seed(job_seed, row_id),
+                steps=int(_default(steps[i], defaults.steps)),
+                guidance_scale=float(_default(guidance[i], defaults.guidance_scale)),
+                width=int(_default(widths[i], defaults.width)),
+                height=int(_default(heights[i], defaults.height)),
+            )
+        )
+    return specs
+
+
+def _default(value, fallback):
+    return fallback if value is None else value

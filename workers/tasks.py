@@ -1,0 +1,85 @@
+"""The narrow contract between driver and actors: settings in, shard descriptions in, small results out.
+
+Only plain dataclasses live here, so the driver can import this module without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """Generation settings for rows that do not override them."""
+
+    steps: int
+    guidance_scale: float
+    width: int
+    height: int
+    negative_prompt: str
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything an actor needs to load its models and turn rows into output rows."""
+
+    model: str
+    revision: str | None
+    scheduler: str | None
+    dtype: str
+    clip_model: str | None
+    batch_size: int
+    job_seed: int
+    defaults: GenerationDefaults
+    output_dir: str
+    num_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Rows [start, stop) of one manifest file; `first_row` is the manifest-wide index of `start`."""
+
+    index: int
+    file: str
+    start: int
+    stop: int
+    first_row: int
+    has_id_column: bool
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What an actor reports once its models are loaded."""
+
+    name: str
+    device: str
+    dtype: str
+    scheduler: str
+    load_seconds: float
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """Yielded by an actor after each micro-batch, so the driver can show live progress."""
+
+    shard: int
+    rows: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """Yielded last by an actor once its shard file is written."""
+
+    shard: int
+    rows: int
+    ok: int
+    failed: int
+    file: str
+    worker: str
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,167 @@
+"""The built-in `tiny` models: a random Stable Diffusion pipeline and a random CLIP, built in code.
+
+They are saved once, in the standard diffusers/transformers folder format, to a cache folder and then
+loaded through the same `from_pretrained` path as any real model. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+TINY = "tiny"
+# Bump when the architecture or seeds below change, so stale caches are rebuilt.
+TINY_VERSION = "1"
+MAX_TOKENS = 77
+TEXT_DIM = 32
+
+
+def cache_root() -> Path:
+    """Where built-in models are saved: $GENBATCH_CACHE, else ~/.cache/genbatch."""
+    root = os.environ.get("GENBATCH_CACHE") or Path.home() / ".cache" / "genbatch"
+    return Path(root)
+
+
+def tiny_pipeline_dir() -> Path:
+    """Folder of the tiny Stable Diffusion pipeline, built on first use."""
+    return _build_once(cache_root() / f"tiny-sd-v{TINY_VERSION}", _save_tiny_pipeline)
+
+
+def tiny_clip_dir() -> Path:
+    """Folder of the tiny CLIP model and processor, built on first use."""
+    return _build_once(cache_root() / f"tiny-clip-v{TINY_VERSION}", _save_tiny_clip)
+
+
+def _build_once(target: Path, save) -> Path:
+    # Several actors may race to build the same folder: each builds in a private temp folder and
+    # renames it into place; the loser discards its copy. A present target is always complete.
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        save(tmp)
+        try:
+            os.rename(tmp, target)
+            logger.info("built %s", target)
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _tokenizer():
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    # A byte-level BPE vocabulary with no merges: every character is a token, which keeps the
+    # vocabulary small and makes long prompts long (useful for truncation tests).
+    vocab: dict[str, int] = {}
+    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[char] = len(vocab)
+        vocab[char + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS)
+
+
+def _text_config(tokenizer):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_DIM,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_TOKENS,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=TEXT_DIM,
+    )
+
+
+def _save_tiny_pipeline(folder: Path) -> None:
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=[8, 16],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    )
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(_text_config(tokenizer))
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+    )
+    pipeline = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder, safe_serialization=True)
+
+
+def _save_tiny_clip(folder: Path) -> None:
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
+
+    tokenizer = _tokenizer()
+    vision = CLIPVisionConfig(
+        image_size=32,
+        patch_size=4,
+        hidden_size=TEXT_DIM,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        projection_dim=TEXT_DIM,
+    )
+    config = CLIPConfig(
+        text_config=_text_config(tokenizer).to_dict(),
+        vision_config=vision.to_dict(),
+        projection_dim=TEXT_DIM,
+    )
+    torch.manual_seed(1)
+    model = CLIPModel(config)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    model.save_pretrained(folder, safe_serialization=True)
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)

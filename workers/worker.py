@@ -1,0 +1,153 @@
+"""The Ray actor: holds a whole text-to-image pipeline and a CLIP model, and turns shards into files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from workers.output import RowOutput, RunLabels, build_output_table
+from workers.rows import RowSpec, read_slice, resolve_rows, row_ids
+from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerInfo, WorkerSettings
+from workers.writer import write_shard
+
+logger = logging.getLogger(__name__)
+
+
+def micro_batches(rows: list[RowSpec], batch_size: int) -> list[list[int]]:
+    """Row positions grouped by shared settings (in order of first appearance), cut to batch_size."""
+    groups: dict[tuple, list[int]] = {}
+    for position, row in enumerate(rows):
+        groups.setdefault(row.batch_key, []).append(position)
+    return [
+        positions[i : i + batch_size] for positions in groups.values() for i in range(0, len(positions), batch_size)
+    ]
+
+
+class GenerationWorker:
+    """One per actor. Heavy libraries are imported here, not in the driver."""
+
+    def __init__(self, settings: WorkerSettings, index: int):
+        import torch
+
+        from workers.clip import ClipScorer
+        from workers.loading import load_clip, load_pipeline, pick_device, pick_dtype
+
+        _quiet_libraries()
+        started = time.perf_counter()
+        if settings.num_threads:
+            torch.set_num_threads(min(settings.num_threads, os.cpu_count() or 1))
+        self.settings = settings
+        self.device = pick_device()
+        dtype = pick_dtype(settings.dtype, self.device)
+        self.pipeline = load_pipeline(settings.model, settings.revision, settings.scheduler, self.device, dtype)
+        self.scorer = None
+        if settings.clip_model is not None:
+            self.scorer = ClipScorer(*load_clip(settings.clip_model, self.device), self.device)
+        self.labels = RunLabels(
+            model=settings.model,
+            clip_model=settings.clip_model,
+            scheduler=settings.scheduler or type(self.pipeline.scheduler).__name__,
+            worker=f"worker-{index}@{socket.gethostname()}",
+        )
+        self.info = WorkerInfo(
+            name=self.labels.worker,
+            device=str(self.device),
+            dtype=str(dtype).removeprefix("torch."),
+            scheduler=self.labels.scheduler,
+            load_seconds=time.perf_counter() - started,
+        )
+        logger.info("%s ready on %s in %.1fs (pid %d)", self.info.name, self.device, self.info.load_seconds, os.getpid())
+
+    def ready(self) -> WorkerInfo:
+        return self.info
+
+    def run_shard(self, task: ShardTask) -> Iterator[BatchProgress | ShardResult]:
+        """Process one shard; yields progress after each micro-batch, then the ShardResult."""
+        started = time.perf_counter()
+        # 1. Read the shard's rows and resolve their settings.
+        table = read_slice(task.file, task.start, task.stop)
+        ids = row_ids(table, task)
+        rows = resolve_rows(table, ids, self.settings.defaults, self.settings.job_seed)
+        outputs: list[RowOutput | None] = [None] * len(rows)
+        # 2. Generate, score and encode, one micro-batch at a time.
+        for positions in micro_batches(rows, self.settings.batch_size):
+            batch_outputs = self._process_batch([rows[p] for p in positions])
+            for position, output in zip(positions, batch_outputs):
+                outputs[position] = output
+            failed = sum(out.error is not None for out in batch_outputs)
+            yield BatchProgress(shard=task.index, rows=len(positions), failed=failed)
+        # 3. Write the shard file; only its path and counts go back to the driver.
+        output_table = build_output_table(table, ids, rows, outputs, self.labels)
+        path = write_shard(output_table, self.settings.output_dir, task.index)
+        failed = sum(out.error is not None for out in outputs)
+        yield ShardResult(
+            shard=task.index,
+            rows=len(rows),
+            ok=len(rows) - failed,
+            failed=failed,
+            file=path,
+            worker=self.labels.worker,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _process_batch(self, rows: list[RowSpec]) -> list[RowOutput]:
+        """Run a micro-batch; if it raises, run its rows one by one so only the culprit fails."""
+        try:
+            return self._run_pipeline(rows)
+        except Exception as error:  # noqa: BLE001 - becomes row data, and is logged
+            if len(rows) > 1:
+                logger.warning("batch of %d rows failed (%s); retrying rows one by one", len(rows), error)
+                return [self._process_batch([row])[0] for row in rows]
+            logger.exception("row %r failed", rows[0].id)
+            return [RowOutput(error=f"{type(error).__name__}: {error}")]
+
+    def _run_pipeline(self, rows: list[RowSpec]) -> list[RowOutput]:
+        from PIL import Image
+
+        from workers.generation import generate, to_uint8
+        from workers.images import encode_png, sha256_hex
+
+        started = time.perf_counter()
+        # 1. Denoise and decode.
+        images = generate(self.pipeline, rows)
+        finite = [bool(np.isfinite(image).all()) for image in images]
+        pixels = [to_uint8(image) if ok else None for image, ok in zip(images, finite)]
+        # 2. Score against the prompts, from the exact pixels that are written.
+        cosines: list[float | None] = [None] * len(rows)
+        truncated: list[bool | None] = [None] * len(rows)
+        if self.scorer is not None:
+            kept = [i for i, ok in enumerate(finite) if ok]
+            prompts = [rows[i].prompt for i in kept]
+            if kept:
+                scored = self.scorer.cosines([Image.fromarray(pixels[i]) for i in kept], prompts)
+                cut = self.scorer.truncated(prompts)
+                for j, i in enumerate(kept):
+                    cosines[i], truncated[i] = float(scored[j]), bool(cut[j])
+        # 3. Encode.
+        outputs = []
+        for i in range(len(rows)):
+            if pixels[i] is None:
+                outputs.append(RowOutput(error="non-finite output: the image has NaN or Inf values"))
+                continue
+            png = encode_png(pixels[i])
+            outputs.append(RowOutput(png=png, sha256=sha256_hex(png), cosine=cosines[i], truncated=truncated[i]))
+        per_row = (time.perf_counter() - started) / len(rows)
+        for output in outputs:
+            output.duration_s = per_row
+        return outputs
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and advice would flood the driver's log with one line per actor."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
