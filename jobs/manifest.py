@@ -44,6 +44,7 @@ class _Problem:
     column: str
     rule: str
     noun: str = "row"
+    shown_as: str = "ids"
     count: int = 0
     ids: list = field(default_factory=list)
 
@@ -54,7 +55,7 @@ class _Problem:
     def message(self) -> str:
         shown = ", ".join(_show_id(i) for i in self.ids)
         noun = self.noun if self.count == 1 else self.noun + "s"
-        return f"{self.file}: column {self.column!r}: {self.rule} in {self.count} {noun} (ids: {shown})"
+        return f"{self.file}: column {self.column!r}: {self.rule} in {self.count} {noun} ({self.shown_as}: {shown})"
 
 
 def find_manifest_files(source: str) -> list[str]:
@@ -159,19 +160,20 @@ def _check_rows(manifest_file: ManifestFile, schema: pa.Schema, has_id: bool) ->
         (C.HEIGHT, "height not a positive multiple of 8", _bad_size),
     ]
     problems = {name: _Problem(path, name, rule) for name, rule, _ in rules if name in schema.names}
-    ids_seen, offset = [], manifest_file.first_row
+    if C.ID in problems:
+        problems[C.ID].shown_as = "file rows"  # a null id cannot name its row; its position can
+    ids_seen, offset = [], 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS, columns=wanted):
-        if has_id:
-            ids = batch.column(C.ID)
-        else:
-            ids = pa.array(range(offset, offset + batch.num_rows), type=pa.int64())
+        positions = pa.array(range(offset, offset + batch.num_rows), type=pa.int64())
         offset += batch.num_rows
+        ids = batch.column(C.ID) if has_id else pc.add(positions, manifest_file.first_row)
         ids_seen.append(ids)
         for name, _, broken in rules:
             if name in problems:
                 mask = pc.fill_null(broken(batch.column(name)), False)
                 if pc.any(mask).as_py():
-                    problems[name].add(pc.filter(ids, mask).to_pylist())
+                    shown = positions if name == C.ID else ids
+                    problems[name].add(pc.filter(shown, mask).to_pylist())
     found = [problem for problem in problems.values() if problem.count]
     if found:
         others = f" (and {len(found) - 1} more problems)" if len(found) > 1 else ""

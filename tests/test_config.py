@@ -1,0 +1,102 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jobs.config import JobConfig, load_config
+from jobs.errors import ConfigError
+from tests.conftest import write_config
+
+
+def test_full_config_loads_with_every_documented_key(tmp_path):
+    path = write_config(
+        tmp_path / "job.yaml",
+        "m.parquet",
+        "out",
+        model={"id": "tiny", "revision": None, "scheduler": "euler_a", "dtype": "fp32"},
+        generation={"negative_prompt": "blurry"},
+        resources={"cpus_per_worker": None},
+    )
+    config = load_config(path)
+    assert config.model.scheduler == "euler_a"
+    assert config.generation.negative_prompt == "blurry"
+    assert config.resources.cpus_per_worker is None
+    assert config.shard_size == 4
+
+
+def test_defaults_match_the_documented_values(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("manifest: m.parquet\noutput: out\n")
+    config = load_config(path)
+    assert (config.seed, config.shard_size) == (0, 256)
+    assert (config.model.id, config.model.scheduler, config.model.dtype) == ("tiny", None, "auto")
+    assert (config.generation.steps, config.generation.guidance_scale) == (30, 7.5)
+    assert (config.generation.width, config.generation.height) == (512, 512)
+    assert config.clip.model == "tiny"
+    assert (config.resources.workers, config.resources.gpus_per_worker, config.resources.batch_size) == (1, 1, 8)
+
+
+def test_set_overrides_parse_values_as_yaml_and_reach_nested_keys(tmp_path):
+    path = write_config(tmp_path / "job.yaml", "m.parquet", "out")
+    config = load_config(
+        path,
+        ["generation.steps=30", "resources.workers=8", "clip.model=null", "generation.negative_prompt=ugly, blurry"],
+    )
+    assert config.generation.steps == 30
+    assert config.resources.workers == 8
+    assert config.clip.model is None
+    assert config.generation.negative_prompt == "ugly, blurry"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["generation.stepz=3"], "unknown key 'generation.stepz'"),
+        (["colour=red"], "unknown key 'colour'"),
+        (["model.scheduler=heunx"], "model.scheduler: unknown scheduler 'heunx'"),
+        (["generation.width=100"], "generation.width: must be a multiple of 8, got 100"),
+        (["generation.height=36"], "generation.height: must be a multiple of 8, got 36"),
+        (["generation.steps=0"], "generation.steps: Input should be greater than or equal to 1"),
+        (["generation.guidance_scale=-1"], "generation.guidance_scale: Input should be greater than or equal to 0"),
+        (["model.id=./no/such/model"], "model.id: model folder ./no/such/model does not exist"),
+        (["clip.model=/no/such/clip"], "clip.model: CLIP folder /no/such/clip does not exist"),
+        (["generation.steps"], "expected dotted.key=value"),
+        (["generation.steps.x=1"], "generation.steps is not a section"),
+    ],
+)
+def test_bad_values_are_refused_with_the_key_named(tmp_path, overrides, message):
+    path = write_config(tmp_path / "job.yaml", "m.parquet", "out")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, overrides)
+    assert str(caught.value).startswith(f"{path}: ")
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_required_keys_and_files_are_named(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("seed: 1\n")
+    with pytest.raises(ConfigError, match="missing key 'manifest'; missing key 'output'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    path.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(path)
+
+
+def test_existing_model_folder_and_hub_ids_are_accepted(tmp_path):
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    path = write_config(tmp_path / "job.yaml", "m.parquet", "out")
+    assert load_config(path, [f"model.id={folder}"]).model.id == str(folder)
+    # A hub id is only resolved on the workers.
+    assert load_config(path, ["model.id=org/name"]).model.id == "org/name"
+
+
+def test_shipped_configs_are_valid():
+    for path in sorted(Path("configs").glob("*.yaml")):
+        config = load_config(path)
+        assert isinstance(config, JobConfig)
+    assert {p.name for p in Path("configs").glob("*.yaml")} >= {"tiny.yaml", "sd15.yaml", "sd21-base.yaml", "sdxl.yaml"}
+    assert yaml.safe_load(Path("configs/tiny.yaml").read_text())["model"]["id"] == "tiny"

@@ -1,0 +1,241 @@
+"""End to end: a real job on the tiny models, checked against plain diffusers and transformers calls."""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from transformers import CLIPModel, CLIPProcessor
+
+from jobs.cli import main
+from workers import columns as C
+from workers.rows import derive_seed
+from tests.conftest import read_output, write_config, write_manifest
+from tests.reference import decode_png, plain_diffusers_image, reference_cosine
+
+LONG_PROMPT = "a very long prompt about " + "many colourful things " * 10 + "THE END"
+
+MANIFEST = {
+    "id": ["r0", "r1", "r2", "r3", "r4", "r5", "r6"],
+    "prompt": ["a red fox", "a blue bird", LONG_PROMPT, "a green tree", "a yellow sun", "an orange cat", "a pink cloud"],
+    "category": ["animal", "animal", "long", "plant", "sky", "animal", "sky"],
+    "negative_prompt": [None, "blurry", None, None, "dark", None, None],
+    "seed": pa.array([None, 42, None, None, None, 7, None], pa.int64()),
+    "steps": pa.array([None, None, None, 3, None, None, None], pa.int64()),
+    "width": pa.array([None, None, None, 48, None, None, None], pa.int64()),
+}
+GENERATION = {"steps": 2, "guidance_scale": 7.5, "width": 32, "height": 32, "negative_prompt": ""}
+
+
+def run_job(tmp_path, name, manifest, **config) -> tuple[int, object]:
+    output = tmp_path / name
+    path = write_config(tmp_path / f"{name}.yaml", manifest, output, generation=GENERATION, **config)
+    return main(["run", str(path), "--quiet"]), output
+
+
+@pytest.fixture(scope="module")
+def job_dir(tmp_path_factory, ray_session):
+    tmp_path = tmp_path_factory.mktemp("job")
+    manifest = write_manifest(tmp_path / "prompts.parquet", MANIFEST)
+    # Two actors that each reserve half of the one declared (fake) GPU: they must run on CPU.
+    code, output = run_job(
+        tmp_path,
+        "base",
+        manifest,
+        shard_size=3,
+        resources={"workers": 2, "gpus_per_worker": 0.5, "cpus_per_worker": 1, "batch_size": 2},
+    )
+    assert code == 0
+    return tmp_path, manifest, output
+
+
+@pytest.fixture(scope="module")
+def plain_pipeline(tiny_dirs):
+    torch.set_num_threads(1)  # as in the actors (cpus_per_worker: 1)
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_dirs[0], use_safetensors=True)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def clip_reference(tiny_dirs):
+    return CLIPModel.from_pretrained(tiny_dirs[1]).eval(), CLIPProcessor.from_pretrained(tiny_dirs[1])
+
+
+def expected_settings(row):
+    steps = MANIFEST["steps"][row].as_py() or GENERATION["steps"]
+    width = MANIFEST["width"][row].as_py() or GENERATION["width"]
+    seed = MANIFEST["seed"][row].as_py()
+    seed = derive_seed(0, MANIFEST["id"][row]) if seed is None else seed
+    negative = MANIFEST["negative_prompt"][row] or ""
+    return seed, steps, width, negative
+
+
+def plain_images(plain_pipeline):
+    images = []
+    for row, prompt in enumerate(MANIFEST["prompt"]):
+        seed, steps, width, negative = expected_settings(row)
+        images.append(plain_diffusers_image(plain_pipeline, prompt, negative, seed, steps, 7.5, width, 32))
+    return images
+
+
+def test_every_row_written_once_in_order_with_its_columns(job_dir):
+    _, _, output = job_dir
+    table = read_output(output)
+    assert table.num_rows == 7
+    assert table.column("id").to_pylist() == MANIFEST["id"]
+    assert sorted(p.name for p in (output / "data").iterdir()) == [f"shard-0000{i}.parquet" for i in range(3)]
+    assert table.column_names == ["id", "prompt", "category", "negative_prompt", *C.GENERATED]
+    for name, data_type in C.GENERATED.items():
+        assert table.schema.field(name).type == data_type, name
+    assert table.column("status").to_pylist() == ["ok"] * 7
+    assert table.column("error").to_pylist() == [None] * 7
+    # Pass-through columns are unchanged.
+    for name in ("prompt", "category", "negative_prompt"):
+        assert table.column(name).to_pylist() == MANIFEST[name]
+
+
+def test_resolved_settings_are_recorded_per_row(job_dir):
+    _, _, output = job_dir
+    table = read_output(output)
+    for row in range(7):
+        seed, steps, width, _ = expected_settings(row)
+        assert table.column("seed")[row].as_py() == seed
+        assert table.column("steps")[row].as_py() == steps
+        assert table.column("width")[row].as_py() == width
+        assert table.column("height")[row].as_py() == 32
+        assert table.column("guidance_scale")[row].as_py() == 7.5
+        assert decode_png(table.column("image")[row]["bytes"].as_py()).shape == (32, width, 3)
+    assert set(table.column("model").to_pylist()) == {"tiny"}
+    assert set(table.column("clip_model").to_pylist()) == {"tiny"}
+    assert set(table.column("scheduler").to_pylist()) == {"DDIMScheduler"}
+    assert all(w.startswith("worker-") for w in table.column("worker").to_pylist())
+    assert all(d > 0 for d in table.column("duration_s").to_pylist())
+    assert all(i["path"] is None for i in table.column("image").to_pylist())
+
+
+def test_images_match_a_plain_diffusers_call_within_one_level(job_dir, plain_pipeline):
+    # The job ran at batch size 2; the plain calls run one image at a time: float rounding only.
+    _, _, output = job_dir
+    table = read_output(output)
+    for row, expected in enumerate(plain_images(plain_pipeline)):
+        written = decode_png(table.column("image")[row]["bytes"].as_py())
+        assert np.abs(written.astype(int) - expected.astype(int)).max() <= 1, row
+
+
+def test_image_hashes_are_of_the_written_bytes(job_dir):
+    import hashlib
+
+    table = read_output(job_dir[2])
+    for image, digest in zip(table.column("image").to_pylist(), table.column("image_sha256").to_pylist()):
+        assert hashlib.sha256(image["bytes"]).hexdigest() == digest
+
+
+def test_clip_scores_match_transformers_on_the_written_image(job_dir, clip_reference):
+    model, processor = clip_reference
+    table = read_output(job_dir[2])
+    for row in range(7):
+        image = decode_png(table.column("image")[row]["bytes"].as_py())
+        expected = reference_cosine(model, processor, image, MANIFEST["prompt"][row])
+        cosine = table.column("clip_cosine")[row].as_py()
+        assert abs(cosine - expected) < 1e-4, row
+        assert abs(table.column("clip_score")[row].as_py() - 100 * max(expected, 0)) < 1e-2
+
+
+def test_long_prompts_are_truncated_keeping_the_end_token(job_dir, clip_reference):
+    _, processor = clip_reference
+    table = read_output(job_dir[2])
+    assert table.column("prompt_truncated").to_pylist() == [row == 2 for row in range(7)]
+    ids = processor.tokenizer(LONG_PROMPT, truncation=True)["input_ids"]
+    assert len(ids) == 77 and ids[-1] == processor.tokenizer.eos_token_id
+    assert len(processor.tokenizer(LONG_PROMPT)["input_ids"]) > 77
+
+
+def test_job_file_records_config_manifest_versions_and_counts(job_dir):
+    _, manifest, output = job_dir
+    record = json.loads((output / "job.json").read_text())
+    assert record["status"] == "finished"
+    assert record["counts"] == {"rows": 7, "ok": 7, "failed": 0, "not_run": 0, "shards": 3, "shards_failed": 0}
+    assert record["config"]["generation"] == GENERATION
+    assert record["config"]["shard_size"] == 3
+    assert record["manifest"]["rows"] == 7 and len(record["manifest"]["fingerprint"]) == 64
+    assert record["versions"]["torch"] == metadata.version("torch")
+    assert {"diffusers", "transformers", "ray", "pyarrow"} <= set(record["versions"])
+    assert record["started_at"] <= record["finished_at"]
+    assert len(record["workers"]) == 2 and {w["device"] for w in record["workers"]} == {"cpu"}
+
+
+def test_batch_size_one_is_pixel_identical_to_plain_diffusers_and_shards_do_not_matter(
+    job_dir, plain_pipeline, ray_session
+):
+    tmp_path, manifest, base_output = job_dir
+    code, output = run_job(
+        tmp_path,
+        "batch1",
+        manifest,
+        shard_size=5,
+        resources={"workers": 1, "gpus_per_worker": 1, "cpus_per_worker": 1, "batch_size": 1},
+    )
+    assert code == 0
+    table, base = read_output(output), read_output(base_output)
+    assert table.column("id").to_pylist() == MANIFEST["id"]
+    assert len(list((output / "data").glob("*.parquet"))) == 2
+    for row, expected in enumerate(plain_images(plain_pipeline)):
+        written = decode_png(table.column("image")[row]["bytes"].as_py())
+        assert np.array_equal(written, expected), row
+        other = decode_png(base.column("image")[row]["bytes"].as_py())
+        assert np.abs(written.astype(int) - other.astype(int)).max() <= 1, row
+
+
+def test_scheduler_by_name_and_clip_disabled(job_dir, tiny_dirs, ray_session):
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    tmp_path, manifest, _ = job_dir
+    code, output = run_job(
+        tmp_path, "euler", manifest, model={"id": "tiny", "scheduler": "euler_a"}, clip={"model": None}
+    )
+    assert code == 0
+    table = read_output(output)
+    assert set(table.column("scheduler").to_pylist()) == {"euler_a"}
+    for name in ("clip_score", "clip_cosine", "prompt_truncated", "clip_model"):
+        assert table.column(name).null_count == 7, name
+    # A stochastic scheduler is still reproducible from the row's seed.
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_dirs[0], use_safetensors=True)
+    pipeline.scheduler = EulerAncestralDiscreteScheduler.from_config(pipeline.scheduler.config)
+    pipeline.set_progress_bar_config(disable=True)
+    seed, steps, width, negative = expected_settings(0)
+    expected = plain_diffusers_image(pipeline, MANIFEST["prompt"][0], negative, seed, steps, 7.5, width, 32)
+    assert np.abs(decode_png(table.column("image")[0]["bytes"].as_py()).astype(int) - expected).max() <= 1
+
+
+def test_a_folder_that_already_holds_a_job_is_refused(job_dir, capsys):
+    tmp_path, manifest, output = job_dir
+    before = sorted(p.stat().st_mtime_ns for p in (output / "data").iterdir())
+    code, _ = run_job(tmp_path, "base", manifest)
+    assert code == 2
+    assert "already holds a job (job.json)" in capsys.readouterr().err
+    assert sorted(p.stat().st_mtime_ns for p in (output / "data").iterdir()) == before
+
+
+def test_workers_that_cannot_load_the_model_fail_the_job_clearly(job_dir, capsys, ray_session):
+    tmp_path, manifest, _ = job_dir
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    code, output = run_job(tmp_path, "broken", manifest, model={"id": str(empty)})
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no worker could load the models" in err
+    assert not list((output / "data").glob("*.parquet"))
+    assert json.loads((output / "job.json").read_text())["status"] == "failed"
+
+
+def test_resources_no_node_can_host_are_refused(job_dir, capsys, ray_session):
+    tmp_path, manifest, _ = job_dir
+    code, _ = run_job(tmp_path, "greedy", manifest, resources={"gpus_per_worker": 4})
+    assert code == 2
+    assert "no Ray node can host a worker needing 1 CPU and 4 GPU" in capsys.readouterr().err
