@@ -78,8 +78,12 @@ def start_workers(settings: WorkerSettings, resources: ActorResources, count: in
     return [actor_class.remote(settings, index) for index in range(count)]
 
 
-def stop_workers(actors: list) -> None:
+def stop_workers(actors: list, timeout: float = 30.0) -> None:
+    """Kill the actors and wait until they are gone, so none can still be writing afterwards."""
     import ray
 
     for actor in actors:
         ray.kill(actor, no_restart=True)
+    # A call on a killed actor resolves (with an error) once the actor is dead.
+    probes = [actor.ready.remote() for actor in actors]
+    ray.wait(probes, num_returns=len(probes), timeout=timeout)

@@ -69,13 +69,10 @@ class Dispatcher:
             self._submit()
         return self.outcome
 
-    def cancel(self) -> None:
-        """Stop following running shards (the caller kills the actors)."""
-        import ray
-
-        for generator in list(self._tasks):
-            ray.cancel(generator, force=True)
+    def abandon(self) -> None:
+        """Stop following running shards; the caller stops the actors that run them."""
         self._tasks.clear()
+        self._reported.clear()
 
     def _worker_ready(self, ref) -> None:
         import ray

@@ -64,7 +64,7 @@ def run_job(config: JobConfig, address: str | None = None, show_progress: bool =
         outcome = dispatcher.run()
     except KeyboardInterrupt:
         interrupted = True
-        dispatcher.cancel()
+        dispatcher.abandon()
         outcome = dispatcher.outcome
     finally:
         progress.close()
