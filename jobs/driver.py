@@ -43,7 +43,10 @@ class JobSummary:
         return EXIT_ROWS_FAILED if self.failed else EXIT_OK
 
 
-def run_job(config: JobConfig, address: str | None = None, show_progress: bool = True) -> JobSummary:
+def run_job(
+    config: JobConfig, address: str | None = None, show_progress: bool = True, on_progress=None
+) -> JobSummary:
+    """Run a whole job. `on_progress(rows, failed)`, if given, is called as micro-batches finish."""
     started = time.perf_counter()
     # 1. Validate the whole manifest before anything is written or started.
     manifest = read_manifest(config.manifest)
@@ -58,7 +61,12 @@ def run_job(config: JobConfig, address: str | None = None, show_progress: bool =
     actors = cluster.start_workers(worker_settings(config, output, resources), resources, config.resources.workers)
     # 4. Dispatch shards until each has an outcome.
     progress = Progress(total=manifest.rows, enabled=show_progress)
-    dispatcher = Dispatcher(actors, shards, on_progress=progress.advance, on_workers=progress.workers)
+    def advance(rows: int, failed: int) -> None:
+        progress.advance(rows, failed)
+        if on_progress is not None:
+            on_progress(rows, failed)
+
+    dispatcher = Dispatcher(actors, shards, on_progress=advance, on_workers=progress.workers)
     interrupted = False
     try:
         outcome = dispatcher.run()
