@@ -167,7 +167,8 @@ def test_job_file_records_config_manifest_versions_and_counts(job_dir):
     assert record["versions"]["torch"] == metadata.version("torch")
     assert {"diffusers", "transformers", "ray", "pyarrow"} <= set(record["versions"])
     assert record["started_at"] <= record["finished_at"]
-    assert len(record["workers"]) == 2 and {w["device"] for w in record["workers"]} == {"cpu"}
+    # Workers that became ready before the job ended; both may not have (the job does not wait).
+    assert 1 <= len(record["workers"]) <= 2 and {w["device"] for w in record["workers"]} == {"cpu"}
 
 
 def test_batch_size_one_is_pixel_identical_to_plain_diffusers_and_shards_do_not_matter(
