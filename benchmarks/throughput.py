@@ -22,8 +22,16 @@ import pyarrow.parquet as pq
 
 def make_manifest(folder: Path, rows: int) -> Path:
     path = folder / "prompts.parquet"
-    pq.write_table(pa.table({"id": list(range(rows)), "prompt": [f"a photo of object number {i}" for i in range(rows)],
-                             "seed": list(range(rows))}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "id": list(range(rows)),
+                "prompt": [f"a photo of object number {i}" for i in range(rows)],
+                "seed": list(range(rows)),
+            }
+        ),
+        path,
+    )
     return path
 
 
@@ -31,7 +39,6 @@ def plain_loop(manifest: Path, out: Path, args) -> tuple[float, float]:
     """What a user would write by hand: load, loop over batches, write one Parquet file per shard."""
     import torch
     from diffusers import StableDiffusionPipeline
-    from PIL import Image
     from transformers import CLIPModel, CLIPProcessor
 
     from workers import tiny
@@ -48,8 +55,13 @@ def plain_loop(manifest: Path, out: Path, args) -> tuple[float, float]:
     for start in range(0, len(table), args.batch_size):
         batch = table[start : start + args.batch_size]
         prompts = [row["prompt"] for row in batch]
-        images = pipe(prompts, num_inference_steps=args.steps, width=args.size, height=args.size,
-                      generator=[torch.Generator("cpu").manual_seed(row["seed"]) for row in batch]).images
+        images = pipe(
+            prompts,
+            num_inference_steps=args.steps,
+            width=args.size,
+            height=args.size,
+            generator=[torch.Generator("cpu").manual_seed(row["seed"]) for row in batch],
+        ).images
         inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True, truncation=True)
         with torch.no_grad():
             output = clip(**inputs)
@@ -71,13 +83,22 @@ def genbatch_job(manifest: Path, out: Path, args) -> tuple[float, float]:
     from jobs.config import JobConfig
     from jobs.driver import run_job
 
-    config = JobConfig.model_validate({
-        "manifest": str(manifest), "output": str(out), "shard_size": args.shard_size,
-        "model": {"id": "tiny"}, "clip": {"model": "tiny"},
-        "generation": {"steps": args.steps, "width": args.size, "height": args.size},
-        "resources": {"workers": 1, "gpus_per_worker": 0, "cpus_per_worker": args.threads,
-                      "batch_size": args.batch_size},
-    })
+    config = JobConfig.model_validate(
+        {
+            "manifest": str(manifest),
+            "output": str(out),
+            "shard_size": args.shard_size,
+            "model": {"id": "tiny"},
+            "clip": {"model": "tiny"},
+            "generation": {"steps": args.steps, "width": args.size, "height": args.size},
+            "resources": {
+                "workers": 1,
+                "gpus_per_worker": 0,
+                "cpus_per_worker": args.threads,
+                "batch_size": args.batch_size,
+            },
+        }
+    )
     started = time.perf_counter()
     marks: list[float] = []
     run_job(config, show_progress=False, on_progress=lambda rows, failed: marks.append(time.perf_counter()))
@@ -114,8 +135,10 @@ def main() -> None:
             results["genbatch"].append(genbatch_job(manifest, Path(tmp) / f"genbatch-{repeat}", args))
     ray.shutdown()
 
-    print(f"\n{args.rows} rows, {args.size}x{args.size} px, {args.steps} steps, batch {args.batch_size}, "
-          f"{args.threads} threads, tiny model, CPU; median of {args.repeats} alternating runs\n")
+    print(
+        f"\n{args.rows} rows, {args.size}x{args.size} px, {args.steps} steps, batch {args.batch_size}, "
+        f"{args.threads} threads, tiny model, CPU; median of {args.repeats} alternating runs\n"
+    )
     print(f"{'runner':<12} {'start-up s':>11} {'steady images/s':>16}")
     medians = {}
     for name, runs in results.items():

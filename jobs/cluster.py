@@ -22,6 +22,10 @@ class ActorResources:
 
 def connect(address: str | None) -> None:
     """Attach to Ray: the given address, else RAY_ADDRESS (as inside `ray job submit`), else a new local instance."""
+    local = not address and not os.environ.get("RAY_ADDRESS")
+    if local:
+        # A local instance listens on loopback only; Ray reads this when it is first imported.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
@@ -30,10 +34,7 @@ def connect(address: str | None) -> None:
     if address:
         # Ship the actor-side package so cluster nodes can import it without an install.
         runtime_env = {"py_modules": [str(Path(__file__).resolve().parent.parent / "workers")]}
-    kwargs = {}
-    if not address and not os.environ.get("RAY_ADDRESS"):
-        # A local instance listens on loopback only.
-        kwargs["_node_ip_address"] = "127.0.0.1"
+    kwargs = {"_node_ip_address": "127.0.0.1"} if local else {}
     ray.init(
         address=address,
         include_dashboard=False,

@@ -149,5 +149,8 @@ def _describe(error: BaseException) -> str:
     cause = getattr(error, "cause", None)
     if isinstance(cause, BaseException):
         error = cause
-    text = " ".join(f"{type(error).__name__}: {error}".split())
+    if type(error).__name__ == "WorkerLoadError":
+        text = " ".join(str(error).split())  # already "ExceptionType: message"
+    else:
+        text = " ".join(f"{type(error).__name__}: {error}".split())
     return text if len(text) <= 500 else text[:497] + "..."

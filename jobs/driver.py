@@ -10,7 +10,7 @@ from pathlib import Path
 
 from jobs import cluster
 from jobs.config import JobConfig
-from jobs.dispatch import DispatchOutcome, Dispatcher
+from jobs.dispatch import Dispatcher, DispatchOutcome
 from jobs.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_ROWS_FAILED, OutputError, WorkerStartError
 from jobs.jobfile import JOB_FILE, package_versions, utc_now, write_job_file
 from jobs.manifest import Manifest, read_manifest
@@ -43,9 +43,7 @@ class JobSummary:
         return EXIT_ROWS_FAILED if self.failed else EXIT_OK
 
 
-def run_job(
-    config: JobConfig, address: str | None = None, show_progress: bool = True, on_progress=None
-) -> JobSummary:
+def run_job(config: JobConfig, address: str | None = None, show_progress: bool = True, on_progress=None) -> JobSummary:
     """Run a whole job. `on_progress(rows, failed)`, if given, is called as micro-batches finish."""
     started = time.perf_counter()
     # 1. Validate the whole manifest before anything is written or started.
@@ -61,6 +59,7 @@ def run_job(
     actors = cluster.start_workers(worker_settings(config, output, resources), resources, config.resources.workers)
     # 4. Dispatch shards until each has an outcome.
     progress = Progress(total=manifest.rows, enabled=show_progress)
+
     def advance(rows: int, failed: int) -> None:
         progress.advance(rows, failed)
         if on_progress is not None:

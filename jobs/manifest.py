@@ -83,7 +83,9 @@ def read_manifest(source: str) -> Manifest:
             schema = parquet.schema_arrow
             _check_schema(path, schema)
         elif not parquet.schema_arrow.equals(schema):
-            raise ManifestError(f"{path}: columns differ from {paths[0]} ({_describe(parquet.schema_arrow)} vs {_describe(schema)})")
+            raise ManifestError(
+                f"{path}: columns differ from {paths[0]} ({_describe(parquet.schema_arrow)} vs {_describe(schema)})"
+            )
         rows = parquet.metadata.num_rows
         files.append(ManifestFile(path=path, rows=rows, first_row=first_row))
         first_row += rows

@@ -28,7 +28,9 @@ def plain_diffusers_image(pipeline, prompt, negative_prompt, seed, steps, guidan
 
 
 def reference_cosine(model, processor, image: np.ndarray, prompt: str) -> float:
-    inputs = processor(text=[prompt], images=[Image.fromarray(image)], return_tensors="pt", padding=True, truncation=True)
+    inputs = processor(
+        text=[prompt], images=[Image.fromarray(image)], return_tensors="pt", padding=True, truncation=True
+    )
     with torch.no_grad():
         out = model(**inputs)
     return float(torch.nn.functional.cosine_similarity(out.image_embeds, out.text_embeds).item())

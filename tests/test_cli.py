@@ -58,3 +58,7 @@ def test_ctrl_c_stops_the_job_exits_130_and_leaves_only_whole_files(tmp_path, ra
         assert pq.read_table(file).num_rows == 4  # every visible shard is complete
     assert len(files) < 100
     assert json.loads((output / "job.json").read_text())["status"] == "interrupted"
+
+
+def test_the_session_ray_instance_listens_on_loopback_only(ray_session):
+    assert {node["NodeManagerAddress"] for node in ray_session.nodes()} == {"127.0.0.1"}

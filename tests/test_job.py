@@ -13,16 +13,24 @@ from diffusers import StableDiffusionPipeline
 from transformers import CLIPModel, CLIPProcessor
 
 from jobs.cli import main
-from workers import columns as C
-from workers.rows import derive_seed
 from tests.conftest import read_output, write_config, write_manifest
 from tests.reference import decode_png, plain_diffusers_image, reference_cosine
+from workers import columns as C
+from workers.rows import derive_seed
 
 LONG_PROMPT = "a very long prompt about " + "many colourful things " * 10 + "THE END"
 
 MANIFEST = {
     "id": ["r0", "r1", "r2", "r3", "r4", "r5", "r6"],
-    "prompt": ["a red fox", "a blue bird", LONG_PROMPT, "a green tree", "a yellow sun", "an orange cat", "a pink cloud"],
+    "prompt": [
+        "a red fox",
+        "a blue bird",
+        LONG_PROMPT,
+        "a green tree",
+        "a yellow sun",
+        "an orange cat",
+        "a pink cloud",
+    ],
     "category": ["animal", "animal", "long", "plant", "sky", "animal", "sky"],
     "negative_prompt": [None, "blurry", None, None, "dark", None, None],
     "seed": pa.array([None, 42, None, None, None, 7, None], pa.int64()),

@@ -38,4 +38,3 @@ class ClipScorer:
             image_embeds = self.model.visual_projection(image_out.pooler_output)
             cosine = torch.nn.functional.cosine_similarity(image_embeds.float(), text_embeds.float(), dim=-1)
         return cosine.cpu().numpy().astype(np.float32)
-

@@ -28,20 +28,35 @@ def micro_batches(rows: list[RowSpec], batch_size: int) -> list[list[int]]:
     ]
 
 
+class WorkerLoadError(RuntimeError):
+    """The actor could not load its pipeline or CLIP model."""
+
+
 class GenerationWorker:
     """One per actor. Heavy libraries are imported here, not in the driver."""
 
     def __init__(self, settings: WorkerSettings, index: int):
+        _quiet_libraries()
+        self.settings = settings
+        self.index = index
+        self.load_error: str | None = None
+        try:
+            self._load()
+        except Exception as error:  # noqa: BLE001 - reported by ready(), as one line, to the driver
+            self.load_error = f"{type(error).__name__}: {' '.join(str(error).split())}"
+            logger.error("worker-%d could not load its models: %s", index, self.load_error)
+            logger.debug("traceback", exc_info=True)
+
+    def _load(self) -> None:
         import torch
 
         from workers.clip import ClipScorer
         from workers.loading import load_clip, load_pipeline, pick_device, pick_dtype
 
-        _quiet_libraries()
         started = time.perf_counter()
+        settings = self.settings
         if settings.num_threads:
             torch.set_num_threads(min(settings.num_threads, os.cpu_count() or 1))
-        self.settings = settings
         self.device = pick_device()
         dtype = pick_dtype(settings.dtype, self.device)
         self.pipeline = load_pipeline(settings.model, settings.revision, settings.scheduler, self.device, dtype)
@@ -52,7 +67,7 @@ class GenerationWorker:
             model=settings.model,
             clip_model=settings.clip_model,
             scheduler=settings.scheduler or type(self.pipeline.scheduler).__name__,
-            worker=f"worker-{index}@{socket.gethostname()}",
+            worker=f"worker-{self.index}@{socket.gethostname()}",
         )
         self.info = WorkerInfo(
             name=self.labels.worker,
@@ -61,9 +76,14 @@ class GenerationWorker:
             scheduler=self.labels.scheduler,
             load_seconds=time.perf_counter() - started,
         )
-        logger.info("%s ready on %s in %.1fs (pid %d)", self.info.name, self.device, self.info.load_seconds, os.getpid())
+        logger.info(
+            "%s ready on %s in %.1fs (pid %d)", self.info.name, self.device, self.info.load_seconds, os.getpid()
+        )
 
     def ready(self) -> WorkerInfo:
+        """The worker's description once its models are loaded; raises if they could not be."""
+        if self.load_error is not None:
+            raise WorkerLoadError(self.load_error)
         return self.info
 
     def run_shard(self, task: ShardTask) -> Iterator[BatchProgress | ShardResult]:
