@@ -248,3 +248,22 @@ def test_resources_no_node_can_host_are_refused(job_dir, capsys, ray_session):
     code, _ = run_job(tmp_path, "greedy", manifest, resources={"gpus_per_worker": 4})
     assert code == 2
     assert "no Ray node can host a worker needing 1 CPU and 4 GPU" in capsys.readouterr().err
+
+
+def test_a_row_with_non_finite_output_fails_alone_and_the_job_exits_1(job_dir, capsys, ray_session):
+    tmp_path = job_dir[0]
+    # A huge guidance scale overflows the tiny model's latents to NaN: that row must be an error,
+    # not a black PNG, and must not take its neighbours down with it.
+    rows = {"id": ["a", "b", "c"], "prompt": ["x", "y", "z"], "guidance_scale": [None, 1e30, None]}
+    manifest = write_manifest(tmp_path / "nan.parquet", rows)
+    code, output = run_job(tmp_path, "nan", manifest)
+    assert code == 1
+    assert capsys.readouterr().out.startswith("genbatch: done: 2 ok, 1 failed of 3 rows in 1 shards")
+    table = read_output(output)
+    assert table.column("id").to_pylist() == ["a", "b", "c"]
+    assert table.column("status").to_pylist() == ["ok", "error", "ok"]
+    assert table.column("error").to_pylist() == [None, "non-finite output: the image has NaN or Inf values", None]
+    for name in ("image", "image_sha256", "clip_score", "clip_cosine"):
+        assert table.column(name).is_null().to_pylist() == [False, True, False], name
+    counts = json.loads((output / "job.json").read_text())["counts"]
+    assert (counts["ok"], counts["failed"], counts["shards_failed"]) == (2, 1, 0)
