@@ -81,6 +81,7 @@ def plain_loop(manifest: Path, out: Path, args) -> tuple[float, float]:
 
 def genbatch_job(manifest: Path, out: Path, args) -> tuple[float, float]:
     from jobs.config import JobConfig
+    from jobs.dispatch import JobHooks
     from jobs.driver import run_job
 
     config = JobConfig.model_validate(
@@ -101,7 +102,8 @@ def genbatch_job(manifest: Path, out: Path, args) -> tuple[float, float]:
     )
     started = time.perf_counter()
     marks: list[float] = []
-    run_job(config, show_progress=False, on_progress=lambda rows, failed: marks.append(time.perf_counter()))
+    hooks = JobHooks(on_progress=lambda rows, failed: marks.append(time.perf_counter()))
+    run_job(config, show_progress=False, hooks=hooks)
     steady = (args.rows - args.batch_size) / (marks[-1] - marks[0])
     return marks[0] - started, steady
 

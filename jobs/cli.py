@@ -25,6 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local instance)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--overwrite", action="store_true", help="clear the output folder's earlier job first, instead of resuming it"
+    )
+    run.add_argument(
+        "--retry-failed", action="store_true", help="also rerun the rows whose status is error, rewriting their shards"
+    )
     return parser
 
 
@@ -48,14 +54,32 @@ def run_command(args: argparse.Namespace) -> int:
     from jobs.driver import run_job
 
     config = load_config(args.config, args.overrides)
-    summary = run_job(config, address=args.address, show_progress=not args.quiet)
+    summary = run_job(
+        config,
+        address=args.address,
+        show_progress=not args.quiet,
+        overwrite=args.overwrite,
+        retry_failed=args.retry_failed,
+    )
+    if summary.shards_run == 0:
+        print(
+            f"genbatch: nothing to do: all {summary.shards} shards are complete "
+            f"({summary.ok} ok, {summary.failed} failed of {summary.rows} rows)"
+            + ("; rerun with --retry-failed to retry the failed rows" if summary.failed else "")
+        )
+        print(f"genbatch: output: {summary.output}")
+        return summary.exit_code
     state = "interrupted" if summary.interrupted else "done"
+    resumed = summary.shards - summary.shards_run
     print(
         f"genbatch: {state}: {summary.ok} ok, {summary.failed} failed"
         + (f", {summary.not_run} not run" if summary.not_run else "")
         + f" of {summary.rows} rows in {summary.shards} shards"
         + (f" ({summary.shards_failed} failed)" if summary.shards_failed else "")
+        + (f", {resumed} already complete" if resumed else "")
     )
+    if summary.retries or summary.replaced_workers:
+        print(f"genbatch: recovered: {summary.retries} shard retries, {summary.replaced_workers} workers replaced")
     print(
         f"genbatch: {summary.seconds:.1f}s total, {summary.startup_seconds:.1f}s start-up, "
         f"{summary.images_per_s:.2f} images/s after start-up"

@@ -67,8 +67,8 @@ def actor_resources(config: JobConfig) -> ActorResources:
     return ActorResources(num_cpus=cpus, num_gpus=wanted.gpus_per_worker)
 
 
-def start_workers(settings: WorkerSettings, resources: ActorResources, count: int) -> list:
-    """Create `count` actors at once; they load their models in parallel."""
+def start_worker(settings: WorkerSettings, resources: ActorResources, index: int):
+    """Create one actor; it loads its models in the background while the caller goes on."""
     import ray
 
     from workers.worker import GenerationWorker
@@ -76,7 +76,7 @@ def start_workers(settings: WorkerSettings, resources: ActorResources, count: in
     actor_class = ray.remote(GenerationWorker).options(
         num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_restarts=0
     )
-    return [actor_class.remote(settings, index) for index in range(count)]
+    return actor_class.remote(settings, index)
 
 
 def stop_workers(actors: list, timeout: float = 30.0) -> None:

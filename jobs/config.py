@@ -77,6 +77,9 @@ class ResourcesConfig(_Section):
         None, gt=0, description="CPUs each actor reserves; default 1 with a GPU, all cores of a node without."
     )
     batch_size: int = Field(8, ge=1, description="Images per pipeline call.")
+    max_shard_retries: int = Field(
+        3, ge=0, description="Times a shard is retried (on a healthy or replacement actor) before it is failed."
+    )
 
 
 class JobConfig(_Section):

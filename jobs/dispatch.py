@@ -1,10 +1,15 @@
-"""Feeding shards to the actor pool and following their progress until every shard has an outcome."""
+"""Feeding shards to the actor pool and following them until every shard has an outcome.
+
+A shard whose actor dies, or that raises, goes back to the queue until it has failed
+`max_shard_retries + 1` times; a dead actor is replaced so the pool keeps its size.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerInfo
@@ -14,6 +19,7 @@ logger = logging.getLogger(__name__)
 # Shards queued per actor: one running and one waiting, so an actor never idles between shards.
 SHARDS_IN_FLIGHT_PER_ACTOR = 2
 _WAIT_SECONDS = 1.0
+_STALL_WARNING_SECONDS = 60.0
 
 
 @dataclass
@@ -28,11 +34,22 @@ class DispatchOutcome:
     failures: list[ShardFailure] = field(default_factory=list)
     workers: list[WorkerInfo] = field(default_factory=list)
     start_errors: list[str] = field(default_factory=list)
+    retries: int = 0
+    replaced_workers: int = 0
     first_ready_at: float | None = None
 
 
 @dataclass
+class JobHooks:
+    """Callbacks for a caller that wants to follow the job (progress bars, benchmarks, tests)."""
+
+    on_progress: Callable[[int, int], None] | None = None  # (rows, failed rows) per micro-batch
+    on_worker_ready: Callable[[WorkerInfo], None] | None = None
+
+
+@dataclass
 class _Actor:
+    index: int
     handle: object
     ready_ref: object | None
     running: list = field(default_factory=list)  # ObjectRefGenerators
@@ -40,16 +57,28 @@ class _Actor:
 
 
 class Dispatcher:
-    """Runs shards on actors; `on_progress(rows, failed)` is called as micro-batches finish."""
-
-    def __init__(self, actors: list, shards: list[ShardTask], on_progress=None, on_workers=None):
-        self.actors = [_Actor(handle=a, ready_ref=a.ready.remote()) for a in actors]
+    def __init__(
+        self,
+        start_actor: Callable[[int], object],
+        workers: int,
+        shards: list[ShardTask],
+        max_shard_retries: int,
+        on_progress: Callable[[int, int], None],
+        on_workers: Callable[[int, int], None],
+        on_worker_ready: Callable[[WorkerInfo], None] | None = None,
+    ):
+        self.start_actor = start_actor
+        self.actors = [self._new_actor(index) for index in range(workers)]
         self.pending = deque(shards)
-        self.on_progress = on_progress or (lambda rows, failed: None)
-        self.on_workers = on_workers or (lambda ready, total: None)
+        self.max_shard_retries = max_shard_retries
+        self.on_progress = on_progress
+        self.on_workers = on_workers
+        self.on_worker_ready = on_worker_ready or (lambda info: None)
         self.outcome = DispatchOutcome()
+        self._attempts: dict[int, int] = {}  # shard index -> failed attempts
         self._tasks: dict = {}  # generator -> (actor, shard)
-        self._reported: dict = {}  # generator -> rows already passed to on_progress
+        self._reported: dict = {}  # generator -> [rows, failed rows] already passed to on_progress
+        self._last_event = time.monotonic()
 
     def run(self) -> DispatchOutcome:
         import ray
@@ -62,17 +91,26 @@ class Dispatcher:
                 break
             ready, _ = ray.wait(waitables, num_returns=1, timeout=_WAIT_SECONDS)
             for item in ready:
+                self._last_event = time.monotonic()
                 if item in self._tasks:
                     self._advance(item)
                 else:
                     self._worker_ready(item)
             self._submit()
+            self._warn_if_stalled()
         return self.outcome
+
+    def handles(self) -> list:
+        return [actor.handle for actor in self.actors]
 
     def abandon(self) -> None:
         """Stop following running shards; the caller stops the actors that run them."""
         self._tasks.clear()
         self._reported.clear()
+
+    def _new_actor(self, index: int) -> _Actor:
+        handle = self.start_actor(index)
+        return _Actor(index=index, handle=handle, ready_ref=handle.ready.remote())
 
     def _worker_ready(self, ref) -> None:
         import ray
@@ -84,12 +122,13 @@ class Dispatcher:
         except Exception as error:  # noqa: BLE001 - a worker that cannot start is reported, not fatal
             actor.alive = False
             self.outcome.start_errors.append(_describe(error))
-            logger.error("a worker failed to start: %s", _describe(error))
+            logger.warning("worker-%d failed to start: %s", actor.index, _describe(error))
         else:
             self.outcome.workers.append(info)
+            self.on_worker_ready(info)
             if self.outcome.first_ready_at is None:
                 self.outcome.first_ready_at = time.perf_counter()
-        self.on_workers(len(self.outcome.workers), len(self.actors))
+        self._report_workers()
 
     def _advance(self, generator) -> None:
         import ray
@@ -101,30 +140,50 @@ class Dispatcher:
             self._finish(generator)
             return
         except ray.exceptions.RayActorError as error:
-            actor.alive = False
-            self._fail(generator, f"worker died: {_describe(error)}")
+            self._actor_died(actor, error)
+            self._shard_failed(generator, f"worker died: {_describe(error)}")
             return
         except Exception as error:  # noqa: BLE001 - a shard that raises fails alone
-            self._fail(generator, _describe(error))
+            self._shard_failed(generator, _describe(error))
             return
         if isinstance(value, BatchProgress):
-            self._reported[generator] += value.rows
+            self._reported[generator][0] += value.rows
+            self._reported[generator][1] += value.failed
             self.on_progress(value.rows, value.failed)
         elif isinstance(value, ShardResult):
             self.outcome.results.append(value)
+
+    def _actor_died(self, actor: _Actor, error: Exception) -> None:
+        """Replace a dead actor once, whichever of its shards reports the death first."""
+        if not actor.alive:
+            return
+        actor.alive = False
+        logger.warning("worker-%d died (%s); starting a replacement", actor.index, _describe(error))
+        self.actors.append(self._new_actor(actor.index))
+        self.outcome.replaced_workers += 1
+        self._report_workers()
+
+    def _shard_failed(self, generator, error: str) -> None:
+        actor, shard = self._tasks[generator]
+        # Rows this attempt already reported are taken back, so progress counts each row once.
+        rows, failed = self._reported[generator]
+        self.on_progress(-rows, -failed)
+        self._finish(generator)
+        attempts = self._attempts.get(shard.index, 0) + 1
+        self._attempts[shard.index] = attempts
+        if attempts <= self.max_shard_retries:
+            logger.warning("shard %d failed (attempt %d), retrying: %s", shard.index, attempts, error)
+            self.outcome.retries += 1
+            self.pending.appendleft(shard)
+        else:
+            logger.error("shard %d failed %d times, giving up: %s", shard.index, attempts, error)
+            self.outcome.failures.append(ShardFailure(shard=shard, error=error))
+            self.on_progress(shard.rows, shard.rows)
 
     def _finish(self, generator) -> None:
         actor, _ = self._tasks.pop(generator)
         self._reported.pop(generator)
         actor.running.remove(generator)
-
-    def _fail(self, generator, error: str) -> None:
-        actor, shard = self._tasks[generator]
-        logger.error("shard %d failed: %s", shard.index, error)
-        self.outcome.failures.append(ShardFailure(shard=shard, error=error))
-        unreported = shard.rows - self._reported[generator]
-        self.on_progress(unreported, unreported)
-        self._finish(generator)
 
     def _submit(self) -> None:
         for actor in self.actors:
@@ -135,13 +194,25 @@ class Dispatcher:
                 generator = actor.handle.run_shard.remote(shard)
                 actor.running.append(generator)
                 self._tasks[generator] = (actor, shard)
-                self._reported[generator] = 0
+                self._reported[generator] = [0, 0]
 
     def _fail_pending(self, error: str) -> None:
         while self.pending:
             shard = self.pending.popleft()
             self.outcome.failures.append(ShardFailure(shard=shard, error=error))
             self.on_progress(shard.rows, shard.rows)
+
+    def _report_workers(self) -> None:
+        ready = sum(1 for a in self.actors if a.alive and a.ready_ref is None)
+        self.on_workers(ready, sum(1 for a in self.actors if a.alive))
+
+    def _warn_if_stalled(self) -> None:
+        if not self._tasks and time.monotonic() - self._last_event > _STALL_WARNING_SECONDS:
+            starting = sum(1 for a in self.actors if a.alive and a.ready_ref is not None)
+            logger.warning(
+                "waiting for workers: none ready, %d starting (loading models, or no free resources)", starting
+            )
+            self._last_event = time.monotonic()
 
 
 def _describe(error: BaseException) -> str:

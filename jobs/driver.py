@@ -1,4 +1,4 @@
-"""The job: validate, plan, start actors, dispatch shards, record the outcome. Reads top to bottom."""
+"""The job: validate, plan, resume, start actors, dispatch shards, record the outcome. Reads top to bottom."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ from pathlib import Path
 
 from jobs import cluster
 from jobs.config import JobConfig
-from jobs.dispatch import Dispatcher, DispatchOutcome
+from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks
 from jobs.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_ROWS_FAILED, OutputError, WorkerStartError
-from jobs.jobfile import JOB_FILE, package_versions, utc_now, write_job_file
+from jobs.jobfile import package_versions, utc_now, write_job_file
+from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest
 from jobs.planner import plan_shards
 from jobs.progress import Progress
-from workers.tasks import GenerationDefaults, ShardTask, WorkerSettings
+from jobs.resume import ResumePlan, check_same_job, clear_output, identity_key, job_identity, plan_resume, read_job_file
+from workers.tasks import GenerationDefaults, WorkerSettings
 from workers.writer import remove_temp_files
 
 logger = logging.getLogger(__name__)
@@ -29,68 +31,99 @@ class JobSummary:
     failed: int
     not_run: int
     shards: int
+    shards_run: int  # shards this run processed; the rest were already complete
     shards_failed: int
     seconds: float
     startup_seconds: float
     images_per_s: float
     output: str
     interrupted: bool = False
+    retries: int = 0
+    replaced_workers: int = 0
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
-        return EXIT_ROWS_FAILED if self.failed else EXIT_OK
+        return EXIT_ROWS_FAILED if self.failed or self.not_run else EXIT_OK
 
 
-def run_job(config: JobConfig, address: str | None = None, show_progress: bool = True, on_progress=None) -> JobSummary:
-    """Run a whole job. `on_progress(rows, failed)`, if given, is called as micro-batches finish."""
+def run_job(
+    config: JobConfig,
+    address: str | None = None,
+    show_progress: bool = True,
+    overwrite: bool = False,
+    retry_failed: bool = False,
+    hooks: JobHooks | None = None,
+) -> JobSummary:
+    """Run a job, or finish one that an earlier run on the same output folder started."""
     started = time.perf_counter()
+    hooks = hooks or JobHooks()
     # 1. Validate the whole manifest before anything is written or started.
     manifest = read_manifest(config.manifest)
     shards = plan_shards(manifest, config.shard_size)
-    # 2. Claim the output folder and record what the job is.
+    identity = job_identity(config, manifest)
+    key = identity_key(identity)
     output = prepare_output(config.output)
-    record = job_record(config, manifest, shards)
-    write_job_file(output, record)
-    # 3. Start Ray and the actors; they load their models in parallel.
-    cluster.connect(address)
-    resources = cluster.actor_resources(config)
-    actors = cluster.start_workers(worker_settings(config, output, resources), resources, config.resources.workers)
-    # 4. Dispatch shards until each has an outcome.
-    progress = Progress(total=manifest.rows, enabled=show_progress)
-
-    def advance(rows: int, failed: int) -> None:
-        progress.advance(rows, failed)
-        if on_progress is not None:
-            on_progress(rows, failed)
-
-    dispatcher = Dispatcher(actors, shards, on_progress=advance, on_workers=progress.workers)
-    interrupted = False
-    try:
-        outcome = dispatcher.run()
-    except KeyboardInterrupt:
-        interrupted = True
-        dispatcher.abandon()
-        outcome = dispatcher.outcome
-    finally:
-        progress.close()
-        cluster.stop_workers(actors)
+    with OutputLock(output):
+        # 2. Reuse what an earlier run of the same job completed; refuse to mix different jobs.
+        previous = read_job_file(output)
+        if previous is not None and overwrite:
+            clear_output(output)
+            previous = None
+        if previous is not None:
+            check_same_job(output, previous, identity)
         remove_temp_files(output)
-    if not outcome.workers and outcome.start_errors:
-        _record_end(output, record, "failed", None, outcome)
-        raise WorkerStartError(f"no worker could load the models: {outcome.start_errors[0]}")
-    # 5. Record and return the outcome.
-    summary = summarize(manifest, shards, outcome, output, started, interrupted)
-    _record_end(output, record, "interrupted" if interrupted else "finished", summary, outcome)
-    return summary
+        plan = plan_resume(output, shards, key, retry_failed)
+        if not plan.todo:
+            # Every shard is already complete: rewrite nothing, start nothing.
+            return summarize(manifest, shards, plan, DispatchOutcome(), output, started, interrupted=False)
+        # 3. Record what the job is, then start Ray and the actors (they load their models in parallel).
+        record = job_record(config, manifest, identity, len(shards), previous)
+        write_job_file(output, record)
+        cluster.connect(address)
+        resources = cluster.actor_resources(config)
+        settings = worker_settings(config, output, resources, key)
+        # 4. Dispatch shards until each has an outcome.
+        progress = Progress(total=sum(s.rows for s in plan.todo), enabled=show_progress)
+
+        def advance(rows: int, failed: int) -> None:
+            progress.advance(rows, failed)
+            if hooks.on_progress is not None:
+                hooks.on_progress(rows, failed)
+
+        dispatcher = Dispatcher(
+            start_actor=lambda index: cluster.start_worker(settings, resources, index),
+            workers=config.resources.workers,
+            shards=plan.todo,
+            max_shard_retries=config.resources.max_shard_retries,
+            on_progress=advance,
+            on_workers=progress.workers,
+            on_worker_ready=hooks.on_worker_ready,
+        )
+        interrupted = False
+        try:
+            outcome = dispatcher.run()
+        except KeyboardInterrupt:
+            interrupted = True
+            dispatcher.abandon()
+            outcome = dispatcher.outcome
+        finally:
+            progress.close()
+            cluster.stop_workers(dispatcher.handles())
+            remove_temp_files(output)
+        if not outcome.workers and outcome.start_errors:
+            _record_end(output, record, "failed", None, outcome)
+            raise WorkerStartError(f"no worker could load the models: {outcome.start_errors[0]}")
+        # 5. Record and return the outcome.
+        summary = summarize(manifest, shards, plan, outcome, output, started, interrupted)
+        _record_end(output, record, "interrupted" if interrupted else "finished", summary, outcome)
+        return summary
 
 
 def prepare_output(path: str) -> str:
-    """Create the output folder; refuse one that already holds a job, so nothing is mixed or lost."""
+    """Create the output folder (it may already hold this job's earlier output)."""
     output = Path(path)
-    if (output / JOB_FILE).exists():
-        raise OutputError(f"{output}: already holds a job ({JOB_FILE}); choose a new output folder or remove it")
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -100,7 +133,7 @@ def prepare_output(path: str) -> str:
     return str(output.resolve())
 
 
-def worker_settings(config: JobConfig, output: str, resources: cluster.ActorResources) -> WorkerSettings:
+def worker_settings(config: JobConfig, output: str, resources: cluster.ActorResources, key: str) -> WorkerSettings:
     generation = config.generation
     return WorkerSettings(
         model=config.model.id,
@@ -118,13 +151,15 @@ def worker_settings(config: JobConfig, output: str, resources: cluster.ActorReso
             negative_prompt=generation.negative_prompt,
         ),
         output_dir=output,
+        job_key=key,
         num_threads=max(1, int(resources.num_cpus)),
     )
 
 
-def job_record(config: JobConfig, manifest: Manifest, shards: list[ShardTask]) -> dict:
+def job_record(config: JobConfig, manifest: Manifest, identity: dict, shards: int, previous: dict | None) -> dict:
     return {
         "status": "running",
+        "identity": identity,
         "config": config.model_dump(mode="json"),
         "manifest": {
             "source": manifest.source,
@@ -132,21 +167,30 @@ def job_record(config: JobConfig, manifest: Manifest, shards: list[ShardTask]) -
             "rows": manifest.rows,
             "fingerprint": manifest.fingerprint,
         },
-        "shards": len(shards),
+        "shards": shards,
         "versions": package_versions(),
-        "started_at": utc_now(),
+        "started_at": (previous or {}).get("started_at") or utc_now(),
+        "resumed_at": utc_now() if previous else None,
         "finished_at": None,
         "counts": None,
     }
 
 
 def summarize(
-    manifest: Manifest, shards: list, outcome: DispatchOutcome, output: str, started: float, interrupted: bool
+    manifest: Manifest,
+    shards: list,
+    plan: ResumePlan,
+    outcome: DispatchOutcome,
+    output: str,
+    started: float,
+    interrupted: bool,
 ) -> JobSummary:
     ended = time.perf_counter()
-    ok = sum(result.ok for result in outcome.results)
+    footers = list(plan.complete.values())
+    ok = sum(f.ok for f in footers) + sum(r.ok for r in outcome.results)
+    failed = sum(f.failed for f in footers) + sum(r.failed for r in outcome.results)
+    failed += sum(failure.shard.rows for failure in outcome.failures)
     done = sum(result.rows for result in outcome.results)
-    failed = done - ok + sum(failure.shard.rows for failure in outcome.failures)
     first_ready = outcome.first_ready_at or ended
     return JobSummary(
         rows=manifest.rows,
@@ -154,12 +198,15 @@ def summarize(
         failed=failed,
         not_run=manifest.rows - ok - failed,
         shards=len(shards),
+        shards_run=len(plan.todo),
         shards_failed=len(outcome.failures),
         seconds=ended - started,
         startup_seconds=first_ready - started,
         images_per_s=done / (ended - first_ready) if ended > first_ready else 0.0,
         output=output,
         interrupted=interrupted,
+        retries=outcome.retries,
+        replaced_workers=outcome.replaced_workers,
     )
 
 
@@ -176,7 +223,10 @@ def _record_end(output: str, record: dict, status: str, summary: JobSummary | No
             "failed": summary.failed,
             "not_run": summary.not_run,
             "shards": summary.shards,
+            "shards_run": summary.shards_run,
             "shards_failed": summary.shards_failed,
+            "shard_retries": summary.retries,
+            "workers_replaced": summary.replaced_workers,
         }
         record["seconds"] = round(summary.seconds, 3)
         record["startup_seconds"] = round(summary.startup_seconds, 3)

@@ -168,7 +168,18 @@ def test_job_file_records_config_manifest_versions_and_counts(job_dir):
     _, manifest, output = job_dir
     record = json.loads((output / "job.json").read_text())
     assert record["status"] == "finished"
-    assert record["counts"] == {"rows": 7, "ok": 7, "failed": 0, "not_run": 0, "shards": 3, "shards_failed": 0}
+    assert record["counts"] == {
+        "rows": 7,
+        "ok": 7,
+        "failed": 0,
+        "not_run": 0,
+        "shards": 3,
+        "shards_run": 3,
+        "shards_failed": 0,
+        "shard_retries": 0,
+        "workers_replaced": 0,
+    }
+    assert record["identity"]["generation"] == GENERATION and record["identity"]["shard_size"] == 3
     assert record["config"]["generation"] == GENERATION
     assert record["config"]["shard_size"] == 3
     assert record["manifest"]["rows"] == 7 and len(record["manifest"]["fingerprint"]) == 64
@@ -222,13 +233,31 @@ def test_scheduler_by_name_and_clip_disabled(job_dir, tiny_dirs, ray_session):
     assert np.abs(decode_png(table.column("image")[0]["bytes"].as_py()).astype(int) - expected).max() <= 1
 
 
-def test_a_folder_that_already_holds_a_job_is_refused(job_dir, capsys):
+def test_a_rerun_of_a_finished_job_rewrites_nothing_and_a_changed_one_is_refused(job_dir, capsys):
     tmp_path, manifest, output = job_dir
-    before = sorted(p.stat().st_mtime_ns for p in (output / "data").iterdir())
-    code, _ = run_job(tmp_path, "base", manifest)
-    assert code == 2
-    assert "already holds a job (job.json)" in capsys.readouterr().err
-    assert sorted(p.stat().st_mtime_ns for p in (output / "data").iterdir()) == before
+
+    def written():  # every output file and its modification time; the run lock is not output
+        return {p.name: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file() and p.name != ".genbatch.lock"}
+
+    before = written()
+    base = {"shard_size": 3, "resources": {"workers": 2, "gpus_per_worker": 0.5, "cpus_per_worker": 1}}
+    # Workers and batch size do not decide the output: this is the same job, already complete.
+    code, _ = run_job(tmp_path, "base", manifest, **base)
+    assert code == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "genbatch: nothing to do: all 3 shards are complete (7 ok, 0 failed of 7 rows)"
+    )
+    assert written() == before
+    # Other steps, another shard size or another model would change the output: refused, untouched.
+    path = write_config(tmp_path / "changed.yaml", manifest, output, generation={**GENERATION, "steps": 3}, **base)
+    assert main(["run", str(path), "--quiet", "--set", "shard_size=2", "--set", "clip.model=null"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("genbatch:")]
+    assert err == [
+        f"genbatch: error: {output}: holds a job with other settings (clip.model: 'tiny' -> None; "
+        "generation.steps: 2 -> 3; shard_size: 3 -> 2); rerun with --overwrite to replace it, "
+        "or choose another output folder"
+    ]
+    assert written() == before
 
 
 def test_workers_that_cannot_load_the_model_fail_the_job_clearly(job_dir, capsys, ray_session):

@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from workers import columns as C
 from workers.rows import RowSpec
+from workers.tasks import ShardTask
+from workers.writer import shard_path
 
 
 @dataclass
@@ -62,3 +66,26 @@ def build_output_table(
     for name, values in generated.items():
         arrays[name] = pa.array(values, type=C.GENERATED[name])
     return pa.table(arrays)
+
+
+def read_previous(output_dir: str, task: ShardTask) -> pa.Table | None:
+    """The shard's existing output, for --retry-failed; None when there is none yet."""
+    path = shard_path(output_dir, task.index)
+    if not path.exists():
+        return None
+    table = pq.read_table(path)
+    return table.replace_schema_metadata(None)
+
+
+def failed_positions(previous: pa.Table) -> list[int]:
+    """Positions (within the shard) of the rows whose status is error."""
+    return pc.indices_nonzero(pc.equal(previous.column(C.STATUS), C.STATUS_ERROR)).to_pylist()
+
+
+def merge_retried(previous: pa.Table, fresh: pa.Table, positions: list[int]) -> pa.Table:
+    """`previous` with its rows at `positions` replaced by the rows of `fresh`, in order."""
+    source = list(range(previous.num_rows))
+    for j, position in enumerate(positions):
+        source[position] = previous.num_rows + j
+    combined = pa.concat_tables([previous, fresh.cast(previous.schema)])
+    return combined.take(source)

@@ -5,7 +5,7 @@ Only plain dataclasses live here, so the driver can import this module without t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class WorkerSettings:
     job_seed: int
     defaults: GenerationDefaults
     output_dir: str
+    job_key: str  # hash of everything that decides the output; stamped on every shard file
     num_threads: int | None = None
 
 
@@ -45,6 +46,7 @@ class ShardTask:
     stop: int
     first_row: int
     has_id_column: bool
+    retry_failed: bool = False  # rerun only the rows whose status is error in the existing file
 
     @property
     def rows(self) -> int:
@@ -60,6 +62,8 @@ class WorkerInfo:
     dtype: str
     scheduler: str
     load_seconds: float
+    pid: int
+    node_id: str
 
 
 @dataclass(frozen=True)
@@ -82,4 +86,3 @@ class ShardResult:
     file: str
     worker: str
     seconds: float
-    timings: dict[str, float] = field(default_factory=dict)

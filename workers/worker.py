@@ -10,10 +10,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from workers.output import RowOutput, RunLabels, build_output_table
+from workers import columns as C
+from workers.output import RowOutput, RunLabels, build_output_table, failed_positions, merge_retried, read_previous
 from workers.rows import RowSpec, read_slice, resolve_rows, row_ids
 from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerInfo, WorkerSettings
-from workers.writer import write_shard
+from workers.writer import ShardFooter, write_shard
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class GenerationWorker:
             dtype=str(dtype).removeprefix("torch."),
             scheduler=self.labels.scheduler,
             load_seconds=time.perf_counter() - started,
+            pid=os.getpid(),
+            node_id=_node_id(),
         )
         logger.info(
             "%s ready on %s in %.1fs (pid %d)", self.info.name, self.device, self.info.load_seconds, os.getpid()
@@ -93,18 +96,24 @@ class GenerationWorker:
         table = read_slice(task.file, task.start, task.stop)
         ids = row_ids(table, task)
         rows = resolve_rows(table, ids, self.settings.defaults, self.settings.job_seed)
-        outputs: list[RowOutput | None] = [None] * len(rows)
+        previous = read_previous(self.settings.output_dir, task) if task.retry_failed else None
+        todo = failed_positions(previous) if previous is not None else list(range(len(rows)))
         # 2. Generate, score and encode, one micro-batch at a time.
-        for positions in micro_batches(rows, self.settings.batch_size):
+        outputs: dict[int, RowOutput] = {}
+        for batch in micro_batches([rows[p] for p in todo], self.settings.batch_size):
+            positions = [todo[i] for i in batch]
             batch_outputs = self._process_batch([rows[p] for p in positions])
-            for position, output in zip(positions, batch_outputs):
-                outputs[position] = output
+            outputs.update(zip(positions, batch_outputs))
             failed = sum(out.error is not None for out in batch_outputs)
             yield BatchProgress(shard=task.index, rows=len(positions), failed=failed)
         # 3. Write the shard file; only its path and counts go back to the driver.
-        output_table = build_output_table(table, ids, rows, outputs, self.labels)
-        path = write_shard(output_table, self.settings.output_dir, task.index)
-        failed = sum(out.error is not None for out in outputs)
+        fresh = build_output_table(
+            table.take(todo), ids.take(todo), [rows[p] for p in todo], [outputs[p] for p in todo], self.labels
+        )
+        output_table = fresh if previous is None else merge_retried(previous, fresh, todo)
+        failed = output_table.column(C.STATUS).to_pylist().count(C.STATUS_ERROR)
+        footer = ShardFooter(self.settings.job_key, task.index, len(rows), len(rows) - failed, failed)
+        path = write_shard(output_table, self.settings.output_dir, footer)
         yield ShardResult(
             shard=task.index,
             rows=len(rows),
@@ -160,6 +169,12 @@ class GenerationWorker:
         for output in outputs:
             output.duration_s = per_row
         return outputs
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def _quiet_libraries() -> None:

@@ -1,0 +1,40 @@
+"""One run per output folder: an exclusive lock that dies with the process that holds it."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from jobs.errors import OutputError
+
+LOCK_FILE = ".genbatch.lock"
+
+
+class OutputLock:
+    """`flock` on OUTPUT/.genbatch.lock. The kernel drops it when the holder exits, even on SIGKILL,
+    so a crashed run never leaves the folder locked."""
+
+    def __init__(self, output_dir: str | Path):
+        self.path = Path(output_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputError(
+                f"{self.path.parent}: another genbatch run (pid {holder}) is using this output folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the lock
+            self._fd = None

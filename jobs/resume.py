@@ -1,0 +1,107 @@
+"""What decides a job's output, and what a rerun on an existing output folder may reuse."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from jobs.config import JobConfig
+from jobs.errors import OutputError
+from jobs.jobfile import JOB_FILE
+from jobs.manifest import Manifest
+from workers.tasks import ShardTask
+from workers.writer import DATA_DIR, ShardFooter, read_footer, remove_temp_files, shard_path
+
+logger = logging.getLogger(__name__)
+
+
+def job_identity(config: JobConfig, manifest: Manifest) -> dict:
+    """Everything that changes a job's images or scores. Workers, batch size and paths are not in it."""
+    return {
+        "model": config.model.model_dump(mode="json"),
+        "generation": config.generation.model_dump(mode="json"),
+        "clip": config.clip.model_dump(mode="json"),
+        "seed": config.seed,
+        "shard_size": config.shard_size,
+        "manifest": {"rows": manifest.rows, "fingerprint": manifest.fingerprint},
+    }
+
+
+def identity_key(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def read_job_file(output_dir: str) -> dict | None:
+    path = Path(output_dir) / JOB_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise OutputError(f"{path}: unreadable ({error}); rerun with --overwrite to start over") from None
+
+
+def check_same_job(output_dir: str, previous: dict, identity: dict) -> None:
+    """Refuse to mix outputs of different settings in one folder; name what changed."""
+    before = previous.get("identity")
+    if before is None:
+        raise OutputError(f"{output_dir}: holds output of an unknown job; rerun with --overwrite to replace it")
+    changes = _differences(before, identity)
+    if changes:
+        raise OutputError(
+            f"{output_dir}: holds a job with other settings ({'; '.join(changes)}); "
+            "rerun with --overwrite to replace it, or choose another output folder"
+        )
+
+
+def _differences(before: dict, after: dict, prefix: str = "") -> list[str]:
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += _differences(old, new, name + ".")
+        elif old != new:
+            changes.append("manifest contents changed" if key == "fingerprint" else f"{name}: {old!r} -> {new!r}")
+    return changes
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    complete: dict[int, ShardFooter]  # verified shard files, by index
+    todo: list[ShardTask]  # shards to run (missing, invalid, or with rows to retry)
+
+
+def plan_resume(output_dir: str, shards: list[ShardTask], key: str, retry_failed: bool) -> ResumePlan:
+    """Verify every planned shard's file from its footer; plan the rest (and, if asked, the failed rows)."""
+    complete, todo = {}, []
+    for shard in shards:
+        footer = read_footer(shard_path(output_dir, shard.index))
+        valid = footer is not None and footer.job_key == key and footer.shard == shard.index
+        if valid and footer.rows == shard.rows:
+            if retry_failed and footer.failed:
+                todo.append(_with_retry(shard))
+            else:
+                complete[shard.index] = footer
+            continue
+        if shard_path(output_dir, shard.index).exists():
+            logger.warning("shard %d: existing file is incomplete or from another job; redoing it", shard.index)
+        todo.append(shard)
+    return ResumePlan(complete=complete, todo=todo)
+
+
+def clear_output(output_dir: str) -> None:
+    """Remove what genbatch wrote (never anything else the folder may hold)."""
+    data = Path(output_dir) / DATA_DIR
+    if data.is_dir():
+        for path in data.glob("shard-*.parquet"):
+            path.unlink()
+        remove_temp_files(output_dir)
+    (Path(output_dir) / JOB_FILE).unlink(missing_ok=True)
+
+
+def _with_retry(shard: ShardTask) -> ShardTask:
+    return replace(shard, retry_failed=True)
