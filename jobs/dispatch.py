@@ -157,8 +157,12 @@ class Dispatcher:
         """Replace a dead actor once, whichever of its shards reports the death first."""
         if not actor.alive:
             return
+        import ray
+
         actor.alive = False
         logger.warning("worker-%d died (%s); starting a replacement", actor.index, _describe(error))
+        # "Unavailable" can be temporary: make sure the old actor cannot come back and compete.
+        ray.kill(actor.handle, no_restart=True)
         self.actors.append(self._new_actor(actor.index))
         self.outcome.replaced_workers += 1
         self._report_workers()

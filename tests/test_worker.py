@@ -1,0 +1,90 @@
+"""The actor's own logic, run in-process: one bad row does not sink its batch; storage errors are clean."""
+
+from __future__ import annotations
+
+import errno
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from workers import generation
+from workers.tasks import BatchProgress, GenerationDefaults, ShardResult, ShardTask, WorkerSettings
+from workers.worker import GenerationWorker
+from workers.writer import ShardFooter, ShardWriteError, read_footer, write_shard
+
+
+def settings(output, batch_size=4):
+    return WorkerSettings(
+        model="tiny",
+        revision=None,
+        scheduler=None,
+        dtype="fp32",
+        clip_model="tiny",
+        batch_size=batch_size,
+        job_seed=0,
+        defaults=GenerationDefaults(steps=1, guidance_scale=7.5, width=32, height=32, negative_prompt=""),
+        output_dir=str(output),
+        job_key="k",
+        num_threads=1,
+    )
+
+
+def test_a_batch_that_raises_is_rerun_row_by_row_so_only_the_culprit_fails(tmp_path, monkeypatch, tiny_dirs):
+    prompts = ["fine", "also fine", "poison", "still fine"]
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"prompt": prompts}), manifest)
+    real_generate = generation.generate
+    calls = []
+
+    def generate(pipeline, rows):
+        calls.append(len(rows))
+        if any(row.prompt == "poison" for row in rows):
+            raise ValueError("cannot draw poison")
+        return real_generate(pipeline, rows)
+
+    monkeypatch.setattr(generation, "generate", generate)
+    worker = GenerationWorker(settings(tmp_path / "out"), 0)
+    assert worker.load_error is None
+    events = list(worker.run_shard(ShardTask(0, str(manifest), 0, 4, 0, has_id_column=False)))
+    assert calls == [4, 1, 1, 1, 1]  # the batch, then each row alone
+    assert events[0] == BatchProgress(shard=0, rows=4, failed=1)
+    assert isinstance(events[-1], ShardResult) and (events[-1].ok, events[-1].failed) == (3, 1)
+    table = pq.read_table(events[-1].file)
+    assert table.column("status").to_pylist() == ["ok", "ok", "error", "ok"]
+    assert table.column("error").to_pylist() == [None, None, "ValueError: cannot draw poison", None]
+    assert read_footer(tmp_path / "out" / "data" / "shard-00000.parquet") == ShardFooter("k", 0, 4, 3, 1)
+
+
+def test_a_worker_that_cannot_load_reports_one_line(tmp_path):
+    worker = GenerationWorker(_with_model(settings(tmp_path), str(tmp_path)), 3)
+    assert worker.load_error.startswith("OSError: ") and "model_index.json" in worker.load_error
+    with pytest.raises(RuntimeError, match="model_index.json"):
+        worker.ready()
+
+
+def _with_model(base: WorkerSettings, model: str) -> WorkerSettings:
+    from dataclasses import replace
+
+    return replace(base, model=model)
+
+
+def test_a_full_disk_leaves_no_file_behind(tmp_path, monkeypatch):
+    def write_half_then_fail(table, sink, **kwargs):
+        sink.write(b"PAR1 partial bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", write_half_then_fail)
+    with pytest.raises(ShardWriteError, match=r"cannot write .*shard-00007.parquet: No space left on device"):
+        write_shard(pa.table({"x": [1]}), str(tmp_path), ShardFooter("k", 7, 1, 1, 0))
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_footers_reject_partial_and_foreign_files(tmp_path):
+    path = write_shard(pa.table({"x": [1, 2]}), str(tmp_path), ShardFooter("k", 0, 2, 2, 0))
+    assert read_footer(tmp_path / "data" / "shard-00000.parquet") == ShardFooter("k", 0, 2, 2, 0)
+    data = open(path, "rb").read()
+    (tmp_path / "truncated.parquet").write_bytes(data[: len(data) // 2])
+    assert read_footer(tmp_path / "truncated.parquet") is None
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "foreign.parquet")
+    assert read_footer(tmp_path / "foreign.parquet") is None
