@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/resume.py
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff
