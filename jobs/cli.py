@@ -31,6 +31,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--retry-failed", action="store_true", help="also rerun the rows whose status is error, rewriting their shards"
     )
+
+    manifest = commands.add_parser("manifest", help="turn a .txt/.csv/.tsv/.jsonl prompt list into a manifest")
+    manifest.add_argument("input", help="prompt list: .txt (one prompt per line), .csv, .tsv or .jsonl")
+    manifest.add_argument("-o", "--output", required=True, help="manifest to write (.parquet)")
+    manifest.add_argument("--prompt-column", help="column holding the prompt (default: prompt, else Prompt)")
+    manifest.add_argument("--id-column", help="column holding unique ids (default: ids from the record number)")
+    manifest.add_argument("--images-per-prompt", type=int, default=1, metavar="K", help="K rows per prompt")
+    manifest.add_argument("--seed", type=int, default=0, help="base seed the rows' seeds are derived from")
+
+    report = commands.add_parser("report", help="CLIP-score report of a run: report.html, report.md, report.json")
+    report.add_argument("run", help="the run's output folder")
+    report.add_argument("--by", help="group by this column (default: category, when present)")
+    report.add_argument("-o", "--output", help="report folder (default: RUN/report)")
+
+    compare = commands.add_parser("compare", help="paired comparison of two runs over their shared ids (B - A)")
+    compare.add_argument("run_a", help="output folder of run A (the baseline)")
+    compare.add_argument("run_b", help="output folder of run B")
+    compare.add_argument("--by", help="group by this column of run A (default: category, when present)")
+    compare.add_argument("-o", "--output", help="comparison folder (default: RUN_B/compare)")
     return parser
 
 
@@ -39,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    commands = {"run": run_command, "manifest": manifest_command, "report": report_command, "compare": compare_command}
     try:
-        return run_command(args)
+        return commands[args.command](args)
     except GenbatchError as error:
         print(f"genbatch: error: {error}", file=sys.stderr)
         return error.exit_code
@@ -86,6 +106,40 @@ def run_command(args: argparse.Namespace) -> int:
     )
     print(f"genbatch: output: {summary.output}")
     return summary.exit_code
+
+
+def manifest_command(args: argparse.Namespace) -> int:
+    from jobs.prompt_import import import_prompts
+
+    summary = import_prompts(
+        args.input,
+        args.output,
+        prompt_column=args.prompt_column,
+        id_column=args.id_column,
+        images_per_prompt=args.images_per_prompt,
+        seed=args.seed,
+    )
+    print(
+        f"genbatch: wrote {summary.rows} rows ({summary.prompts} prompts) to {summary.output}; "
+        f"columns: {', '.join(summary.columns)}"
+    )
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from jobs.report import write_report
+
+    out = write_report(args.run, args.output, by=args.by)
+    print(f"genbatch: report: {out / 'report.html'} (also report.md, report.json)")
+    return 0
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    from jobs.compare import write_comparison
+
+    out = write_comparison(args.run_a, args.run_b, args.output, by=args.by)
+    print(f"genbatch: comparison: {out / 'compare.html'} (also compare.md, compare.json)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def write_job_file(output_dir: str | Path, record: dict) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(record, handle, indent=2, default=str)
             handle.write("\n")
+        os.chmod(temp, 0o644)  # mkstemp creates 0600; job.json is for everyone who reads the output
         os.replace(temp, target)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

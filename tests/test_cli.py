@@ -62,3 +62,21 @@ def test_ctrl_c_stops_the_job_exits_130_and_leaves_only_whole_files(tmp_path, ra
 
 def test_the_session_ray_instance_listens_on_loopback_only(ray_session):
     assert {node["NodeManagerAddress"] for node in ray_session.nodes()} == {"127.0.0.1"}
+
+
+def test_manifest_command_turns_a_prompt_list_into_a_runnable_manifest(tmp_path, capsys):
+    from jobs.manifest import read_manifest
+
+    source = tmp_path / "parti.tsv"
+    source.write_text(
+        'Prompt\tCategory\tChallenge\tNote\na "quoted" cat\tAnimals\tBasic\t\ncafé ☕ 東京\tPlaces\tWriting\tx\n'
+    )
+    target = tmp_path / "m.parquet"
+    assert main(["manifest", str(source), "-o", str(target), "--images-per-prompt", "2"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"genbatch: wrote 4 rows (2 prompts) to {target}; columns: id, prompt, seed, category, challenge, note"
+    )
+    manifest = read_manifest(str(target))
+    assert manifest.rows == 4 and manifest.has_id_column
+    assert main(["manifest", str(tmp_path / "nope.csv"), "-o", str(tmp_path / "x.parquet")]) == 2
+    assert f"genbatch: error: {tmp_path / 'nope.csv'}: file not found" in capsys.readouterr().err

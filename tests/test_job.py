@@ -296,3 +296,16 @@ def test_a_row_with_non_finite_output_fails_alone_and_the_job_exits_1(job_dir, c
         assert table.column(name).is_null().to_pylist() == [False, True, False], name
     counts = json.loads((output / "job.json").read_text())["counts"]
     assert (counts["ok"], counts["failed"], counts["shards_failed"]) == (2, 1, 0)
+
+
+def test_report_and_compare_read_a_real_run(job_dir, capsys):
+    _, _, output = job_dir
+    assert main(["report", str(output)]) == 0
+    report = json.loads((output / "report" / "report.json").read_text())
+    scores = read_output(output).column("clip_score").to_numpy()
+    assert report["rows"] == 7 and report["group_by"] == "category"
+    assert report["clip_score"]["mean"] == pytest.approx(float(np.mean(scores.astype(np.float64))), abs=1e-9)
+    assert set(report["groups"]["category"]) == {"animal", "long", "plant", "sky"}
+    assert main(["compare", str(output), str(output), "-o", str(output / "self")]) == 0
+    same = json.loads((output / "self" / "compare.json").read_text())
+    assert (same["pairs"], same["mean_delta"], same["ties"]) == (7, 0.0, 7)

@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 DATA_DIR = "data"
 TEMP_SUFFIX = ".tmp"
 FOOTER_KEY = b"genbatch"
+# Small row groups let readers (reports, datasets streaming) hold a few images at a time, not a shard's.
+ROW_GROUP_ROWS = 64
 
 
 class ShardWriteError(OSError):
@@ -56,7 +58,9 @@ def write_shard(table: pa.Table, output_dir: str, footer: ShardFooter) -> str:
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         with open(temp, "wb") as sink:
-            pq.write_table(table.replace_schema_metadata(metadata), sink, compression="zstd")
+            pq.write_table(
+                table.replace_schema_metadata(metadata), sink, compression="zstd", row_group_size=ROW_GROUP_ROWS
+            )
             sink.flush()
             os.fsync(sink.fileno())
         os.replace(temp, final)

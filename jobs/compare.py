@@ -1,0 +1,122 @@
+"""`genbatch compare`: paired CLIP-score comparison of two runs over the same ids (B - A)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs.errors import ConfigError
+from jobs.render import CLIP_SCORE_DEFINITION, environment, thumbnail_uri, write_json, write_text
+from jobs.report import pick_group_column, run_settings
+from jobs.runs import Run, fetch_images, open_run
+from jobs.stats import paired_comparison
+from workers import columns as C
+
+logger = logging.getLogger(__name__)
+SHOWN_PAIRS = 8
+
+
+def pair_rows(a: Run, b: Run, group_column: str | None) -> pa.Table:
+    """Scored rows present in both runs, joined on id: id, prompt/seed/score of each side, group."""
+    if a.clip_model != b.clip_model:
+        raise ConfigError(
+            f"{a.path} and {b.path} were scored with different CLIP models ({a.clip_model!r} vs {b.clip_model!r}); "
+            "their scores are not comparable"
+        )
+    id_a, id_b = a.table.schema.field(C.ID).type, b.table.schema.field(C.ID).type
+    if id_a != id_b:
+        raise ConfigError(f"{a.path} and {b.path} have ids of different types ({id_a} vs {id_b})")
+    keep = [C.ID, C.PROMPT, C.SEED, C.CLIP_SCORE]
+    left = a.scored().select(keep + ([group_column] if group_column and group_column not in keep else []))
+    right = b.scored().select(keep).rename_columns([C.ID, "prompt_b", "seed_b", "clip_score_b"])
+    pairs = left.join(right, keys=C.ID, join_type="inner").sort_by(C.ID)
+    if pairs.num_rows == 0:
+        raise ConfigError(f"{a.path} and {b.path} share no scored ids; nothing to compare")
+    return pairs
+
+
+def build_comparison(
+    run_a: str | Path, run_b: str | Path, by: str | None = None, shown: int = SHOWN_PAIRS
+) -> tuple[dict, dict]:
+    a, b = open_run(run_a), open_run(run_b)
+    column = pick_group_column(a, by)
+    pairs = pair_rows(a, b, column)
+    warnings = []
+    for name, other in ((C.PROMPT, "prompt_b"), (C.SEED, "seed_b")):
+        differ = pc.sum(pc.fill_null(pc.not_equal(pairs[name], pairs[other]), True)).as_py() or 0
+        if differ:
+            warnings.append(f"{differ} of {pairs.num_rows} paired ids have a different {name} in the two runs")
+    for warning in warnings:
+        logger.warning(warning)
+    score_a = pairs[C.CLIP_SCORE].to_numpy().astype(np.float64)
+    score_b = pairs["clip_score_b"].to_numpy().astype(np.float64)
+    data = {
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_a": run_settings(a),
+        "run_b": run_settings(b),
+        "clip_model": a.clip_model,
+        **paired_comparison(score_a, score_b),
+        # Rows left out of the pairs: absent from the other run, or failed/unscored in either.
+        "unpaired_rows": {
+            "a": a.table.num_rows - _count_in(a.table, pairs),
+            "b": b.table.num_rows - _count_in(b.table, pairs),
+        },
+        "warnings": warnings,
+        "group_by": column,
+        "groups": {column: _group_deltas(pairs, column, score_a, score_b)} if column else {},
+        "clip_score_definition": CLIP_SCORE_DEFINITION,
+    }
+    delta = score_b - score_a
+    order = np.argsort(delta, kind="stable")
+    b_better = pairs.take(pa.array([i for i in order[::-1] if delta[i] > 0][:shown], pa.int64()))
+    a_better = pairs.take(pa.array([i for i in order if delta[i] < 0][:shown], pa.int64()))
+    ids = b_better[C.ID].to_pylist() + a_better[C.ID].to_pylist()
+    images_a, images_b = fetch_images(a.path, ids), fetch_images(b.path, ids)
+    visuals = {"b_better": _tiles(b_better, images_a, images_b), "a_better": _tiles(a_better, images_a, images_b)}
+    return data, visuals
+
+
+def write_comparison(run_a, run_b, out_dir: str | Path | None = None, by: str | None = None) -> Path:
+    data, visuals = build_comparison(run_a, run_b, by)
+    out = Path(out_dir) if out_dir else Path(run_b) / "compare"
+    env = environment()
+    write_json(out / "compare.json", data)
+    write_text(out / "compare.md", env.get_template("compare.md.j2").render(c=data))
+    write_text(out / "compare.html", env.get_template("compare.html.j2").render(c=data, v=visuals))
+    return out
+
+
+def _group_deltas(pairs: pa.Table, column: str, score_a: np.ndarray, score_b: np.ndarray) -> dict:
+    groups = {}
+    values = pairs[column].to_pylist()
+    for value in sorted(set(values), key=str):
+        mask = np.array([v == value for v in values])
+        stats = paired_comparison(score_a[mask], score_b[mask])
+        groups[str(value)] = {
+            key: stats[key] for key in ("pairs", "mean_a", "mean_b", "mean_delta", "ci95", "win_rate")
+        }
+    return groups
+
+
+def _count_in(table: pa.Table, pairs: pa.Table) -> int:
+    return pc.sum(pc.is_in(table[C.ID], value_set=pairs[C.ID])).as_py() or 0
+
+
+def _tiles(rows: pa.Table, images_a: dict, images_b: dict) -> list[dict]:
+    return [
+        {
+            "id": r[C.ID],
+            "prompt": r[C.PROMPT],
+            "a": r[C.CLIP_SCORE],
+            "b": r["clip_score_b"],
+            "delta": r["clip_score_b"] - r[C.CLIP_SCORE],
+            "src_a": thumbnail_uri(images_a.get(r[C.ID])),
+            "src_b": thumbnail_uri(images_b.get(r[C.ID])),
+        }
+        for r in rows.select([C.ID, C.PROMPT, C.CLIP_SCORE, "clip_score_b"]).to_pylist()
+    ]

@@ -1,0 +1,87 @@
+"""Turning report data into files: Jinja templates, thumbnails and a histogram as data URIs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+CLIP_SCORE_DEFINITION = (
+    "CLIP score = 100 × max(cos, 0) per image, where cos is the cosine similarity of CLIP's projected image "
+    "and text embeddings (prompts longer than the text encoder's limit are truncated keeping the end token); "
+    "figures average over images. Scores are comparable only between runs scored with the same CLIP model."
+)
+THUMBNAIL_PX = 160
+
+
+def environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("jobs", "templates"),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = lambda value, digits=2: "–" if value is None else f"{value:.{digits}f}"
+    env.filters["pct"] = lambda value: "–" if value is None else f"{100 * value:.1f}%"
+    return env
+
+
+def thumbnail_uri(png: bytes | None) -> str | None:
+    """A small JPEG of the image as a data URI, so the report is one self-contained file."""
+    if png is None:
+        return None
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    if min(image.size) < THUMBNAIL_PX:  # tiny images are upscaled crisply, not blurred by the browser
+        scale = THUMBNAIL_PX // max(1, min(image.size))
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def histogram_uri(values, label: str = "CLIP score") -> str | None:
+    """A histogram of the scores as an inline PNG data URI."""
+    if len(values) == 0:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 2.6), dpi=110)
+    axes.hist(values, bins=min(40, max(5, len(values) // 5)), color="#3b6ea5", edgecolor="white")
+    axes.set_xlabel(label)
+    axes.set_ylabel("images")
+    axes.spines[["top", "right"]].set_visible(False)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write atomically, so a reader never sees half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(temp, 0o644)  # mkstemp's 0600 would hide reports from the people they are for
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")

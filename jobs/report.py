@@ -1,0 +1,120 @@
+"""`genbatch report`: CLIP-score summary of one run, as report.json, report.md and report.html."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs.errors import ConfigError
+from jobs.render import CLIP_SCORE_DEFINITION, environment, histogram_uri, thumbnail_uri, write_json, write_text
+from jobs.runs import Run, fetch_images, open_run
+from jobs.stats import bootstrap_mean_ci, summarize_scores
+from workers import columns as C
+
+DEFAULT_GROUP_COLUMN = "category"
+SHOWN_ROWS = 12
+MAX_FAILED_LISTED = 100
+
+
+def pick_group_column(run: Run, by: str | None) -> str | None:
+    """`--by`, else `category` when the run has it; a named column that is missing is an error."""
+    if by is None:
+        return DEFAULT_GROUP_COLUMN if DEFAULT_GROUP_COLUMN in run.table.column_names else None
+    if by not in run.table.column_names:
+        raise ConfigError(f"{run.path}: --by {by!r}: no such column (columns: {', '.join(run.table.column_names)})")
+    return by
+
+
+def group_stats(table: pa.Table, scored: pa.Table, column: str) -> dict:
+    """Per value of `column`: rows, and the mean, median and bootstrap interval of its scores."""
+    groups = {}
+    counts = pc.value_counts(table[column]).to_pylist()
+    for entry in sorted(counts, key=lambda e: str(e["values"])):
+        value = entry["values"]
+        mask = pc.is_null(scored[column]) if value is None else pc.equal(scored[column], value)
+        scores = scored.filter(pc.fill_null(mask, False))[C.CLIP_SCORE].to_numpy().astype(np.float64)
+        groups[str(value)] = {
+            "rows": entry["counts"],
+            "scored": int(len(scores)),
+            "mean": float(scores.mean()) if len(scores) else None,
+            "median": float(np.median(scores)) if len(scores) else None,
+            "ci95": bootstrap_mean_ci(scores),
+        }
+    return groups
+
+
+def run_settings(run: Run) -> dict:
+    config = run.job.get("config") or {}
+    generation, model = config.get("generation", {}), config.get("model", {})
+    schedulers = sorted(set(pc.unique(run.table[C.SCHEDULER]).to_pylist()) - {None})
+    return {
+        "run": str(run.path),
+        "model": model.get("id"),
+        "scheduler": ", ".join(schedulers) or model.get("scheduler"),
+        "dtype": model.get("dtype"),
+        "steps": generation.get("steps"),
+        "guidance_scale": generation.get("guidance_scale"),
+        "size": f"{generation.get('width')}x{generation.get('height')}",
+        "clip_model": run.clip_model,
+        "seed": config.get("seed"),
+        "images_per_s": run.job.get("images_per_s"),
+        "seconds": run.job.get("seconds"),
+        "status": run.job.get("status"),
+    }
+
+
+def build_report(run_dir: str | Path, by: str | None = None, shown: int = SHOWN_ROWS) -> tuple[dict, dict]:
+    """The report's figures (report.json) and what only the HTML needs (thumbnails, histogram)."""
+    run = open_run(run_dir)
+    column = pick_group_column(run, by)
+    table, scored = run.table, run.scored()
+    scores = scored[C.CLIP_SCORE].to_numpy().astype(np.float64)
+    ok = pc.sum(pc.equal(table[C.STATUS], C.STATUS_OK)).as_py() or 0
+    failed_rows = table.filter(pc.equal(table[C.STATUS], C.STATUS_ERROR))
+    data = {
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "rows": table.num_rows,
+        "ok": ok,
+        "failed": failed_rows.num_rows,
+        "clip_score": summarize_scores(scores),
+        "clip_score_definition": CLIP_SCORE_DEFINITION,
+        "group_by": column,
+        "groups": {column: group_stats(table, scored, column)} if column else {},
+        "settings": run_settings(run),
+        "failed_rows": [
+            {"id": r[C.ID], "prompt": r[C.PROMPT], "error": r[C.ERROR]}
+            for r in failed_rows.select([C.ID, C.PROMPT, C.ERROR]).slice(0, MAX_FAILED_LISTED).to_pylist()
+        ],
+    }
+    shown = min(shown, max(1, len(scores) // 2))  # small runs: best and worst do not overlap
+    order = np.argsort(scores, kind="stable")
+    best = scored.take(order[::-1][:shown]) if len(order) else scored
+    worst = scored.take(order[:shown]) if len(order) else scored
+    images = fetch_images(run.path, best[C.ID].to_pylist() + worst[C.ID].to_pylist())
+    visuals = {
+        "histogram": histogram_uri(scores),
+        "best": _tiles(best, images),
+        "worst": _tiles(worst, images),
+    }
+    return data, visuals
+
+
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None, by: str | None = None) -> Path:
+    data, visuals = build_report(run_dir, by)
+    out = Path(out_dir) if out_dir else Path(run_dir) / "report"
+    env = environment()
+    write_json(out / "report.json", data)
+    write_text(out / "report.md", env.get_template("report.md.j2").render(r=data))
+    write_text(out / "report.html", env.get_template("report.html.j2").render(r=data, v=visuals))
+    return out
+
+
+def _tiles(rows: pa.Table, images: dict) -> list[dict]:
+    return [
+        {"id": r[C.ID], "prompt": r[C.PROMPT], "score": r[C.CLIP_SCORE], "src": thumbnail_uri(images.get(r[C.ID]))}
+        for r in rows.select([C.ID, C.PROMPT, C.CLIP_SCORE]).to_pylist()
+    ]

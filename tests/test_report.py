@@ -1,0 +1,202 @@
+"""Reports and comparisons, from the Parquet output alone, with figures recomputed independently."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+from scipy import stats
+
+from jobs.cli import main
+from workers import columns as C
+from workers.writer import ShardFooter, write_shard
+
+CATEGORIES = ["animals", "food", "scenes"]
+
+
+def png(seed: int, size: int = 16) -> bytes:
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_run(path, scores, clip_model="tiny", prompts=None, seeds=None, failed=(), shard_size=64, image=None):
+    """A run folder as genbatch writes it, built directly (no model needed)."""
+    n = len(scores)
+    prompts = prompts or [f"prompt {i}" for i in range(n)]
+    seeds = seeds if seeds is not None else list(range(n))
+    for index, start in enumerate(range(0, n, shard_size)):
+        rows = range(start, min(start + shard_size, n))
+        bad = [i in failed for i in rows]
+        table = pa.table(
+            {
+                C.ID: [f"r{i:06d}" for i in rows],
+                C.PROMPT: [prompts[i] for i in rows],
+                "category": [CATEGORIES[i % 3] for i in rows],
+                C.IMAGE: pa.array(
+                    [None if b else {"bytes": image or png(i), "path": None} for i, b in zip(rows, bad)],
+                    C.IMAGE_TYPE,
+                ),
+                C.CLIP_SCORE: pa.array([None if b else scores[i] for i, b in zip(rows, bad)], pa.float32()),
+                C.SEED: pa.array([seeds[i] for i in rows], pa.int64()),
+                C.SCHEDULER: ["ddim"] * len(rows),
+                C.STATUS: ["error" if b else "ok" for b in bad],
+                C.ERROR: ["RuntimeError: boom" if b else None for b in bad],
+            }
+        )
+        write_shard(table, str(path), ShardFooter("k", index, len(rows), len(rows) - sum(bad), sum(bad)))
+    job = {
+        "status": "finished",
+        "config": {
+            "model": {"id": "tiny", "scheduler": "ddim", "dtype": "auto"},
+            "generation": {"steps": 4, "guidance_scale": 7.5, "width": 64, "height": 64},
+            "clip": {"model": clip_model},
+            "seed": 0,
+        },
+        "images_per_s": 12.5,
+        "seconds": 3.0,
+    }
+    (path / "job.json").write_text(json.dumps(job))
+    return path
+
+
+@pytest.fixture
+def scores():
+    return [float(x) for x in np.random.default_rng(1).normal(25, 4, 90).astype(np.float32)]
+
+
+def test_report_figures_match_an_independent_computation(tmp_path, scores, capsys):
+    run = make_run(tmp_path / "run", scores, failed={3, 50})
+    assert main(["report", str(run)]) == 0
+    assert (
+        capsys.readouterr().out.strip()
+        == f"genbatch: report: {run / 'report' / 'report.html'} (also report.md, report.json)"
+    )
+    report = json.loads((run / "report" / "report.json").read_text())
+    kept = np.array([s for i, s in enumerate(scores) if i not in (3, 50)], dtype=np.float32).astype(np.float64)
+    assert (report["rows"], report["ok"], report["failed"]) == (90, 88, 2)
+    figures = report["clip_score"]
+    assert figures["n"] == 88
+    assert figures["mean"] == pytest.approx(kept.mean(), abs=1e-9)
+    assert figures["median"] == pytest.approx(np.median(kept), abs=1e-9)
+    assert figures["std"] == pytest.approx(kept.std(ddof=1), abs=1e-9)
+    assert figures["p05"] == pytest.approx(np.percentile(kept, 5), abs=1e-9)
+    assert figures["p95"] == pytest.approx(np.percentile(kept, 95), abs=1e-9)
+    low, high = figures["ci95"]
+    assert low < kept.mean() < high and high - low < 4 * kept.std() / np.sqrt(len(kept))
+    assert report["group_by"] == "category"
+    for k, name in enumerate(CATEGORIES):
+        members = [s for i, s in enumerate(scores) if i % 3 == k]
+        scored = np.array([s for i, s in enumerate(scores) if i % 3 == k and i not in (3, 50)], np.float32)
+        group = report["groups"]["category"][name]
+        assert group["rows"] == len(members) and group["scored"] == len(scored)
+        assert group["mean"] == pytest.approx(scored.astype(np.float64).mean(), abs=1e-9)
+        assert group["median"] == pytest.approx(np.median(scored.astype(np.float64)), abs=1e-9)
+        assert group["ci95"][0] < group["mean"] < group["ci95"][1]
+    assert [f["id"] for f in report["failed_rows"]] == ["r000003", "r000050"]
+    assert report["settings"]["model"] == "tiny" and report["settings"]["clip_model"] == "tiny"
+    assert report["settings"]["images_per_s"] == 12.5 and report["settings"]["size"] == "64x64"
+    assert "100 × max(cos, 0)" in report["clip_score_definition"]
+
+
+def test_report_html_is_self_contained_and_shows_the_best_and_worst(tmp_path, scores):
+    run = make_run(tmp_path / "run", scores, failed={7})
+    assert main(["report", str(run), "-o", str(tmp_path / "out"), "--by", "category"]) == 0
+    html = (tmp_path / "out" / "report.html").read_text()
+    text = re.sub(r'"data:[^"]*"', '""', html)  # the inline images themselves
+    assert not re.search(r"https?:|//[a-z0-9]|href=|url\(|@import|<script|<link", text, re.I), "external reference"
+    sources = re.findall(r'src="([^"]*)"', html)
+    assert sources and all(s.startswith("data:image/") for s in sources)
+    order = np.argsort(np.array([s if i != 7 else np.inf for i, s in enumerate(scores)]))
+    best = [f"r{i:06d}" for i in order[::-1][1:13]]  # the failed row (inf) is not a score
+    worst = [f"r{i:06d}" for i in order[:12]]
+    assert re.findall(r'<img alt="(r\d+)"', html) == best + worst
+    assert "RuntimeError: boom" in html and "100 × max(cos, 0)" in html and "<code>tiny</code>" in html
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "| animals | 30 |" in markdown
+
+
+def test_report_refuses_a_missing_group_column_and_a_folder_that_is_not_a_run(tmp_path, scores, capsys):
+    run = make_run(tmp_path / "run", scores)
+    assert main(["report", str(run), "--by", "colour"]) == 2
+    assert "--by 'colour': no such column" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    assert f"{tmp_path}: not a genbatch run folder (no job.json)" in capsys.readouterr().err
+
+
+def test_compare_figures_match_an_independent_computation(tmp_path, scores, capsys):
+    shifted = [s + 0.5 + 0.8 * np.sin(i) for i, s in enumerate(scores)]
+    a = make_run(tmp_path / "a", scores, failed={5})
+    b = make_run(tmp_path / "b", [float(np.float32(s)) for s in shifted[:80]], failed={9})
+    assert main(["compare", str(a), str(b), "-o", str(tmp_path / "cmp")]) == 0
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    ids = [i for i in range(80) if i not in (5, 9)]
+    sa = np.array([scores[i] for i in ids], np.float32).astype(np.float64)
+    sb = np.array([shifted[i] for i in ids], np.float32).astype(np.float64)
+    delta = sb - sa
+    assert result["pairs"] == len(ids) == 78
+    assert result["mean_delta"] == pytest.approx(delta.mean(), abs=1e-9)
+    assert result["win_rate"] == pytest.approx((delta > 0).mean(), abs=1e-12)
+    assert result["ci95"][0] < delta.mean() < result["ci95"][1]
+    assert result["wilcoxon_p"] == pytest.approx(stats.wilcoxon(delta).pvalue, rel=1e-9)
+    wins = int((delta > 0).sum())
+    assert result["sign_test_p"] == pytest.approx(stats.binomtest(wins, len(delta)).pvalue, rel=1e-9)
+    assert result["unpaired_rows"] == {"a": 12, "b": 2}  # absent from the other run, or failed in either
+    for k, name in enumerate(CATEGORIES):
+        members = [j for j, i in enumerate(ids) if i % 3 == k]
+        assert result["groups"]["category"][name]["mean_delta"] == pytest.approx(delta[members].mean(), abs=1e-9)
+    html = (tmp_path / "cmp" / "compare.html").read_text()
+    assert all(s.startswith("data:image/") for s in re.findall(r'src="([^"]*)"', html))
+    best = [f"r{ids[j]:06d}" for j in np.argsort(delta)[::-1][:8]]
+    assert re.findall(r'<img alt="B (r\d+)"', html)[:8] == best
+    assert result["warnings"] == []
+
+
+def test_compare_refuses_different_clip_models_and_runs_without_shared_ids(tmp_path, scores, capsys):
+    a = make_run(tmp_path / "a", scores)
+    b = make_run(tmp_path / "b", scores, clip_model="openai/clip-vit-large-patch14")
+    assert main(["compare", str(a), str(b)]) == 2
+    assert "different CLIP models ('tiny' vs 'openai/clip-vit-large-patch14'); their scores are not comparable" in (
+        capsys.readouterr().err
+    )
+    assert not (b / "compare").exists()
+    c = make_run(tmp_path / "c", scores, failed=set(range(90)))
+    assert main(["compare", str(a), str(c)]) == 2
+    assert "share no scored ids; nothing to compare" in capsys.readouterr().err
+
+
+def test_compare_warns_when_prompts_or_seeds_differ_for_the_same_id(tmp_path, scores):
+    a = make_run(tmp_path / "a", scores)
+    prompts = [f"prompt {i}" if i % 10 else "something else" for i in range(90)]
+    b = make_run(tmp_path / "b", scores, prompts=prompts, seeds=[i + (i == 4) for i in range(90)])
+    assert main(["compare", str(a), str(b)]) == 0
+    result = json.loads((b / "compare" / "compare.json").read_text())
+    assert result["warnings"] == [
+        "9 of 90 paired ids have a different prompt in the two runs",
+        "1 of 90 paired ids have a different seed in the two runs",
+    ]
+    assert result["mean_delta"] == 0.0 and result["ties"] == 90 and result["wilcoxon_p"] == 1.0
+
+
+def test_a_100000_row_report_streams_images_in_bounded_memory(tmp_path):
+    rows, image = 100_000, png(0, size=80)
+    run = make_run(tmp_path / "big", [25.0 + (i % 97) / 10 for i in range(rows)], shard_size=2_000, image=image)
+    all_images_mb = rows * len(image) / 2**20
+    probe = (
+        "import resource, sys; from jobs.cli import main; code = main(['report', sys.argv[1]]); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024); sys.exit(code)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe, str(run)], capture_output=True, text=True, check=True)
+    peak_mb = int(result.stdout.strip().splitlines()[-1])
+    assert all_images_mb > 1_500  # holding every image at once would need this much
+    assert peak_mb < 600, f"peak RSS {peak_mb} MB"
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert report["rows"] == rows and report["clip_score"]["n"] == rows
