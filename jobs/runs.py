@@ -1,7 +1,7 @@
 """Reading a finished run's output for reports: light columns in full, images only for chosen rows.
 
-Images are never all in memory: score columns are read batch by batch without the image column, and
-a second pass picks out the images of the few rows a report shows.
+Images are never all in memory: score columns are read without the image column, and a second pass
+reads only the row groups that hold the images of the few rows a report shows.
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from jobs.errors import OutputError
 from jobs.jobfile import JOB_FILE
@@ -55,27 +57,32 @@ def open_run(path: str | Path, extra_columns: tuple[str, ...] = ()) -> Run:
 
 
 def fetch_images(path: str | Path, ids: list) -> dict:
-    """PNG bytes of the rows with these ids, streaming the image column batch by batch."""
-    wanted = pa.array(ids)
+    """PNG bytes of the rows with these ids, reading only the row groups that hold them."""
     found: dict = {}
-    # No read-ahead: only one batch of images is ever held in memory.
-    scan = _dataset(Path(path)).to_batches(
-        columns=[C.ID, C.IMAGE], batch_size=256, batch_readahead=0, fragment_readahead=0
-    )
-    for batch in scan:
-        mask = pc.is_in(batch.column(C.ID), value_set=wanted.cast(batch.schema.field(C.ID).type))
-        if not pc.any(mask).as_py():
+    wanted = set(ids)
+    for file in _shard_files(Path(path)):
+        parquet = pq.ParquetFile(file)
+        file_ids = parquet.read(columns=[C.ID]).column(C.ID)
+        hits = pc.indices_nonzero(pc.is_in(file_ids, value_set=pa.array(ids, file_ids.type))).to_pylist()
+        if not hits:
             continue
-        picked = batch.filter(mask)
-        for row_id, image in zip(picked.column(C.ID).to_pylist(), picked.column(C.IMAGE).to_pylist()):
-            if image is not None:
-                found[row_id] = image["bytes"]
+        starts = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)])
+        for group in sorted({int(np.searchsorted(starts, hit, side="right")) - 1 for hit in hits}):
+            # One row group (ROW_GROUP_ROWS images) at a time, synchronously: memory stays flat.
+            rows = parquet.read_row_group(group, columns=[C.ID, C.IMAGE], use_threads=False)
+            for row_id, image in zip(rows.column(C.ID).to_pylist(), rows.column(C.IMAGE).to_pylist()):
+                if row_id in wanted and image is not None:
+                    found[row_id] = image["bytes"]
     return found
 
 
-def _dataset(path: Path) -> ds.Dataset:
+def _shard_files(path: Path) -> list[str]:
     data = path / DATA_DIR
     files = sorted(str(p) for p in data.glob("shard-*.parquet")) if data.is_dir() else []
     if not files:
         raise OutputError(f"{path}: no shard files in {data}")
-    return ds.dataset(files, format="parquet")
+    return files
+
+
+def _dataset(path: Path) -> ds.Dataset:
+    return ds.dataset(_shard_files(path), format="parquet")
