@@ -67,13 +67,14 @@ def actor_resources(config: JobConfig) -> ActorResources:
     return ActorResources(num_cpus=cpus, num_gpus=wanted.gpus_per_worker)
 
 
-def start_worker(settings: WorkerSettings, resources: ActorResources, index: int):
+def start_worker(settings: WorkerSettings, resources: ActorResources, index: int, worker_class=None):
     """Create one actor; it loads its models in the background while the caller goes on."""
     import ray
 
-    from workers.worker import GenerationWorker
+    if worker_class is None:
+        from workers.worker import GenerationWorker as worker_class
 
-    actor_class = ray.remote(GenerationWorker).options(
+    actor_class = ray.remote(worker_class).options(
         num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_restarts=0
     )
     return actor_class.remote(settings, index)

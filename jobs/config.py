@@ -82,15 +82,45 @@ class ResourcesConfig(_Section):
     )
 
 
+class OutputConfig(_Section):
+    path: str = Field(description="Output folder; created. Rerunning on it resumes the same job.")
+    image_format: Literal["png", "webp", "jpeg"] = Field("png", description="Encoding of the image column.")
+    png_compress_level: int = Field(1, ge=0, le=9, description="zlib level for png: 1 is fast, 9 is small.")
+    quality: int = Field(95, ge=1, le=100, description="Quality for webp and jpeg.")
+
+
+class PerformanceConfig(_Section):
+    compile: bool = Field(
+        False, description="torch.compile the UNet and VAE decoder; micro-batches are padded to batch_size."
+    )
+    channels_last: bool | Literal["auto"] = Field("auto", description="channels_last UNet/VAE; auto: on GPU only.")
+    vae_slicing: bool | Literal["auto"] = Field(
+        "auto", description="Decode one image at a time; auto: when a batch's decode would not fit in free GPU memory."
+    )
+    vae_tiling: bool = Field(False, description="Decode in tiles, for sizes whose single-image decode does not fit.")
+    clip_preprocess: Literal["auto", "device", "processor"] = Field(
+        "auto", description="CLIP resize/crop/normalize on the device, or by CLIPProcessor; auto: device on GPU."
+    )
+    writer_threads: int = Field(
+        2, ge=0, description="CPU threads that encode and hash images while the next batch generates; 0: inline."
+    )
+
+
 class JobConfig(_Section):
     manifest: str = Field(description="A Parquet file, a folder of Parquet files, or a glob.")
-    output: str = Field(description="Output folder; created.")
+    output: OutputConfig = Field(description="Output folder (a path), or a section with path and image settings.")
     seed: int = Field(0, ge=0, description="Job seed; rows without a seed get one derived from (seed, row id).")
     shard_size: int = Field(256, ge=1, description="Rows per shard.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     clip: ClipConfig = Field(default_factory=ClipConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
+
+    @field_validator("output", mode="before")
+    @classmethod
+    def _output_path_alone(cls, value):
+        return {"path": value} if isinstance(value, str) else value
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> JobConfig:
@@ -107,6 +137,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> JobConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(raw).__name__}")
     for override in overrides:
+        if isinstance(raw.get("output"), str):  # `output: DIR` is short for `output: {path: DIR}`
+            raw["output"] = {"path": raw["output"]}
         apply_override(raw, override, path)
     try:
         return JobConfig.model_validate(raw)
@@ -127,9 +159,13 @@ def apply_override(raw: dict, override: str, path: Path) -> None:
             raise ConfigError(f"{path}: --set {override!r}: {'.'.join(parts[: depth + 1])} is not a section")
         node = child
     try:
-        node[parts[-1]] = yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: --set {override!r}: {_one_line(error)}") from None
+    if parts == ["output"] and isinstance(value, str) and isinstance(node.get("output"), dict):
+        node["output"]["path"] = value  # keep the image settings of an output section
+    else:
+        node[parts[-1]] = value
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -18,7 +18,7 @@ from jobs.manifest import Manifest, read_manifest
 from jobs.planner import plan_shards
 from jobs.progress import Progress
 from jobs.resume import ResumePlan, check_same_job, clear_output, identity_key, job_identity, plan_resume, read_job_file
-from workers.tasks import GenerationDefaults, WorkerSettings
+from workers.tasks import FastPaths, GenerationDefaults, ImageEncoding, WorkerSettings
 from workers.writer import remove_temp_files
 
 logger = logging.getLogger(__name__)
@@ -55,8 +55,11 @@ def run_job(
     overwrite: bool = False,
     retry_failed: bool = False,
     hooks: JobHooks | None = None,
+    worker_class=None,
 ) -> JobSummary:
-    """Run a job, or finish one that an earlier run on the same output folder started."""
+    """Run a job, or finish one that an earlier run on the same output folder started.
+
+    `worker_class` replaces the actor class (benchmarks use a stub that skips the model)."""
     started = time.perf_counter()
     hooks = hooks or JobHooks()
     # 1. Validate the whole manifest before anything is written or started.
@@ -64,7 +67,7 @@ def run_job(
     shards = plan_shards(manifest, config.shard_size)
     identity = job_identity(config, manifest)
     key = identity_key(identity)
-    output = prepare_output(config.output)
+    output = prepare_output(config.output.path)
     with OutputLock(output):
         # 2. Reuse what an earlier run of the same job completed; refuse to mix different jobs.
         previous = read_job_file(output)
@@ -93,7 +96,7 @@ def run_job(
                 hooks.on_progress(rows, failed)
 
         dispatcher = Dispatcher(
-            start_actor=lambda index: cluster.start_worker(settings, resources, index),
+            start_actor=lambda index: cluster.start_worker(settings, resources, index, worker_class),
             workers=config.resources.workers,
             shards=plan.todo,
             max_shard_retries=config.resources.max_shard_retries,
@@ -153,6 +156,12 @@ def worker_settings(config: JobConfig, output: str, resources: cluster.ActorReso
         output_dir=output,
         job_key=key,
         num_threads=max(1, int(resources.num_cpus)),
+        encoding=ImageEncoding(
+            format=config.output.image_format,
+            png_compress_level=config.output.png_compress_level,
+            quality=config.output.quality,
+        ),
+        fast=FastPaths(**config.performance.model_dump()),
     )
 
 

@@ -19,11 +19,13 @@ logger = logging.getLogger(__name__)
 
 
 def job_identity(config: JobConfig, manifest: Manifest) -> dict:
-    """Everything that changes a job's images or scores. Workers, batch size and paths are not in it."""
+    """Everything that changes a job's images or scores. Workers, batch size, fast paths and paths are not:
+    they change pixels by at most float rounding (see README)."""
     return {
         "model": config.model.model_dump(mode="json"),
         "generation": config.generation.model_dump(mode="json"),
         "clip": config.clip.model_dump(mode="json"),
+        "output": config.output.model_dump(mode="json", exclude={"path"}),
         "seed": config.seed,
         "shard_size": config.shard_size,
         "manifest": {"rows": manifest.rows, "fingerprint": manifest.fingerprint},

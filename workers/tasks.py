@@ -20,6 +20,27 @@ class GenerationDefaults:
 
 
 @dataclass(frozen=True)
+class ImageEncoding:
+    """How images are stored in the image column."""
+
+    format: str = "png"  # png, webp or jpeg
+    png_compress_level: int = 1
+    quality: int = 95
+
+
+@dataclass(frozen=True)
+class FastPaths:
+    """Speed options; none of them changes pixels by more than float rounding."""
+
+    compile: bool = False
+    channels_last: bool | str = "auto"
+    vae_slicing: bool | str = "auto"
+    vae_tiling: bool = False
+    clip_preprocess: str = "auto"  # device, processor or auto
+    writer_threads: int = 2
+
+
+@dataclass(frozen=True)
 class WorkerSettings:
     """Everything an actor needs to load its models and turn rows into output rows."""
 
@@ -34,6 +55,8 @@ class WorkerSettings:
     output_dir: str
     job_key: str  # hash of everything that decides the output; stamped on every shard file
     num_threads: int | None = None
+    encoding: ImageEncoding = ImageEncoding()
+    fast: FastPaths = FastPaths()
 
 
 @dataclass(frozen=True)
