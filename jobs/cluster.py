@@ -36,7 +36,8 @@ def connect(address: str | None) -> None:
         runtime_env = {"py_modules": [str(Path(__file__).resolve().parent.parent / "workers")]}
     kwargs = {"_node_ip_address": "127.0.0.1"} if local else {}
     ray.init(
-        address=address,
+        # "local" starts a new instance even if another cluster runs on this machine.
+        address=address or ("local" if local else None),
         include_dashboard=False,
         logging_level=logging.WARNING,
         log_to_driver=True,

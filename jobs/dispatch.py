@@ -37,6 +37,7 @@ class DispatchOutcome:
     retries: int = 0
     replaced_workers: int = 0
     first_ready_at: float | None = None
+    first_image_seconds: list[float] = field(default_factory=list)  # per actor: creation to first image
 
 
 @dataclass
@@ -54,6 +55,8 @@ class _Actor:
     ready_ref: object | None
     running: list = field(default_factory=list)  # ObjectRefGenerators
     alive: bool = True
+    created_at: float = field(default_factory=time.perf_counter)
+    produced: bool = False
 
 
 class Dispatcher:
@@ -147,6 +150,9 @@ class Dispatcher:
             self._shard_failed(generator, _describe(error))
             return
         if isinstance(value, BatchProgress):
+            if not actor.produced:
+                actor.produced = True
+                self.outcome.first_image_seconds.append(time.perf_counter() - actor.created_at)
             self._reported[generator][0] += value.rows
             self._reported[generator][1] += value.failed
             self.on_progress(value.rows, value.failed)

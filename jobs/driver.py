@@ -222,6 +222,7 @@ def summarize(
 def _record_end(output: str, record: dict, status: str, summary: JobSummary | None, outcome: DispatchOutcome) -> None:
     record.update(status=status, finished_at=utc_now())
     record["workers"] = [vars(info) for info in outcome.workers]
+    record["first_image_seconds"] = [round(seconds, 3) for seconds in outcome.first_image_seconds]
     record["failed_shards"] = [{"shard": f.shard.index, "error": f.error} for f in outcome.failures]
     if outcome.start_errors:
         record["worker_start_errors"] = outcome.start_errors

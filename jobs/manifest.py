@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -92,10 +93,12 @@ def read_manifest(source: str) -> Manifest:
     if first_row == 0:
         raise ManifestError(f"{source}: manifest has no rows")
     has_id = C.ID in schema.names
-    all_ids = []
+    # One 8-byte key per row (the id itself, or its hash) is all the uniqueness check keeps in memory.
+    keys = np.empty(first_row, dtype=np.int64) if has_id else None
     for manifest_file in files:
-        all_ids.append(_check_rows(manifest_file, schema, has_id))
-    _check_unique_ids(source if len(files) > 1 else files[0].path, all_ids)
+        _check_rows(manifest_file, schema, has_id, keys)
+    if keys is not None:  # without an id column, ids are row positions: unique by construction
+        _check_unique_ids(source if len(files) > 1 else files[0].path, files, keys)
     return Manifest(
         source=source,
         files=tuple(files),
@@ -148,8 +151,8 @@ def _check_schema(path: str, schema: pa.Schema) -> None:
             raise ManifestError(f"{path}: column {name!r} must hold {kind}, found {schema.field(name).type}")
 
 
-def _check_rows(manifest_file: ManifestFile, schema: pa.Schema, has_id: bool) -> pa.Array:
-    """Check every row of one file; returns its ids (for the uniqueness check across files)."""
+def _check_rows(manifest_file: ManifestFile, schema: pa.Schema, has_id: bool, keys: np.ndarray | None) -> None:
+    """Check every row of one file; fills this file's part of `keys` (one id key per row) if there are ids."""
     path = manifest_file.path
     wanted = [n for n in (C.ID, C.PROMPT, C.SEED, *C.ROW_OVERRIDES) if n in schema.names]
     rules = [
@@ -164,33 +167,65 @@ def _check_rows(manifest_file: ManifestFile, schema: pa.Schema, has_id: bool) ->
     problems = {name: _Problem(path, name, rule) for name, rule, _ in rules if name in schema.names}
     if C.ID in problems:
         problems[C.ID].shown_as = "file rows"  # a null id cannot name its row; its position can
-    ids_seen, offset = [], 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS, columns=wanted):
-        positions = pa.array(range(offset, offset + batch.num_rows), type=pa.int64())
-        offset += batch.num_rows
-        ids = batch.column(C.ID) if has_id else pc.add(positions, manifest_file.first_row)
-        ids_seen.append(ids)
+    offset = 0
+    for batch in _batches(path, wanted):
+        start, offset = offset, offset + batch.num_rows
+        if keys is not None:
+            first = manifest_file.first_row + start
+            keys[first : first + batch.num_rows] = _id_keys(batch.column(C.ID))
         for name, _, broken in rules:
             if name in problems:
                 mask = pc.fill_null(broken(batch.column(name)), False)
                 if pc.any(mask).as_py():
-                    shown = positions if name == C.ID else ids
+                    # Row positions are built only for the rows to name, not for every batch.
+                    positions = pa.array(np.arange(start, offset, dtype=np.int64))
+                    if name == C.ID:
+                        shown = positions
+                    elif has_id:
+                        shown = batch.column(C.ID)
+                    else:
+                        shown = pc.add(positions, manifest_file.first_row)
                     problems[name].add(pc.filter(shown, mask).to_pylist())
     found = [problem for problem in problems.values() if problem.count]
     if found:
         others = f" (and {len(found) - 1} more problems)" if len(found) > 1 else ""
         raise ManifestError(found[0].message() + others)
-    return pa.chunked_array(ids_seen, type=schema.field(C.ID).type if has_id else pa.int64())
 
 
-def _check_unique_ids(where: str, ids_per_file: list[pa.ChunkedArray]) -> None:
-    chunks = [chunk for ids in ids_per_file for chunk in ids.chunks]
-    counts = pc.value_counts(pa.chunked_array(chunks))
+def _check_unique_ids(where: str, files: list[ManifestFile], keys: np.ndarray) -> None:
+    """Sort the ids' keys to find repeats; only if some key repeats, re-read the ids to name the duplicates.
+
+    A key is the id itself for integer ids and a 64-bit hash for string ids, so a repeated key is only a
+    candidate: the second pass keeps the ids whose key repeats and counts those exactly.
+    """
+    keys.sort()
+    repeated_keys = np.unique(keys[1:][keys[1:] == keys[:-1]])
+    if not len(repeated_keys):
+        return
+    candidates = []
+    for manifest_file in files:
+        for batch in _batches(manifest_file.path, [C.ID]):
+            ids = batch.column(C.ID)
+            candidates.append(pc.filter(ids, np.isin(_id_keys(ids), repeated_keys)))
+    counts = pc.value_counts(pa.chunked_array(candidates))
     repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
     if len(repeated):
         problem = _Problem(where, C.ID, "duplicates", noun="id")
         problem.add(repeated.to_pylist())
         raise ManifestError(problem.message())
+
+
+def _batches(path: str, columns: list[str]):
+    return pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS, columns=columns)
+
+
+def _id_keys(ids: pa.Array) -> np.ndarray:
+    """An int64 per id: integer ids as they are (distinct ids, distinct keys), string ids hashed.
+
+    Null ids get key 0; they are reported as null ids before uniqueness is checked."""
+    if pa.types.is_integer(ids.type):
+        return ids.fill_null(0).to_numpy().astype(np.int64)
+    return np.fromiter(map(hash, ids.to_pylist()), dtype=np.int64, count=len(ids))
 
 
 def _blank(column: pa.Array) -> pa.Array:

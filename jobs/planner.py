@@ -15,12 +15,13 @@ def plan_shards(manifest: Manifest, shard_size: int) -> list[ShardTask]:
     """
     shards = []
     for manifest_file in manifest.files:
+        path = os.path.abspath(manifest_file.path)  # one string shared by the file's shards
         for start in range(0, manifest_file.rows, shard_size):
             stop = min(start + shard_size, manifest_file.rows)
             shards.append(
                 ShardTask(
                     index=len(shards),
-                    file=os.path.abspath(manifest_file.path),
+                    file=path,
                     start=start,
                     stop=stop,
                     first_row=manifest_file.first_row + start,

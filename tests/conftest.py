@@ -29,6 +29,7 @@ def ray_session(model_cache):
     import ray
 
     ray.init(
+        address="local",  # a private instance, even if another cluster runs on this machine
         num_cpus=2,
         num_gpus=1,  # a declared GPU that torch cannot see: actors must fall back to CPU
         include_dashboard=False,
@@ -57,7 +58,7 @@ def write_config(path: Path, manifest: Path | str, output: Path | str, **section
     """A small CPU job config; keyword arguments replace whole keys or merge into sections."""
     config = {
         "manifest": str(manifest),
-        "output": str(output),
+        "output": output if isinstance(output, dict) else str(output),
         "seed": 0,
         "shard_size": 4,
         "model": {"id": "tiny"},

@@ -309,3 +309,23 @@ def test_report_and_compare_read_a_real_run(job_dir, capsys):
     assert main(["compare", str(output), str(output), "-o", str(output / "self")]) == 0
     same = json.loads((output / "self" / "compare.json").read_text())
     assert (same["pairs"], same["mean_delta"], same["ties"]) == (7, 0.0, 7)
+
+
+def test_webp_output_and_a_format_change_is_refused_on_resume(job_dir, capsys, ray_session):
+    tmp_path = job_dir[0]
+    manifest = write_manifest(tmp_path / "webp.parquet", {"prompt": ["x", "y", "z"]})
+    output = {"path": str(tmp_path / "webp"), "image_format": "webp", "quality": 90}
+
+    def run(output_section):
+        path = write_config(tmp_path / "webp.yaml", manifest, output_section, generation=GENERATION)
+        return main(["run", str(path), "--quiet"])
+
+    assert run(output) == 0
+    table = read_output(tmp_path / "webp")
+    images = [image["bytes"] for image in table.column("image").to_pylist()]
+    assert all(data[:4] == b"RIFF" and data[8:12] == b"WEBP" for data in images)
+    assert [decode_png(data).shape for data in images] == [(32, 32, 3)] * 3  # PIL reads any format
+    record = json.loads((tmp_path / "webp" / "job.json").read_text())
+    assert len(record["first_image_seconds"]) == 1 and record["first_image_seconds"][0] > 0
+    assert run({**output, "image_format": "png"}) == 2
+    assert "output.image_format: 'webp' -> 'png'" in capsys.readouterr().err

@@ -37,11 +37,11 @@ def test_a_batch_that_raises_is_rerun_row_by_row_so_only_the_culprit_fails(tmp_p
     real_generate = generation.generate
     calls = []
 
-    def generate(pipeline, rows):
+    def generate(pipeline, rows, pad_to=None):
         calls.append(len(rows))
         if any(row.prompt == "poison" for row in rows):
             raise ValueError("cannot draw poison")
-        return real_generate(pipeline, rows)
+        return real_generate(pipeline, rows, pad_to)
 
     monkeypatch.setattr(generation, "generate", generate)
     worker = GenerationWorker(settings(tmp_path / "out"), 0)

@@ -18,7 +18,7 @@ from workers.writer import shard_path
 class RowOutput:
     """What became of one row: an encoded image and its score, or an error."""
 
-    png: bytes | None = None
+    image_bytes: bytes | None = None
     sha256: str | None = None
     cosine: float | None = None
     truncated: bool | None = None
@@ -45,7 +45,7 @@ def build_output_table(
     arrays.update({name: manifest.column(name) for name in passthrough})
     scored = [out.cosine is not None for out in outputs]
     generated = {
-        C.IMAGE: [None if out.png is None else {"bytes": out.png, "path": None} for out in outputs],
+        C.IMAGE: [None if out.image_bytes is None else {"bytes": out.image_bytes, "path": None} for out in outputs],
         C.CLIP_SCORE: [100.0 * max(out.cosine, 0.0) if ok else None for out, ok in zip(outputs, scored)],
         C.CLIP_COSINE: [out.cosine for out in outputs],
         C.PROMPT_TRUNCATED: [out.truncated for out in outputs],

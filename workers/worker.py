@@ -6,9 +6,9 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Iterator
-
-import numpy as np
+from concurrent.futures import Future
 
 from workers import columns as C
 from workers.output import RowOutput, RunLabels, build_output_table, failed_positions, merge_retried, read_previous
@@ -17,6 +17,10 @@ from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerInfo, Wor
 from workers.writer import ShardFooter, write_shard
 
 logger = logging.getLogger(__name__)
+
+NON_FINITE = "non-finite output: the image has NaN or Inf values"
+# Micro-batches whose images may still be encoding while the next one generates.
+MAX_BATCHES_ENCODING = 2
 
 
 def micro_batches(rows: list[RowSpec], batch_size: int) -> list[list[int]]:
@@ -52,6 +56,8 @@ class GenerationWorker:
         import torch
 
         from workers.clip import ClipScorer
+        from workers.fastpaths import apply_fast_paths
+        from workers.images import ImageEncoder
         from workers.loading import load_clip, load_pipeline, pick_device, pick_dtype
 
         started = time.perf_counter()
@@ -61,9 +67,16 @@ class GenerationWorker:
         self.device = pick_device()
         dtype = pick_dtype(settings.dtype, self.device)
         self.pipeline = load_pipeline(settings.model, settings.revision, settings.scheduler, self.device, dtype)
+        fast = settings.fast
+        self.fast_paths = apply_fast_paths(self.pipeline, fast, self.device, settings.batch_size, settings.defaults)
+        self.pad_to = settings.batch_size if fast.compile else None
         self.scorer = None
         if settings.clip_model is not None:
-            self.scorer = ClipScorer(*load_clip(settings.clip_model, self.device), self.device)
+            on_device = fast.clip_preprocess == "device" or (
+                fast.clip_preprocess == "auto" and self.device.type == "cuda"
+            )
+            self.scorer = ClipScorer(*load_clip(settings.clip_model, self.device), self.device, on_device=on_device)
+        self.encoder = ImageEncoder(settings.encoding, fast.writer_threads)
         self.labels = RunLabels(
             model=settings.model,
             clip_model=settings.clip_model,
@@ -98,14 +111,20 @@ class GenerationWorker:
         rows = resolve_rows(table, ids, self.settings.defaults, self.settings.job_seed)
         previous = read_previous(self.settings.output_dir, task) if task.retry_failed else None
         todo = failed_positions(previous) if previous is not None else list(range(len(rows)))
-        # 2. Generate, score and encode, one micro-batch at a time.
+        # 2. Generate and score each micro-batch; encoding runs on CPU threads meanwhile.
         outputs: dict[int, RowOutput] = {}
+        encoding: deque[list[tuple[int, Future]]] = deque()
         for batch in micro_batches([rows[p] for p in todo], self.settings.batch_size):
             positions = [todo[i] for i in batch]
-            batch_outputs = self._process_batch([rows[p] for p in positions])
+            batch_outputs, futures = self._process_batch([rows[p] for p in positions])
             outputs.update(zip(positions, batch_outputs))
+            encoding.append([(positions[i], future) for i, future in futures])
+            while len(encoding) > MAX_BATCHES_ENCODING:  # bounded, so memory stays flat
+                _collect(encoding.popleft(), outputs)
             failed = sum(out.error is not None for out in batch_outputs)
             yield BatchProgress(shard=task.index, rows=len(positions), failed=failed)
+        while encoding:
+            _collect(encoding.popleft(), outputs)
         # 3. Write the shard file; only its path and counts go back to the driver.
         fresh = build_output_table(
             table.take(todo), ids.take(todo), [rows[p] for p in todo], [outputs[p] for p in todo], self.labels
@@ -124,51 +143,59 @@ class GenerationWorker:
             seconds=time.perf_counter() - started,
         )
 
-    def _process_batch(self, rows: list[RowSpec]) -> list[RowOutput]:
-        """Run a micro-batch; if it raises, run its rows one by one so only the culprit fails."""
+    def _process_batch(self, rows: list[RowSpec]) -> tuple[list[RowOutput], list[tuple[int, Future]]]:
+        """Run a micro-batch; if it raises, run its rows one by one so only the culprit fails.
+
+        Returns each row's output and, for the rows with an image, the future of its encoding."""
         try:
             return self._run_pipeline(rows)
         except Exception as error:  # noqa: BLE001 - becomes row data, and is logged
             if len(rows) > 1:
                 logger.warning("batch of %d rows failed (%s); retrying rows one by one", len(rows), error)
-                return [self._process_batch([row])[0] for row in rows]
+                outputs, futures = [], []
+                for i, row in enumerate(rows):
+                    row_outputs, row_futures = self._process_batch([row])
+                    outputs += row_outputs
+                    futures += [(i, future) for _, future in row_futures]
+                return outputs, futures
             logger.exception("row %r failed", rows[0].id)
-            return [RowOutput(error=f"{type(error).__name__}: {error}")]
+            return [RowOutput(error=f"{type(error).__name__}: {error}")], []
 
-    def _run_pipeline(self, rows: list[RowSpec]) -> list[RowOutput]:
-        from PIL import Image
-
-        from workers.generation import generate, to_uint8
-        from workers.images import encode_png, sha256_hex
+    def _run_pipeline(self, rows: list[RowSpec]) -> tuple[list[RowOutput], list[tuple[int, Future]]]:
+        from workers.generation import finite_rows, generate, to_uint8
 
         started = time.perf_counter()
-        # 1. Denoise and decode.
-        images = generate(self.pipeline, rows)
-        finite = [bool(np.isfinite(image).all()) for image in images]
-        pixels = [to_uint8(image) if ok else None for image, ok in zip(images, finite)]
+        # 1. Denoise and decode, on the device.
+        images = generate(self.pipeline, rows, pad_to=self.pad_to)
+        finite = finite_rows(images)
+        pixels = to_uint8(images)
+        kept = [i for i, ok in enumerate(finite) if ok]
         # 2. Score against the prompts, from the exact pixels that are written.
-        cosines: list[float | None] = [None] * len(rows)
-        truncated: list[bool | None] = [None] * len(rows)
-        if self.scorer is not None:
-            kept = [i for i, ok in enumerate(finite) if ok]
+        outputs = [RowOutput() if ok else RowOutput(error=NON_FINITE) for ok in finite]
+        if self.scorer is not None and kept:
             prompts = [rows[i].prompt for i in kept]
-            if kept:
-                scored = self.scorer.cosines([Image.fromarray(pixels[i]) for i in kept], prompts)
-                cut = self.scorer.truncated(prompts)
-                for j, i in enumerate(kept):
-                    cosines[i], truncated[i] = float(scored[j]), bool(cut[j])
-        # 3. Encode.
-        outputs = []
-        for i in range(len(rows)):
-            if pixels[i] is None:
-                outputs.append(RowOutput(error="non-finite output: the image has NaN or Inf values"))
-                continue
-            png = encode_png(pixels[i])
-            outputs.append(RowOutput(png=png, sha256=sha256_hex(png), cosine=cosines[i], truncated=truncated[i]))
+            cosines = self.scorer.cosines(pixels[kept], prompts)
+            truncated = self.scorer.truncated(prompts)
+            for j, i in enumerate(kept):
+                outputs[i].cosine, outputs[i].truncated = float(cosines[j]), bool(truncated[j])
+        # 3. Hand the pixels to the encoder threads.
+        host_pixels = pixels.cpu().numpy()
+        futures = [(i, self.encoder.submit(host_pixels[i])) for i in kept]
         per_row = (time.perf_counter() - started) / len(rows)
         for output in outputs:
             output.duration_s = per_row
-        return outputs
+        return outputs, futures
+
+
+def _collect(encoded: list[tuple[int, Future]], outputs: dict[int, RowOutput]) -> None:
+    """Wait for a batch's encodings and put the bytes (or the error) into its rows' outputs."""
+    for position, future in encoded:
+        try:
+            outputs[position].image_bytes, outputs[position].sha256 = future.result()
+        except Exception as error:  # noqa: BLE001 - an image that cannot be encoded fails its row
+            logger.exception("encoding row at %d failed", position)
+            output = outputs[position]
+            output.error, output.cosine, output.truncated = f"{type(error).__name__}: {error}", None, None
 
 
 def _node_id() -> str:
