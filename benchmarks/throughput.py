@@ -1,8 +1,16 @@
-"""genbatch against a plain single-process diffusers loop doing the same work, side by side.
+"""genbatch against a plain single-process diffusers loop and Ray Data doing the same work, side by side.
 
-Both generate, CLIP-score, PNG-encode and write Parquet for the same rows, at the same batch size,
-with the same number of CPU threads. Start-up (Ray, actor, model loading) is timed apart from the
-steady state, which is measured from the end of the first micro-batch to the end of the last.
+All three generate, CLIP-score, PNG-encode (zlib level 1, genbatch's default) and write Parquet for the
+same rows, at the same batch size, with the same number of CPU threads and one worker:
+
+- plain loop: what a user would write by hand, in this process;
+- genbatch: one actor, through `jobs.driver.run_job`;
+- ray data: `read_parquet` -> `map_batches` with an actor pool of one -> `write_parquet`.
+
+Start-up (Ray, actor, model loading and the first micro-batch: from the start of a run to the end of
+its first micro-batch) is timed apart from the steady state, which is measured from the end of the first
+micro-batch to the end of the last. Runs alternate (plain loop, genbatch, ray data, then again), so drift
+on a shared machine hits all alike.
 
     python benchmarks/throughput.py [--rows 128] [--batch-size 8] [--steps 4] [--size 64] [--repeats 3]
 """
@@ -11,13 +19,17 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+PNG_COMPRESS_LEVEL = 1  # genbatch's default (`output.png_compress_level`)
 
 
 def make_manifest(folder: Path, rows: int) -> Path:
@@ -35,48 +47,76 @@ def make_manifest(folder: Path, rows: int) -> Path:
     return path
 
 
-def plain_loop(manifest: Path, out: Path, args) -> tuple[float, float]:
-    """What a user would write by hand: load, loop over batches, write one Parquet file per shard."""
+def quiet_libraries() -> None:
+    """No progress bars or info logs from diffusers and transformers (in the driver and in actors)."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def load_tiny_models(threads: int):
+    """The built-in tiny pipeline and CLIP, loaded as a user would, on `threads` CPU threads."""
     import torch
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPModel, CLIPProcessor
 
     from workers import tiny
 
-    started = time.perf_counter()
+    torch.set_num_threads(threads)
     pipe = StableDiffusionPipeline.from_pretrained(tiny.tiny_pipeline_dir(), use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     clip = CLIPModel.from_pretrained(tiny.tiny_clip_dir()).eval()
     processor = CLIPProcessor.from_pretrained(tiny.tiny_clip_dir())
-    startup = time.perf_counter() - started
+    return pipe, clip, processor
+
+
+def generate_batch(models, rows: list[dict], steps: int, size: int) -> tuple[list[bytes], list[float]]:
+    """Generate, CLIP-score and PNG-encode one batch of manifest rows: (png bytes, clip_score) per row."""
+    import torch
+
+    pipe, clip, processor = models
+    prompts = [row["prompt"] for row in rows]
+    images = pipe(
+        prompts,
+        num_inference_steps=steps,
+        width=size,
+        height=size,
+        generator=[torch.Generator("cpu").manual_seed(row["seed"]) for row in rows],
+    ).images
+    inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True, truncation=True)
+    with torch.no_grad():
+        output = clip(**inputs)
+    cosines = torch.nn.functional.cosine_similarity(output.image_embeds, output.text_embeds).tolist()
+    pngs = []
+    for image in images:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        pngs.append(buffer.getvalue())
+    return pngs, [100 * max(cosine, 0.0) for cosine in cosines]
+
+
+def plain_loop(manifest: Path, out: Path, args) -> tuple[float, float]:
+    """What a user would write by hand: load, loop over batches, write one Parquet file per shard."""
+    started = time.perf_counter()
+    models = load_tiny_models(args.threads)
     table = pq.read_table(manifest).to_pylist()
     out.mkdir(parents=True)
     first_batch_done, records = None, []
     for start in range(0, len(table), args.batch_size):
         batch = table[start : start + args.batch_size]
-        prompts = [row["prompt"] for row in batch]
-        images = pipe(
-            prompts,
-            num_inference_steps=args.steps,
-            width=args.size,
-            height=args.size,
-            generator=[torch.Generator("cpu").manual_seed(row["seed"]) for row in batch],
-        ).images
-        inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True, truncation=True)
-        with torch.no_grad():
-            output = clip(**inputs)
-        cosines = torch.nn.functional.cosine_similarity(output.image_embeds, output.text_embeds).tolist()
-        for row, image, cosine in zip(batch, images, cosines):
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            records.append({**row, "image": buffer.getvalue(), "clip_score": 100 * max(cosine, 0.0)})
+        pngs, scores = generate_batch(models, batch, args.steps, args.size)
+        for row, png, score in zip(batch, pngs, scores):
+            records.append({**row, "image": png, "clip_score": score})
         if len(records) >= args.shard_size or start + args.batch_size >= len(table):
             pq.write_table(pa.Table.from_pylist(records), out / f"shard-{start:05d}.parquet")
             records = []
         if first_batch_done is None:
             first_batch_done = time.perf_counter()
     steady = (len(table) - args.batch_size) / (time.perf_counter() - first_batch_done)
-    return startup, steady
+    return first_batch_done - started, steady
 
 
 def genbatch_job(manifest: Path, out: Path, args) -> tuple[float, float]:
@@ -102,10 +142,90 @@ def genbatch_job(manifest: Path, out: Path, args) -> tuple[float, float]:
     )
     started = time.perf_counter()
     marks: list[float] = []
-    hooks = JobHooks(on_progress=lambda rows, failed: marks.append(time.perf_counter()))
+    written: list[float] = []
+    hooks = JobHooks(
+        on_progress=lambda rows, failed: marks.append(time.perf_counter()),
+        on_shard_done=lambda result: written.append(time.perf_counter()),
+    )
     run_job(config, show_progress=False, hooks=hooks)
-    steady = (args.rows - args.batch_size) / (marks[-1] - marks[0])
+    # From the first finished micro-batch to the last shard file written, as for the plain loop.
+    steady = (args.rows - args.batch_size) / (written[-1] - marks[0])
     return marks[0] - started, steady
+
+
+class RayDataGenerator:
+    """The `map_batches` callable class: one per actor, the plain loop's models and per-batch work.
+
+    Each output batch carries `t_done`, the wall-clock time at which the batch was finished, so the
+    steady state can be measured inside the actor, as for the other runners.
+    """
+
+    def __init__(self, steps: int, size: int, threads: int):
+        quiet_libraries()
+        self.models = load_tiny_models(threads)
+        self.steps = steps
+        self.size = size
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        pngs, scores = generate_batch(self.models, rows, self.steps, self.size)
+        return pa.table(
+            {
+                "id": [row["id"] for row in rows],
+                "image": pa.array(pngs, pa.binary()),
+                "clip_score": pa.array(scores, pa.float64()),
+                "t_done": pa.array([time.time()] * len(rows), pa.float64()),
+            }
+        )
+
+
+def ray_data_job(manifest: Path, out: Path, args) -> tuple[float, float]:
+    """read_parquet -> map_batches (an actor pool of one) -> write_parquet; timings from `t_done`."""
+    import ray.data
+
+    started = time.time()  # wall clock, comparable with `t_done` from the actor on this machine
+    (
+        ray.data.read_parquet(str(manifest))
+        .map_batches(
+            RayDataGenerator,
+            fn_constructor_kwargs={"steps": args.steps, "size": args.size, "threads": args.threads},
+            batch_size=args.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=1),
+            num_cpus=args.threads,
+            batch_format="pyarrow",
+        )
+        .write_parquet(str(out), min_rows_per_file=args.shard_size)
+    )
+    done = pq.read_table(out, columns=["t_done"])["t_done"].to_pylist()
+    if len(done) != args.rows:
+        raise RuntimeError(f"ray data wrote {len(done)} rows, expected {args.rows}")
+    batches = sorted(Counter(done).items())  # (t_done, rows) per batch, in order of completion
+    first, last = batches[0][0], batches[-1][0]
+    steady = (len(done) - batches[0][1]) / (last - first)
+    return first - started, steady
+
+
+def configure_ray_data() -> None:
+    """Quiet and deterministic: no progress bars, no stats logs, output in input order.
+
+    Ray Data's console log is cut to errors; its full log still goes to the session's `logs/ray-data/` folder.
+    """
+    import ray.data
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setLevel(logging.ERROR)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.enable_operator_progress_bars = False
+    context.print_on_execution_start = False
+    context.enable_auto_log_stats = False
+    context.verbose_stats_logs = False
+    context.execution_options.preserve_order = True
+    context.execution_options.verbose_progress = False
+
+
+RUNNERS = {"plain loop": plain_loop, "genbatch": genbatch_job, "ray data": ray_data_job}
 
 
 def main() -> None:
@@ -119,27 +239,33 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    import diffusers
     import ray
     import torch
-    import transformers
 
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    quiet_libraries()
     torch.set_num_threads(args.threads)
-    ray.init(num_cpus=args.threads, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR")
-    results: dict[str, list[tuple[float, float]]] = {"plain loop": [], "genbatch": []}
+    # A fresh local instance (never a cluster left running on the machine) with one logical CPU more than the
+    # worker takes: Ray Data's own list/read/write tasks need one, or `read_parquet` waits forever behind the actor.
+    ray.init(
+        address="local",
+        num_cpus=args.threads + 1,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level="ERROR",
+    )
+    configure_ray_data()
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in RUNNERS}
     with tempfile.TemporaryDirectory() as tmp:
         manifest = make_manifest(Path(tmp), args.rows)
-        for repeat in range(args.repeats):  # alternate, so drift on a shared machine hits both alike
-            results["plain loop"].append(plain_loop(manifest, Path(tmp) / f"plain-{repeat}", args))
-            results["genbatch"].append(genbatch_job(manifest, Path(tmp) / f"genbatch-{repeat}", args))
+        for repeat in range(args.repeats):  # alternate, so drift on a shared machine hits all alike
+            for name, runner in RUNNERS.items():
+                out = Path(tmp) / f"{name.replace(' ', '-')}-{repeat}"
+                results[name].append(runner(manifest, out, args))
     ray.shutdown()
 
     print(
         f"\n{args.rows} rows, {args.size}x{args.size} px, {args.steps} steps, batch {args.batch_size}, "
-        f"{args.threads} threads, tiny model, CPU; median of {args.repeats} alternating runs\n"
+        f"{args.threads} threads, one worker, tiny model, CPU; median of {args.repeats} alternating runs\n"
     )
     print(f"{'runner':<12} {'start-up s':>11} {'steady images/s':>16}")
     medians = {}
@@ -147,7 +273,10 @@ def main() -> None:
         startup = statistics.median(r[0] for r in runs)
         medians[name] = statistics.median(r[1] for r in runs)
         print(f"{name:<12} {startup:>11.2f} {medians[name]:>16.2f}")
-    print(f"\ngenbatch / plain loop (steady state): {medians['genbatch'] / medians['plain loop']:.3f}x")
+    print()
+    for other, target in (("plain loop", 0.95), ("ray data", 1.0)):
+        ratio = medians["genbatch"] / medians[other]
+        print(f"genbatch / {other + ' (steady state):':<28} {ratio:.3f}x  (target >= {target:.2f}x)")
 
 
 if __name__ == "__main__":

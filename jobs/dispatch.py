@@ -46,6 +46,7 @@ class JobHooks:
 
     on_progress: Callable[[int, int], None] | None = None  # (rows, failed rows) per micro-batch
     on_worker_ready: Callable[[WorkerInfo], None] | None = None
+    on_shard_done: Callable[[ShardResult], None] | None = None  # after the shard's file is written
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Dispatcher:
         on_progress: Callable[[int, int], None],
         on_workers: Callable[[int, int], None],
         on_worker_ready: Callable[[WorkerInfo], None] | None = None,
+        on_shard_done: Callable[[ShardResult], None] | None = None,
     ):
         self.start_actor = start_actor
         self.actors = [self._new_actor(index) for index in range(workers)]
@@ -77,6 +79,7 @@ class Dispatcher:
         self.on_progress = on_progress
         self.on_workers = on_workers
         self.on_worker_ready = on_worker_ready or (lambda info: None)
+        self.on_shard_done = on_shard_done or (lambda result: None)
         self.outcome = DispatchOutcome()
         self._attempts: dict[int, int] = {}  # shard index -> failed attempts
         self._tasks: dict = {}  # generator -> (actor, shard)
@@ -158,6 +161,7 @@ class Dispatcher:
             self.on_progress(value.rows, value.failed)
         elif isinstance(value, ShardResult):
             self.outcome.results.append(value)
+            self.on_shard_done(value)
 
     def _actor_died(self, actor: _Actor, error: Exception) -> None:
         """Replace a dead actor once, whichever of its shards reports the death first."""

@@ -103,6 +103,7 @@ def run_job(
             on_progress=advance,
             on_workers=progress.workers,
             on_worker_ready=hooks.on_worker_ready,
+            on_shard_done=hooks.on_shard_done,
         )
         interrupted = False
         try:

@@ -1,0 +1,308 @@
+"""Can one driver feed a 100-GPU cluster? Planning memory and the driver's dispatch rate, without a model.
+
+Generates a manifest (id, prompt, category) split across Parquet files, then measures, each phase in a
+fresh process so that its peak RSS (VmHWM) is its own:
+
+1. planning: `read_manifest` (validates every row's id and prompt) + `plan_shards`, on the whole manifest;
+2. dispatch: a full `run_job` on a local Ray instance with `StubWorker` actors, which read each shard's
+   rows with `read_slice` like the real worker but skip the model and write no images. The rate is
+   the steady state, from the first progress event to the last (actor start-up excluded), and the
+   driver's CPU time per shard over the same window (what bounds it once it has a core to itself).
+
+100 GPUs at 10 images/s each consume 1,000 rows/s; the table gives the dispatch rate as a multiple of that.
+
+`read_slice` decodes whole row groups, so a stub shard from a 1Mi-row group (pyarrow's default) costs
+~0.25 s of actor CPU: harmless next to a GPU's 25 s per 256-row shard, but on a small machine it would
+measure the stub actors, not the driver. The manifest is therefore written with small row groups.
+
+    python benchmarks/driver_scale.py [--rows 10_000_000] [--files 10] [--shard-size 256] [--workers 8]
+        [--id-kind int|string] [--row-group-rows 4096] [--dispatch-rows N] [--cpus N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parent.parent
+GPU_ROWS_PER_S = 100 * 10  # 100 GPUs at 10 images/s each
+_CATEGORIES = ["animals", "architecture", "food", "landscapes", "people", "vehicles", "abstract", "objects"]
+
+
+def make_manifest(folder: Path, rows: int, files: int, id_kind: str, row_group_rows: int) -> Path:
+    """`rows` rows split evenly across `files` files, one row group at a time so memory stays bounded."""
+    folder.mkdir(parents=True)
+    id_type = pa.int64() if id_kind == "int" else pa.string()
+    schema = pa.schema([("id", id_type), ("prompt", pa.string()), ("category", pa.string())])
+    per_file = math.ceil(rows / files)
+    for number in range(files):
+        first, last = number * per_file, min((number + 1) * per_file, rows)
+        with pq.ParquetWriter(folder / f"part-{number:05d}.parquet", schema) as writer:
+            for start in range(first, last, row_group_rows):
+                stop = min(start + row_group_rows, last)
+                span = range(start, stop)
+                ids = list(span) if id_kind == "int" else [f"img-{i:010d}" for i in span]
+                chunk = pa.table(
+                    {
+                        "id": pa.array(ids, id_type),
+                        "prompt": [f"a photo of object number {i}, {_CATEGORIES[i % 8]} style, detailed" for i in span],
+                        "category": [_CATEGORIES[i % 8] for i in span],
+                    },
+                    schema=schema,
+                )
+                writer.write_table(chunk)
+    return folder
+
+
+def prefix_manifest(manifest: Path, folder: Path, rows: int) -> Path:
+    """A manifest made of the first whole files of `manifest` holding at least `rows` rows (symlinks)."""
+    folder.mkdir(parents=True)
+    taken = 0
+    for path in sorted(manifest.glob("*.parquet")):
+        if taken >= rows:
+            break
+        (folder / path.name).symlink_to(path)
+        taken += pq.ParquetFile(path).metadata.num_rows
+    return folder
+
+
+def peak_rss_mb() -> float:
+    """VmHWM: this process's peak resident memory (reset by exec, unlike ru_maxrss)."""
+    return _status_kb("VmHWM") / 1024
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rss_mb() -> float:
+    return _status_kb("VmRSS") / 1024
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def phase_plan(manifest: str, shard_size: int) -> dict:
+    """Runs in a fresh process: validate and plan the whole manifest."""
+    from jobs.manifest import read_manifest
+    from jobs.planner import plan_shards
+
+    baseline = rss_mb()
+    started = time.perf_counter()
+    parsed = read_manifest(manifest)
+    validated = time.perf_counter()
+    shards = plan_shards(parsed, shard_size)
+    ended = time.perf_counter()
+    return {
+        "rows": parsed.rows,
+        "shards": len(shards),
+        "seconds": ended - started,
+        "validate_seconds": validated - started,
+        "plan_seconds": ended - validated,
+        "baseline_rss_mb": baseline,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def phase_dispatch(manifest: str, output: str, shard_size: int, workers: int, cpus: int) -> dict:
+    """Runs in a fresh process: a whole job with stub actors on a local Ray instance."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
+
+    from benchmarks.stub_worker import StubWorker
+    from jobs.config import JobConfig
+    from jobs.dispatch import JobHooks
+    from jobs.driver import run_job
+
+    ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR")
+    config = JobConfig.model_validate(
+        {
+            "manifest": manifest,
+            "output": output,
+            "shard_size": shard_size,
+            "clip": {"model": None},
+            "generation": {"steps": 1, "width": 64, "height": 64},
+            "resources": {
+                "workers": workers,
+                "gpus_per_worker": 0,
+                # Stub actors barely use a core: let them all fit on a small machine.
+                "cpus_per_worker": min(0.1, cpus / workers),
+                "batch_size": shard_size,
+            },
+        }
+    )
+    events = {"count": 0, "rows": 0, "first_rows": 0, "first": None, "last": None, "first_cpu": 0.0, "last_cpu": 0.0}
+
+    def on_progress(rows: int, failed: int) -> None:
+        now, cpu = time.perf_counter(), cpu_seconds()
+        if events["first"] is None:
+            events.update(first=now, first_cpu=cpu, first_rows=rows, rss_first=rss_mb())
+        events["count"] += 1
+        events["rows"] += rows
+        events.update(last=now, last_cpu=cpu)
+
+    started = time.perf_counter()
+    summary = run_job(config, show_progress=False, hooks=JobHooks(on_progress=on_progress), worker_class=StubWorker)
+    ended = time.perf_counter()
+    rss_end = rss_mb()
+    ray.shutdown()
+    if summary.ok != summary.rows:
+        raise RuntimeError(f"stub job did not finish every row: {summary}")
+    steady = events["last"] - events["first"]
+    steady_cpu = events["last_cpu"] - events["first_cpu"]
+    return {
+        "rows": summary.rows,
+        "shards": summary.shards,
+        "seconds": ended - started,
+        "to_first_progress_seconds": events["first"] - started,
+        "steady_seconds": steady,
+        # Each stub shard reports once: events after the first are shards finished in the steady window.
+        "shards_per_s": (events["count"] - 1) / steady,
+        "rows_per_s": (events["rows"] - events["first_rows"]) / steady,
+        # The driver process's CPU (Python loop and Ray's in-process core worker) over the same window.
+        "driver_cpu_share": steady_cpu / steady,
+        "driver_cpu_ms_per_shard": 1000 * steady_cpu / (events["count"] - 1),
+        "rss_at_first_progress_mb": events["rss_first"],
+        "rss_at_end_mb": rss_end,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def run_phase(*args: str) -> dict:
+    """Run this script's `--phase ...` in a fresh interpreter; its last stdout line is the JSON result."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run(
+        [sys.executable, __file__, "--phase", *args], env=env, cwd=REPO, stdout=subprocess.PIPE, text=True, check=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000_000, help="rows of the manifest that is planned")
+    parser.add_argument("--files", type=int, default=10, help="Parquet files the manifest is split across")
+    parser.add_argument("--shard-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=8, help="stub actors")
+    parser.add_argument("--id-kind", choices=["int", "string"], default="int")
+    parser.add_argument(
+        "--dispatch-rows",
+        type=int,
+        default=None,
+        help="dispatch only the first whole files holding at least this many rows (default: all)",
+    )
+    parser.add_argument(
+        "--row-group-rows", type=int, default=4096, help="Parquet row group size of the generated manifest"
+    )
+    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs of the local Ray instance")
+    parser.add_argument("--phase", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        name, *rest = args.phase
+        if name == "plan":
+            result = phase_plan(rest[0], int(rest[1]))
+        else:
+            result = phase_dispatch(rest[0], rest[1], *(int(value) for value in rest[2:]))
+        print(json.dumps(result))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="driver-scale-") as tmp:
+        # 1. Generate the manifest.
+        started = time.perf_counter()
+        manifest = make_manifest(Path(tmp) / "manifest", args.rows, args.files, args.id_kind, args.row_group_rows)
+        generate_seconds = time.perf_counter() - started
+        size_mb = sum(p.stat().st_size for p in manifest.glob("*.parquet")) / 2**20
+        print(f"generated {args.rows:,} rows in {args.files} files ({size_mb:,.0f} MB) in {generate_seconds:.1f}s")
+        print("planning (fresh process) ...", flush=True)
+        # 2. Planning alone, on the whole manifest.
+        plan = run_phase("plan", str(manifest), str(args.shard_size))
+        print(f"planned in {plan['seconds']:.1f}s; dispatching with stub actors (fresh process) ...", flush=True)
+        # 3. Dispatch with stub actors, on the whole manifest or its first files.
+        dispatched = manifest
+        if args.dispatch_rows is not None and args.dispatch_rows < args.rows:
+            dispatched = prefix_manifest(manifest, Path(tmp) / "dispatch", args.dispatch_rows)
+        dispatch = run_phase(
+            "dispatch",
+            str(dispatched),
+            str(Path(tmp) / "out"),
+            str(args.shard_size),
+            str(args.workers),
+            str(args.cpus),
+        )
+    print_table(args, generate_seconds, plan, dispatch)
+
+
+def print_table(args, generate_seconds: float, plan: dict, dispatch: dict) -> None:
+    prefix = dispatch["rows"] < plan["rows"]
+    lines = [
+        ("manifest rows (planned)", f"{plan['rows']:,}"),
+        ("files", f"{args.files}"),
+        ("id column", args.id_kind),
+        ("row group rows", f"{args.row_group_rows:,}"),
+        ("shard size", f"{args.shard_size}"),
+        ("shards (planned)", f"{plan['shards']:,}"),
+        ("manifest generation s", f"{generate_seconds:.1f}"),
+        (
+            "planning s (validate + plan)",
+            f"{plan['seconds']:.1f} ({plan['validate_seconds']:.1f} + {plan['plan_seconds']:.2f})",
+        ),
+        ("planning rows/s", f"{plan['rows'] / plan['seconds']:,.0f}"),
+        ("planning peak RSS MB", f"{plan['peak_rss_mb']:,.0f} (after imports: {plan['baseline_rss_mb']:,.0f})"),
+        (
+            "dispatched rows" + (" (first files only)" if prefix else ""),
+            f"{dispatch['rows']:,} in {dispatch['shards']:,} shards",
+        ),
+        ("stub actors / Ray CPUs", f"{args.workers} / {args.cpus}"),
+        (
+            "job s (of which before 1st event)",
+            f"{dispatch['seconds']:.1f} ({dispatch['to_first_progress_seconds']:.1f})",
+        ),
+        ("dispatch shards/s (steady)", f"{dispatch['shards_per_s']:,.0f}"),
+        ("dispatch rows/s (steady)", f"{dispatch['rows_per_s']:,.0f}"),
+        (
+            "driver CPU per shard, busy share",
+            f"{dispatch['driver_cpu_ms_per_shard']:.2f} ms, {dispatch['driver_cpu_share']:.0%} of one core",
+        ),
+        (
+            "driver-bound shards/s, rows/s (1 / CPU per shard)",
+            f"{1000 / dispatch['driver_cpu_ms_per_shard']:,.0f}, "
+            f"{1000 / dispatch['driver_cpu_ms_per_shard'] * dispatch['rows'] / dispatch['shards']:,.0f} (extrapolated)",
+        ),
+        (
+            "driver peak RSS MB (whole job)",
+            f"{dispatch['peak_rss_mb']:,.0f} (RSS at 1st event {dispatch['rss_at_first_progress_mb']:,.0f}, "
+            f"at end {dispatch['rss_at_end_mb']:,.0f})",
+        ),
+        (
+            f"dispatch rows/s / {GPU_ROWS_PER_S:,} rows/s (100 GPUs x 10 img/s)",
+            f"{dispatch['rows_per_s'] / GPU_ROWS_PER_S:,.1f}x",
+        ),
+    ]
+    width = max(len(name) for name, _ in lines)
+    print()
+    for name, value in lines:
+        print(f"{name:<{width}}  {value}")
+    if prefix:
+        print(
+            f"\nPlanning used all {plan['rows']:,} rows; dispatch ran on the first files ({dispatch['rows']:,} rows)."
+        )
+
+
+if __name__ == "__main__":
+    main()
