@@ -104,18 +104,19 @@ def plain_loop(manifest: Path, out: Path, args) -> tuple[float, float]:
     models = load_tiny_models(args.threads)
     table = pq.read_table(manifest).to_pylist()
     out.mkdir(parents=True)
-    first_batch_done, records = None, []
+    batch_done, records = [], []
     for start in range(0, len(table), args.batch_size):
         batch = table[start : start + args.batch_size]
         pngs, scores = generate_batch(models, batch, args.steps, args.size)
+        batch_done.append(time.perf_counter())
         for row, png, score in zip(batch, pngs, scores):
             records.append({**row, "image": png, "clip_score": score})
         if len(records) >= args.shard_size or start + args.batch_size >= len(table):
             pq.write_table(pa.Table.from_pylist(records), out / f"shard-{start:05d}.parquet")
             records = []
-        if first_batch_done is None:
-            first_batch_done = time.perf_counter()
-    steady = (len(table) - args.batch_size) / (time.perf_counter() - first_batch_done)
+    # Steady state for every runner: from the end of the first micro-batch to the end of the last one.
+    steady = (len(table) - args.batch_size) / (batch_done[-1] - batch_done[0])
+    first_batch_done = batch_done[0]
     return first_batch_done - started, steady
 
 
@@ -142,14 +143,9 @@ def genbatch_job(manifest: Path, out: Path, args) -> tuple[float, float]:
     )
     started = time.perf_counter()
     marks: list[float] = []
-    written: list[float] = []
-    hooks = JobHooks(
-        on_progress=lambda rows, failed: marks.append(time.perf_counter()),
-        on_shard_done=lambda result: written.append(time.perf_counter()),
-    )
+    hooks = JobHooks(on_progress=lambda rows, failed: marks.append(time.perf_counter()))
     run_job(config, show_progress=False, hooks=hooks)
-    # From the first finished micro-batch to the last shard file written, as for the plain loop.
-    steady = (args.rows - args.batch_size) / (written[-1] - marks[0])
+    steady = (args.rows - args.batch_size) / (marks[-1] - marks[0])
     return marks[0] - started, steady
 
 

@@ -101,9 +101,18 @@ class PerformanceConfig(_Section):
     clip_preprocess: Literal["auto", "device", "processor"] = Field(
         "auto", description="CLIP resize/crop/normalize on the device, or by CLIPProcessor; auto: device on GPU."
     )
-    writer_threads: int = Field(
-        2, ge=0, description="CPU threads that encode and hash images while the next batch generates; 0: inline."
+    writer_threads: int | Literal["auto"] = Field(
+        "auto",
+        description="CPU threads that encode and hash images while the next batch generates; 0: inline; "
+        "auto: 2 with a GPU, 0 on CPU actors (where threads would compete with the model for cores).",
     )
+
+    @field_validator("writer_threads")
+    @classmethod
+    def _non_negative(cls, value):
+        if value != "auto" and value < 0:
+            raise ValueError(f"must be >= 0 or auto, got {value}")
+        return value
 
 
 class JobConfig(_Section):

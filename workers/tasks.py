@@ -37,7 +37,7 @@ class FastPaths:
     vae_slicing: bool | str = "auto"
     vae_tiling: bool = False
     clip_preprocess: str = "auto"  # device, processor or auto
-    writer_threads: int = 2
+    writer_threads: int | str = "auto"  # auto: 2 with a GPU, 0 on the CPU
 
 
 @dataclass(frozen=True)

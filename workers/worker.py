@@ -76,7 +76,10 @@ class GenerationWorker:
                 fast.clip_preprocess == "auto" and self.device.type == "cuda"
             )
             self.scorer = ClipScorer(*load_clip(settings.clip_model, self.device), self.device, on_device=on_device)
-        self.encoder = ImageEncoder(settings.encoding, fast.writer_threads)
+        threads = fast.writer_threads
+        if threads == "auto":  # on CPU actors the model already uses every core the actor has
+            threads = 2 if self.device.type == "cuda" else 0
+        self.encoder = ImageEncoder(settings.encoding, threads)
         self.labels = RunLabels(
             model=settings.model,
             clip_model=settings.clip_model,
