@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.errors import ConfigError
-from jobs.render import CLIP_SCORE_DEFINITION, environment, thumbnail_uri, write_json, write_text
+from jobs.render import CLIP_SCORE_DEFINITION, thumbnail_uri, write_documents
 from jobs.report import pick_group_column, run_settings
 from jobs.runs import Run, fetch_images, open_run
 from jobs.stats import paired_comparison
@@ -83,12 +83,7 @@ def build_comparison(
 
 def write_comparison(run_a, run_b, out_dir: str | Path | None = None, by: str | None = None) -> Path:
     data, visuals = build_comparison(run_a, run_b, by)
-    out = Path(out_dir) if out_dir else Path(run_b) / "compare"
-    env = environment()
-    write_json(out / "compare.json", data)
-    write_text(out / "compare.md", env.get_template("compare.md.j2").render(c=data))
-    write_text(out / "compare.html", env.get_template("compare.html.j2").render(c=data, v=visuals))
-    return out
+    return write_documents(Path(out_dir) if out_dir else Path(run_b) / "compare", "compare", data, visuals, "c")
 
 
 def _group_deltas(pairs: pa.Table, column: str, score_a: np.ndarray, score_b: np.ndarray) -> dict:

@@ -85,3 +85,12 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_documents(out: Path, name: str, data: dict, visuals: dict, var: str) -> Path:
+    """`name`.json from the data, and `name`.md / `name`.html from their templates (data as `var`)."""
+    env = environment()
+    write_json(out / f"{name}.json", data)
+    write_text(out / f"{name}.md", env.get_template(f"{name}.md.j2").render({var: data}))
+    write_text(out / f"{name}.html", env.get_template(f"{name}.html.j2").render({var: data, "v": visuals}))
+    return out

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.errors import ConfigError
-from jobs.render import CLIP_SCORE_DEFINITION, environment, histogram_uri, thumbnail_uri, write_json, write_text
+from jobs.render import CLIP_SCORE_DEFINITION, histogram_uri, thumbnail_uri, write_documents
 from jobs.runs import Run, fetch_images, open_run
 from jobs.stats import bootstrap_mean_ci, summarize_scores
 from workers import columns as C
@@ -105,12 +105,7 @@ def build_report(run_dir: str | Path, by: str | None = None, shown: int = SHOWN_
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, by: str | None = None) -> Path:
     data, visuals = build_report(run_dir, by)
-    out = Path(out_dir) if out_dir else Path(run_dir) / "report"
-    env = environment()
-    write_json(out / "report.json", data)
-    write_text(out / "report.md", env.get_template("report.md.j2").render(r=data))
-    write_text(out / "report.html", env.get_template("report.html.j2").render(r=data, v=visuals))
-    return out
+    return write_documents(Path(out_dir) if out_dir else Path(run_dir) / "report", "report", data, visuals, "r")
 
 
 def _tiles(rows: pa.Table, images: dict) -> list[dict]:
