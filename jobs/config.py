@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from jobs.errors import ConfigError
+from jobs.errors import ConfigError, one_line
 from workers.loading import missing_model_folder
 from workers.schedulers import SCHEDULERS
 
@@ -140,7 +140,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> JobConfig:
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path}: cannot read config: {_one_line(error)}") from None
+        raise ConfigError(f"{path}: cannot read config: {one_line(error)}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -170,7 +170,7 @@ def apply_override(raw: dict, override: str, path: Path) -> None:
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: --set {override!r}: {_one_line(error)}") from None
+        raise ConfigError(f"{path}: --set {override!r}: {one_line(error)}") from None
     if parts == ["output"] and isinstance(value, str) and isinstance(node.get("output"), dict):
         node["output"]["path"] = value  # keep the image settings of an output section
     else:
@@ -189,7 +189,3 @@ def describe_validation_error(error: ValidationError) -> str:
         else:
             problems.append(f"{key}: {item['msg'].removeprefix('Value error, ')}")
     return "; ".join(problems)
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())

@@ -6,6 +6,11 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
+def one_line(error: Exception) -> str:
+    """An exception's message on one line, for messages that must stay one line."""
+    return " ".join(str(error).split())
+
+
 class GenbatchError(Exception):
     """Base class; `exit_code` is what the CLI exits with."""
 

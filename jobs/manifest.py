@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jobs.errors import ManifestError
+from jobs.errors import ManifestError, one_line
 from workers import columns as C
 
 MAX_IDS_SHOWN = 5
@@ -124,9 +124,9 @@ def _open(path: str) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path)
     except pa.ArrowInvalid as error:
-        raise ManifestError(f"{path}: not a Parquet file ({_one_line(error)})") from None
+        raise ManifestError(f"{path}: not a Parquet file ({one_line(error)})") from None
     except OSError as error:
-        raise ManifestError(f"{path}: cannot read manifest ({_one_line(error)})") from None
+        raise ManifestError(f"{path}: cannot read manifest ({one_line(error)})") from None
 
 
 def _check_schema(path: str, schema: pa.Schema) -> None:
@@ -252,7 +252,3 @@ def _show_id(value) -> str:
 
 def _describe(schema: pa.Schema) -> str:
     return ", ".join(f"{f.name}: {f.type}" for f in schema)
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())

@@ -35,15 +35,17 @@ def missing_model_folder(ref: str | None) -> str | None:
 
 def pipeline_source(ref: str) -> str:
     """What to hand to `from_pretrained` for a pipeline reference."""
-    if ref == tiny.TINY:
-        return str(tiny.tiny_pipeline_dir())
-    return os.path.expanduser(ref) if looks_like_path(ref) else ref
+    return _source(ref, tiny.tiny_pipeline_dir)
 
 
 def clip_source(ref: str) -> str:
     """What to hand to `from_pretrained` for a CLIP reference."""
+    return _source(ref, tiny.tiny_clip_dir)
+
+
+def _source(ref: str, tiny_dir) -> str:
     if ref == tiny.TINY:
-        return str(tiny.tiny_clip_dir())
+        return str(tiny_dir())
     return os.path.expanduser(ref) if looks_like_path(ref) else ref
 
 
