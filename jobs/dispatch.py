@@ -45,6 +45,7 @@ class JobHooks:
     """Callbacks for a caller that wants to follow the job (progress bars, benchmarks, tests)."""
 
     on_progress: Callable[[int, int], None] | None = None  # (rows, failed rows) per micro-batch
+    on_batch: Callable[[BatchProgress], None] | None = None  # each micro-batch as the actor reported it
     on_worker_ready: Callable[[WorkerInfo], None] | None = None
     on_shard_done: Callable[[ShardResult], None] | None = None  # after the shard's file is written
 
@@ -71,6 +72,7 @@ class Dispatcher:
         on_workers: Callable[[int, int], None],
         on_worker_ready: Callable[[WorkerInfo], None] | None = None,
         on_shard_done: Callable[[ShardResult], None] | None = None,
+        on_batch: Callable[[BatchProgress], None] | None = None,
     ):
         self.start_actor = start_actor
         self.actors = [self._new_actor(index) for index in range(workers)]
@@ -80,6 +82,7 @@ class Dispatcher:
         self.on_workers = on_workers
         self.on_worker_ready = on_worker_ready or (lambda info: None)
         self.on_shard_done = on_shard_done or (lambda result: None)
+        self.on_batch = on_batch or (lambda batch: None)
         self.outcome = DispatchOutcome()
         self._attempts: dict[int, int] = {}  # shard index -> failed attempts
         self._tasks: dict = {}  # generator -> (actor, shard)
@@ -159,6 +162,7 @@ class Dispatcher:
             self._reported[generator][0] += value.rows
             self._reported[generator][1] += value.failed
             self.on_progress(value.rows, value.failed)
+            self.on_batch(value)
         elif isinstance(value, ShardResult):
             self.outcome.results.append(value)
             self.on_shard_done(value)

@@ -11,13 +11,14 @@ from pathlib import Path
 from jobs import cluster
 from jobs.config import JobConfig
 from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks
-from jobs.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_ROWS_FAILED, OutputError, WorkerStartError
+from jobs.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_ROWS_FAILED, OutputError, WorkerStartError, one_line
 from jobs.jobfile import package_versions, utc_now, write_job_file
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest
 from jobs.planner import plan_shards
 from jobs.progress import Progress
 from jobs.resume import ResumePlan, check_same_job, clear_output, identity_key, job_identity, plan_resume, read_job_file
+from workers import storage
 from workers.tasks import FastPaths, GenerationDefaults, ImageEncoding, WorkerSettings
 from workers.writer import remove_temp_files
 
@@ -104,6 +105,7 @@ def run_job(
             on_workers=progress.workers,
             on_worker_ready=hooks.on_worker_ready,
             on_shard_done=hooks.on_shard_done,
+            on_batch=hooks.on_batch,
         )
         interrupted = False
         try:
@@ -127,6 +129,12 @@ def run_job(
 
 def prepare_output(path: str) -> str:
     """Create the output folder (it may already hold this job's earlier output)."""
+    if storage.is_remote(path):
+        try:
+            storage.make_dirs(path)  # buckets have no folders; this checks the bucket can be reached
+        except OSError as error:
+            raise OutputError(f"{path}: cannot use the output location ({one_line(error)})") from None
+        return path.rstrip("/")
     output = Path(path)
     try:
         output.mkdir(parents=True, exist_ok=True)

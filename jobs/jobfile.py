@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
-from pathlib import Path
+
+from workers import storage
 
 JOB_FILE = "job.json"
 _PACKAGES = ("genbatch", "torch", "diffusers", "transformers", "ray", "pyarrow", "pydantic", "pillow")
@@ -28,16 +27,7 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def write_job_file(output_dir: str | Path, record: dict) -> None:
-    """Replace job.json atomically, so a reader never sees half a record."""
-    target = Path(output_dir) / JOB_FILE
-    fd, temp = tempfile.mkstemp(prefix=".job.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(record, handle, indent=2, default=str)
-            handle.write("\n")
-        os.chmod(temp, 0o644)  # mkstemp creates 0600; job.json is for everyone who reads the output
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+def write_job_file(output_dir: str, record: dict) -> None:
+    """Replace job.json whole, so a reader never sees half a record."""
+    text = json.dumps(record, indent=2, default=str) + "\n"
+    storage.write_bytes(storage.join(output_dir, JOB_FILE), text.encode("utf-8"))

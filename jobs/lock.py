@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from pathlib import Path
 
 from jobs.errors import OutputError
+from workers import storage
+
+logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".genbatch.lock"
 
@@ -16,10 +20,16 @@ class OutputLock:
     so a crashed run never leaves the folder locked."""
 
     def __init__(self, output_dir: str | Path):
-        self.path = Path(output_dir) / LOCK_FILE
+        self.output_dir = output_dir
+        self.remote = storage.is_remote(output_dir)
+        self.path = None if self.remote else Path(output_dir) / LOCK_FILE
         self._fd: int | None = None
 
     def __enter__(self) -> OutputLock:
+        if self.remote:
+            # Object stores have no lock that dies with its holder; README says not to share a prefix.
+            logger.info("no exclusive lock on %s: object stores cannot hold one", self.output_dir)
+            return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from jobs.errors import ManifestError, one_line
 from workers import columns as C
+from workers import storage
 
 MAX_IDS_SHOWN = 5
 _BATCH_ROWS = 65_536
@@ -60,7 +61,11 @@ class _Problem:
 
 
 def find_manifest_files(source: str) -> list[str]:
-    """A file, every `*.parquet` below a folder, or the files a glob matches; sorted, so stable."""
+    """A file, every `*.parquet` below a folder, or the files a glob matches; sorted, so stable.
+
+    On object stores (`s3://...`), a key or every `*.parquet` below a prefix; no globs."""
+    if storage.is_remote(source):
+        return _find_remote_files(source)
     if glob.has_magic(source):
         files = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p))
     elif os.path.isdir(source):
@@ -69,6 +74,22 @@ def find_manifest_files(source: str) -> list[str]:
         files = [source]
     else:
         raise ManifestError(f"{source}: manifest not found")
+    if not files:
+        raise ManifestError(f"{source}: no Parquet files found")
+    return files
+
+
+def _find_remote_files(source: str) -> list[str]:
+    try:
+        if storage.is_file(source):
+            return [source]
+        files = [
+            f
+            for f in storage.list_files(source, recursive=True)
+            if f.endswith(".parquet") and not storage.name(f).startswith(".")
+        ]
+    except OSError as error:
+        raise ManifestError(f"{source}: cannot read manifest ({one_line(error)})") from None
     if not files:
         raise ManifestError(f"{source}: no Parquet files found")
     return files
@@ -113,7 +134,7 @@ def fingerprint(paths: list[str]) -> str:
     """sha256 over the files' bytes, in order: changes whenever the manifest's contents change."""
     digest = hashlib.sha256()
     for path in paths:
-        with open(path, "rb") as handle:
+        with storage.open_stream(path) as handle:
             while chunk := handle.read(1 << 20):
                 digest.update(chunk)
         digest.update(b"\0file\0")
@@ -122,7 +143,7 @@ def fingerprint(paths: list[str]) -> str:
 
 def _open(path: str) -> pq.ParquetFile:
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(storage.open_input(path))
     except pa.ArrowInvalid as error:
         raise ManifestError(f"{path}: not a Parquet file ({one_line(error)})") from None
     except OSError as error:
@@ -216,7 +237,7 @@ def _check_unique_ids(where: str, files: list[ManifestFile], keys: np.ndarray) -
 
 
 def _batches(path: str, columns: list[str]):
-    return pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS, columns=columns)
+    return pq.ParquetFile(storage.open_input(path)).iter_batches(batch_size=_BATCH_ROWS, columns=columns)
 
 
 def _id_keys(ids: pa.Array) -> np.ndarray:

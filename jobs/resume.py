@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from jobs.config import JobConfig
 from jobs.errors import OutputError
 from jobs.jobfile import JOB_FILE
 from jobs.manifest import Manifest
+from workers import storage
 from workers.tasks import ShardTask
 from workers.writer import DATA_DIR, ShardFooter, read_footer, remove_temp_files, shard_path
 
@@ -37,11 +38,11 @@ def identity_key(identity: dict) -> str:
 
 
 def read_job_file(output_dir: str) -> dict | None:
-    path = Path(output_dir) / JOB_FILE
-    if not path.exists():
+    path = storage.join(output_dir, JOB_FILE)
+    if not storage.exists(path):
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(storage.read_bytes(path))
     except (OSError, ValueError) as error:
         raise OutputError(f"{path}: unreadable ({error}); rerun with --overwrite to start over") from None
 
@@ -80,8 +81,13 @@ class ResumePlan:
 def plan_resume(output_dir: str, shards: list[ShardTask], key: str, retry_failed: bool) -> ResumePlan:
     """Verify every planned shard's file from its footer; plan the rest (and, if asked, the failed rows)."""
     complete, todo = {}, []
+    existing = set(storage.list_files(storage.join(output_dir, DATA_DIR)))
     for shard in shards:
-        footer = read_footer(shard_path(output_dir, shard.index))
+        path = shard_path(output_dir, shard.index)
+        if path not in existing:
+            todo.append(shard)
+            continue
+        footer = read_footer(path)
         valid = footer is not None and footer.job_key == key and footer.shard == shard.index
         if valid and footer.rows == shard.rows:
             if retry_failed and footer.failed:
@@ -89,20 +95,18 @@ def plan_resume(output_dir: str, shards: list[ShardTask], key: str, retry_failed
             else:
                 complete[shard.index] = footer
             continue
-        if shard_path(output_dir, shard.index).exists():
-            logger.warning("shard %d: existing file is incomplete or from another job; redoing it", shard.index)
+        logger.warning("shard %d: existing file is incomplete or from another job; redoing it", shard.index)
         todo.append(shard)
     return ResumePlan(complete=complete, todo=todo)
 
 
 def clear_output(output_dir: str) -> None:
     """Remove what genbatch wrote (never anything else the folder may hold)."""
-    data = Path(output_dir) / DATA_DIR
-    if data.is_dir():
-        for path in data.glob("shard-*.parquet"):
-            path.unlink()
-        remove_temp_files(output_dir)
-    (Path(output_dir) / JOB_FILE).unlink(missing_ok=True)
+    for path in storage.list_files(storage.join(output_dir, DATA_DIR)):
+        if fnmatch.fnmatch(storage.name(path), "shard-*.parquet"):
+            storage.delete(path)
+    remove_temp_files(output_dir)
+    storage.delete(storage.join(output_dir, JOB_FILE))
 
 
 def _with_retry(shard: ShardTask) -> ShardTask:

@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workers import columns as C
+from workers import storage
 from workers.rows import RowSpec
 from workers.tasks import ShardTask
 from workers.writer import shard_path
@@ -71,9 +72,10 @@ def build_output_table(
 def read_previous(output_dir: str, task: ShardTask) -> pa.Table | None:
     """The shard's existing output, for --retry-failed; None when there is none yet."""
     path = shard_path(output_dir, task.index)
-    if not path.exists():
+    if not storage.exists(path):
         return None
-    table = pq.read_table(path)
+    with storage.open_input(path) as handle:
+        table = pq.read_table(handle)
     return table.replace_schema_metadata(None)
 
 

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workers import columns as C
+from workers import storage
 from workers.tasks import GenerationDefaults, ShardTask
 
 
@@ -39,7 +40,7 @@ def derive_seed(job_seed: int, row_id: object) -> int:
 
 def read_slice(path: str, start: int, stop: int) -> pa.Table:
     """Rows [start, stop) of a Parquet file, reading only the row groups that hold them."""
-    parquet = pq.ParquetFile(path)
+    parquet = pq.ParquetFile(storage.open_input(path))
     metadata = parquet.metadata
     groups, first, offset = [], None, 0
     for group in range(metadata.num_row_groups):

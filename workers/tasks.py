@@ -96,6 +96,7 @@ class BatchProgress:
     shard: int
     rows: int
     failed: int
+    finished_at: float = 0.0  # wall clock (time.time()) in the actor when the micro-batch was done
 
 
 @dataclass(frozen=True)

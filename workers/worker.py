@@ -125,7 +125,7 @@ class GenerationWorker:
             while len(encoding) > MAX_BATCHES_ENCODING:  # bounded, so memory stays flat
                 _collect(encoding.popleft(), outputs)
             failed = sum(out.error is not None for out in batch_outputs)
-            yield BatchProgress(shard=task.index, rows=len(positions), failed=failed)
+            yield BatchProgress(shard=task.index, rows=len(positions), failed=failed, finished_at=time.time())
         while encoding:
             _collect(encoding.popleft(), outputs)
         # 3. Write the shard file; only its path and counts go back to the driver.

@@ -1,4 +1,4 @@
-"""Writing a shard's output table: under a temporary name first, renamed into place once complete.
+"""Writing a shard's output table, published whole: a reader sees all of it or none of it.
 
 Each file's Parquet footer carries which job wrote it and its row counts, so a rerun can verify a
 shard from its footer alone, without reading its images.
@@ -7,16 +7,15 @@ shard from its footer alone, without reading its images.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from workers import storage
+from workers.hf_features import HF_KEY, hf_features
+
 DATA_DIR = "data"
-TEMP_SUFFIX = ".tmp"
 FOOTER_KEY = b"genbatch"
 # Small row groups let readers (reports, datasets streaming) hold a few images at a time, not a shard's.
 ROW_GROUP_ROWS = 64
@@ -41,42 +40,36 @@ def shard_file_name(index: int) -> str:
     return f"shard-{index:05d}.parquet"
 
 
-def shard_path(output_dir: str, index: int) -> Path:
-    return Path(output_dir) / DATA_DIR / shard_file_name(index)
+def shard_path(output_dir: str, index: int) -> str:
+    return storage.join(output_dir, DATA_DIR, shard_file_name(index))
 
 
 def write_shard(table: pa.Table, output_dir: str, footer: ShardFooter) -> str:
-    """Write `table` as shard `footer.shard` and return its final path.
+    """Write `table` as shard `footer.shard` and return its final location.
 
-    A reader never sees a partial file under a `.parquet` name: the data is written and synced under
-    a temporary dot-name, then renamed, which is atomic on a local or POSIX filesystem.
+    A reader never sees a partial file under a `.parquet` name: the file is built in memory and
+    published whole (see `workers.storage.write_bytes`).
     """
     final = shard_path(output_dir, footer.shard)
-    temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
     metadata = dict(table.schema.metadata or {})
     metadata[FOOTER_KEY] = json.dumps(vars(footer)).encode()
+    features = hf_features(table.schema)
+    if features is not None:
+        metadata[HF_KEY] = json.dumps({"info": {"features": features}}).encode()
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table.replace_schema_metadata(metadata), buffer, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with open(temp, "wb") as sink:
-            pq.write_table(
-                table.replace_schema_metadata(metadata), sink, compression="zstd", row_group_size=ROW_GROUP_ROWS
-            )
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(temp, final)
+        storage.write_bytes(final, buffer.getvalue())
     except OSError as error:
-        temp.unlink(missing_ok=True)
-        raise ShardWriteError(f"cannot write {final}: {error.strerror or error}") from error
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return str(final)
+        raise ShardWriteError(f"cannot write {final}: {error.strerror or ' '.join(str(error).split())}") from error
+    return final
 
 
-def read_footer(path: Path) -> ShardFooter | None:
+def read_footer(location: str) -> ShardFooter | None:
     """The footer of a whole shard file written by genbatch; None if absent, partial or foreign."""
     try:
-        metadata = pq.read_metadata(path)
+        with storage.open_input(location) as handle:
+            metadata = pq.read_metadata(handle)
         footer = ShardFooter(**json.loads(metadata.metadata[FOOTER_KEY]))
     except (OSError, pa.ArrowException, KeyError, TypeError, ValueError):
         return None
@@ -85,10 +78,4 @@ def read_footer(path: Path) -> ShardFooter | None:
 
 def remove_temp_files(output_dir: str) -> int:
     """Delete temporary files left by writers that were killed mid-write; returns how many."""
-    data_dir = Path(output_dir) / DATA_DIR
-    if not data_dir.is_dir():
-        return 0
-    leftovers = list(data_dir.glob(f".*{TEMP_SUFFIX}"))
-    for path in leftovers:
-        path.unlink(missing_ok=True)
-    return len(leftovers)
+    return storage.remove_temp_files(storage.join(output_dir, DATA_DIR))
