@@ -130,10 +130,13 @@ def run_job(
 def prepare_output(path: str) -> str:
     """Create the output folder (it may already hold this job's earlier output)."""
     if storage.is_remote(path):
+        # Buckets have no folders to create (keys appear as shards are published): check the bucket is there.
         try:
-            storage.make_dirs(path)  # buckets have no folders; this checks the bucket can be reached
+            found = storage.exists(storage.bucket(path))
         except OSError as error:
-            raise OutputError(f"{path}: cannot use the output location ({one_line(error)})") from None
+            raise OutputError(f"{path}: cannot reach the output location ({one_line(error)})") from None
+        if not found:
+            raise OutputError(f"{path}: bucket {storage.bucket(path)} does not exist")
         return path.rstrip("/")
     output = Path(path)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from jobs.manifest import Manifest
+from workers import storage
 from workers.tasks import ShardTask
 
 
@@ -15,7 +16,8 @@ def plan_shards(manifest: Manifest, shard_size: int) -> list[ShardTask]:
     """
     shards = []
     for manifest_file in manifest.files:
-        path = os.path.abspath(manifest_file.path)  # one string shared by the file's shards
+        path = manifest_file.path  # one string shared by the file's shards
+        path = path if storage.is_remote(path) else os.path.abspath(path)
         for start in range(0, manifest_file.rows, shard_size):
             stop = min(start + shard_size, manifest_file.rows)
             shards.append(

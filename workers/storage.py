@@ -41,6 +41,12 @@ def join(base: str, *names: str) -> str:
     return os.path.join(local_path(base), *names)
 
 
+def bucket(location: str) -> str:
+    """`s3://bucket` of `s3://bucket/prefix/key`."""
+    parts = urlsplit(location)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def parent(location: str) -> str:
     if is_remote(location):
         return location.rstrip("/").rsplit("/", 1)[0]
@@ -161,11 +167,6 @@ def delete(location: str) -> None:
     filesystem, path = resolve(location)
     if filesystem.get_file_info(path).type == pafs.FileType.File:
         filesystem.delete_file(path)
-
-
-def make_dirs(location: str) -> None:
-    filesystem, path = resolve(location)
-    filesystem.create_dir(path, recursive=True)
 
 
 def remove_temp_files(folder: str) -> int:
