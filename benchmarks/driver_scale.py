@@ -159,7 +159,7 @@ def phase_dispatch(manifest: str, output: str, shard_size: int, workers: int, cp
         events.update(last=now, last_cpu=cpu)
 
     started = time.perf_counter()
-    summary = run_job(config, show_progress=False, hooks=JobHooks(on_progress=on_progress), worker_class=StubWorker)
+    summary = run_job(config, progress="off", hooks=JobHooks(on_progress=on_progress), worker_class=StubWorker)
     ended = time.perf_counter()
     rss_end = rss_mb()
     ray.shutdown()

@@ -482,7 +482,7 @@ def genbatch_job(
     marks: list[float] = []
     hooks = JobHooks(on_progress=lambda done, failed: marks.append(time.perf_counter()))
     started = time.perf_counter()
-    summary = run_job(config, show_progress=False, hooks=hooks)
+    summary = run_job(config, progress="off", hooks=hooks)
     wall = time.perf_counter() - started
     if summary.ok != rows:
         # Failed rows skip scoring and encoding: the two runners would not be doing the same work.

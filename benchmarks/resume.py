@@ -41,12 +41,12 @@ def main() -> None:
             }
         )
         started = time.perf_counter()
-        first = run_job(config, show_progress=False)
+        first = run_job(config, progress="off")
         job_seconds = time.perf_counter() - started
         timings = []
         for _ in range(args.repeats):
             started = time.perf_counter()
-            rerun = run_job(config, show_progress=False)
+            rerun = run_job(config, progress="off")
             timings.append(time.perf_counter() - started)
             assert rerun.shards_run == 0 and rerun.ok == first.ok
     print(f"\n{args.rows} rows in {first.shards} shards; the job itself took {job_seconds:.1f}s")

@@ -9,8 +9,9 @@ same rows, at the same batch size, with the same number of CPU threads and one w
 
 Start-up (Ray, actor, model loading and the first micro-batch: from the start of a run to the end of
 its first micro-batch) is timed apart from the steady state, which is measured from the end of the first
-micro-batch to the end of the last, as clocked where the work runs (in the actor for the two Ray runners). Runs alternate (plain loop, genbatch, ray data, then again), so drift
-on a shared machine hits all alike.
+micro-batch to the end of the last, as clocked where the work runs (in the actor for the two Ray
+runners). Runs alternate (plain loop, genbatch, ray data, then again), so drift on a shared machine
+hits all alike.
 
     python benchmarks/throughput.py [--rows 128] [--batch-size 8] [--steps 4] [--size 64] [--repeats 3]
 """
@@ -144,7 +145,7 @@ def genbatch_job(manifest: Path, out: Path, args) -> tuple[float, float]:
     started = time.time()  # wall clock, comparable with the actor's `finished_at` on this machine
     marks: list[float] = []
     hooks = JobHooks(on_batch=lambda batch: marks.append(batch.finished_at))
-    run_job(config, show_progress=False, hooks=hooks)
+    run_job(config, progress="off", hooks=hooks)
     marks.sort()
     steady = (args.rows - args.batch_size) / (marks[-1] - marks[0])
     return marks[0] - started, steady

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -24,7 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. --set generation.steps=30 (repeatable)",
     )
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local instance)")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--quiet", action="store_true", help="no progress bar or progress lines, only warnings and the summary"
+    )
+    run.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json: every log record and the final summary as one JSON object per line, for batch systems",
+    )
     run.add_argument(
         "--overwrite", action="store_true", help="clear the output folder's earlier job first, instead of resuming it"
     )
@@ -45,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--by", help="group by this column (default: category, when present)")
     report.add_argument("-o", "--output", help="report folder (default: RUN/report)")
 
+    status = commands.add_parser("status", help="progress of a running or finished job, from its output folder")
+    status.add_argument("output", help="the job's output folder (or URI)")
+    status.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object")
+
     compare = commands.add_parser("compare", help="paired comparison of two runs over their shared ids (B - A)")
     compare.add_argument("run_a", help="output folder of run A (the baseline)")
     compare.add_argument("run_b", help="output folder of run B")
@@ -55,18 +68,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    commands = {"run": run_command, "manifest": manifest_command, "report": report_command, "compare": compare_command}
+    json_logs = getattr(args, "log_format", "text") == "json"
+    configure_logging(verbose=args.verbose, json_logs=json_logs)
+    commands = {
+        "run": run_command,
+        "manifest": manifest_command,
+        "report": report_command,
+        "compare": compare_command,
+        "status": status_command,
+    }
     try:
         return commands[args.command](args)
     except GenbatchError as error:
-        print(f"genbatch: error: {error}", file=sys.stderr)
+        _error(f"error: {error}", json_logs, exit_code=error.exit_code)
         return error.exit_code
     except KeyboardInterrupt:
-        print("genbatch: interrupted", file=sys.stderr)
+        _error("interrupted", json_logs, exit_code=EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
+
+
+def configure_logging(verbose: bool, json_logs: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if json_logs:
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.genbatch = True  # replaced by the next call (tests call main() many times in one process)
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if not getattr(h, "genbatch", False)] + [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("genbatch.progress").setLevel(logging.INFO)  # shown whenever progress is logged
+
+
+def _error(message: str, json_logs: bool, exit_code: int) -> None:
+    if json_logs:
+        print(json.dumps({"event": "error", "message": message, "exit_code": exit_code}), file=sys.stderr)
+    else:
+        print(f"genbatch: {message}", file=sys.stderr)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -74,13 +119,23 @@ def run_command(args: argparse.Namespace) -> int:
     from jobs.driver import run_job
 
     config = load_config(args.config, args.overrides)
+    if args.quiet:
+        progress = "off"
+    elif args.log_format == "json" or not sys.stderr.isatty():
+        progress = "log"  # a bar's carriage returns make a mess of collected logs
+    else:
+        progress = "bar"
     summary = run_job(
         config,
         address=args.address,
-        show_progress=not args.quiet,
+        progress=progress,
         overwrite=args.overwrite,
         retry_failed=args.retry_failed,
+        forward_actor_logs=args.log_format == "text",
     )
+    if args.log_format == "json":
+        print(json.dumps({"event": "summary", **summary.as_dict()}))
+        return summary.exit_code
     if summary.shards_run == 0:
         print(
             f"genbatch: nothing to do: all {summary.shards} shards are complete "
@@ -131,6 +186,14 @@ def report_command(args: argparse.Namespace) -> int:
 
     out = write_report(args.run, args.output, by=args.by)
     print(f"genbatch: report: {out / 'report.html'} (also report.md, report.json)")
+    return 0
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from jobs.status import format_status, job_status
+
+    status = job_status(args.output.rstrip("/") if "://" in args.output else args.output)
+    print(json.dumps(status.as_dict()) if args.log_format == "json" else format_status(status))
     return 0
 
 

@@ -20,8 +20,11 @@ class ActorResources:
     num_gpus: float
 
 
-def connect(address: str | None) -> None:
-    """Attach to Ray: the given address, else RAY_ADDRESS (as inside `ray job submit`), else a new local instance."""
+def connect(address: str | None, forward_actor_logs: bool = True) -> None:
+    """Attach to Ray: the given address, else RAY_ADDRESS (as inside `ray job submit`), else a new local instance.
+
+    Without `forward_actor_logs`, actors' logs stay in Ray's session log folder instead of this process's
+    stderr (JSON logs must not be interleaved with Ray's plain-text lines)."""
     local = not address and not os.environ.get("RAY_ADDRESS")
     if local:
         # A local instance listens on loopback only; Ray reads this when it is first imported.
@@ -40,7 +43,7 @@ def connect(address: str | None) -> None:
         address=address or ("local" if local else None),
         include_dashboard=False,
         logging_level=logging.WARNING,
-        log_to_driver=True,
+        log_to_driver=forward_actor_logs,
         runtime_env=runtime_env,
         **kwargs,
     )

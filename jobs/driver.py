@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from jobs import cluster
@@ -48,19 +48,27 @@ class JobSummary:
             return EXIT_INTERRUPTED
         return EXIT_ROWS_FAILED if self.failed or self.not_run else EXIT_OK
 
+    def as_dict(self) -> dict:
+        record = asdict(self)
+        for key in ("seconds", "startup_seconds", "images_per_s"):
+            record[key] = round(record[key], 3)
+        return {**record, "exit_code": self.exit_code}
+
 
 def run_job(
     config: JobConfig,
     address: str | None = None,
-    show_progress: bool = True,
+    progress: str = "bar",
     overwrite: bool = False,
     retry_failed: bool = False,
     hooks: JobHooks | None = None,
     worker_class=None,
+    forward_actor_logs: bool = True,
 ) -> JobSummary:
     """Run a job, or finish one that an earlier run on the same output folder started.
 
-    `worker_class` replaces the actor class (benchmarks use a stub that skips the model)."""
+    `progress` is "bar", "log" or "off" (see jobs.progress); `worker_class` replaces the actor class
+    (benchmarks use a stub that skips the model)."""
     started = time.perf_counter()
     hooks = hooks or JobHooks()
     # 1. Validate the whole manifest before anything is written or started.
@@ -85,14 +93,14 @@ def run_job(
         # 3. Record what the job is, then start Ray and the actors (they load their models in parallel).
         record = job_record(config, manifest, identity, len(shards), previous)
         write_job_file(output, record)
-        cluster.connect(address)
+        cluster.connect(address, forward_actor_logs)
         resources = cluster.actor_resources(config)
         settings = worker_settings(config, output, resources, key)
         # 4. Dispatch shards until each has an outcome.
-        progress = Progress(total=sum(s.rows for s in plan.todo), enabled=show_progress)
+        follow = Progress(total=sum(s.rows for s in plan.todo), mode=progress)
 
         def advance(rows: int, failed: int) -> None:
-            progress.advance(rows, failed)
+            follow.advance(rows, failed)
             if hooks.on_progress is not None:
                 hooks.on_progress(rows, failed)
 
@@ -102,7 +110,7 @@ def run_job(
             shards=plan.todo,
             max_shard_retries=config.resources.max_shard_retries,
             on_progress=advance,
-            on_workers=progress.workers,
+            on_workers=follow.workers,
             on_worker_ready=hooks.on_worker_ready,
             on_shard_done=hooks.on_shard_done,
             on_batch=hooks.on_batch,
@@ -115,7 +123,7 @@ def run_job(
             dispatcher.abandon()
             outcome = dispatcher.outcome
         finally:
-            progress.close()
+            follow.close()
             cluster.stop_workers(dispatcher.handles())
             remove_temp_files(output)
         if not outcome.workers and outcome.start_errors:

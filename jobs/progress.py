@@ -1,29 +1,78 @@
-"""The terminal progress bar: images done / total, images/s, ETA, failed rows, live workers."""
+"""Following a job: images done / total, images/s, ETA, failed rows, live workers.
+
+Three modes: a terminal progress bar (`bar`), a log record every few seconds for batch systems that
+collect logs (`log`, e.g. one JSON object per line with `--log-format json`), or nothing (`off`).
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+
 from tqdm import tqdm
+
+logger = logging.getLogger("genbatch.progress")
+
+LOG_INTERVAL_SECONDS = 10.0
 
 
 class Progress:
-    def __init__(self, total: int, enabled: bool = True):
-        self.failed = 0
+    def __init__(self, total: int, mode: str = "bar", interval: float = LOG_INTERVAL_SECONDS):
+        self.total, self.done, self.failed = total, 0, 0
         self.ready, self.total_workers = 0, 0
-        self.bar = tqdm(total=total, unit="img", desc="generating", disable=not enabled, dynamic_ncols=True)
+        self.mode, self.interval = mode, interval
+        self.started = time.monotonic()  # reset when the first worker is ready: rates exclude model loading
+        self._last_log = self.started
+        self.bar = tqdm(total=total, unit="img", desc="generating", disable=mode != "bar", dynamic_ncols=True)
 
     def advance(self, rows: int, failed: int) -> None:
+        self.done += rows
         self.failed += failed
         self.bar.update(rows)
         self._postfix()
+        if self.mode == "log" and time.monotonic() - self._last_log >= self.interval:
+            self.log()
 
     def workers(self, ready: int, total: int) -> None:
-        if self.ready == 0 and ready > 0 and self.bar.n == 0:
+        if self.ready == 0 and ready > 0 and self.done == 0:
             self.bar.reset()  # rate and ETA count from the first ready worker, not from model loading
+            self.started = time.monotonic()
         self.ready, self.total_workers = ready, total
         self._postfix()
 
+    def log(self) -> None:
+        self._last_log = time.monotonic()
+        elapsed = self._last_log - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate else None
+        fields = {
+            "event": "progress",
+            "rows_done": self.done,
+            "rows_total": self.total,
+            "failed": self.failed,
+            "images_per_s": round(rate, 3),
+            "eta_seconds": None if eta is None else round(eta, 1),
+            "workers_ready": self.ready,
+            "workers": self.total_workers,
+        }
+        eta_text = "?" if eta is None else f"{eta:.0f}s"
+        logger.info(
+            "%d/%d rows, %.2f images/s, eta %s, %d failed, workers %d/%d",
+            self.done,
+            self.total,
+            rate,
+            eta_text,
+            self.failed,
+            self.ready,
+            self.total_workers,
+            extra=fields,
+        )
+
     def close(self) -> None:
+        if self.mode == "log":
+            self.log()
         self.bar.close()
 
     def _postfix(self) -> None:
-        self.bar.set_postfix(failed=self.failed, workers=f"{self.ready}/{self.total_workers}", refresh=True)
+        if self.mode == "bar":
+            self.bar.set_postfix(failed=self.failed, workers=f"{self.ready}/{self.total_workers}", refresh=True)

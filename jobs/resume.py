@@ -13,6 +13,7 @@ from jobs.errors import OutputError
 from jobs.jobfile import JOB_FILE
 from jobs.manifest import Manifest
 from workers import storage
+from workers.shard_stats import STATS_DIR
 from workers.tasks import ShardTask
 from workers.writer import DATA_DIR, ShardFooter, read_footer, remove_temp_files, shard_path
 
@@ -104,6 +105,9 @@ def clear_output(output_dir: str) -> None:
     """Remove what genbatch wrote (never anything else the folder may hold)."""
     for path in storage.list_files(storage.join(output_dir, DATA_DIR)):
         if fnmatch.fnmatch(storage.name(path), "shard-*.parquet"):
+            storage.delete(path)
+    for path in storage.list_files(storage.join(output_dir, STATS_DIR)):
+        if fnmatch.fnmatch(storage.name(path), "shard-*.json"):
             storage.delete(path)
     remove_temp_files(output_dir)
     storage.delete(storage.join(output_dir, JOB_FILE))

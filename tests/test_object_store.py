@@ -39,7 +39,13 @@ def test_a_job_reads_its_manifest_from_s3_and_writes_its_output_there(bucket, tm
     s3, local_manifest = bucket
     remote = write_config(tmp_path / "s3.yaml", f"s3://{BUCKET}/manifests/prompts.parquet", f"s3://{BUCKET}/runs/a")
     assert main(["run", str(remote), "--quiet"]) == 0
-    assert keys(s3, "runs/a/") == ["runs/a/data/shard-00000.parquet", "runs/a/data/shard-00001.parquet", "runs/a/job.json"]
+    assert keys(s3, "runs/a/") == [
+        "runs/a/data/shard-00000.parquet",
+        "runs/a/data/shard-00001.parquet",
+        "runs/a/job.json",
+        "runs/a/stats/shard-00000.json",
+        "runs/a/stats/shard-00001.json",
+    ]
 
     # The same job on local files gives the same rows and the same image bytes.
     reference = write_config(tmp_path / "local.yaml", local_manifest, tmp_path / "local")
@@ -56,7 +62,13 @@ def test_a_job_reads_its_manifest_from_s3_and_writes_its_output_there(bucket, tm
     s3.delete_object(Bucket=BUCKET, Key="runs/a/data/shard-00001.parquet")
     s3.put_object(Bucket=BUCKET, Key="runs/a/data/.shard-00001.parquet.0123abcd.tmp", Body=b"PAR1 half an upload")
     assert main(["run", str(remote), "--quiet"]) == 0
-    assert keys(s3, "runs/a/") == ["runs/a/data/shard-00000.parquet", "runs/a/data/shard-00001.parquet", "runs/a/job.json"]
+    assert keys(s3, "runs/a/") == [
+        "runs/a/data/shard-00000.parquet",
+        "runs/a/data/shard-00001.parquet",
+        "runs/a/job.json",
+        "runs/a/stats/shard-00000.json",
+        "runs/a/stats/shard-00001.json",
+    ]
     assert s3.head_object(Bucket=BUCKET, Key="runs/a/data/shard-00000.parquet")["ETag"] == before
     redone = read_object_table(s3, "runs/a/data/shard-00001.parquet")
     assert redone.column("image").to_pylist() == expected.column("image").to_pylist()[4:]
@@ -76,3 +88,13 @@ def test_an_output_in_a_missing_bucket_is_a_one_line_error(bucket, tmp_path, cap
     assert capsys.readouterr().err.strip() == (
         "genbatch: error: s3://no-such-bucket-here/runs/a: bucket s3://no-such-bucket-here does not exist"
     )
+
+
+def test_status_reads_a_job_on_s3(bucket, tmp_path, capsys, ray_session):
+    config = write_config(tmp_path / "c.yaml", f"s3://{BUCKET}/manifests/prompts.parquet", f"s3://{BUCKET}/runs/b")
+    assert main(["run", str(config), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["status", f"s3://{BUCKET}/runs/b/"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("job:      finished")
+    assert lines[1:3] == ["rows:     6 / 6 done (100.0%): 6 ok, 0 failed", "shards:   2 / 2 written"]

@@ -74,7 +74,9 @@ def test_a_job_submitted_with_ray_job_submit_succeeds(tmp_path, ray_head):
 
     deadline, status = time.monotonic() + 300, ""
     while time.monotonic() < deadline:
-        status = subprocess.run(_ray("job", "status", "genbatch-test", address), env=env, capture_output=True, text=True)
+        status = subprocess.run(
+            _ray("job", "status", "genbatch-test", address), env=env, capture_output=True, text=True
+        )
         if any(f"' {state}" in status.stdout for state in ("succeeded", "failed", "stopped")):
             break
         time.sleep(2)

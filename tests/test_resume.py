@@ -97,7 +97,7 @@ def test_an_actor_killed_mid_shard_is_replaced_and_its_shard_retried(workdir, ma
             os.kill(pids[0], signal.SIGKILL)
 
     hooks = JobHooks(on_progress=kill_first_worker_once, on_worker_ready=lambda info: pids.append(info.pid))
-    summary = run_job(load_config(config_for(workdir, manifest, "actor-killed")), show_progress=False, hooks=hooks)
+    summary = run_job(load_config(config_for(workdir, manifest, "actor-killed")), progress="off", hooks=hooks)
     assert kills and summary.replaced_workers == 1 and summary.retries >= 1
     assert (summary.ok, summary.failed, summary.exit_code) == (ROWS, 0, 0)
     assert_same_output(workdir / "actor-killed", reference)
@@ -237,4 +237,8 @@ def test_hostile_ids_never_become_file_names(workdir, ray_session):
         "data/shard-00001.parquet",
         "data/shard-00002.parquet",
         "job.json",
+        "stats",
+        "stats/shard-00000.json",
+        "stats/shard-00001.json",
+        "stats/shard-00002.json",
     ]

@@ -49,6 +49,54 @@ def _source(ref: str, tiny_dir) -> str:
     return os.path.expanduser(ref) if looks_like_path(ref) else ref
 
 
+class ModelNotFoundError(OSError):
+    """A model named by hub id is neither in the local hub cache nor fetchable; says how to fetch it."""
+
+
+def check_hub_model(ref: str, revision: str | None, index_file: str) -> None:
+    """Fail early, with instructions, for a hub id that offline mode cannot find in the cache.
+
+    `index_file` is a file every snapshot of such a model has (model_index.json, config.json)."""
+    if ref == tiny.TINY or looks_like_path(ref):
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not constants.HF_HUB_OFFLINE:
+        return
+    cached = try_to_load_from_cache(ref, index_file, revision=revision)
+    if not isinstance(cached, str):
+        raise ModelNotFoundError(
+            f"model {ref!r}{_at(revision)} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+            f"HF_HUB_OFFLINE=1 forbids downloading it; fetch it first with `hf download {ref}"
+            f"{' --revision ' + revision if revision else ''}` on every node (same HF_HOME), or unset HF_HUB_OFFLINE"
+        )
+
+
+def explain_load_error(ref: str, revision: str | None, error: Exception) -> Exception:
+    """A hub error as one actionable line; other errors are returned unchanged."""
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    if isinstance(error, GatedRepoError):
+        return ModelNotFoundError(
+            f"model {ref!r} is gated: accept its terms on huggingface.co, then `hf auth login` (or set HF_TOKEN)"
+        )
+    if isinstance(error, RepositoryNotFoundError):
+        return ModelNotFoundError(
+            f"model {ref!r}{_at(revision)} was not found on the Hugging Face hub: check the id "
+            "(private models need `hf auth login` or HF_TOKEN)"
+        )
+    if isinstance(error, LocalEntryNotFoundError):
+        return ModelNotFoundError(
+            f"model {ref!r}{_at(revision)} could not be fetched (no network?) and is not in the Hugging Face cache; "
+            f"fetch it first with `hf download {ref}` on every node, or point model.id at a local folder"
+        )
+    return error
+
+
+def _at(revision: str | None) -> str:
+    return f" at revision {revision!r}" if revision else ""
+
+
 def pick_device():
     import torch
 
@@ -74,15 +122,19 @@ def load_pipeline(ref: str, revision: str | None, scheduler: str | None, device,
 
     source = pipeline_source(ref)
     logger.info("loading pipeline %s (%s)", ref, source)
-    pipeline = AutoPipelineForText2Image.from_pretrained(
-        source,
-        revision=revision,
-        dtype=dtype,
-        use_safetensors=True,
-        # Batch evaluation needs the real image behind every score, not a blacked-out one.
-        safety_checker=None,
-        requires_safety_checker=False,
-    )
+    check_hub_model(ref, revision, "model_index.json")
+    try:
+        pipeline = AutoPipelineForText2Image.from_pretrained(
+            source,
+            revision=revision,
+            dtype=dtype,
+            use_safetensors=True,
+            # Batch evaluation needs the real image behind every score, not a blacked-out one.
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+    except OSError as error:
+        raise explain_load_error(ref, revision, error) from error
     if scheduler is not None:
         pipeline.scheduler = build_scheduler(scheduler, pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
@@ -95,6 +147,10 @@ def load_clip(ref: str, device):
 
     source = clip_source(ref)
     logger.info("loading CLIP %s (%s)", ref, source)
-    model = CLIPModel.from_pretrained(source, use_safetensors=True)
-    processor = CLIPProcessor.from_pretrained(source)
+    check_hub_model(ref, None, "config.json")
+    try:
+        model = CLIPModel.from_pretrained(source, use_safetensors=True)
+        processor = CLIPProcessor.from_pretrained(source)
+    except OSError as error:
+        raise explain_load_error(ref, None, error) from error
     return model.to(device).eval(), processor

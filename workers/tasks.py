@@ -87,6 +87,7 @@ class WorkerInfo:
     load_seconds: float
     pid: int
     node_id: str
+    node_ip: str = ""
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,12 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
+from datetime import datetime, timezone
 
 from workers import columns as C
 from workers.output import RowOutput, RunLabels, build_output_table, failed_positions, merge_retried, read_previous
 from workers.rows import RowSpec, read_slice, resolve_rows, row_ids
+from workers.shard_stats import ShardStats, write_shard_stats
 from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerInfo, WorkerSettings
 from workers.writer import ShardFooter, write_shard
 
@@ -94,6 +96,7 @@ class GenerationWorker:
             load_seconds=time.perf_counter() - started,
             pid=os.getpid(),
             node_id=_node_id(),
+            node_ip=_node_ip(),
         )
         logger.info(
             "%s ready on %s in %.1fs (pid %d)", self.info.name, self.device, self.info.load_seconds, os.getpid()
@@ -136,6 +139,24 @@ class GenerationWorker:
         failed = output_table.column(C.STATUS).to_pylist().count(C.STATUS_ERROR)
         footer = ShardFooter(self.settings.job_key, task.index, len(rows), len(rows) - failed, failed)
         path = write_shard(output_table, self.settings.output_dir, footer)
+        seconds = time.perf_counter() - started
+        write_shard_stats(
+            self.settings.output_dir,
+            ShardStats(
+                shard=task.index,
+                rows=len(rows),
+                ok=len(rows) - failed,
+                failed=failed,
+                generated=len(todo),
+                seconds=round(seconds, 3),
+                images_per_s=round(len(todo) / seconds, 3) if seconds > 0 else 0.0,
+                worker=self.labels.worker,
+                node=self.info.node_id,
+                node_ip=self.info.node_ip,
+                pid=self.info.pid,
+                finished_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            ),
+        )
         yield ShardResult(
             shard=task.index,
             rows=len(rows),
@@ -143,7 +164,7 @@ class GenerationWorker:
             failed=failed,
             file=path,
             worker=self.labels.worker,
-            seconds=time.perf_counter() - started,
+            seconds=seconds,
         )
 
     def _process_batch(self, rows: list[RowSpec]) -> tuple[list[RowOutput], list[tuple[int, Future]]]:
@@ -205,6 +226,12 @@ def _node_id() -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
+def _node_ip() -> str:
+    import ray
+
+    return ray.util.get_node_ip_address() if ray.is_initialized() else ""
 
 
 def _quiet_libraries() -> None:

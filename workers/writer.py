@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from workers import storage
 from workers.hf_features import HF_KEY, hf_features
+from workers.shard_stats import STATS_DIR
 
 DATA_DIR = "data"
 FOOTER_KEY = b"genbatch"
@@ -78,4 +79,5 @@ def read_footer(location: str) -> ShardFooter | None:
 
 def remove_temp_files(output_dir: str) -> int:
     """Delete temporary files left by writers that were killed mid-write; returns how many."""
-    return storage.remove_temp_files(storage.join(output_dir, DATA_DIR))
+    folders = [output_dir, storage.join(output_dir, DATA_DIR), storage.join(output_dir, STATS_DIR)]
+    return sum(storage.remove_temp_files(folder) for folder in folders)

@@ -56,7 +56,7 @@ def main(workdir: Path) -> None:
         }
     )
     hooks = JobHooks(on_progress=remove_a_busy_node, on_worker_ready=ready.append)
-    summary = run_job(config, show_progress=False, hooks=hooks)
+    summary = run_job(config, progress="off", hooks=hooks)
     ids = pq.read_table(workdir / "out" / "data").column("id").to_pylist()
     result = {
         "removed_nodes": len(removed),

@@ -1,0 +1,48 @@
+"""`OUTPUT/stats/shard-NNNNN.json`: how each shard went, written by the actor right after the shard's file.
+
+Operators (and `genbatch status`) read these to follow a job from the output folder alone, while it runs
+or after it ended; a shard redone by a later run replaces its stats.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from workers import storage
+
+STATS_DIR = "stats"
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    shard: int
+    rows: int  # rows in the shard
+    ok: int
+    failed: int
+    generated: int  # rows this run generated (fewer than `rows` when only failed rows were retried)
+    seconds: float
+    images_per_s: float  # generated / seconds
+    worker: str
+    node: str  # Ray node id
+    node_ip: str
+    pid: int
+    finished_at: str  # UTC, ISO 8601
+
+
+def stats_path(output_dir: str, shard: int) -> str:
+    return storage.join(output_dir, STATS_DIR, f"shard-{shard:05d}.json")
+
+
+def write_shard_stats(output_dir: str, stats: ShardStats) -> None:
+    storage.write_bytes(stats_path(output_dir, stats.shard), (json.dumps(asdict(stats)) + "\n").encode())
+
+
+def read_all_stats(output_dir: str) -> list[ShardStats]:
+    """Every shard's stats, by shard number; files that are not genbatch stats are ignored."""
+    found = []
+    for location in storage.list_files(storage.join(output_dir, STATS_DIR)):
+        if not (storage.name(location).startswith("shard-") and location.endswith(".json")):
+            continue
+        found.append(ShardStats(**json.loads(storage.read_bytes(location))))
+    return sorted(found, key=lambda stats: stats.shard)
