@@ -19,6 +19,7 @@ hits all alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import logging
 import statistics
@@ -223,6 +224,31 @@ def configure_ray_data() -> None:
     context.execution_options.verbose_progress = False
 
 
+@contextlib.contextmanager
+def fresh_ray(threads: int, enabled: bool):
+    """A new local Ray instance per run, shut down after it: actors a runner leaves behind (Ray Data
+    keeps a stats actor and others alive) must not take CPU from the next runner on two cores."""
+    if not enabled:
+        yield
+        return
+    import ray
+
+    # One logical CPU more than the worker takes: Ray Data's own list/read/write tasks need one, or
+    # `read_parquet` waits forever behind the actor. "local": never a cluster left running on the machine.
+    ray.init(
+        address="local",
+        num_cpus=threads + 1,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level="ERROR",
+    )
+    configure_ray_data()
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 RUNNERS = {"plain loop": plain_loop, "genbatch": genbatch_job, "ray data": ray_data_job}
 
 
@@ -237,29 +263,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    import ray
     import torch
 
     quiet_libraries()
     torch.set_num_threads(args.threads)
-    # A fresh local instance (never a cluster left running on the machine) with one logical CPU more than the
-    # worker takes: Ray Data's own list/read/write tasks need one, or `read_parquet` waits forever behind the actor.
-    ray.init(
-        address="local",
-        num_cpus=args.threads + 1,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        logging_level="ERROR",
-    )
-    configure_ray_data()
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in RUNNERS}
     with tempfile.TemporaryDirectory() as tmp:
         manifest = make_manifest(Path(tmp), args.rows)
         for repeat in range(args.repeats):  # alternate, so drift on a shared machine hits all alike
             for name, runner in RUNNERS.items():
                 out = Path(tmp) / f"{name.replace(' ', '-')}-{repeat}"
-                results[name].append(runner(manifest, out, args))
-    ray.shutdown()
+                with fresh_ray(args.threads, enabled=name != "plain loop"):
+                    results[name].append(runner(manifest, out, args))
 
     print(
         f"\n{args.rows} rows, {args.size}x{args.size} px, {args.steps} steps, batch {args.batch_size}, "

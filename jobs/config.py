@@ -18,8 +18,11 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    id: str = Field("tiny", description='"tiny" (built-in), a Hugging Face hub id, or a local diffusers folder.')
+    id: str = Field(
+        "tiny", description='"tiny" or "tiny-sdxl" (built-in), a Hugging Face hub id, or a local diffusers folder.'
+    )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to load.")
+    variant: str | None = Field(None, description="Weights variant to load, e.g. fp16 (*.fp16.safetensors).")
     scheduler: str | None = Field(
         None, description=f"null keeps the model's scheduler; else one of: {', '.join(SCHEDULERS)}."
     )
@@ -49,6 +52,12 @@ class GenerationConfig(_Section):
     width: int = Field(512, ge=8, description="Image width in pixels, a multiple of 8.")
     height: int = Field(512, ge=8, description="Image height in pixels, a multiple of 8.")
     negative_prompt: str = Field("", description="Used for rows without a negative_prompt of their own.")
+    strength: float = Field(
+        0.8, gt=0, le=1, description="Image-to-image rows without their own: how far from the init image (1: all)."
+    )
+    init_image_policy: Literal["resize", "error"] = Field(
+        "resize", description="An init image whose size is not the row's width x height: resize it, or fail the row."
+    )
 
     @field_validator("width", "height")
     @classmethod
@@ -116,7 +125,10 @@ class PerformanceConfig(_Section):
 
 
 class JobConfig(_Section):
-    manifest: str = Field(description="A Parquet file, a folder of Parquet files, or a glob.")
+    manifest: str = Field(description="A Parquet file, a folder of Parquet files, a glob, or a URI.")
+    mode: Literal["generate", "reconstruct"] = Field(
+        "generate", description="generate: text- (or image-) to-image; reconstruct: VAE round trip of init_image."
+    )
     output: OutputConfig = Field(description="Output folder (a path), or a section with path and image settings.")
     seed: int = Field(0, ge=0, description="Job seed; rows without a seed get one derived from (seed, row id).")
     shard_size: int = Field(256, ge=1, description="Rows per shard.")

@@ -72,7 +72,7 @@ def run_job(
     started = time.perf_counter()
     hooks = hooks or JobHooks()
     # 1. Validate the whole manifest before anything is written or started.
-    manifest = read_manifest(config.manifest)
+    manifest = read_manifest(config.manifest, config.mode)
     shards = plan_shards(manifest, config.shard_size)
     identity = job_identity(config, manifest)
     key = identity_key(identity)
@@ -161,6 +161,8 @@ def worker_settings(config: JobConfig, output: str, resources: cluster.ActorReso
     return WorkerSettings(
         model=config.model.id,
         revision=config.model.revision,
+        variant=config.model.variant,
+        mode=config.mode,
         scheduler=config.model.scheduler,
         dtype=config.model.dtype,
         clip_model=config.clip.model,
@@ -172,6 +174,8 @@ def worker_settings(config: JobConfig, output: str, resources: cluster.ActorReso
             width=generation.width,
             height=generation.height,
             negative_prompt=generation.negative_prompt,
+            strength=generation.strength,
+            init_image_policy=generation.init_image_policy,
         ),
         output_dir=output,
         job_key=key,

@@ -95,15 +95,17 @@ def _find_remote_files(source: str) -> list[str]:
     return files
 
 
-def read_manifest(source: str) -> Manifest:
-    """Validate every file and row of a manifest; raises ManifestError naming what is wrong."""
+def read_manifest(source: str, mode: str = "generate") -> Manifest:
+    """Validate every file and row of a manifest; raises ManifestError naming what is wrong.
+
+    `mode: reconstruct` needs an init_image per row and no prompt."""
     paths = find_manifest_files(source)
     schema, files, first_row = None, [], 0
     for path in paths:
         parquet = _open(path)
         if schema is None:
             schema = parquet.schema_arrow
-            _check_schema(path, schema)
+            _check_schema(path, schema, mode)
         elif not parquet.schema_arrow.equals(schema):
             raise ManifestError(
                 f"{path}: columns differ from {paths[0]} ({_describe(parquet.schema_arrow)} vs {_describe(schema)})"
@@ -117,7 +119,7 @@ def read_manifest(source: str) -> Manifest:
     # One 8-byte key per row (the id itself, or its hash) is all the uniqueness check keeps in memory.
     keys = np.empty(first_row, dtype=np.int64) if has_id else None
     for manifest_file in files:
-        _check_rows(manifest_file, schema, has_id, keys)
+        _check_rows(manifest_file, schema, has_id, keys, mode)
     if keys is not None:  # without an id column, ids are row positions: unique by construction
         _check_unique_ids(source if len(files) > 1 else files[0].path, files, keys)
     return Manifest(
@@ -150,10 +152,12 @@ def _open(path: str) -> pq.ParquetFile:
         raise ManifestError(f"{path}: cannot read manifest ({one_line(error)})") from None
 
 
-def _check_schema(path: str, schema: pa.Schema) -> None:
+def _check_schema(path: str, schema: pa.Schema, mode: str) -> None:
     names = set(schema.names)
-    if C.PROMPT not in names:
-        raise ManifestError(f"{path}: no {C.PROMPT!r} column (columns: {', '.join(schema.names)})")
+    required = C.INIT_IMAGE if mode == "reconstruct" else C.PROMPT
+    if required not in names:
+        why = " (mode: reconstruct)" if mode == "reconstruct" else ""
+        raise ManifestError(f"{path}: no {required!r} column{why} (columns: {', '.join(schema.names)})")
     reserved = sorted(names & C.RESERVED)
     if reserved:
         raise ManifestError(f"{path}: column {reserved[0]!r} is reserved for genbatch's output; rename it")
@@ -166,26 +170,34 @@ def _check_schema(path: str, schema: pa.Schema) -> None:
         C.WIDTH: ("integers", pa.types.is_integer),
         C.HEIGHT: ("integers", pa.types.is_integer),
         C.GUIDANCE_SCALE: ("numbers", lambda t: pa.types.is_floating(t) or pa.types.is_integer(t)),
+        C.STRENGTH: ("numbers", lambda t: pa.types.is_floating(t) or pa.types.is_integer(t)),
+        C.INIT_IMAGE: ("image bytes or paths", lambda t: _is_string(t) or _is_binary(t)),
     }
     for name, (kind, accepts) in expected.items():
         if name in names and not accepts(schema.field(name).type):
             raise ManifestError(f"{path}: column {name!r} must hold {kind}, found {schema.field(name).type}")
 
 
-def _check_rows(manifest_file: ManifestFile, schema: pa.Schema, has_id: bool, keys: np.ndarray | None) -> None:
+def _check_rows(
+    manifest_file: ManifestFile, schema: pa.Schema, has_id: bool, keys: np.ndarray | None, mode: str
+) -> None:
     """Check every row of one file; fills this file's part of `keys` (one id key per row) if there are ids."""
     path = manifest_file.path
-    wanted = [n for n in (C.ID, C.PROMPT, C.SEED, *C.ROW_OVERRIDES) if n in schema.names]
+    wanted = [n for n in (C.ID, C.PROMPT, C.SEED, C.STRENGTH, *C.ROW_OVERRIDES) if n in schema.names]
+    if mode == "reconstruct":  # the prompt is optional: it is only used for a CLIP score, when present
+        wanted = [n for n in wanted if n != C.PROMPT] + [C.INIT_IMAGE]
     rules = [
         (C.ID, "null id", lambda col: col.is_null()),
+        (C.INIT_IMAGE, "null init_image (mode: reconstruct)", lambda col: col.is_null()),
         (C.PROMPT, "null, empty or whitespace-only prompt", _blank),
+        (C.STRENGTH, "strength not in (0, 1]", _bad_strength),
         (C.SEED, "negative seed", lambda col: pc.less(col, 0)),
         (C.STEPS, "steps < 1", lambda col: pc.less(col, 1)),
         (C.GUIDANCE_SCALE, "negative or non-finite guidance_scale", _bad_guidance),
         (C.WIDTH, "width not a positive multiple of 8", _bad_size),
         (C.HEIGHT, "height not a positive multiple of 8", _bad_size),
     ]
-    problems = {name: _Problem(path, name, rule) for name, rule, _ in rules if name in schema.names}
+    problems = {name: _Problem(path, name, rule) for name, rule, _ in rules if name in wanted}
     if C.ID in problems:
         problems[C.ID].shown_as = "file rows"  # a null id cannot name its row; its position can
     offset = 0
@@ -256,6 +268,15 @@ def _blank(column: pa.Array) -> pa.Array:
 def _bad_guidance(column: pa.Array) -> pa.Array:
     column = pc.cast(column, pa.float64())
     return pc.or_(pc.less(column, 0), pc.invert(pc.is_finite(column)))
+
+
+def _bad_strength(column: pa.Array) -> pa.Array:
+    column = pc.cast(column, pa.float64())
+    return pc.or_(pc.less_equal(column, 0), pc.invert(pc.less_equal(column, 1)))
+
+
+def _is_binary(data_type: pa.DataType) -> bool:
+    return pa.types.is_binary(data_type) or pa.types.is_large_binary(data_type)
 
 
 def _bad_size(column: pa.Array) -> pa.Array:

@@ -86,10 +86,14 @@ def build_report(run_dir: str | Path, by: str | None = None, shown: int = SHOWN_
         "groups": {column: group_stats(table, scored, column)} if column else {},
         "settings": run_settings(run),
         "failed_rows": [
-            {"id": r[C.ID], "prompt": r[C.PROMPT], "error": r[C.ERROR]}
-            for r in failed_rows.select([C.ID, C.PROMPT, C.ERROR]).slice(0, MAX_FAILED_LISTED).to_pylist()
+            {"id": r[C.ID], "prompt": r.get(C.PROMPT), "error": r[C.ERROR]}
+            for r in failed_rows.select(_present(failed_rows, C.ID, C.PROMPT, C.ERROR))
+            .slice(0, MAX_FAILED_LISTED)
+            .to_pylist()
         ],
     }
+    if C.RECON_MSE in table.column_names:
+        data["reconstruction"] = reconstruction_stats(table)
     shown = min(shown, max(1, len(scores) // 2))  # small runs: best and worst do not overlap
     order = np.argsort(scores, kind="stable")
     best = scored.take(order[::-1][:shown]) if len(order) else scored
@@ -103,6 +107,23 @@ def build_report(run_dir: str | Path, by: str | None = None, shown: int = SHOWN_
     return data, visuals
 
 
+def reconstruction_stats(table: pa.Table) -> dict:
+    """`mode: reconstruct` runs: how much the VAE round trip lost, over the rows that have a reconstruction."""
+    done = table.filter(pc.is_valid(table[C.RECON_MSE]))
+    psnr = done[C.RECON_PSNR].to_numpy().astype(np.float64)
+    return {
+        "mse": summarize_scores(done[C.RECON_MSE].to_numpy().astype(np.float64)),
+        "psnr_db": summarize_scores(psnr[np.isfinite(psnr)]),
+        "exact": int((~np.isfinite(psnr)).sum()),  # round trips with MSE 0 (infinite PSNR)
+        "latent_mean": summarize_scores(done[C.LATENT_MEAN].to_numpy().astype(np.float64)),
+        "latent_std": summarize_scores(done[C.LATENT_STD].to_numpy().astype(np.float64)),
+    }
+
+
+def _present(table: pa.Table, *names: str) -> list[str]:
+    return [name for name in names if name in table.column_names]
+
+
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, by: str | None = None) -> Path:
     data, visuals = build_report(run_dir, by)
     return write_documents(Path(out_dir) if out_dir else Path(run_dir) / "report", "report", data, visuals, "r")
@@ -110,6 +131,6 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, by: str
 
 def _tiles(rows: pa.Table, images: dict) -> list[dict]:
     return [
-        {"id": r[C.ID], "prompt": r[C.PROMPT], "score": r[C.CLIP_SCORE], "src": thumbnail_uri(images.get(r[C.ID]))}
-        for r in rows.select([C.ID, C.PROMPT, C.CLIP_SCORE]).to_pylist()
+        {"id": r[C.ID], "prompt": r.get(C.PROMPT), "score": r[C.CLIP_SCORE], "src": thumbnail_uri(images.get(r[C.ID]))}
+        for r in rows.select(_present(rows, C.ID, C.PROMPT, C.CLIP_SCORE)).to_pylist()
     ]

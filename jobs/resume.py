@@ -24,6 +24,7 @@ def job_identity(config: JobConfig, manifest: Manifest) -> dict:
     """Everything that changes a job's images or scores. Workers, batch size, fast paths and paths are not:
     they change pixels by at most float rounding (see README)."""
     return {
+        "mode": config.mode,
         "model": config.model.model_dump(mode="json"),
         "generation": config.generation.model_dump(mode="json"),
         "clip": config.clip.model_dump(mode="json"),

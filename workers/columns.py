@@ -24,6 +24,12 @@ DURATION_S = "duration_s"
 IMAGE_SHA256 = "image_sha256"
 STATUS = "status"
 ERROR = "error"
+INIT_IMAGE = "init_image"
+STRENGTH = "strength"
+RECON_MSE = "recon_mse"
+RECON_PSNR = "recon_psnr"
+LATENT_MEAN = "latent_mean"
+LATENT_STD = "latent_std"
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -45,6 +51,7 @@ GENERATED: dict[str, pa.DataType] = {
     GUIDANCE_SCALE: pa.float32(),
     WIDTH: pa.int32(),
     HEIGHT: pa.int32(),
+    STRENGTH: pa.float32(),
     SCHEDULER: pa.string(),
     MODEL: pa.string(),
     CLIP_MODEL: pa.string(),
@@ -55,8 +62,16 @@ GENERATED: dict[str, pa.DataType] = {
     ERROR: pa.string(),
 }
 
+# Written after GENERATED's columns in `mode: reconstruct` only: how much the VAE round trip lost.
+RECONSTRUCTION: dict[str, pa.DataType] = {
+    RECON_MSE: pa.float64(),  # mean squared error of the pixels, each scaled to [0, 1]
+    RECON_PSNR: pa.float64(),  # 10 * log10(1 / MSE) in dB; inf for an exact round trip
+    LATENT_MEAN: pa.float32(),  # of the scaled latent (what the UNet would see)
+    LATENT_STD: pa.float32(),
+}
+
 # A manifest may carry these; genbatch replaces them with the values it resolved and used.
-REPLACED_INPUTS = frozenset({ID, SEED, *ROW_OVERRIDES})
+REPLACED_INPUTS = frozenset({ID, SEED, STRENGTH, *ROW_OVERRIDES})
 
 # A manifest may not carry these: they would be silently overwritten by genbatch's own output.
-RESERVED = frozenset(GENERATED) - REPLACED_INPUTS
+RESERVED = (frozenset(GENERATED) | frozenset(RECONSTRUCTION)) - REPLACED_INPUTS

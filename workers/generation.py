@@ -3,32 +3,74 @@
 from __future__ import annotations
 
 from workers.rows import RowSpec
+from workers.schedulers import seed_noise_sampler
 
 
-def generate(pipeline, rows: list[RowSpec], pad_to: int | None = None):
+def generate(pipeline, rows: list[RowSpec], pad_to: int | None = None, init_images: list | None = None):
     """Images for `rows` as a float tensor (N, H, W, 3) in [0, 1] on the pipeline's device.
 
     Each image's noise comes only from its own CPU generator seeded with the row's seed, so an image
     does not depend on the batch it ran in. With `pad_to`, the batch is filled up with copies of its
     last row (dropped from the result), so a compiled model always sees the same batch size.
-    Non-finite values are kept for the caller to find.
+    With `init_images` (PIL images, one per row), `pipeline` is an image-to-image pipeline and the rows'
+    `strength` applies. Non-finite values are kept for the caller to find.
     """
     import torch
 
     first = rows[0]
     assert all(row.batch_key == first.batch_key for row in rows), "a micro-batch must share its settings"
-    padded = rows + [rows[-1]] * (pad_to - len(rows)) if pad_to and len(rows) < pad_to else rows
-    result = pipeline(
-        prompt=[row.prompt for row in padded],
-        negative_prompt=[row.negative_prompt for row in padded],
-        num_inference_steps=first.steps,
-        guidance_scale=first.guidance_scale,
-        width=first.width,
-        height=first.height,
-        generator=[torch.Generator("cpu").manual_seed(row.seed) for row in padded],
-        output_type="pt",
-    )
+    padding = pad_to - len(rows) if pad_to and len(rows) < pad_to else 0
+    padded = rows + [rows[-1]] * padding
+    seed_noise_sampler(pipeline.scheduler, [row.seed for row in padded])
+    if init_images is None:
+        size = {"width": first.width, "height": first.height}
+    else:  # image-to-image takes its size from the init images (already width x height)
+        size = {"image": init_images + [init_images[-1]] * padding, "strength": first.strength}
+    # inference_mode, not just the pipeline's own no_grad: no version counters or view tracking per op.
+    with torch.inference_mode():
+        result = pipeline(
+            prompt=[row.prompt for row in padded],
+            negative_prompt=[row.negative_prompt for row in padded],
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance_scale,
+            generator=[torch.Generator("cpu").manual_seed(row.seed) for row in padded],
+            output_type="pt",
+            **size,
+        )
     return result.images[: len(rows)].permute(0, 2, 3, 1).float()
+
+
+def reconstruct(vae, init_images: list):
+    """Encode each image with the VAE and decode it back: (images N,H,W,3 in [0, 1], latent means, stds).
+
+    The latent is the posterior's mode (deterministic), scaled as the UNet sees it (scaling_factor,
+    0.18215 for SD 1.x); its mean and std are per image.
+    """
+    import numpy as np
+    import torch
+
+    pixels = torch.from_numpy(np.stack([np.asarray(image) for image in init_images]))
+    with torch.inference_mode():
+        x = pixels.to(vae.device, vae.dtype).permute(0, 3, 1, 2) / 127.5 - 1
+        scale = vae.config.scaling_factor
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        latents = (vae.encode(x).latent_dist.mode() - shift) * scale
+        decoded = vae.decode(latents / scale + shift).sample
+        flat = latents.float().flatten(1)
+        means, stds = flat.mean(dim=1).tolist(), flat.std(dim=1).tolist()
+    images = (decoded.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+    return images, means, stds
+
+
+def reconstruction_errors(original, written) -> list[tuple[float, float]]:
+    """(MSE, PSNR in dB) per image between two uint8 (N, H, W, 3) tensors, pixels scaled to [0, 1]."""
+    import math
+
+    diff = (written.double() - original.double()) / 255.0
+    errors = []
+    for mse in diff.pow(2).flatten(1).mean(dim=1).tolist():
+        errors.append((mse, math.inf if mse == 0 else 10 * math.log10(1.0 / mse)))
+    return errors
 
 
 def to_uint8(images):

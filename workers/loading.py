@@ -27,14 +27,20 @@ def looks_like_path(ref: str) -> bool:
 
 def missing_model_folder(ref: str | None) -> str | None:
     """The expanded path when `ref` names a local folder that does not exist, else None."""
-    if ref is None or ref == tiny.TINY or not looks_like_path(ref):
+    if ref is None or is_builtin(ref) or not looks_like_path(ref):
         return None
     path = os.path.expanduser(ref)
     return None if os.path.isdir(path) else path
 
 
+def is_builtin(ref: str) -> bool:
+    return ref in (tiny.TINY, tiny.TINY_SDXL)
+
+
 def pipeline_source(ref: str) -> str:
     """What to hand to `from_pretrained` for a pipeline reference."""
+    if ref == tiny.TINY_SDXL:
+        return str(tiny.tiny_sdxl_dir())
     return _source(ref, tiny.tiny_pipeline_dir)
 
 
@@ -57,7 +63,7 @@ def check_hub_model(ref: str, revision: str | None, index_file: str) -> None:
     """Fail early, with instructions, for a hub id that offline mode cannot find in the cache.
 
     `index_file` is a file every snapshot of such a model has (model_index.json, config.json)."""
-    if ref == tiny.TINY or looks_like_path(ref):
+    if is_builtin(ref) or looks_like_path(ref):
         return
     from huggingface_hub import constants, try_to_load_from_cache
 
@@ -114,7 +120,7 @@ def pick_dtype(name: str, device):
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
 
 
-def load_pipeline(ref: str, revision: str | None, scheduler: str | None, device, dtype):
+def load_pipeline(ref: str, revision: str | None, scheduler: str | None, device, dtype, variant: str | None = None):
     """The text-to-image pipeline named by `ref`, on `device`, with the scheduler swapped if asked."""
     from diffusers import AutoPipelineForText2Image
 
@@ -127,6 +133,7 @@ def load_pipeline(ref: str, revision: str | None, scheduler: str | None, device,
         pipeline = AutoPipelineForText2Image.from_pretrained(
             source,
             revision=revision,
+            variant=variant,
             dtype=dtype,
             use_safetensors=True,
             # Batch evaluation needs the real image behind every score, not a blacked-out one.

@@ -25,6 +25,7 @@ class RowOutput:
     truncated: bool | None = None
     duration_s: float = 0.0
     error: str | None = None
+    reconstruction: dict | None = None  # mode: reconstruct: recon_mse, recon_psnr, latent_mean, latent_std
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,15 @@ class RunLabels:
 
 
 def build_output_table(
-    manifest: pa.Table, ids: pa.Array, rows: list[RowSpec], outputs: list[RowOutput], labels: RunLabels
+    manifest: pa.Table,
+    ids: pa.Array,
+    rows: list[RowSpec],
+    outputs: list[RowOutput],
+    labels: RunLabels,
+    reconstruct: bool = False,
 ) -> pa.Table:
-    """`id`, then the manifest's own columns unchanged, then the generated columns (see columns.py)."""
+    """`id`, then the manifest's own columns unchanged, then the generated columns (see columns.py),
+    then, when `reconstruct`, the round-trip measurements."""
     passthrough = [name for name in manifest.column_names if name not in C.REPLACED_INPUTS]
     arrays = {C.ID: ids}
     arrays.update({name: manifest.column(name) for name in passthrough})
@@ -55,6 +62,7 @@ def build_output_table(
         C.GUIDANCE_SCALE: [row.guidance_scale for row in rows],
         C.WIDTH: [row.width for row in rows],
         C.HEIGHT: [row.height for row in rows],
+        C.STRENGTH: [row.strength for row in rows],
         C.SCHEDULER: [labels.scheduler] * len(rows),
         C.MODEL: [labels.model] * len(rows),
         C.CLIP_MODEL: [labels.clip_model] * len(rows),
@@ -66,6 +74,10 @@ def build_output_table(
     }
     for name, values in generated.items():
         arrays[name] = pa.array(values, type=C.GENERATED[name])
+    if reconstruct:
+        for name, data_type in C.RECONSTRUCTION.items():
+            values = [None if out.reconstruction is None else out.reconstruction[name] for out in outputs]
+            arrays[name] = pa.array(values, type=data_type)
     return pa.table(arrays)
 
 

@@ -25,11 +25,14 @@ class RowSpec:
     guidance_scale: float
     width: int
     height: int
+    init_image: bytes | str | None = None  # image-to-image (or reconstruct) input: encoded bytes, a path or a URI
+    strength: float | None = None  # image-to-image rows only
 
     @property
     def batch_key(self) -> tuple:
         """Rows that share this key can go through the pipeline in one call."""
-        return (self.steps, self.guidance_scale, self.width, self.height)
+        image_to_image = self.init_image is not None
+        return (self.steps, self.guidance_scale, self.width, self.height, image_to_image, self.strength)
 
 
 def derive_seed(job_seed: int, row_id: object) -> int:
@@ -77,18 +80,22 @@ def resolve_rows(table: pa.Table, ids: pa.Array, defaults: GenerationDefaults, j
     guidance = values(C.GUIDANCE_SCALE)
     widths = values(C.WIDTH)
     heights = values(C.HEIGHT)
+    init_images = values(C.INIT_IMAGE)
+    strengths = values(C.STRENGTH)
     specs = []
     for i, row_id in enumerate(ids.to_pylist()):
         specs.append(
             RowSpec(
                 id=row_id,
-                prompt=prompts[i],
+                prompt=prompts[i] or "",
                 negative_prompt=_default(negatives[i], defaults.negative_prompt),
                 seed=int(seeds[i]) if seeds[i] is not None else derive_seed(job_seed, row_id),
                 steps=int(_default(steps[i], defaults.steps)),
                 guidance_scale=float(_default(guidance[i], defaults.guidance_scale)),
                 width=int(_default(widths[i], defaults.width)),
                 height=int(_default(heights[i], defaults.height)),
+                init_image=init_images[i],
+                strength=None if init_images[i] is None else float(_default(strengths[i], defaults.strength)),
             )
         )
     return specs

@@ -11,11 +11,14 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
     "lms": ("LMSDiscreteScheduler", {}),
     "euler": ("EulerDiscreteScheduler", {}),
     "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     "dpmpp_2m_karras": (
         "DPMSolverMultistepScheduler",
         {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
     ),
+    # SDE noise comes from a Brownian tree seeded per image (see `seed_noise_sampler`); needs torchsde.
+    "dpmpp_sde": ("DPMSolverSDEScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
 }
 
@@ -26,3 +29,15 @@ def build_scheduler(name: str, base_config):
 
     class_name, overrides = SCHEDULERS[name]
     return getattr(diffusers, class_name).from_config(base_config, **overrides)
+
+
+def seed_noise_sampler(scheduler, seeds: list[int]) -> None:
+    """Give SDE schedulers one noise seed per image of the batch.
+
+    DPMSolverSDEScheduler draws its Brownian-tree noise from `noise_sampler_seed`, not from the
+    pipeline's generators; left unset it takes a seed from torch's global RNG, and an image would
+    change from run to run. With one seed per image, each image depends only on its own row's seed.
+    """
+    if hasattr(scheduler, "noise_sampler_seed"):
+        scheduler.noise_sampler_seed = list(seeds)
+        scheduler.noise_sampler = None

@@ -17,6 +17,8 @@ class GenerationDefaults:
     width: int
     height: int
     negative_prompt: str
+    strength: float = 0.8  # image-to-image rows without their own
+    init_image_policy: str = "resize"  # or "error"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class WorkerSettings:
     num_threads: int | None = None
     encoding: ImageEncoding = ImageEncoding()
     fast: FastPaths = FastPaths()
+    variant: str | None = None
+    mode: str = "generate"  # or "reconstruct"
 
 
 @dataclass(frozen=True)

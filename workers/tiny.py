@@ -15,6 +15,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 TINY = "tiny"
+TINY_SDXL = "tiny-sdxl"
 # Bump when the architecture or seeds below change, so stale caches are rebuilt.
 TINY_VERSION = "2"
 MAX_TOKENS = 77
@@ -30,6 +31,11 @@ def cache_root() -> Path:
 def tiny_pipeline_dir() -> Path:
     """Folder of the tiny Stable Diffusion pipeline, built on first use."""
     return _build_once(cache_root() / f"tiny-sd-v{TINY_VERSION}", _save_tiny_pipeline)
+
+
+def tiny_sdxl_dir() -> Path:
+    """Folder of the tiny SDXL pipeline (two text encoders, pooled embeddings, size conditioning)."""
+    return _build_once(cache_root() / f"tiny-sdxl-v{TINY_VERSION}", _save_tiny_sdxl)
 
 
 def tiny_clip_dir() -> Path:
@@ -138,6 +144,69 @@ def _save_tiny_pipeline(folder: Path) -> None:
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder, safe_serialization=True)
+
+
+def _save_tiny_sdxl(folder: Path) -> None:
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = _tokenizer()
+    time_embed_dim = 8
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        # SDXL's conditioning: pooled text embedding + (original size, crop, target size) time embeddings.
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * time_embed_dim + TEXT_DIM,
+        cross_attention_dim=2 * TEXT_DIM,  # both encoders' hidden states, concatenated
+        norm_num_groups=4,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=[8, 16],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+        scaling_factor=0.13025,  # SDXL's VAE scaling factor
+        force_upcast=False,
+    )
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(_text_config(tokenizer))
+    torch.manual_seed(1)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer))
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    pipeline = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        add_watermarker=False,
     )
     pipeline.save_pretrained(folder, safe_serialization=True)
 

@@ -68,10 +68,13 @@ class GenerationWorker:
             torch.set_num_threads(min(settings.num_threads, os.cpu_count() or 1))
         self.device = pick_device()
         dtype = pick_dtype(settings.dtype, self.device)
-        self.pipeline = load_pipeline(settings.model, settings.revision, settings.scheduler, self.device, dtype)
+        self.pipeline = load_pipeline(
+            settings.model, settings.revision, settings.scheduler, self.device, dtype, settings.variant
+        )
         fast = settings.fast
         self.fast_paths = apply_fast_paths(self.pipeline, fast, self.device, settings.batch_size, settings.defaults)
         self.pad_to = settings.batch_size if fast.compile else None
+        self._img2img = None
         self.scorer = None
         if settings.clip_model is not None:
             on_device = fast.clip_preprocess == "device" or (
@@ -133,7 +136,12 @@ class GenerationWorker:
             _collect(encoding.popleft(), outputs)
         # 3. Write the shard file; only its path and counts go back to the driver.
         fresh = build_output_table(
-            table.take(todo), ids.take(todo), [rows[p] for p in todo], [outputs[p] for p in todo], self.labels
+            table.take(todo),
+            ids.take(todo),
+            [rows[p] for p in todo],
+            [outputs[p] for p in todo],
+            self.labels,
+            reconstruct=self.settings.mode == "reconstruct",
         )
         output_table = fresh if previous is None else merge_retried(previous, fresh, todo)
         failed = output_table.column(C.STATUS).to_pylist().count(C.STATUS_ERROR)
@@ -186,29 +194,83 @@ class GenerationWorker:
             return [RowOutput(error=f"{type(error).__name__}: {error}")], []
 
     def _run_pipeline(self, rows: list[RowSpec]) -> tuple[list[RowOutput], list[tuple[int, Future]]]:
-        from workers.generation import finite_rows, generate, to_uint8
-
         started = time.perf_counter()
-        # 1. Denoise and decode, on the device.
-        images = generate(self.pipeline, rows, pad_to=self.pad_to)
-        finite = finite_rows(images)
-        pixels = to_uint8(images)
-        kept = [i for i, ok in enumerate(finite) if ok]
-        # 2. Score against the prompts, from the exact pixels that are written.
-        outputs = [RowOutput() if ok else RowOutput(error=NON_FINITE) for ok in finite]
-        if self.scorer is not None and kept:
-            prompts = [rows[i].prompt for i in kept]
-            cosines = self.scorer.cosines(pixels[kept], prompts)
-            truncated = self.scorer.truncated(prompts)
-            for j, i in enumerate(kept):
-                outputs[i].cosine, outputs[i].truncated = float(cosines[j]), bool(truncated[j])
-        # 3. Hand the pixels to the encoder threads.
-        host_pixels = pixels.cpu().numpy()
-        futures = [(i, self.encoder.submit(host_pixels[i])) for i in kept]
+        outputs = [RowOutput() for _ in rows]
+        # 1. Read init images (image-to-image, reconstruct); a bad one fails only its row.
+        init = self._init_images(rows, outputs) if rows[0].init_image is not None else None
+        runnable = [i for i in range(len(rows)) if outputs[i].error is None]
+        futures = []
+        if runnable:
+            futures = self._generate_score_encode([rows[i] for i in runnable], init, [outputs[i] for i in runnable])
+            futures = [(runnable[j], future) for j, future in futures]
         per_row = (time.perf_counter() - started) / len(rows)
         for output in outputs:
             output.duration_s = per_row
         return outputs, futures
+
+    def _init_images(self, rows: list[RowSpec], outputs: list[RowOutput]) -> dict[int, object]:
+        from workers.init_images import InitImageError, load_init_image
+
+        images = {}
+        for i, row in enumerate(rows):
+            try:
+                images[i] = load_init_image(
+                    row.init_image, row.width, row.height, self.settings.defaults.init_image_policy
+                )
+            except InitImageError as error:
+                outputs[i].error = str(error)
+        return images
+
+    def _generate_score_encode(self, rows, init, outputs) -> list[tuple[int, Future]]:
+        from workers.generation import finite_rows, generate, reconstruct, reconstruction_errors, to_uint8
+
+        images_in = None if init is None else [image for _, image in sorted(init.items())]
+        # 2. Denoise and decode (or, in reconstruct mode, encode and decode), on the device.
+        if self.settings.mode == "reconstruct":
+            images, means, stds = reconstruct(self.pipeline.vae, images_in)
+        elif images_in is not None:
+            images = generate(self._image_to_image(), rows, pad_to=self.pad_to, init_images=images_in)
+        else:
+            images = generate(self.pipeline, rows, pad_to=self.pad_to)
+        finite = finite_rows(images)
+        pixels = to_uint8(images)
+        kept = [i for i, ok in enumerate(finite) if ok]
+        for i, ok in enumerate(finite):
+            if not ok:
+                outputs[i].error = NON_FINITE
+        if self.settings.mode == "reconstruct":
+            import numpy as np
+            import torch
+
+            original = torch.from_numpy(np.stack([np.asarray(image) for image in images_in])).to(pixels.device)
+            for i, (mse, psnr) in enumerate(reconstruction_errors(original, pixels)):
+                if finite[i]:
+                    outputs[i].reconstruction = {
+                        C.RECON_MSE: mse,
+                        C.RECON_PSNR: psnr,
+                        C.LATENT_MEAN: means[i],
+                        C.LATENT_STD: stds[i],
+                    }
+        # 3. Score against the prompts, from the exact pixels that are written.
+        scored = [i for i in kept if rows[i].prompt]  # reconstruct rows may have no prompt
+        if self.scorer is not None and scored:
+            prompts = [rows[i].prompt for i in scored]
+            cosines = self.scorer.cosines(pixels[scored], prompts)
+            truncated = self.scorer.truncated(prompts)
+            for j, i in enumerate(scored):
+                outputs[i].cosine, outputs[i].truncated = float(cosines[j]), bool(truncated[j])
+        # 4. Hand the pixels to the encoder threads.
+        host_pixels = pixels.cpu().numpy()
+        return [(i, self.encoder.submit(host_pixels[i])) for i in kept]
+
+    def _image_to_image(self):
+        """The image-to-image pipeline sharing this actor's modules (no second copy of the weights)."""
+        if self._img2img is None:
+            from diffusers import AutoPipelineForImage2Image
+
+            self._img2img = AutoPipelineForImage2Image.from_pipe(self.pipeline)
+            self._img2img.set_progress_bar_config(disable=True)
+        return self._img2img
 
 
 def _collect(encoded: list[tuple[int, Future]], outputs: dict[int, RowOutput]) -> None:
