@@ -52,6 +52,9 @@ class GenerationConfig(_Section):
     width: int = Field(512, ge=8, description="Image width in pixels, a multiple of 8.")
     height: int = Field(512, ge=8, description="Image height in pixels, a multiple of 8.")
     negative_prompt: str = Field("", description="Used for rows without a negative_prompt of their own.")
+    images_per_prompt: int = Field(
+        1, ge=1, description="Images per manifest row, each with its own seed (image 0 keeps the row's seed)."
+    )
     strength: float = Field(
         0.8, gt=0, le=1, description="Image-to-image rows without their own: how far from the init image (1: all)."
     )

@@ -196,7 +196,7 @@ class Dispatcher:
         else:
             logger.error("shard %d failed %d times, giving up: %s", shard.index, attempts, error)
             self.outcome.failures.append(ShardFailure(shard=shard, error=error))
-            self.on_progress(shard.rows, shard.rows)
+            self.on_progress(shard.outputs, shard.outputs)
 
     def _finish(self, generator) -> None:
         actor, _ = self._tasks.pop(generator)
@@ -218,7 +218,7 @@ class Dispatcher:
         while self.pending:
             shard = self.pending.popleft()
             self.outcome.failures.append(ShardFailure(shard=shard, error=error))
-            self.on_progress(shard.rows, shard.rows)
+            self.on_progress(shard.outputs, shard.outputs)
 
     def _report_workers(self) -> None:
         ready = sum(1 for a in self.actors if a.alive and a.ready_ref is None)

@@ -73,7 +73,7 @@ def run_job(
     hooks = hooks or JobHooks()
     # 1. Validate the whole manifest before anything is written or started.
     manifest = read_manifest(config.manifest, config.mode)
-    shards = plan_shards(manifest, config.shard_size)
+    shards = plan_shards(manifest, config.shard_size, config.generation.images_per_prompt)
     identity = job_identity(config, manifest)
     key = identity_key(identity)
     output = prepare_output(config.output.path)
@@ -97,7 +97,7 @@ def run_job(
         resources = cluster.actor_resources(config)
         settings = worker_settings(config, output, resources, key)
         # 4. Dispatch shards until each has an outcome.
-        follow = Progress(total=sum(s.rows for s in plan.todo), mode=progress)
+        follow = Progress(total=sum(s.outputs for s in plan.todo), mode=progress)
 
         def advance(rows: int, failed: int) -> None:
             follow.advance(rows, failed)
@@ -222,14 +222,14 @@ def summarize(
     footers = list(plan.complete.values())
     ok = sum(f.ok for f in footers) + sum(r.ok for r in outcome.results)
     failed = sum(f.failed for f in footers) + sum(r.failed for r in outcome.results)
-    failed += sum(failure.shard.rows for failure in outcome.failures)
+    failed += sum(failure.shard.outputs for failure in outcome.failures)
     done = sum(result.rows for result in outcome.results)
     first_ready = outcome.first_ready_at or ended
     return JobSummary(
-        rows=manifest.rows,
+        rows=sum(shard.outputs for shard in shards),
         ok=ok,
         failed=failed,
-        not_run=manifest.rows - ok - failed,
+        not_run=sum(shard.outputs for shard in shards) - ok - failed,
         shards=len(shards),
         shards_run=len(plan.todo),
         shards_failed=len(outcome.failures),

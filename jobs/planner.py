@@ -9,7 +9,7 @@ from workers import storage
 from workers.tasks import ShardTask
 
 
-def plan_shards(manifest: Manifest, shard_size: int) -> list[ShardTask]:
+def plan_shards(manifest: Manifest, shard_size: int, images_per_row: int = 1) -> list[ShardTask]:
     """Consecutive runs of at most `shard_size` rows of each file, numbered in manifest order.
 
     The same manifest and shard_size always give the same shards, so shard files can be named by index.
@@ -28,6 +28,7 @@ def plan_shards(manifest: Manifest, shard_size: int) -> list[ShardTask]:
                     stop=stop,
                     first_row=manifest_file.first_row + start,
                     has_id_column=manifest.has_id_column,
+                    images_per_row=images_per_row,
                 )
             )
     return shards

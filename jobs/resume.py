@@ -91,7 +91,7 @@ def plan_resume(output_dir: str, shards: list[ShardTask], key: str, retry_failed
             continue
         footer = read_footer(path)
         valid = footer is not None and footer.job_key == key and footer.shard == shard.index
-        if valid and footer.rows == shard.rows:
+        if valid and footer.rows == shard.outputs:
             if retry_failed and footer.failed:
                 todo.append(_with_retry(shard))
             else:

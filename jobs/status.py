@@ -68,7 +68,8 @@ def job_status(output: str, now: datetime | None = None) -> JobStatus:
         worker.shards += 1
         worker.generated += shard.generated
         worker.seconds += shard.seconds
-    rows = record["manifest"]["rows"]
+    images_per_row = record.get("config", {}).get("generation", {}).get("images_per_prompt", 1)
+    rows = record["manifest"]["rows"] * images_per_row  # output rows: one per image
     rows_done = sum(s.rows for s in stats)
     counts = record.get("counts") or {}
     if state == "running":

@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
@@ -32,6 +33,7 @@ def png(image: Image.Image, fmt: str = "PNG") -> bytes:
 
 @pytest.fixture(scope="module")
 def plain_img2img(model_cache):
+    torch.set_num_threads(1)  # as in the actors (cpus_per_worker: 1): same reduction order
     pipeline = StableDiffusionImg2ImgPipeline.from_pretrained(tiny.tiny_pipeline_dir(), use_safetensors=True)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 from diffusers import StableDiffusionXLPipeline
 
 from jobs.cli import main
@@ -40,6 +41,7 @@ def test_an_sdxl_job_equals_a_plain_sdxl_pipeline_call(tmp_path, ray_session):
     assert set(table.column("scheduler").to_pylist()) == {"EulerDiscreteScheduler"}
     assert set(table.column("model").to_pylist()) == {"tiny-sdxl"}
 
+    torch.set_num_threads(1)  # as in the actors (cpus_per_worker: 1): same reduction order
     pipeline = StableDiffusionXLPipeline.from_pretrained(tiny.tiny_sdxl_dir(), use_safetensors=True)
     pipeline.set_progress_bar_config(disable=True)
     for row in table.to_pylist():

@@ -24,6 +24,7 @@ DURATION_S = "duration_s"
 IMAGE_SHA256 = "image_sha256"
 STATUS = "status"
 ERROR = "error"
+IMAGE_INDEX = "image_index"  # k of the row's images_per_prompt images
 INIT_IMAGE = "init_image"
 STRENGTH = "strength"
 RECON_MSE = "recon_mse"
@@ -47,6 +48,7 @@ GENERATED: dict[str, pa.DataType] = {
     CLIP_COSINE: pa.float32(),
     PROMPT_TRUNCATED: pa.bool_(),
     SEED: pa.int64(),
+    IMAGE_INDEX: pa.int32(),
     STEPS: pa.int32(),
     GUIDANCE_SCALE: pa.float32(),
     WIDTH: pa.int32(),

@@ -58,6 +58,7 @@ def build_output_table(
         C.CLIP_COSINE: [out.cosine for out in outputs],
         C.PROMPT_TRUNCATED: [out.truncated for out in outputs],
         C.SEED: [row.seed for row in rows],
+        C.IMAGE_INDEX: [row.image_index for row in rows],
         C.STEPS: [row.steps for row in rows],
         C.GUIDANCE_SCALE: [row.guidance_scale for row in rows],
         C.WIDTH: [row.width for row in rows],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,6 +27,7 @@ class RowSpec:
     height: int
     init_image: bytes | str | None = None  # image-to-image (or reconstruct) input: encoded bytes, a path or a URI
     strength: float | None = None  # image-to-image rows only
+    image_index: int = 0  # which of the row's generation.images_per_prompt images
 
     @property
     def batch_key(self) -> tuple:
@@ -99,6 +100,18 @@ def resolve_rows(table: pa.Table, ids: pa.Array, defaults: GenerationDefaults, j
             )
         )
     return specs
+
+
+def expand_images(table: pa.Table, ids: pa.Array, rows: list[RowSpec], count: int):
+    """`count` output rows per manifest row: image 0 keeps the row's seed, image k > 0 gets a seed
+    derived from (row seed, k), so every image is distinct and reproducible."""
+    positions = [i for i in range(len(rows)) for _ in range(count)]
+    expanded = [
+        replace(row, image_index=k, seed=row.seed if k == 0 else derive_seed(row.seed, f"image-{k}"))
+        for row in rows
+        for k in range(count)
+    ]
+    return table.take(positions), ids.take(positions), expanded
 
 
 def _default(value, fallback):

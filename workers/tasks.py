@@ -74,10 +74,17 @@ class ShardTask:
     first_row: int
     has_id_column: bool
     retry_failed: bool = False  # rerun only the rows whose status is error in the existing file
+    images_per_row: int = 1  # generation.images_per_prompt: output rows per manifest row
 
     @property
     def rows(self) -> int:
+        """Manifest rows."""
         return self.stop - self.start
+
+    @property
+    def outputs(self) -> int:
+        """Output rows (images): what the shard file, progress and counts are in."""
+        return self.rows * self.images_per_row
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 from workers import columns as C
 from workers.output import RowOutput, RunLabels, build_output_table, failed_positions, merge_retried, read_previous
-from workers.rows import RowSpec, read_slice, resolve_rows, row_ids
+from workers.rows import RowSpec, expand_images, read_slice, resolve_rows, row_ids
 from workers.shard_stats import ShardStats, write_shard_stats
 from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerInfo, WorkerSettings
 from workers.writer import ShardFooter, write_shard
@@ -118,6 +118,8 @@ class GenerationWorker:
         table = read_slice(task.file, task.start, task.stop)
         ids = row_ids(table, task)
         rows = resolve_rows(table, ids, self.settings.defaults, self.settings.job_seed)
+        if task.images_per_row > 1:  # one output row per image, in manifest order
+            table, ids, rows = expand_images(table, ids, rows, task.images_per_row)
         previous = read_previous(self.settings.output_dir, task) if task.retry_failed else None
         todo = failed_positions(previous) if previous is not None else list(range(len(rows)))
         # 2. Generate and score each micro-batch; encoding runs on CPU threads meanwhile.
