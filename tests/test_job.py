@@ -179,8 +179,10 @@ def test_job_file_records_config_manifest_versions_and_counts(job_dir):
         "shard_retries": 0,
         "workers_replaced": 0,
     }
-    assert record["identity"]["generation"] == GENERATION and record["identity"]["shard_size"] == 3
-    assert record["config"]["generation"] == GENERATION
+    generation = {**GENERATION, "images_per_prompt": 1, "strength": 0.8, "init_image_policy": "resize"}
+    assert record["identity"]["generation"] == generation and record["identity"]["shard_size"] == 3
+    assert record["identity"]["mode"] == "generate"
+    assert record["config"]["generation"] == generation
     assert record["config"]["shard_size"] == 3
     assert record["manifest"]["rows"] == 7 and len(record["manifest"]["fingerprint"]) == 64
     assert record["versions"]["torch"] == metadata.version("torch")
