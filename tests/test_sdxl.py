@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 
@@ -47,3 +48,24 @@ def test_an_sdxl_job_equals_a_plain_sdxl_pipeline_call(tmp_path, ray_session):
     for row in table.to_pylist():
         expected = plain_diffusers_image(pipeline, row["prompt"], "", row["seed"], 2, 5.0, 32, 32)
         assert np.array_equal(decode_png(row["image"]["bytes"]), expected), row["id"]
+
+
+def test_model_variant_selects_the_variant_weights(tmp_path, tiny_dirs):
+    """`model.variant: fp16` loads `*.fp16.safetensors`; a folder that has only those needs it."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from workers.loading import load_pipeline
+
+    folder = tmp_path / "variant-only"
+    StableDiffusionPipeline.from_pretrained(tiny_dirs[0], use_safetensors=True).save_pretrained(
+        folder, variant="fp16", safe_serialization=True
+    )
+    assert list(folder.rglob("*.fp16.safetensors")) and not list(folder.rglob("*[!6].safetensors"))
+    with pytest.raises(OSError):  # without the variant, diffusers looks for the plain file names
+        load_pipeline(str(folder), None, None, torch.device("cpu"), torch.float32)
+    pipeline = load_pipeline(str(folder), None, None, torch.device("cpu"), torch.float32, variant="fp16")
+    reference = StableDiffusionPipeline.from_pretrained(tiny_dirs[0], use_safetensors=True)
+    for name in ("unet", "vae", "text_encoder"):
+        loaded, expected = getattr(pipeline, name).state_dict(), getattr(reference, name).state_dict()
+        assert all(torch.equal(loaded[key], expected[key]) for key in expected), name
