@@ -95,9 +95,27 @@ def _text_config(tokenizer):
     )
 
 
+def _tiny_vae(**config):
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        block_out_channels=[8, 16],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+        **config,
+    )
+
+
 def _save_tiny_pipeline(folder: Path) -> None:
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     tokenizer = _tokenizer()
@@ -114,17 +132,7 @@ def _save_tiny_pipeline(folder: Path) -> None:
         attention_head_dim=4,
         norm_num_groups=4,
     )
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=[8, 16],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    )
+    vae = _tiny_vae()
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(_text_config(tokenizer))
     scheduler = DDIMScheduler(
@@ -150,7 +158,7 @@ def _save_tiny_pipeline(folder: Path) -> None:
 
 def _save_tiny_sdxl(folder: Path) -> None:
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = _tokenizer()
@@ -174,19 +182,7 @@ def _save_tiny_sdxl(folder: Path) -> None:
         cross_attention_dim=2 * TEXT_DIM,  # both encoders' hidden states, concatenated
         norm_num_groups=4,
     )
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=[8, 16],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-        scaling_factor=0.13025,  # SDXL's VAE scaling factor
-        force_upcast=False,
-    )
+    vae = _tiny_vae(scaling_factor=0.13025, force_upcast=False)  # SDXL's VAE scaling factor
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(_text_config(tokenizer))
     torch.manual_seed(1)

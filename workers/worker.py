@@ -203,7 +203,9 @@ class GenerationWorker:
         runnable = [i for i in range(len(rows)) if outputs[i].error is None]
         futures = []
         if runnable:
-            futures = self._generate_score_encode([rows[i] for i in runnable], init, [outputs[i] for i in runnable])
+            init_images = None if init is None else [init[i] for i in runnable]
+            batch = [rows[i] for i in runnable]
+            futures = self._generate_score_encode(batch, init_images, [outputs[i] for i in runnable])
             futures = [(runnable[j], future) for j, future in futures]
         per_row = (time.perf_counter() - started) / len(rows)
         for output in outputs:
@@ -223,10 +225,10 @@ class GenerationWorker:
                 outputs[i].error = str(error)
         return images
 
-    def _generate_score_encode(self, rows, init, outputs) -> list[tuple[int, Future]]:
+    def _generate_score_encode(self, rows, images_in, outputs) -> list[tuple[int, Future]]:
+        """Steps 2-4 for rows that can run; `images_in` are their init images (None: text-to-image)."""
         from workers.generation import finite_rows, generate, reconstruct, reconstruction_errors, to_uint8
 
-        images_in = None if init is None else [image for _, image in sorted(init.items())]
         # 2. Denoise and decode (or, in reconstruct mode, encode and decode), on the device.
         if self.settings.mode == "reconstruct":
             images, means, stds = reconstruct(self.pipeline.vae, images_in)
