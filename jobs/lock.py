@@ -15,6 +15,23 @@ logger = logging.getLogger(__name__)
 LOCK_FILE = ".genbatch.lock"
 
 
+def lock_is_held(output_dir: str | Path) -> bool:
+    """Whether a live run holds the folder's lock (a probe that takes nothing). Object stores have none."""
+    if storage.is_remote(output_dir):
+        return True
+    path = Path(output_dir) / LOCK_FILE
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases the probe's own shared lock
+    return False
+
+
 class OutputLock:
     """`flock` on OUTPUT/.genbatch.lock. The kernel drops it when the holder exits, even on SIGKILL,
     so a crashed run never leaves the folder locked."""

@@ -104,12 +104,10 @@ def plan_resume(output_dir: str, shards: list[ShardTask], key: str, retry_failed
 
 def clear_output(output_dir: str) -> None:
     """Remove what genbatch wrote (never anything else the folder may hold)."""
-    for path in storage.list_files(storage.join(output_dir, DATA_DIR)):
-        if fnmatch.fnmatch(storage.name(path), "shard-*.parquet"):
-            storage.delete(path)
-    for path in storage.list_files(storage.join(output_dir, STATS_DIR)):
-        if fnmatch.fnmatch(storage.name(path), "shard-*.json"):
-            storage.delete(path)
+    for folder, pattern in ((DATA_DIR, "shard-*.parquet"), (STATS_DIR, "shard-*.json")):
+        for path in storage.list_files(storage.join(output_dir, folder)):
+            if fnmatch.fnmatch(storage.name(path), pattern):
+                storage.delete(path)
     remove_temp_files(output_dir)
     storage.delete(storage.join(output_dir, JOB_FILE))
 

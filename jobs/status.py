@@ -6,15 +6,12 @@ whom and how fast. On a local folder, the output lock tells a live run from one 
 
 from __future__ import annotations
 
-import fcntl
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from jobs.errors import OutputError
-from jobs.lock import LOCK_FILE
+from jobs.lock import lock_is_held
 from jobs.resume import read_job_file
-from workers import storage
 from workers.shard_stats import ShardStats, read_all_stats
 
 
@@ -60,7 +57,7 @@ def job_status(output: str, now: datetime | None = None) -> JobStatus:
     now = now or datetime.now(timezone.utc)
     stats = read_all_stats(output)
     state = record.get("status", "unknown")
-    if state == "running" and not _lock_held(output):
+    if state == "running" and not lock_is_held(output):  # (object stores: trust job.json)
         state = "stopped"
     workers: dict[str, WorkerStatus] = {}
     for shard in stats:
@@ -123,23 +120,6 @@ def _rate_since(stats: list[ShardStats], since: str, now: datetime) -> float | N
     generated = sum(s.generated for s in stats if datetime.fromisoformat(s.finished_at) >= start)
     elapsed = (now - start).total_seconds()
     return generated / elapsed if generated and elapsed > 0 else None
-
-
-def _lock_held(output: str) -> bool:
-    """Whether a live genbatch run holds the output lock. Object stores have none: trust job.json."""
-    if storage.is_remote(output):
-        return True
-    path = os.path.join(output, LOCK_FILE)
-    if not os.path.exists(path):
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # also releases the probe's own shared lock
-    return False
 
 
 def _duration(seconds: float) -> str:

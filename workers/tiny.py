@@ -95,6 +95,25 @@ def _text_config(tokenizer):
     )
 
 
+def _tiny_unet(**config):
+    """The tiny UNet shared by `tiny` and `tiny-sdxl`; `config` adds each family's conditioning."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        **config,
+    )
+
+
 def _tiny_vae(**config):
     import torch
     from diffusers import AutoencoderKL
@@ -115,23 +134,11 @@ def _tiny_vae(**config):
 
 def _save_tiny_pipeline(folder: Path) -> None:
     import torch
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextModel
 
     tokenizer = _tokenizer()
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TEXT_DIM,
-        attention_head_dim=4,
-        norm_num_groups=4,
-    )
+    unet = _tiny_unet(cross_attention_dim=TEXT_DIM, attention_head_dim=4)
     vae = _tiny_vae()
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(_text_config(tokenizer))
@@ -158,20 +165,12 @@ def _save_tiny_pipeline(folder: Path) -> None:
 
 def _save_tiny_sdxl(folder: Path) -> None:
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = _tokenizer()
     time_embed_dim = 8
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _tiny_unet(
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         # SDXL's conditioning: pooled text embedding + (original size, crop, target size) time embeddings.
@@ -180,7 +179,6 @@ def _save_tiny_sdxl(folder: Path) -> None:
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=6 * time_embed_dim + TEXT_DIM,
         cross_attention_dim=2 * TEXT_DIM,  # both encoders' hidden states, concatenated
-        norm_num_groups=4,
     )
     vae = _tiny_vae(scaling_factor=0.13025, force_upcast=False)  # SDXL's VAE scaling factor
     torch.manual_seed(0)
