@@ -13,7 +13,13 @@ micro-batch to the end of the last, as clocked where the work runs (in the actor
 runners). Runs alternate (plain loop, genbatch, ray data, then again), so drift on a shared machine
 hits all alike.
 
-    python benchmarks/throughput.py [--rows 128] [--batch-size 8] [--steps 4] [--size 64] [--repeats 3]
+A last section takes Ray out: the genbatch actor's class, in this process, runs micro-batches
+alternately with the plain loop's code (generate, CLIP-score, encode; same rows), so the two see the
+same machine within a second of each other. It measures what genbatch's own code costs per micro-batch,
+free of the drift between whole runs.
+
+    python benchmarks/throughput.py [--rows 128] [--batch-size 8] [--steps 4] [--size 64] [--repeats 5]
+                                   [--interleaved-batches 40]
 """
 
 from __future__ import annotations
@@ -152,6 +158,47 @@ def genbatch_job(manifest: Path, out: Path, args) -> tuple[float, float]:
     return marks[0] - started, steady
 
 
+def interleaved_batches(manifest: Path, out: Path, args) -> tuple[list[float], list[float]]:
+    """Seconds per micro-batch of the plain loop's code and of genbatch's worker, run alternately in
+    this process on the same rows (no Ray)."""
+    from jobs.cluster import ActorResources
+    from jobs.config import JobConfig
+    from jobs.driver import worker_settings
+    from workers.rows import read_slice, resolve_rows, row_ids
+    from workers.tasks import ShardTask
+    from workers.worker import GenerationWorker
+
+    config = JobConfig.model_validate(
+        {
+            "manifest": str(manifest),
+            "output": str(out),
+            "model": {"id": "tiny"},
+            "clip": {"model": "tiny"},
+            "generation": {"steps": args.steps, "width": args.size, "height": args.size},
+            "resources": {"workers": 1, "gpus_per_worker": 0, "batch_size": args.batch_size},
+        }
+    )
+    out.mkdir(parents=True)
+    resources = ActorResources(num_cpus=args.threads, num_gpus=0)
+    worker = GenerationWorker(worker_settings(config, str(out), resources, "benchmark"), index=0)
+    models = load_tiny_models(args.threads)
+    task = ShardTask(index=0, file=str(manifest), start=0, stop=args.batch_size, first_row=0, has_id_column=True)
+    table = read_slice(task.file, task.start, task.stop)
+    specs = resolve_rows(table, row_ids(table, task), worker.settings.defaults, worker.settings.job_seed)
+    rows = table.to_pylist()
+    plain, genbatch = [], []
+    for _ in range(args.interleaved_batches + 1):  # the first pair warms up and is dropped
+        started = time.perf_counter()
+        generate_batch(models, rows, args.steps, args.size)
+        plain.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        _, futures = worker._process_batch(specs)
+        for _, future in futures:
+            future.result()
+        genbatch.append(time.perf_counter() - started)
+    return plain[1:], genbatch[1:]
+
+
 class RayDataGenerator:
     """The `map_batches` callable class: one per actor, the plain loop's models and per-batch work.
 
@@ -260,7 +307,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--interleaved-batches", type=int, default=40, help="0 skips the in-process section")
     args = parser.parse_args()
 
     import torch
@@ -275,21 +323,37 @@ def main() -> None:
                 out = Path(tmp) / f"{name.replace(' ', '-')}-{repeat}"
                 with fresh_ray(args.threads, enabled=name != "plain loop"):
                     results[name].append(runner(manifest, out, args))
+        if args.interleaved_batches:
+            plain, genbatch = interleaved_batches(manifest, Path(tmp) / "interleaved", args)
 
     print(
         f"\n{args.rows} rows, {args.size}x{args.size} px, {args.steps} steps, batch {args.batch_size}, "
         f"{args.threads} threads, one worker, tiny model, CPU; median of {args.repeats} alternating runs\n"
     )
-    print(f"{'runner':<12} {'start-up s':>11} {'steady images/s':>16}")
+    print(f"{'runner':<12} {'start-up s':>11} {'steady images/s':>16} {'min':>7} {'max':>7}")
     medians = {}
     for name, runs in results.items():
         startup = statistics.median(r[0] for r in runs)
-        medians[name] = statistics.median(r[1] for r in runs)
-        print(f"{name:<12} {startup:>11.2f} {medians[name]:>16.2f}")
+        rates = [r[1] for r in runs]
+        medians[name] = statistics.median(rates)
+        print(f"{name:<12} {startup:>11.2f} {medians[name]:>16.2f} {min(rates):>7.2f} {max(rates):>7.2f}")
     print()
+    # Two ratios: of the medians, and the median of each round's own ratio (the runs of one round are
+    # at most a minute apart, so it cancels most of the slow drift of a shared machine).
+    print(f"{'steady state':<22} {'of medians':>10} {'per round: median (min-max)':>29}  target")
     for other, target in (("plain loop", 0.95), ("ray data", 1.0)):
         ratio = medians["genbatch"] / medians[other]
-        print(f"genbatch / {other + ' (steady state):':<28} {ratio:.3f}x  (target >= {target:.2f}x)")
+        paired = [g[1] / o[1] for g, o in zip(results["genbatch"], results[other])]
+        spread = f"{statistics.median(paired):.3f}x ({min(paired):.3f}-{max(paired):.3f})"
+        print(f"{'genbatch / ' + other:<22} {ratio:>9.3f}x {spread:>29}  >= {target:.2f}x")
+    if args.interleaved_batches:
+        plain_ms, genbatch_ms = 1000 * statistics.median(plain), 1000 * statistics.median(genbatch)
+        paired = statistics.median(p / g for p, g in zip(plain, genbatch))
+        print(
+            f"\nin this process, no Ray, {args.interleaved_batches} micro-batches each, alternating: "
+            f"plain loop {plain_ms:.1f} ms, genbatch worker {genbatch_ms:.1f} ms per micro-batch; "
+            f"genbatch / plain loop (speed) {plain_ms / genbatch_ms:.3f}x, per pair median {paired:.3f}x"
+        )
 
 
 if __name__ == "__main__":
