@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     manifest.add_argument("--seed", type=int, default=0, help="base seed the rows' seeds are derived from")
 
     report = commands.add_parser("report", help="CLIP-score report of a run: report.html, report.md, report.json")
-    report.add_argument("run", help="the run's output folder")
+    report.add_argument("run", help="the run's output folder or URI (s3://...)")
     report.add_argument("--by", help="group by this column (default: category, when present)")
     report.add_argument("-o", "--output", help="report folder (default: RUN/report)")
 
@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object")
 
     compare = commands.add_parser("compare", help="paired comparison of two runs over their shared ids (B - A)")
-    compare.add_argument("run_a", help="output folder of run A (the baseline)")
-    compare.add_argument("run_b", help="output folder of run B")
+    compare.add_argument("run_a", help="output folder or URI of run A (the baseline)")
+    compare.add_argument("run_b", help="output folder or URI of run B")
     compare.add_argument("--by", help="group by this column of run A (default: category, when present)")
     compare.add_argument("-o", "--output", help="comparison folder (default: RUN_B/compare)")
     return parser
@@ -183,9 +183,10 @@ def manifest_command(args: argparse.Namespace) -> int:
 
 def report_command(args: argparse.Namespace) -> int:
     from jobs.report import write_report
+    from workers import storage
 
     out = write_report(args.run, args.output, by=args.by)
-    print(f"genbatch: report: {out / 'report.html'} (also report.md, report.json)")
+    print(f"genbatch: report: {storage.join(out, 'report.html')} (also report.md, report.json)")
     return 0
 
 
@@ -199,9 +200,10 @@ def status_command(args: argparse.Namespace) -> int:
 
 def compare_command(args: argparse.Namespace) -> int:
     from jobs.compare import write_comparison
+    from workers import storage
 
     out = write_comparison(args.run_a, args.run_b, args.output, by=args.by)
-    print(f"genbatch: comparison: {out / 'compare.html'} (also compare.md, compare.json)")
+    print(f"genbatch: comparison: {storage.join(out, 'compare.html')} (also compare.md, compare.json)")
     return 0
 
 

@@ -16,6 +16,7 @@ from jobs.report import pick_group_column, run_settings
 from jobs.runs import Run, fetch_images, open_run
 from jobs.stats import paired_comparison
 from workers import columns as C
+from workers import storage
 
 logger = logging.getLogger(__name__)
 SHOWN_PAIRS = 8
@@ -81,9 +82,11 @@ def build_comparison(
     return data, visuals
 
 
-def write_comparison(run_a, run_b, out_dir: str | Path | None = None, by: str | None = None) -> Path:
+def write_comparison(run_a, run_b, out_dir: str | Path | None = None, by: str | None = None) -> str:
+    """Write compare.json/.md/.html into `out_dir` (default RUN_B/compare; a local folder or an object-store prefix)."""
     data, visuals = build_comparison(run_a, run_b, by)
-    return write_documents(Path(out_dir) if out_dir else Path(run_b) / "compare", "compare", data, visuals, "c")
+    out = str(out_dir) if out_dir else storage.join(str(run_b), "compare")
+    return write_documents(out, "compare", data, visuals, "c")
 
 
 def _group_deltas(pairs: pa.Table, column: str, score_a: np.ndarray, score_b: np.ndarray) -> dict:

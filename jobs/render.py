@@ -5,11 +5,10 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import tempfile
-from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from workers import storage
 
 CLIP_SCORE_DEFINITION = (
     "CLIP score = 100 × max(cos, 0) per image, where cos is the cosine similarity of CLIP's projected image "
@@ -69,28 +68,21 @@ def histogram_uri(values, label: str = "CLIP score") -> str | None:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write atomically, so a reader never sees half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(temp, 0o644)  # mkstemp's 0600 would hide reports from the people they are for
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+def write_text(location: str, text: str) -> None:
+    """Publish whole (a local file or an object), so a reader never sees half a report."""
+    storage.write_bytes(location, text.encode("utf-8"))
 
 
-def write_json(path: Path, data: dict) -> None:
-    write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+def write_json(location: str, data: dict) -> None:
+    write_text(location, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-def write_documents(out: Path, name: str, data: dict, visuals: dict, var: str) -> Path:
-    """`name`.json from the data, and `name`.md / `name`.html from their templates (data as `var`)."""
+def write_documents(out: str, name: str, data: dict, visuals: dict, var: str) -> str:
+    """`name`.json from the data, and `name`.md / `name`.html from their templates (data as `var`).
+
+    `out` is a local folder or an object-store prefix."""
     env = environment()
-    write_json(out / f"{name}.json", data)
-    write_text(out / f"{name}.md", env.get_template(f"{name}.md.j2").render({var: data}))
-    write_text(out / f"{name}.html", env.get_template(f"{name}.html.j2").render({var: data, "v": visuals}))
+    write_json(storage.join(out, f"{name}.json"), data)
+    write_text(storage.join(out, f"{name}.md"), env.get_template(f"{name}.md.j2").render({var: data}))
+    write_text(storage.join(out, f"{name}.html"), env.get_template(f"{name}.html.j2").render({var: data, "v": visuals}))
     return out

@@ -14,6 +14,7 @@ from jobs.render import CLIP_SCORE_DEFINITION, histogram_uri, thumbnail_uri, wri
 from jobs.runs import Run, fetch_images, open_run
 from jobs.stats import bootstrap_mean_ci, summarize_scores
 from workers import columns as C
+from workers import storage
 
 DEFAULT_GROUP_COLUMN = "category"
 SHOWN_ROWS = 12
@@ -124,9 +125,11 @@ def _present(table: pa.Table, *names: str) -> list[str]:
     return [name for name in names if name in table.column_names]
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None, by: str | None = None) -> Path:
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None, by: str | None = None) -> str:
+    """Write report.json/.md/.html into `out_dir` (default RUN/report; a local folder or an object-store prefix)."""
     data, visuals = build_report(run_dir, by)
-    return write_documents(Path(out_dir) if out_dir else Path(run_dir) / "report", "report", data, visuals, "r")
+    out = str(out_dir) if out_dir else storage.join(str(run_dir), "report")
+    return write_documents(out, "report", data, visuals, "r")
 
 
 def _tiles(rows: pa.Table, images: dict) -> list[dict]:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from jobs.cli import main
 from tests.conftest import read_output, write_config, write_manifest
+from tests.test_report import make_run
 
 BUCKET = "genbatch-test"
 MANIFEST = {"id": [f"p{i}" for i in range(6)], "prompt": [f"a small picture of thing {i}" for i in range(6)]}
@@ -98,3 +101,61 @@ def test_status_reads_a_job_on_s3(bucket, tmp_path, capsys, ray_session):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("job:      finished")
     assert lines[1:3] == ["rows:     6 / 6 done (100.0%): 6 ok, 0 failed", "shards:   2 / 2 written"]
+
+
+def upload_folder(s3, folder, prefix: str) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            s3.upload_file(str(path), BUCKET, f"{prefix}/{path.relative_to(folder).as_posix()}")
+
+
+def without_volatile(report: dict) -> dict:
+    """A report's figures without when it was made and where the run lives."""
+    return {**report, "generated_at": None, "settings": {**report["settings"], "run": None}}
+
+
+def test_report_and_compare_read_runs_on_s3_and_write_there(bucket, tmp_path, capsys):
+    s3, _ = bucket
+    scores = [float(x) for x in np.random.default_rng(3).normal(25, 4, 30).astype(np.float32)]
+    local = make_run(tmp_path / "run", scores, failed={4})
+    upload_folder(s3, local, "reports/run")
+    remote = f"s3://{BUCKET}/reports/run"
+
+    assert main(["report", remote + "/"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"genbatch: report: {remote}/report/report.html (also report.md, report.json)"
+    )
+    assert keys(s3, "reports/run/report/") == [
+        "reports/run/report/report.html",
+        "reports/run/report/report.json",
+        "reports/run/report/report.md",
+    ]
+    assert main(["report", str(local)]) == 0
+    got = json.loads(s3.get_object(Bucket=BUCKET, Key="reports/run/report/report.json")["Body"].read())
+    expected = json.loads((local / "report" / "report.json").read_text())
+    assert got["settings"]["run"] == remote
+    assert without_volatile(got) == without_volatile(expected)
+    assert (got["rows"], got["ok"], got["failed"]) == (30, 29, 1)
+    html = s3.get_object(Bucket=BUCKET, Key="reports/run/report/report.html")["Body"].read().decode()
+    assert html.count("data:image/png;base64,") == (local / "report" / "report.html").read_text().count(
+        "data:image/png;base64,"
+    )
+
+    # A local run against its copy on S3: every scored id pairs up, with no difference.
+    capsys.readouterr()
+    assert main(["compare", str(local), remote]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"genbatch: comparison: {remote}/compare/compare.html (also compare.md, compare.json)"
+    )
+    comparison = json.loads(s3.get_object(Bucket=BUCKET, Key="reports/run/compare/compare.json")["Body"].read())
+    assert comparison["pairs"] == 29
+    assert comparison["mean_delta"] == 0.0
+    assert comparison["unpaired_rows"] == {"a": 1, "b": 1}
+    assert comparison["run_b"]["run"] == remote
+
+
+def test_report_of_a_prefix_without_a_run_is_a_one_line_error(bucket, capsys):
+    assert main(["report", f"s3://{BUCKET}/no-run-here"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"genbatch: error: s3://{BUCKET}/no-run-here: not a genbatch run folder (no job.json)"
+    )
