@@ -16,7 +16,8 @@ hits all alike.
 A last section takes Ray out: the genbatch actor's class, in this process, runs micro-batches
 alternately with the plain loop's code (generate, CLIP-score, encode; same rows), so the two see the
 same machine within a second of each other. It measures what genbatch's own code costs per micro-batch,
-free of the drift between whole runs.
+free of the drift between whole runs. And the plain loop's own code runs in a Ray actor and in this
+process, alternately: what running inside a Ray worker costs any runner, genbatch or Ray Data.
 
     python benchmarks/throughput.py [--rows 128] [--batch-size 8] [--steps 4] [--size 64] [--repeats 5]
                                    [--interleaved-batches 40]
@@ -199,6 +200,43 @@ def interleaved_batches(manifest: Path, out: Path, args) -> tuple[list[float], l
     return plain[1:], genbatch[1:]
 
 
+class PlainLoopActor:
+    """The plain loop's models and per-batch code, in a Ray actor (see `in_actor_batches`)."""
+
+    def __init__(self, threads: int):
+        quiet_libraries()
+        self.models = load_tiny_models(threads)
+
+    def run(self, rows: list[dict], batches: int, steps: int, size: int) -> list[float]:
+        times = []
+        for _ in range(batches):
+            started = time.perf_counter()
+            generate_batch(self.models, rows, steps, size)
+            times.append(time.perf_counter() - started)
+        return times
+
+
+def in_actor_batches(manifest: Path, args) -> tuple[list[float], list[float]]:
+    """Seconds per micro-batch of the same plain-loop code in this process and in a Ray actor, taking
+    turns (a few batches each, so one waits while the other runs)."""
+    import ray
+
+    rows = pq.read_table(manifest).slice(0, args.batch_size).to_pylist()
+    actor = ray.remote(num_cpus=args.threads)(PlainLoopActor).remote(args.threads)
+    models = load_tiny_models(args.threads)
+    here, there = [], []
+    ray.get(actor.run.remote(rows, 1, args.steps, args.size))  # warm up
+    generate_batch(models, rows, args.steps, args.size)
+    turn = 5
+    for _ in range(max(1, args.interleaved_batches // turn)):
+        for _ in range(turn):
+            started = time.perf_counter()
+            generate_batch(models, rows, args.steps, args.size)
+            here.append(time.perf_counter() - started)
+        there += ray.get(actor.run.remote(rows, turn, args.steps, args.size))
+    return here, there
+
+
 class RayDataGenerator:
     """The `map_batches` callable class: one per actor, the plain loop's models and per-batch work.
 
@@ -325,6 +363,8 @@ def main() -> None:
                     results[name].append(runner(manifest, out, args))
         if args.interleaved_batches:
             plain, genbatch = interleaved_batches(manifest, Path(tmp) / "interleaved", args)
+            with fresh_ray(args.threads, enabled=True):
+                here, in_actor = in_actor_batches(manifest, args)
 
     print(
         f"\n{args.rows} rows, {args.size}x{args.size} px, {args.steps} steps, batch {args.batch_size}, "
@@ -353,6 +393,11 @@ def main() -> None:
             f"\nin this process, no Ray, {args.interleaved_batches} micro-batches each, alternating: "
             f"plain loop {plain_ms:.1f} ms, genbatch worker {genbatch_ms:.1f} ms per micro-batch; "
             f"genbatch / plain loop (speed) {plain_ms / genbatch_ms:.3f}x, per pair median {paired:.3f}x"
+        )
+        here_ms, actor_ms = 1000 * statistics.median(here), 1000 * statistics.median(in_actor)
+        print(
+            f"the plain loop's code, taking turns in this process and in a Ray actor: {here_ms:.1f} ms here, "
+            f"{actor_ms:.1f} ms in the actor per micro-batch; in actor / here (speed) {here_ms / actor_ms:.3f}x"
         )
 
 
