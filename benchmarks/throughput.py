@@ -129,12 +129,11 @@ def plain_loop(manifest: Path, out: Path, args) -> tuple[float, float]:
     return first_batch_done - started, steady
 
 
-def genbatch_job(manifest: Path, out: Path, args) -> tuple[float, float]:
+def job_config(manifest: Path, out: Path, args):
+    """The benchmark's job: the same work as the plain loop, one worker with `threads` CPUs."""
     from jobs.config import JobConfig
-    from jobs.dispatch import JobHooks
-    from jobs.driver import run_job
 
-    config = JobConfig.model_validate(
+    return JobConfig.model_validate(
         {
             "manifest": str(manifest),
             "output": str(out),
@@ -150,6 +149,13 @@ def genbatch_job(manifest: Path, out: Path, args) -> tuple[float, float]:
             },
         }
     )
+
+
+def genbatch_job(manifest: Path, out: Path, args) -> tuple[float, float]:
+    from jobs.dispatch import JobHooks
+    from jobs.driver import run_job
+
+    config = job_config(manifest, out, args)
     started = time.time()  # wall clock, comparable with the actor's `finished_at` on this machine
     marks: list[float] = []
     hooks = JobHooks(on_batch=lambda batch: marks.append(batch.finished_at))
@@ -163,22 +169,12 @@ def interleaved_batches(manifest: Path, out: Path, args) -> tuple[list[float], l
     """Seconds per micro-batch of the plain loop's code and of genbatch's worker, run alternately in
     this process on the same rows (no Ray)."""
     from jobs.cluster import ActorResources
-    from jobs.config import JobConfig
     from jobs.driver import worker_settings
     from workers.rows import read_slice, resolve_rows, row_ids
     from workers.tasks import ShardTask
     from workers.worker import GenerationWorker
 
-    config = JobConfig.model_validate(
-        {
-            "manifest": str(manifest),
-            "output": str(out),
-            "model": {"id": "tiny"},
-            "clip": {"model": "tiny"},
-            "generation": {"steps": args.steps, "width": args.size, "height": args.size},
-            "resources": {"workers": 1, "gpus_per_worker": 0, "batch_size": args.batch_size},
-        }
-    )
+    config = job_config(manifest, out, args)
     out.mkdir(parents=True)
     resources = ActorResources(num_cpus=args.threads, num_gpus=0)
     worker = GenerationWorker(worker_settings(config, str(out), resources, "benchmark"), index=0)
