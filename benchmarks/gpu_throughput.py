@@ -42,6 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pyarrow as pa  # noqa: E402 - after the environment above
 import pyarrow.parquet as pq  # noqa: E402
+from throughput import make_manifest  # noqa: E402 - this folder's throughput benchmark
 
 logger = logging.getLogger("gpu_throughput")
 
@@ -366,20 +367,6 @@ class Measurement:
     images_per_s: float  # steady state, after the first micro-batch
     wall_s: float
     clip_scores: dict = field(default_factory=dict, repr=False)  # id -> score, to check both did the same work
-
-
-def make_manifest(path: Path, rows: int) -> Path:
-    pq.write_table(
-        pa.table(
-            {
-                "id": list(range(rows)),
-                "prompt": [f"a photo of object number {i}" for i in range(rows)],
-                "seed": list(range(rows)),
-            }
-        ),
-        path,
-    )
-    return path
 
 
 def plain_loop(

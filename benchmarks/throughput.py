@@ -41,8 +41,8 @@ import pyarrow.parquet as pq
 PNG_COMPRESS_LEVEL = 1  # genbatch's default (`output.png_compress_level`)
 
 
-def make_manifest(folder: Path, rows: int) -> Path:
-    path = folder / "prompts.parquet"
+def make_manifest(path: Path, rows: int) -> Path:
+    """`rows` prompts with ids and seeds 0..rows-1 (also used by gpu_throughput.py)."""
     pq.write_table(
         pa.table(
             {
@@ -351,7 +351,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in RUNNERS}
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = make_manifest(Path(tmp), args.rows)
+        manifest = make_manifest(Path(tmp) / "prompts.parquet", args.rows)
         for repeat in range(args.repeats):  # alternate, so drift on a shared machine hits all alike
             for name, runner in RUNNERS.items():
                 out = Path(tmp) / f"{name.replace(' ', '-')}-{repeat}"

@@ -45,7 +45,7 @@ class Run:
         return self.table.filter(mask)
 
 
-def open_run(path: str | Path, extra_columns: tuple[str, ...] = ()) -> Run:
+def open_run(path: str | Path) -> Run:
     """Read a run's job.json and its rows' light columns (no images)."""
     path = str(path).rstrip("/") if storage.is_remote(str(path)) else str(Path(path))
     job_file = storage.join(path, JOB_FILE)
