@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.config import JobConfig
 from jobs.errors import ConfigError
-from workers.tasks import WorkerSettings
+from workers.tasks import WorkerInfo, WorkerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +85,30 @@ def start_worker(settings: WorkerSettings, resources: ActorResources, index: int
     return actor_class.remote(settings, index)
 
 
-def stop_workers(actors: list, timeout: float = 30.0) -> None:
-    """Kill the actors and wait until they are gone, so none can still be writing afterwards."""
+def stop_workers(actors: list, workers: list[WorkerInfo] = (), timeout: float = 30.0) -> None:
+    """Kill the actors and wait until they are gone, so none can still be writing afterwards.
+
+    Ray reports a killed actor dead as soon as the kill is recorded, which can be before its process
+    has exited; so the processes of the actors on this node (`workers`: their pids) are awaited too."""
     import ray
 
+    deadline = time.monotonic() + timeout
     for actor in actors:
         ray.kill(actor, no_restart=True)
-    # A call on a killed actor resolves (with an error) once the actor is dead.
+    # A call on a killed actor resolves (with an error) once Ray has recorded the kill.
     probes = [actor.ready.remote() for actor in actors]
     ray.wait(probes, num_returns=len(probes), timeout=timeout)
+    here = ray.get_runtime_context().get_node_id()
+    for pid in {info.pid for info in workers if info.node_id == here}:
+        while _process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether `pid` runs; a zombie (exited, not yet reaped by the raylet) does not. Without /proc
+    (not Linux) this says no, and only Ray's word is waited for."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -18,6 +18,7 @@ from jobs.manifest import Manifest, read_manifest
 from jobs.planner import plan_shards
 from jobs.progress import Progress
 from jobs.resume import ResumePlan, check_same_job, clear_output, identity_key, job_identity, plan_resume, read_job_file
+from jobs.sigint import sigint_flag
 from workers import storage
 from workers.tasks import FastPaths, GenerationDefaults, ImageEncoding, WorkerSettings
 from workers.writer import remove_temp_files
@@ -117,14 +118,15 @@ def run_job(
         )
         interrupted = False
         try:
-            outcome = dispatcher.run()
+            with sigint_flag() as ctrl_c:
+                outcome = dispatcher.run(stop_requested=ctrl_c.is_set)
         except KeyboardInterrupt:
             interrupted = True
             dispatcher.abandon()
             outcome = dispatcher.outcome
         finally:
             follow.close()
-            cluster.stop_workers(dispatcher.handles())
+            cluster.stop_workers(dispatcher.handles(), dispatcher.outcome.workers)
             remove_temp_files(output)
         if not outcome.workers and outcome.start_errors:
             _record_end(output, record, "failed", None, outcome)
