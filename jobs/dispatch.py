@@ -89,13 +89,10 @@ class Dispatcher:
         self._reported: dict = {}  # generator -> [rows, failed rows] already passed to on_progress
         self._last_event = time.monotonic()
 
-    def run(self, stop_requested: Callable[[], bool] = lambda: False) -> DispatchOutcome:
-        """Dispatch until every shard has an outcome; raises KeyboardInterrupt once `stop_requested()`."""
+    def run(self) -> DispatchOutcome:
         import ray
 
         while self.pending or self._tasks:
-            if stop_requested():
-                raise KeyboardInterrupt
             waitables = [a.ready_ref for a in self.actors if a.alive and a.ready_ref is not None]
             waitables += list(self._tasks)
             if not waitables:

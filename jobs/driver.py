@@ -18,7 +18,6 @@ from jobs.manifest import Manifest, read_manifest
 from jobs.planner import plan_shards
 from jobs.progress import Progress
 from jobs.resume import ResumePlan, check_same_job, clear_output, identity_key, job_identity, plan_resume, read_job_file
-from jobs.sigint import sigint_flag
 from workers import storage
 from workers.tasks import FastPaths, GenerationDefaults, ImageEncoding, WorkerSettings
 from workers.writer import remove_temp_files
@@ -118,8 +117,7 @@ def run_job(
         )
         interrupted = False
         try:
-            with sigint_flag() as ctrl_c:
-                outcome = dispatcher.run(stop_requested=ctrl_c.is_set)
+            outcome = dispatcher.run()
         except KeyboardInterrupt:
             interrupted = True
             dispatcher.abandon()

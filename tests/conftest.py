@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -52,6 +53,16 @@ def model_cache(tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("genbatch-cache")
     os.environ["GENBATCH_CACHE"] = str(cache)
     return cache
+
+
+@pytest.fixture
+def sigint_as_in_a_terminal():
+    """Ctrl-C handled as in a terminal, here and in the subprocesses a test starts, whatever the test
+    runner inherited: a shell script's background jobs (`bash .ci/run &`) start with SIGINT ignored,
+    and children inherit an ignored signal."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")

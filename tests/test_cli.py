@@ -32,7 +32,7 @@ def test_run_prints_a_summary_and_exits_0(tmp_path, capsys, ray_session):
     assert lines[2] == f"genbatch: output: {(tmp_path / 'out').resolve()}"
 
 
-def test_ctrl_c_stops_the_job_exits_130_and_leaves_only_whole_files(tmp_path, ray_session):
+def test_ctrl_c_stops_the_job_exits_130_and_leaves_only_whole_files(tmp_path, ray_session, sigint_as_in_a_terminal):
     manifest = write_manifest(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(400)]})
     output = tmp_path / "out"
     config = write_config(tmp_path / "job.yaml", manifest, output, shard_size=4, generation={"steps": 4})
