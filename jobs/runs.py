@@ -8,7 +8,6 @@ reads only the row groups that hold the images of the few rows a report shows.
 from __future__ import annotations
 
 import fnmatch
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +17,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from jobs.errors import OutputError
+from jobs.errors import OutputError, one_line
 from jobs.jobfile import JOB_FILE
+from jobs.resume import read_job_file
 from workers import columns as C
 from workers import storage
 from workers.writer import DATA_DIR
@@ -48,14 +48,12 @@ class Run:
 def open_run(path: str | Path) -> Run:
     """Read a run's job.json and its rows' light columns (no images)."""
     path = str(path).rstrip("/") if storage.is_remote(str(path)) else str(Path(path))
-    job_file = storage.join(path, JOB_FILE)
     try:
-        found = storage.is_file(job_file)
-    except OSError as error:
-        raise OutputError(f"{path}: cannot reach the run ({' '.join(str(error).split())})") from None
-    if not found:
+        job = read_job_file(path)
+    except OSError as error:  # the location itself cannot be reached (no bucket, no network)
+        raise OutputError(f"{path}: cannot reach the run ({one_line(error)})") from None
+    if job is None:
         raise OutputError(f"{path}: not a genbatch run folder (no {JOB_FILE})")
-    job = json.loads(storage.read_bytes(job_file).decode("utf-8"))
     dataset = _dataset(path)
     names = [name for name in dataset.schema.names if name != C.IMAGE]
     batches = dataset.to_batches(columns=names, batch_size=_BATCH_ROWS)
