@@ -7,7 +7,8 @@ import json
 import logging
 import sys
 
-from jobs.errors import EXIT_INTERRUPTED, GenbatchError
+from jobs import signals
+from jobs.errors import GenbatchError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--retry-failed", action="store_true", help="also rerun the rows whose status is error, rewriting their shards"
+    )
+    run.add_argument(
+        "--allow-version-change",
+        action="store_true",
+        help="resume although torch/diffusers/transformers/genbatch versions changed (job.json records both)",
     )
 
     manifest = commands.add_parser("manifest", help="turn a .txt/.csv/.tsv/.jsonl prompt list into a manifest")
@@ -77,14 +83,19 @@ def main(argv: list[str] | None = None) -> int:
         "compare": compare_command,
         "status": status_command,
     }
+    signals.install()
     try:
         return commands[args.command](args)
     except GenbatchError as error:
+        signals.stopping()
         _error(f"error: {error}", json_logs, exit_code=error.exit_code)
         return error.exit_code
-    except KeyboardInterrupt:
-        _error("interrupted", json_logs, exit_code=EXIT_INTERRUPTED)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as stop:
+        signals.stopping()
+        _error(f"interrupted by {signals.signal_name_of(stop)}", json_logs, exit_code=signals.exit_code_of(stop))
+        return signals.exit_code_of(stop)
+    finally:
+        signals.restore_defaults()
 
 
 def configure_logging(verbose: bool, json_logs: bool) -> None:
@@ -132,7 +143,10 @@ def run_command(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         retry_failed=args.retry_failed,
         forward_actor_logs=args.log_format == "text",
+        allow_version_change=args.allow_version_change,
     )
+    if summary.interrupted:
+        _error(f"interrupted by {summary.signal}", args.log_format == "json", exit_code=summary.exit_code)
     if args.log_format == "json":
         print(json.dumps({"event": "summary", **summary.as_dict()}))
         return summary.exit_code

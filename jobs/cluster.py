@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs import signals
 from jobs.config import JobConfig
 from jobs.errors import ConfigError
 from workers.tasks import WorkerInfo, WorkerSettings
@@ -39,15 +40,16 @@ def connect(address: str | None, forward_actor_logs: bool = True) -> None:
         # Ship the actor-side package so cluster nodes can import it without an install.
         runtime_env = {"py_modules": [str(Path(__file__).resolve().parent.parent / "workers")]}
     kwargs = {"_node_ip_address": "127.0.0.1"} if local else {}
-    ray.init(
-        # "local" starts a new instance even if another cluster runs on this machine.
-        address=address or ("local" if local else None),
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=forward_actor_logs,
-        runtime_env=runtime_env,
-        **kwargs,
-    )
+    with signals.ray_keeps_our_handlers():
+        ray.init(
+            # "local" starts a new instance even if another cluster runs on this machine.
+            address=address or ("local" if local else None),
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=forward_actor_logs,
+            runtime_env=runtime_env,
+            **kwargs,
+        )
 
 
 def actor_resources(config: JobConfig) -> ActorResources:

@@ -55,8 +55,9 @@ class _Actor:
     index: int
     handle: object
     ready_ref: object | None
-    running: list = field(default_factory=list)  # ObjectRefGenerators
+    running: list = field(default_factory=list)  # ObjectRefGenerators, in the order the actor runs them
     alive: bool = True
+    running_at_death: object | None = None  # the generator the actor was running when it died
     created_at: float = field(default_factory=time.perf_counter)
     produced: bool = False
 
@@ -75,7 +76,8 @@ class Dispatcher:
         on_batch: Callable[[BatchProgress], None] | None = None,
     ):
         self.start_actor = start_actor
-        self.actors = [self._new_actor(index) for index in range(workers)]
+        self.workers = workers
+        self.actors: list[_Actor] = []  # started by run(), so a stop during start-up still finds them
         self.pending = deque(shards)
         self.max_shard_retries = max_shard_retries
         self.on_progress = on_progress
@@ -87,11 +89,14 @@ class Dispatcher:
         self._attempts: dict[int, int] = {}  # shard index -> failed attempts
         self._tasks: dict = {}  # generator -> (actor, shard)
         self._reported: dict = {}  # generator -> [rows, failed rows] already passed to on_progress
+        self._delivered: set = set()  # generators whose ShardResult arrived: their shard is done
         self._last_event = time.monotonic()
 
     def run(self) -> DispatchOutcome:
         import ray
 
+        while len(self.actors) < self.workers:
+            self.actors.append(self._new_actor(len(self.actors)))
         while self.pending or self._tasks:
             waitables = [a.ready_ref for a in self.actors if a.alive and a.ready_ref is not None]
             waitables += list(self._tasks)
@@ -116,6 +121,7 @@ class Dispatcher:
         """Stop following running shards; the caller stops the actors that run them."""
         self._tasks.clear()
         self._reported.clear()
+        self._delivered.clear()
 
     def _new_actor(self, index: int) -> _Actor:
         handle = self.start_actor(index)
@@ -149,8 +155,12 @@ class Dispatcher:
             self._finish(generator)
             return
         except ray.exceptions.RayActorError as error:
+            if generator in self._delivered:  # the shard was written before the actor died
+                self._finish(generator)
+                return
             self._actor_died(actor, error)
-            self._shard_failed(generator, f"worker died: {_describe(error)}")
+            running = generator is actor.running_at_death
+            self._shard_failed(generator, f"worker died: {_describe(error)}", charged=running)
             return
         except Exception as error:  # noqa: BLE001 - a shard that raises fails alone
             self._shard_failed(generator, _describe(error))
@@ -164,6 +174,7 @@ class Dispatcher:
             self.on_progress(value.rows, value.failed)
             self.on_batch(value)
         elif isinstance(value, ShardResult):
+            self._delivered.add(generator)
             self.outcome.results.append(value)
             self.on_shard_done(value)
 
@@ -174,6 +185,8 @@ class Dispatcher:
         import ray
 
         actor.alive = False
+        # An actor runs its shards one at a time, in order: only the first was running, the rest were queued.
+        actor.running_at_death = actor.running[0] if actor.running else None
         logger.warning("worker-%d died (%s); starting a replacement", actor.index, _describe(error))
         # "Unavailable" can be temporary: make sure the old actor cannot come back and compete.
         ray.kill(actor.handle, no_restart=True)
@@ -181,12 +194,18 @@ class Dispatcher:
         self.outcome.replaced_workers += 1
         self._report_workers()
 
-    def _shard_failed(self, generator, error: str) -> None:
+    def _shard_failed(self, generator, error: str, charged: bool = True) -> None:
+        """Requeue the shard, or fail it after its retries. Only an attempt that ran is `charged`: a shard
+        that was only queued on an actor that died goes back to the queue as it was."""
         actor, shard = self._tasks[generator]
         # Rows this attempt already reported are taken back, so progress counts each row once.
         rows, failed = self._reported[generator]
         self.on_progress(-rows, -failed)
         self._finish(generator)
+        if not charged:
+            logger.info("shard %d was queued on a worker that died; requeued", shard.index)
+            self.pending.appendleft(shard)
+            return
         attempts = self._attempts.get(shard.index, 0) + 1
         self._attempts[shard.index] = attempts
         if attempts <= self.max_shard_retries:
@@ -196,11 +215,12 @@ class Dispatcher:
         else:
             logger.error("shard %d failed %d times, giving up: %s", shard.index, attempts, error)
             self.outcome.failures.append(ShardFailure(shard=shard, error=error))
-            self.on_progress(shard.outputs, shard.outputs)
+            self.on_progress(shard.images_to_generate, shard.images_to_generate)
 
     def _finish(self, generator) -> None:
         actor, _ = self._tasks.pop(generator)
         self._reported.pop(generator)
+        self._delivered.discard(generator)
         actor.running.remove(generator)
 
     def _submit(self) -> None:
@@ -218,7 +238,7 @@ class Dispatcher:
         while self.pending:
             shard = self.pending.popleft()
             self.outcome.failures.append(ShardFailure(shard=shard, error=error))
-            self.on_progress(shard.outputs, shard.outputs)
+            self.on_progress(shard.images_to_generate, shard.images_to_generate)
 
     def _report_workers(self) -> None:
         ready = sum(1 for a in self.actors if a.alive and a.ready_ref is None)

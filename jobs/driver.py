@@ -4,23 +4,35 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from jobs import cluster
+from jobs import cluster, signals
 from jobs.config import JobConfig
 from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks
-from jobs.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_ROWS_FAILED, OutputError, WorkerStartError, one_line
+from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, OutputError, WorkerStartError, one_line
 from jobs.jobfile import package_versions, utc_now, write_job_file
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest
 from jobs.planner import plan_shards
 from jobs.progress import Progress
-from jobs.resume import ResumePlan, check_same_job, clear_output, identity_key, job_identity, plan_resume, read_job_file
+from jobs.resume import (
+    ResumePlan,
+    check_same_job,
+    clear_output,
+    count_on_disk,
+    identity_key,
+    job_identity,
+    plan_resume,
+    read_job_file,
+    shard_files_exist,
+)
+from jobs.versions import VersionGuard
 from workers import storage
-from workers.tasks import FastPaths, GenerationDefaults, ImageEncoding, WorkerSettings
-from workers.writer import remove_temp_files
+from workers.tasks import FastPaths, GenerationDefaults, ImageEncoding, WorkerInfo, WorkerSettings
+from workers.writer import ShardFooter, remove_temp_files
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +53,12 @@ class JobSummary:
     interrupted: bool = False
     retries: int = 0
     replaced_workers: int = 0
+    signal: str | None = None  # what interrupted the run: SIGINT, SIGTERM or SIGHUP
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
-            return EXIT_INTERRUPTED
+            return 128 + signal.Signals[self.signal or "SIGINT"].value
         return EXIT_ROWS_FAILED if self.failed or self.not_run else EXIT_OK
 
     def as_dict(self) -> dict:
@@ -64,11 +77,14 @@ def run_job(
     hooks: JobHooks | None = None,
     worker_class=None,
     forward_actor_logs: bool = True,
+    allow_version_change: bool = False,
 ) -> JobSummary:
     """Run a job, or finish one that an earlier run on the same output folder started.
 
     `progress` is "bar", "log" or "off" (see jobs.progress); `worker_class` replaces the actor class
-    (benchmarks use a stub that skips the model)."""
+    (benchmarks use a stub that skips the model). A stop signal (jobs.signals.Interrupted, or Ctrl-C's
+    KeyboardInterrupt) once the output folder is locked ends the run cleanly: the summary says
+    `interrupted`, and counts what is on disk."""
     started = time.perf_counter()
     hooks = hooks or JobHooks()
     # 1. Validate the whole manifest before anything is written or started.
@@ -77,62 +93,98 @@ def run_job(
     identity = job_identity(config, manifest)
     key = identity_key(identity)
     output = prepare_output(config.output.path)
-    with OutputLock(output):
+    with OutputLock(output) as lock:
         # 2. Reuse what an earlier run of the same job completed; refuse to mix different jobs.
-        previous = read_job_file(output)
-        if previous is not None and overwrite:
+        if overwrite:
             clear_output(output)
-            previous = None
-        if previous is not None:
-            check_same_job(output, previous, identity)
+        previous = read_job_file(output)
         remove_temp_files(output)
+        if previous is not None and shard_files_exist(output):
+            check_same_job(output, previous, identity)
         plan = plan_resume(output, shards, key, retry_failed)
-        if not plan.todo:
-            # Every shard is already complete: rewrite nothing, start nothing.
-            return summarize(manifest, shards, plan, DispatchOutcome(), output, started, interrupted=False)
-        # 3. Record what the job is, then start Ray and the actors (they load their models in parallel).
+        if previous is not None and not plan.has_shards:
+            previous = None  # a folder without a complete shard belongs to no job: start afresh
         record = job_record(config, manifest, identity, len(shards), previous)
+        if not plan.todo:
+            # Every shard is already complete: rewrite nothing, start nothing (a lost job.json is rebuilt).
+            summary = summarize(manifest, shards, plan, DispatchOutcome(), {}, output, started)
+            if previous is None:
+                _record_end(output, record, "finished", summary, DispatchOutcome(), plan.versions)
+            return summary
+        # 3. Record what the job is, then start Ray and the actors (they load their models in parallel).
         write_job_file(output, record)
-        cluster.connect(address, forward_actor_logs)
-        resources = cluster.actor_resources(config)
-        settings = worker_settings(config, output, resources, key)
-        # 4. Dispatch shards until each has an outcome.
-        follow = Progress(total=sum(s.outputs for s in plan.todo), mode=progress)
-
-        def advance(rows: int, failed: int) -> None:
-            follow.advance(rows, failed)
-            if hooks.on_progress is not None:
-                hooks.on_progress(rows, failed)
-
-        dispatcher = Dispatcher(
-            start_actor=lambda index: cluster.start_worker(settings, resources, index, worker_class),
-            workers=config.resources.workers,
-            shards=plan.todo,
-            max_shard_retries=config.resources.max_shard_retries,
-            on_progress=advance,
-            on_workers=follow.workers,
-            on_worker_ready=hooks.on_worker_ready,
-            on_shard_done=hooks.on_shard_done,
-            on_batch=hooks.on_batch,
-        )
-        interrupted = False
+        guard = VersionGuard(output, plan.versions, allow_version_change)
+        follow = Progress(total=plan.images_to_generate, mode=progress)
+        dispatcher: Dispatcher | None = None
+        interrupt: KeyboardInterrupt | None = None
         try:
-            outcome = dispatcher.run()
-        except KeyboardInterrupt:
-            interrupted = True
-            dispatcher.abandon()
-            outcome = dispatcher.outcome
-        finally:
-            follow.close()
-            cluster.stop_workers(dispatcher.handles(), dispatcher.outcome.workers)
-            remove_temp_files(output)
-        if not outcome.workers and outcome.start_errors:
-            _record_end(output, record, "failed", None, outcome)
+            cluster.connect(address, forward_actor_logs)
+            resources = cluster.actor_resources(config)
+            settings = worker_settings(config, output, resources, key, lock.token)
+
+            def advance(images: int, failed: int) -> None:
+                follow.advance(images, failed)
+                if hooks.on_progress is not None:
+                    hooks.on_progress(images, failed)
+
+            def worker_ready(info: WorkerInfo) -> None:
+                guard.check(info)
+                if hooks.on_worker_ready is not None:
+                    hooks.on_worker_ready(info)
+
+            # 4. Dispatch shards until each has an outcome.
+            dispatcher = Dispatcher(
+                start_actor=lambda index: cluster.start_worker(settings, resources, index, worker_class),
+                workers=config.resources.workers,
+                shards=plan.todo,
+                max_shard_retries=config.resources.max_shard_retries,
+                on_progress=advance,
+                on_workers=follow.workers,
+                on_worker_ready=worker_ready,
+                on_shard_done=hooks.on_shard_done,
+                on_batch=hooks.on_batch,
+            )
+            dispatcher.run()
+        except KeyboardInterrupt as stop:
+            signals.stopping()  # a second signal now would cut the tidying short
+            interrupt = stop
+            logger.warning("%s: stopping the workers; only complete shards are kept", signals.signal_name_of(stop))
+        except BaseException:
+            signals.stopping()
+            _stop(dispatcher, output, follow)
+            _record_failure(output, record, dispatcher.outcome if dispatcher else DispatchOutcome(), guard.seen)
+            raise
+        signals.stopping()
+        _stop(dispatcher, output, follow)
+        outcome = dispatcher.outcome if dispatcher is not None else DispatchOutcome()
+        if interrupt is None and not outcome.workers and outcome.start_errors:
+            _record_failure(output, record, outcome, guard.seen)
             raise WorkerStartError(f"no worker could load the models: {outcome.start_errors[0]}")
-        # 5. Record and return the outcome.
-        summary = summarize(manifest, shards, plan, outcome, output, started, interrupted)
-        _record_end(output, record, "interrupted" if interrupted else "finished", summary, outcome)
+        # 5. Record and return the outcome: for an interrupted run, what is on disk now.
+        late = {}
+        if interrupt is not None:
+            accounted = {r.shard for r in outcome.results} | {f.shard.index for f in outcome.failures}
+            late = count_on_disk(output, [s for s in plan.todo if s.index not in accounted], key)
+        summary = summarize(manifest, shards, plan, outcome, late, output, started, interrupt)
+        _record_end(output, record, "interrupted" if interrupt else "finished", summary, outcome, guard.seen)
         return summary
+
+
+def _stop(dispatcher: Dispatcher | None, output: str, follow: Progress) -> None:
+    """Stop following, stop the actors (and wait until they are gone), then tidy temporary files."""
+    follow.close()
+    if dispatcher is not None:
+        dispatcher.abandon()
+        cluster.stop_workers(dispatcher.handles(), dispatcher.outcome.workers)
+    remove_temp_files(output)
+
+
+def _record_failure(output: str, record: dict, outcome: DispatchOutcome, versions: list[dict | None]) -> None:
+    """Mark the run failed; on the way out of an error, so a failure here is logged, not raised over it."""
+    try:
+        _record_end(output, record, "failed", None, outcome, versions)
+    except OSError as error:
+        logger.warning("could not record the failure in %s: %s", output, one_line(error))
 
 
 def prepare_output(path: str) -> str:
@@ -156,7 +208,9 @@ def prepare_output(path: str) -> str:
     return str(output.resolve())
 
 
-def worker_settings(config: JobConfig, output: str, resources: cluster.ActorResources, key: str) -> WorkerSettings:
+def worker_settings(
+    config: JobConfig, output: str, resources: cluster.ActorResources, key: str, run_token: str | None = None
+) -> WorkerSettings:
     generation = config.generation
     return WorkerSettings(
         model=config.model.id,
@@ -186,6 +240,7 @@ def worker_settings(config: JobConfig, output: str, resources: cluster.ActorReso
             quality=config.output.quality,
         ),
         fast=FastPaths(**config.performance.model_dump()),
+        run_token=run_token,
     )
 
 
@@ -214,16 +269,22 @@ def summarize(
     shards: list,
     plan: ResumePlan,
     outcome: DispatchOutcome,
+    late: dict[int, ShardFooter],
     output: str,
     started: float,
-    interrupted: bool,
+    interrupt: KeyboardInterrupt | None = None,
 ) -> JobSummary:
+    """Counts of what is on disk: complete shards from before, this run's results, and (`late`) shards
+    that were completed while the run was being stopped."""
     ended = time.perf_counter()
-    footers = list(plan.complete.values())
+    footers = [*plan.complete.values(), *late.values()]
+    # A retry that did not finish left its shard's earlier file in place: that file is what is on disk.
+    done = {r.shard for r in outcome.results} | set(late)
+    footers += [footer for index, footer in plan.retrying.items() if index not in done]
     ok = sum(f.ok for f in footers) + sum(r.ok for r in outcome.results)
     failed = sum(f.failed for f in footers) + sum(r.failed for r in outcome.results)
-    failed += sum(failure.shard.outputs for failure in outcome.failures)
-    done = sum(result.rows for result in outcome.results)
+    failed += sum(f.shard.outputs for f in outcome.failures if f.shard.index not in plan.retrying)
+    generated = sum(result.generated for result in outcome.results)
     first_ready = outcome.first_ready_at or ended
     return JobSummary(
         rows=sum(shard.outputs for shard in shards),
@@ -235,22 +296,33 @@ def summarize(
         shards_failed=len(outcome.failures),
         seconds=ended - started,
         startup_seconds=first_ready - started,
-        images_per_s=done / (ended - first_ready) if ended > first_ready else 0.0,
+        images_per_s=generated / (ended - first_ready) if ended > first_ready else 0.0,
         output=output,
-        interrupted=interrupted,
+        interrupted=interrupt is not None,
         retries=outcome.retries,
         replaced_workers=outcome.replaced_workers,
+        signal=None if interrupt is None else signals.signal_name_of(interrupt),
     )
 
 
-def _record_end(output: str, record: dict, status: str, summary: JobSummary | None, outcome: DispatchOutcome) -> None:
+def _record_end(
+    output: str,
+    record: dict,
+    status: str,
+    summary: JobSummary | None,
+    outcome: DispatchOutcome,
+    versions: list[dict | None],
+) -> None:
     record.update(status=status, finished_at=utc_now())
     record["workers"] = [vars(info) for info in outcome.workers]
+    record["pixel_versions"] = versions
     record["first_image_seconds"] = [round(seconds, 3) for seconds in outcome.first_image_seconds]
     record["failed_shards"] = [{"shard": f.shard.index, "error": f.error} for f in outcome.failures]
     if outcome.start_errors:
         record["worker_start_errors"] = outcome.start_errors
     if summary is not None:
+        if summary.signal:
+            record["signal"] = summary.signal
         record["counts"] = {
             "rows": summary.rows,
             "ok": summary.ok,

@@ -5,14 +5,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import uuid
 from pathlib import Path
 
 from jobs.errors import OutputError
 from workers import storage
+from workers.fence import LOCK_FILE, lock_record
 
 logger = logging.getLogger(__name__)
-
-LOCK_FILE = ".genbatch.lock"
 
 
 def lock_is_held(output_dir: str | Path) -> bool:
@@ -41,6 +41,8 @@ class OutputLock:
         self.remote = storage.is_remote(output_dir)
         self.path = None if self.remote else Path(output_dir) / LOCK_FILE
         self._fd: int | None = None
+        # Actors publish only while the lock file holds this token (workers.fence); None: no lock to check.
+        self.token: str | None = None if self.remote else uuid.uuid4().hex
 
     def __enter__(self) -> OutputLock:
         if self.remote:
@@ -51,13 +53,13 @@ class OutputLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            holder = (os.pread(fd, 64, 0).decode(errors="replace").split() or ["unknown"])[0]
             os.close(fd)
             raise OutputError(
                 f"{self.path.parent}: another genbatch run (pid {holder}) is using this output folder"
             ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.pwrite(fd, lock_record(os.getpid(), self.token), 0)
         self._fd = fd
         return self
 

@@ -6,16 +6,22 @@ import fnmatch
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, replace
 
+import pyarrow.fs as pafs
+
 from jobs.config import JobConfig
-from jobs.errors import OutputError
+from jobs.errors import OutputError, one_line
 from jobs.jobfile import JOB_FILE
 from jobs.manifest import Manifest
 from workers import storage
 from workers.shard_stats import STATS_DIR
 from workers.tasks import ShardTask
-from workers.writer import DATA_DIR, ShardFooter, read_footer, remove_temp_files, shard_path
+from workers.writer import DATA_DIR, ShardFooter, read_footer, remove_temp_files, shard_file_name, shard_path
+
+SHARD_PATTERN = "shard-*.parquet"
+MAX_FILES_SHOWN = 5
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +46,20 @@ def identity_key(identity: dict) -> str:
 
 
 def read_job_file(output_dir: str) -> dict | None:
+    """The folder's job record; None if there is none. One that is not a genbatch record is an error."""
     path = storage.join(output_dir, JOB_FILE)
-    if not storage.exists(path):
+    kind = storage.file_type(path)
+    if kind == pafs.FileType.NotFound:
         return None
+    if kind != pafs.FileType.File:
+        raise OutputError(f"{path}: not a file; rerun with --overwrite to start over")
     try:
-        return json.loads(storage.read_bytes(path))
+        record = json.loads(storage.read_bytes(path))
     except (OSError, ValueError) as error:
-        raise OutputError(f"{path}: unreadable ({error}); rerun with --overwrite to start over") from None
+        raise OutputError(f"{path}: unreadable ({one_line(error)}); rerun with --overwrite to start over") from None
+    if not isinstance(record, dict) or not isinstance(record.get("identity"), dict):
+        raise OutputError(f"{path}: not a genbatch job record; rerun with --overwrite to start over")
+    return record
 
 
 def check_same_job(output_dir: str, previous: dict, identity: dict) -> None:
@@ -77,40 +90,94 @@ def _differences(before: dict, after: dict, prefix: str = "") -> list[str]:
 @dataclass(frozen=True)
 class ResumePlan:
     complete: dict[int, ShardFooter]  # verified shard files, by index
-    todo: list[ShardTask]  # shards to run (missing, invalid, or with rows to retry)
+    todo: list[ShardTask]  # shards to run (missing, or with rows to retry)
+    retrying: dict[int, ShardFooter]  # the existing files of the shards in `todo` that retry failed rows
+    versions: list[dict | None]  # the distinct library versions recorded by the complete shards
+
+    @property
+    def images_to_generate(self) -> int:
+        return sum(shard.images_to_generate for shard in self.todo)
+
+    @property
+    def has_shards(self) -> bool:
+        return bool(self.complete or self.retrying)
 
 
 def plan_resume(output_dir: str, shards: list[ShardTask], key: str, retry_failed: bool) -> ResumePlan:
-    """Verify every planned shard's file from its footer; plan the rest (and, if asked, the failed rows)."""
-    complete, todo = {}, []
+    """Verify every shard file in the folder from its footer; plan the rest (and, if asked, the failed rows).
+
+    Every `shard-*.parquet` in `data/` must be a shard this job planned, written by this job: a folder
+    never mixes jobs, and a file nobody planned is not silently counted (or ignored)."""
+    planned = {shard_file_name(shard.index): shard for shard in shards}
+    footers, foreign = {}, []
+    for path in storage.list_files(storage.join(output_dir, DATA_DIR)):
+        file_name = storage.name(path)
+        if not fnmatch.fnmatch(file_name, SHARD_PATTERN):
+            continue
+        shard = planned.get(file_name)
+        footer = read_footer(path)
+        if shard is None:
+            foreign.append(f"{file_name} (not planned: this job has {len(shards)} shards)")
+        elif footer is None:
+            foreign.append(f"{file_name} (not a complete genbatch shard)")
+        elif footer.job_key != key or footer.shard != shard.index or footer.rows != shard.outputs:
+            foreign.append(f"{file_name} (another job)")
+        else:
+            footers[shard.index] = footer
+    if foreign:
+        more = len(foreign) - MAX_FILES_SHOWN
+        shown = ", ".join(foreign[:MAX_FILES_SHOWN]) + (f" and {more} more" if more > 0 else "")
+        raise OutputError(
+            f"{storage.join(output_dir, DATA_DIR)}: {len(foreign)} shard files are not part of this job: {shown}; "
+            "rerun with --overwrite to replace them, or choose another output folder"
+        )
+    complete, todo, retrying = {}, [], {}
+    for shard in shards:
+        footer = footers.get(shard.index)
+        if footer is None:
+            todo.append(shard)
+        elif retry_failed and footer.failed:
+            todo.append(replace(shard, retry_failed=True, failed_before=footer.failed))
+            retrying[shard.index] = footer
+        else:
+            complete[shard.index] = footer
+    versions = []
+    for footer in footers.values():
+        if footer.versions not in versions:
+            versions.append(footer.versions)
+    return ResumePlan(complete=complete, todo=todo, retrying=retrying, versions=versions)
+
+
+def shard_files_exist(output_dir: str) -> bool:
+    """Whether `data/` holds any shard file (an output folder without one belongs to no job yet)."""
+    files = storage.list_files(storage.join(output_dir, DATA_DIR))
+    return any(fnmatch.fnmatch(storage.name(path), SHARD_PATTERN) for path in files)
+
+
+def count_on_disk(output_dir: str, shards: list[ShardTask], key: str) -> dict[int, ShardFooter]:
+    """The footers of those `shards` whose files are complete now (one listing, a footer read per file)."""
     existing = set(storage.list_files(storage.join(output_dir, DATA_DIR)))
+    found = {}
     for shard in shards:
         path = shard_path(output_dir, shard.index)
-        if path not in existing:
-            todo.append(shard)
-            continue
-        footer = read_footer(path)
-        valid = footer is not None and footer.job_key == key and footer.shard == shard.index
-        if valid and footer.rows == shard.outputs:
-            if retry_failed and footer.failed:
-                todo.append(_with_retry(shard))
-            else:
-                complete[shard.index] = footer
-            continue
-        logger.warning("shard %d: existing file is incomplete or from another job; redoing it", shard.index)
-        todo.append(shard)
-    return ResumePlan(complete=complete, todo=todo)
+        if path in existing:
+            footer = read_footer(path)
+            if footer is not None and footer.job_key == key and footer.rows == shard.outputs:
+                found[shard.index] = footer
+    return found
 
 
 def clear_output(output_dir: str) -> None:
     """Remove what genbatch wrote (never anything else the folder may hold)."""
-    for folder, pattern in ((DATA_DIR, "shard-*.parquet"), (STATS_DIR, "shard-*.json")):
+    for folder, pattern in ((DATA_DIR, SHARD_PATTERN), (STATS_DIR, "shard-*.json")):
         for path in storage.list_files(storage.join(output_dir, folder)):
             if fnmatch.fnmatch(storage.name(path), pattern):
                 storage.delete(path)
     remove_temp_files(output_dir)
-    storage.delete(storage.join(output_dir, JOB_FILE))
-
-
-def _with_retry(shard: ShardTask) -> ShardTask:
-    return replace(shard, retry_failed=True)
+    job_file = storage.join(output_dir, JOB_FILE)
+    if not storage.is_remote(job_file) and os.path.isdir(job_file):
+        try:
+            os.rmdir(job_file)  # only an empty one: a folder's contents are not genbatch's to delete
+        except OSError as error:
+            raise OutputError(f"{job_file}: a folder, not a job record; cannot remove it ({error.strerror})") from None
+    storage.delete(job_file)

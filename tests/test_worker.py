@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import time
+from importlib import metadata
 from dataclasses import replace
 
 import pyarrow as pa
@@ -11,6 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from workers import generation, storage
+from workers.fence import LOCK_FILE, FencedOut, lock_record
+from workers.provenance import pixel_versions
 from workers.tasks import BatchProgress, GenerationDefaults, ShardResult, ShardTask, WorkerSettings
 from workers.worker import GenerationWorker
 from workers.writer import ShardFooter, ShardWriteError, read_footer, write_shard
@@ -56,7 +59,30 @@ def test_a_batch_that_raises_is_rerun_row_by_row_so_only_the_culprit_fails(tmp_p
     table = pq.read_table(events[-1].file)
     assert table.column("status").to_pylist() == ["ok", "ok", "error", "ok"]
     assert table.column("error").to_pylist() == [None, None, "ValueError: cannot draw poison", None]
-    assert read_footer(tmp_path / "out" / "data" / "shard-00000.parquet") == ShardFooter("k", 0, 4, 3, 1)
+    # The footer says where the images came from: the versions that decide pixels, and the device.
+    footer = read_footer(tmp_path / "out" / "data" / "shard-00000.parquet")
+    assert footer == ShardFooter("k", 0, 4, 3, 1, versions=pixel_versions(), device="cpu")
+    assert set(footer.versions) == {"genbatch", "torch", "diffusers", "transformers"}
+    assert footer.versions["diffusers"] == metadata.version("diffusers")
+
+
+def test_an_actor_publishes_nothing_once_another_run_holds_the_folder(tmp_path, tiny_dirs):
+    """Fencing: an actor orphaned by a killed driver must not publish after the next run took the lock."""
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"prompt": ["a", "b"]}), manifest)
+    output = tmp_path / "out"
+    output.mkdir()
+    lock = output / LOCK_FILE
+    lock.write_bytes(lock_record(4242, "first-run"))
+    worker = GenerationWorker(replace(settings(output), run_token="first-run"), 0)
+    task = ShardTask(0, str(manifest), 0, 2, 0, has_id_column=False)
+    assert isinstance(list(worker.run_shard(task))[-1], ShardResult)  # its own run holds the folder: published
+    (output / "data" / "shard-00000.parquet").unlink()
+    (output / "stats" / "shard-00000.json").unlink()
+    lock.write_bytes(lock_record(777, "next-run"))  # a new run took the folder over
+    with pytest.raises(FencedOut, match=r"another genbatch run \(pid 777\) holds this output folder now"):
+        list(worker.run_shard(task))
+    assert sorted(p.name for p in output.rglob("*") if p.is_file()) == [LOCK_FILE]  # nothing, not even temp files
 
 
 def test_a_worker_that_cannot_load_reports_one_line(tmp_path):

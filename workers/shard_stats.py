@@ -28,14 +28,16 @@ class ShardStats:
     node_ip: str
     pid: int
     finished_at: str  # UTC, ISO 8601
+    job_key: str = ""  # the job that wrote it (as in the shard's footer); "" in stats from before it was kept
 
 
 def stats_path(output_dir: str, shard: int) -> str:
     return storage.join(output_dir, STATS_DIR, f"shard-{shard:05d}.json")
 
 
-def write_shard_stats(output_dir: str, stats: ShardStats) -> None:
-    storage.write_bytes(stats_path(output_dir, stats.shard), (json.dumps(asdict(stats)) + "\n").encode())
+def write_shard_stats(output_dir: str, stats: ShardStats, before_publish=None) -> None:
+    data = (json.dumps(asdict(stats)) + "\n").encode()
+    storage.write_bytes(stats_path(output_dir, stats.shard), data, before_publish)
 
 
 def read_all_stats(output_dir: str) -> list[ShardStats]:

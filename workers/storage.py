@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -133,8 +134,11 @@ def read_bytes(location: str) -> bytes:
         return handle.read()
 
 
-def write_bytes(location: str, data: bytes | pa.Buffer) -> None:
-    """Publish `data` at `location` whole, or not at all (see the module's docstring)."""
+def write_bytes(location: str, data: bytes | pa.Buffer, before_publish: Callable[[], None] | None = None) -> None:
+    """Publish `data` at `location` whole, or not at all (see the module's docstring).
+
+    `before_publish` runs after the data is stored under its temporary name and before it takes its
+    final one; if it raises, nothing is published."""
     temp = join(parent(location), f".{name(location)}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
     if is_remote(location):
         filesystem, final_path = resolve(location)
@@ -142,6 +146,8 @@ def write_bytes(location: str, data: bytes | pa.Buffer) -> None:
         try:
             with filesystem.open_output_stream(temp_path) as sink:
                 sink.write(data)
+            if before_publish is not None:
+                before_publish()
             filesystem.move(temp_path, final_path)
         except BaseException:
             _delete_quietly(filesystem, temp_path)
@@ -155,6 +161,8 @@ def write_bytes(location: str, data: bytes | pa.Buffer) -> None:
             sink.flush()
             os.fsync(sink.fileno())
         os.chmod(temp, 0o644)
+        if before_publish is not None:
+            before_publish()
         os.replace(temp, path)
     except BaseException:
         if os.path.exists(temp):

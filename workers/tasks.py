@@ -61,6 +61,7 @@ class WorkerSettings:
     fast: FastPaths = FastPaths()
     variant: str | None = None
     mode: str = "generate"  # or "reconstruct"
+    run_token: str | None = None  # the run's token in OUTPUT/.genbatch.lock (workers.fence); None: no lock
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class ShardTask:
     has_id_column: bool
     retry_failed: bool = False  # rerun only the rows whose status is error in the existing file
     images_per_row: int = 1  # generation.images_per_prompt: output rows per manifest row
+    failed_before: int = 0  # with retry_failed: the existing file's error rows, which this task regenerates
 
     @property
     def rows(self) -> int:
@@ -85,6 +87,11 @@ class ShardTask:
     def outputs(self) -> int:
         """Output rows (images): what the shard file, progress and counts are in."""
         return self.rows * self.images_per_row
+
+    @property
+    def images_to_generate(self) -> int:
+        """What running this task generates: every image, or only the failed ones of a retry."""
+        return self.failed_before if self.retry_failed else self.outputs
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,8 @@ class WorkerInfo:
     pid: int
     node_id: str
     node_ip: str = ""
+    versions: dict | None = None  # library versions that decide pixels (workers.provenance)
+    device_name: str = ""  # `cpu`, or the GPU model and CUDA version
 
 
 @dataclass(frozen=True)
@@ -122,3 +131,4 @@ class ShardResult:
     file: str
     worker: str
     seconds: float
+    generated: int = 0  # images this run generated: fewer than `rows` when only failed rows were retried

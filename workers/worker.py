@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -12,7 +13,9 @@ from concurrent.futures import Future
 from datetime import datetime, timezone
 
 from workers import columns as C
+from workers.fence import check_fence
 from workers.output import RowOutput, RunLabels, build_output_table, failed_positions, merge_retried, read_previous
+from workers.provenance import device_description, pixel_versions
 from workers.rows import RowSpec, expand_images, read_slice, resolve_rows, row_ids
 from workers.shard_stats import ShardStats, write_shard_stats
 from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerInfo, WorkerSettings
@@ -100,6 +103,8 @@ class GenerationWorker:
             pid=os.getpid(),
             node_id=_node_id(),
             node_ip=_node_ip(),
+            versions=pixel_versions(),
+            device_name=device_description(self.device),
         )
         logger.info(
             "%s ready on %s in %.1fs (pid %d)", self.info.name, self.device, self.info.load_seconds, os.getpid()
@@ -147,8 +152,17 @@ class GenerationWorker:
         )
         output_table = fresh if previous is None else merge_retried(previous, fresh, todo)
         failed = output_table.column(C.STATUS).to_pylist().count(C.STATUS_ERROR)
-        footer = ShardFooter(self.settings.job_key, task.index, len(rows), len(rows) - failed, failed)
-        path = write_shard(output_table, self.settings.output_dir, footer)
+        footer = ShardFooter(
+            self.settings.job_key,
+            task.index,
+            len(rows),
+            len(rows) - failed,
+            failed,
+            versions=self.info.versions,
+            device=self.info.device_name,
+        )
+        fence = functools.partial(check_fence, self.settings.output_dir, self.settings.run_token)
+        path = write_shard(output_table, self.settings.output_dir, footer, before_publish=fence)
         seconds = time.perf_counter() - started
         write_shard_stats(
             self.settings.output_dir,
@@ -165,7 +179,9 @@ class GenerationWorker:
                 node_ip=self.info.node_ip,
                 pid=self.info.pid,
                 finished_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                job_key=self.settings.job_key,
             ),
+            before_publish=fence,
         )
         yield ShardResult(
             shard=task.index,
@@ -175,6 +191,7 @@ class GenerationWorker:
             file=path,
             worker=self.labels.worker,
             seconds=seconds,
+            generated=len(todo),
         )
 
     def _process_batch(self, rows: list[RowSpec]) -> tuple[list[RowOutput], list[tuple[int, Future]]]:

@@ -7,12 +7,14 @@ shard from its footer alone, without reading its images.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workers import storage
+from workers.fence import FencedOut
 from workers.hf_features import HF_KEY, hf_features
 from workers.shard_stats import STATS_DIR
 
@@ -35,6 +37,8 @@ class ShardFooter:
     rows: int
     ok: int
     failed: int
+    versions: dict | None = None  # library versions that decide pixels (workers.provenance); None: not recorded
+    device: str | None = None  # what made the shard: `cpu`, or the GPU model and CUDA version
 
 
 def shard_file_name(index: int) -> str:
@@ -45,11 +49,13 @@ def shard_path(output_dir: str, index: int) -> str:
     return storage.join(output_dir, DATA_DIR, shard_file_name(index))
 
 
-def write_shard(table: pa.Table, output_dir: str, footer: ShardFooter) -> str:
+def write_shard(
+    table: pa.Table, output_dir: str, footer: ShardFooter, before_publish: Callable[[], None] | None = None
+) -> str:
     """Write `table` as shard `footer.shard` and return its final location.
 
     A reader never sees a partial file under a `.parquet` name: the file is built in memory and
-    published whole (see `workers.storage.write_bytes`).
+    published whole (see `workers.storage.write_bytes`); `before_publish` may still refuse it (fencing).
     """
     final = shard_path(output_dir, footer.shard)
     metadata = dict(table.schema.metadata or {})
@@ -60,7 +66,9 @@ def write_shard(table: pa.Table, output_dir: str, footer: ShardFooter) -> str:
     buffer = pa.BufferOutputStream()
     pq.write_table(table.replace_schema_metadata(metadata), buffer, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     try:
-        storage.write_bytes(final, buffer.getvalue())
+        storage.write_bytes(final, buffer.getvalue(), before_publish)
+    except FencedOut:
+        raise
     except OSError as error:
         raise ShardWriteError(f"cannot write {final}: {error.strerror or ' '.join(str(error).split())}") from error
     return final

@@ -1,0 +1,111 @@
+"""SIGINT, SIGTERM and SIGHUP all stop a job the same way: an `Interrupted` raised in the main thread.
+
+Batch schedulers stop jobs with SIGTERM (Slurm preemption, `kubectl delete`, systemd) and terminals
+hang up with SIGHUP; each must end like Ctrl-C: scheduling stops, actors are stopped, only whole
+shards remain, and the process exits 128 + the signal's number. Ray installs SIGTERM handlers of its
+own while it starts (one exits at once, a C++ one dumps a stack); `ray_init_keeping_handlers` keeps
+ours in place. Once one signal is being handled, later ones are noted and ignored, so a second
+Ctrl-C during shutdown cannot cut the tidying short with a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from contextlib import contextmanager
+
+logger = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The job was asked to stop by a signal; `exit_code` is 128 + its number."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+def exit_code_of(interrupt: KeyboardInterrupt) -> int:
+    return interrupt.exit_code if isinstance(interrupt, Interrupted) else 128 + signal.SIGINT
+
+
+def signal_name_of(interrupt: KeyboardInterrupt) -> str:
+    """SIGINT, SIGTERM or SIGHUP; a plain KeyboardInterrupt is Ctrl-C's SIGINT."""
+    return interrupt.signal_name if isinstance(interrupt, Interrupted) else "SIGINT"
+
+
+class _Handler:
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def __call__(self, signum: int, frame) -> None:
+        if self.stopping:
+            logger.warning("%s received while stopping; still stopping", signal.Signals(signum).name)
+            return
+        self.stopping = True
+        raise Interrupted(signum)
+
+
+_handler = _Handler()
+
+
+def install() -> None:
+    """Route the stop signals to `Interrupted`. A signal the process started with ignored stays ignored
+    (`nohup`, a script's background job), as Unix programs do. Main thread only, as Python requires."""
+    _handler.stopping = False
+    _route_signals()
+
+
+def _route_signals() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _handler)
+
+
+def stopping() -> None:
+    """From now on stop signals are noted but raise nothing: the job is already shutting down."""
+    _handler.stopping = True
+
+
+def restore_defaults() -> None:
+    """Back to Python's own handling (tests call `main()` many times in one process)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(signum) is _handler:
+            signal.signal(signum, default)
+    if signal.getsignal(signal.SIGHUP) is _handler:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+@contextmanager
+def ray_keeps_our_handlers():
+    """While Ray starts, keep our handlers: Ray's Python SIGTERM handlers would exit at once, and its C++
+    failure handler (installed with the driver's core worker) dumps a stack and aborts on SIGTERM."""
+    import ray._private.ray_constants as ray_constants
+    import ray._private.utils as ray_utils
+
+    original: Callable = ray_utils.set_sigterm_handler
+    ray_utils.set_sigterm_handler = lambda handler: None
+    failure_handler = ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = original
+        ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = failure_handler
+        _route_signals()  # in case Ray replaced a handler by a path not covered above
