@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.errors import ConfigError
-from jobs.render import CLIP_SCORE_DEFINITION, thumbnail_uri, write_documents
+from jobs.render import CLIP_SCORE_DEFINITION, histogram_uri, thumbnail_uri, write_documents
 from jobs.report import pick_group_column, run_settings
 from jobs.runs import Run, fetch_images, open_run
 from jobs.stats import paired_comparison
@@ -20,6 +20,7 @@ from workers import storage
 
 logger = logging.getLogger(__name__)
 SHOWN_PAIRS = 8
+OUTCOMES = ("run", "images_per_s", "seconds", "status")  # in a run's settings, but what it did, not how it was set up
 
 
 def pair_rows(a: Run, b: Run, group_column: str | None) -> pa.Table:
@@ -56,10 +57,12 @@ def build_comparison(
         logger.warning(warning)
     score_a = pairs[C.CLIP_SCORE].to_numpy().astype(np.float64)
     score_b = pairs["clip_score_b"].to_numpy().astype(np.float64)
+    settings_a, settings_b = run_settings(a), run_settings(b)
     data = {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "run_a": run_settings(a),
-        "run_b": run_settings(b),
+        "run_a": settings_a,
+        "run_b": settings_b,
+        "changed_settings": changed_settings(settings_a, settings_b),
         "clip_model": a.clip_model,
         **paired_comparison(score_a, score_b),
         # Rows left out of the pairs: absent from the other run, or failed/unscored in either.
@@ -78,8 +81,21 @@ def build_comparison(
     a_better = pairs.take(pa.array([i for i in order if delta[i] < 0][:shown], pa.int64()))
     ids = b_better[C.ID].to_pylist() + a_better[C.ID].to_pylist()
     images_a, images_b = fetch_images(a.path, ids), fetch_images(b.path, ids)
-    visuals = {"b_better": _tiles(b_better, images_a, images_b), "a_better": _tiles(a_better, images_a, images_b)}
+    visuals = {
+        "histogram": histogram_uri(delta, label="CLIP-score delta (B − A)", counted="pairs", marker=0.0),
+        "b_better": _tiles(b_better, images_a, images_b),
+        "a_better": _tiles(a_better, images_a, images_b),
+    }
     return data, visuals
+
+
+def changed_settings(a: dict, b: dict) -> list[dict]:
+    """The settings whose values differ between two runs, in settings order: `{"setting", "a", "b"}` each."""
+    return [
+        {"setting": key, "a": a.get(key), "b": b.get(key)}
+        for key in a
+        if key not in OUTCOMES and a.get(key) != b.get(key)
+    ]
 
 
 def write_comparison(run_a, run_b, out_dir: str | Path | None = None, by: str | None = None) -> str:

@@ -16,19 +16,40 @@ CLIP_SCORE_DEFINITION = (
     "figures average over images. Scores are comparable only between runs scored with the same CLIP model."
 )
 THUMBNAIL_PX = 160
+SMALLEST_P = 1e-4  # smaller p-values show as "< 0.0001"; compare.json keeps the number
 
 
 def environment() -> Environment:
     env = Environment(
         loader=PackageLoader("jobs", "templates"),
-        autoescape=select_autoescape(["html"]),
+        autoescape=select_autoescape(["html.j2"]),
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
     env.filters["num"] = lambda value, digits=2: "–" if value is None else f"{value:.{digits}f}"
     env.filters["pct"] = lambda value: "–" if value is None else f"{100 * value:.1f}%"
+    env.filters["pvalue"] = pvalue_text
+    env.filters["changes"] = changes_text
     return env
+
+
+def pvalue_text(value: float | None) -> str:
+    """A p-value to 4 decimals, and `< 0.0001` below that."""
+    if value is None:
+        return "–"
+    return f"< {SMALLEST_P:.4f}" if value < SMALLEST_P else f"{value:.4f}"
+
+
+def changes_text(changed: list[dict]) -> str:
+    """`guidance_scale 7.5 → 3.0; steps 4 → 8` from a comparison's `changed_settings`, or `same settings`."""
+    if not changed:
+        return "same settings"
+    return "; ".join(f"{c['setting']} {_setting_text(c['a'])} → {_setting_text(c['b'])}" for c in changed)
+
+
+def _setting_text(value) -> str:
+    return "–" if value is None else str(value)
 
 
 def thumbnail_uri(png: bytes | None) -> str | None:
@@ -47,19 +68,25 @@ def thumbnail_uri(png: bytes | None) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def histogram_uri(values, label: str = "CLIP score") -> str | None:
-    """A histogram of the scores as an inline PNG data URI."""
+def histogram_uri(
+    values, label: str = "CLIP score", counted: str = "images", marker: float | None = None
+) -> str | None:
+    """A histogram of the values as an inline PNG data URI, with a dashed line at `marker` if given."""
     if len(values) == 0:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, axes = plt.subplots(figsize=(7, 2.6), dpi=110)
     axes.hist(values, bins=min(40, max(5, len(values) // 5)), color="#3b6ea5", edgecolor="white")
+    if marker is not None:
+        axes.axvline(marker, color="#5f6b7a", linestyle="--", linewidth=1)
     axes.set_xlabel(label)
-    axes.set_ylabel("images")
+    axes.set_ylabel(counted)
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.spines[["top", "right"]].set_visible(False)
     figure.tight_layout()
     buffer = io.BytesIO()

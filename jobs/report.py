@@ -49,14 +49,20 @@ def group_stats(table: pa.Table, scored: pa.Table, column: str) -> dict:
 
 
 def run_settings(run: Run) -> dict:
+    """The run's settings, with dtype and scheduler as its workers resolved them (`auto` -> `float32` on CPU).
+
+    job.json's `workers` (recorded when the job ends) and the output's `scheduler` column hold the resolved
+    values; a run without either shows the configured ones."""
     config = run.job.get("config") or {}
     generation, model = config.get("generation", {}), config.get("model", {})
-    schedulers = sorted(set(pc.unique(run.table[C.SCHEDULER]).to_pylist()) - {None})
+    workers = run.job.get("workers") or []
+    schedulers = set(pc.unique(run.table[C.SCHEDULER]).to_pylist()) | {w.get("scheduler") for w in workers}
+    dtypes = {w.get("dtype") for w in workers}
     return {
         "run": str(run.path),
         "model": model.get("id"),
-        "scheduler": ", ".join(schedulers) or model.get("scheduler"),
-        "dtype": model.get("dtype"),
+        "scheduler": ", ".join(sorted(schedulers - {None})) or model.get("scheduler"),
+        "dtype": ", ".join(sorted(dtypes - {None})) or model.get("dtype"),
         "steps": generation.get("steps"),
         "guidance_scale": generation.get("guidance_scale"),
         "size": f"{generation.get('width')}x{generation.get('height')}",

@@ -308,9 +308,11 @@ def test_report_and_compare_read_a_real_run(job_dir, capsys):
     assert report["rows"] == 7 and report["group_by"] == "category"
     assert report["clip_score"]["mean"] == pytest.approx(float(np.mean(scores.astype(np.float64))), abs=1e-9)
     assert set(report["groups"]["category"]) == {"animal", "long", "plant", "sky"}
+    assert (report["settings"]["dtype"], report["settings"]["scheduler"]) == ("float32", "DDIMScheduler")  # CPU, auto
     assert main(["compare", str(output), str(output), "-o", str(output / "self")]) == 0
     same = json.loads((output / "self" / "compare.json").read_text())
     assert (same["pairs"], same["mean_delta"], same["ties"]) == (7, 0.0, 7)
+    assert (same["run_a"]["dtype"], same["changed_settings"]) == ("float32", [])
 
 
 def test_webp_output_and_a_format_change_is_refused_on_resume(job_dir, capsys, ray_session):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -14,7 +15,9 @@ import pytest
 from PIL import Image
 from scipy import stats
 
+from jobs import compare
 from jobs.cli import main
+from jobs.render import changes_text, pvalue_text
 from workers import columns as C
 from workers.writer import ShardFooter, write_shard
 
@@ -66,6 +69,14 @@ def make_run(path, scores, clip_model="tiny", prompts=None, seeds=None, failed=(
     }
     (path / "job.json").write_text(json.dumps(job))
     return path
+
+
+def edit_job(run, change):
+    """Change a run's job.json in place, e.g. its config or the `workers` the driver records."""
+    job = json.loads((run / "job.json").read_text())
+    change(job)
+    (run / "job.json").write_text(json.dumps(job))
+    return run
 
 
 @pytest.fixture
@@ -122,6 +133,17 @@ def test_report_html_is_self_contained_and_shows_the_best_and_worst(tmp_path, sc
     assert "RuntimeError: boom" in html and "100 × max(cos, 0)" in html and "<code>tiny</code>" in html
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "| animals | 30 |" in markdown
+
+
+def test_html_reports_escape_prompts(tmp_path, scores):
+    prompts = [f"<i>cat</i> & {i}" for i in range(90)]
+    run = make_run(tmp_path / "run", scores, prompts=prompts)
+    other = make_run(tmp_path / "other", list(reversed(scores)), prompts=prompts)
+    assert main(["report", str(run)]) == 0
+    assert main(["compare", str(run), str(other), "-o", str(tmp_path / "cmp")]) == 0
+    for html, tiles in ((run / "report" / "report.html", 24), (tmp_path / "cmp" / "compare.html", 16)):
+        shown = re.findall(r"<br>(.*?)</figcaption>", html.read_text())
+        assert len(shown) == tiles and all(re.fullmatch(r"&lt;i&gt;cat&lt;/i&gt; &amp; \d+", p) for p in shown)
 
 
 def test_report_refuses_a_missing_group_column_and_a_folder_that_is_not_a_run(tmp_path, scores, capsys):
@@ -184,6 +206,88 @@ def test_compare_warns_when_prompts_or_seeds_differ_for_the_same_id(tmp_path, sc
         "1 of 90 paired ids have a different seed in the two runs",
     ]
     assert result["mean_delta"] == 0.0 and result["ties"] == 90 and result["wilcoxon_p"] == 1.0
+
+
+def test_compare_names_the_changed_settings_and_highlights_their_rows(tmp_path, scores):
+    a = make_run(tmp_path / "a", scores)
+    b = edit_job(make_run(tmp_path / "b", scores), lambda job: job["config"]["generation"].update(guidance_scale=3.0))
+    assert main(["compare", str(a), str(b), "-o", str(tmp_path / "cmp")]) == 0
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert result["changed_settings"] == [{"setting": "guidance_scale", "a": 7.5, "b": 3.0}]
+    html = (tmp_path / "cmp" / "compare.html").read_text()
+    assert '<p class="changes">A → B: guidance_scale 7.5 → 3.0</p>' in html
+    assert re.findall(r'<tr class="changed">(.*?)</tr>', html) == ["<th>guidance_scale</th><td>7.5</td><td>3.0</td>"]
+    assert "<tr><th>steps</th><td>4</td><td>4</td></tr>" in html
+    markdown = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "\nA → B: guidance_scale 7.5 → 3.0\n" in markdown
+    assert "\n| **guidance_scale** | **7.5** | **3.0** |\n" in markdown and "\n| steps | 4 | 4 |\n" in markdown
+    same = make_run(tmp_path / "same", scores)
+    assert main(["compare", str(a), str(same)]) == 0
+    assert json.loads((same / "compare" / "compare.json").read_text())["changed_settings"] == []
+    assert '<p class="changes">A → B: same settings</p>' in (same / "compare" / "compare.html").read_text()
+    assert "\nA → B: same settings\n" in (same / "compare" / "compare.md").read_text()
+
+
+def test_changed_settings_leave_out_outcomes_and_read_as_one_line():
+    a = {"run": "a", "steps": 4, "guidance_scale": 7.5, "seed": 0, "images_per_s": 9.0, "status": "finished"}
+    b = {**a, "run": "b", "steps": 8, "guidance_scale": 3.0, "images_per_s": 4.5, "status": "interrupted"}
+    changed = compare.changed_settings(a, b)
+    assert changed == [{"setting": "steps", "a": 4, "b": 8}, {"setting": "guidance_scale", "a": 7.5, "b": 3.0}]
+    assert changes_text(changed) == "steps 4 → 8; guidance_scale 7.5 → 3.0"
+    assert changes_text([{"setting": "scheduler", "a": None, "b": "euler"}]) == "scheduler – → euler"
+    assert changes_text([]) == "same settings"
+
+
+def test_p_values_below_0_0001_read_as_a_bound():
+    values = [1e-5, 0.0, 0.0123, 1e-4, 0.5, 1.0, None]
+    assert [pvalue_text(p) for p in values] == ["< 0.0001", "< 0.0001", "0.0123", "0.0001", "0.5000", "1.0000", "–"]
+
+
+def test_compare_shows_tiny_p_values_as_a_bound_and_a_histogram_of_the_deltas(tmp_path, scores, monkeypatch):
+    drawn = {}
+
+    def histogram_uri(values, **options):
+        drawn.update(values=np.array(values), **options)
+        return real_histogram_uri(values, **options)
+
+    real_histogram_uri = compare.histogram_uri
+    monkeypatch.setattr(compare, "histogram_uri", histogram_uri)
+    shifted = [float(np.float32(s + 1 + 0.3 * np.sin(i))) for i, s in enumerate(scores)]
+    a, b = make_run(tmp_path / "a", scores), make_run(tmp_path / "b", shifted)
+    assert main(["compare", str(a), str(b), "-o", str(tmp_path / "cmp")]) == 0
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert 0 < result["wilcoxon_p"] < 1e-4 and 0 < result["sign_test_p"] < 1e-4  # the JSON keeps the numbers
+    html = (tmp_path / "cmp" / "compare.html").read_text()
+    assert '<div class="value">&lt; 0.0001</div><div class="note">sign test p &lt; 0.0001</div>' in html
+    markdown = (tmp_path / "cmp" / "compare.md").read_text()
+    assert re.search(r"\n\| 90 \|.* \| 100\.0% \| < 0\.0001 \| < 0\.0001 \|\n", markdown)
+    expected = np.array(shifted, np.float32).astype(np.float64) - np.array(scores, np.float32).astype(np.float64)
+    assert drawn["values"] == pytest.approx(expected, abs=1e-12)
+    assert (drawn["counted"], drawn["marker"]) == ("pairs", 0.0)
+    alt = re.escape("histogram of paired CLIP-score deltas (B − A)")
+    match = re.search(f'<img alt="{alt}" src="data:image/png;base64,([^"]+)"', html)
+    image = Image.open(io.BytesIO(base64.b64decode(match.group(1))))
+    assert image.format == "PNG" and image.size == (770, 286)
+
+
+def test_settings_show_the_dtype_the_workers_resolved_not_auto(tmp_path, scores):
+    def workers(dtype):  # as the driver records them: what each actor resolved
+        return [{"name": f"worker-{i}@host", "device": "cpu", "dtype": dtype, "scheduler": "ddim"} for i in range(2)]
+
+    a = edit_job(make_run(tmp_path / "a", scores), lambda job: job.update(workers=workers("float32")))
+    assert main(["report", str(a)]) == 0
+    settings = json.loads((a / "report" / "report.json").read_text())["settings"]
+    assert (settings["dtype"], settings["scheduler"]) == ("float32", "ddim")  # the config says dtype: auto
+    assert "<tr><th>dtype</th><td>float32</td></tr>" in (a / "report" / "report.html").read_text()
+    assert "\n- dtype: float32\n" in (a / "report" / "report.md").read_text()
+    b = edit_job(make_run(tmp_path / "b", scores), lambda job: job.update(workers=workers("bfloat16")))
+    assert main(["compare", str(a), str(b)]) == 0
+    result = json.loads((b / "compare" / "compare.json").read_text())
+    assert (result["run_a"]["dtype"], result["run_b"]["dtype"]) == ("float32", "bfloat16")
+    assert result["changed_settings"] == [{"setting": "dtype", "a": "float32", "b": "bfloat16"}]
+    unrecorded = make_run(tmp_path / "c", scores)  # a job.json without workers: the configured value
+    assert main(["report", str(unrecorded)]) == 0
+    assert json.loads((unrecorded / "report" / "report.json").read_text())["settings"]["dtype"] == "auto"
 
 
 def test_a_100000_row_report_streams_images_in_bounded_memory(tmp_path):
