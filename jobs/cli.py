@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         _error(f"interrupted by {signals.signal_name_of(stop)}", json_logs, exit_code=signals.exit_code_of(stop))
         return signals.exit_code_of(stop)
     finally:
-        signals.restore_defaults()
+        # Until the process exits (Ray's shutdown runs at exit), a stop signal must not raise mid-tidy.
+        signals.stopping()
 
 
 def configure_logging(verbose: bool, json_logs: bool) -> None:

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from jobs import signals
 from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerInfo
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ class Dispatcher:
         while len(self.actors) < self.workers:
             self.actors.append(self._new_actor(len(self.actors)))
         while self.pending or self._tasks:
+            signals.raise_if_received()
             waitables = [a.ready_ref for a in self.actors if a.alive and a.ready_ref is not None]
             waitables += list(self._tasks)
             if not waitables:

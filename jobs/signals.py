@@ -49,12 +49,14 @@ def signal_name_of(interrupt: KeyboardInterrupt) -> str:
 class _Handler:
     def __init__(self) -> None:
         self.stopping = False
+        self.received: int | None = None  # the first stop signal, kept in case a library swallows the raise
 
     def __call__(self, signum: int, frame) -> None:
         if self.stopping:
             logger.warning("%s received while stopping; still stopping", signal.Signals(signum).name)
             return
         self.stopping = True
+        self.received = signum
         raise Interrupted(signum)
 
 
@@ -64,7 +66,7 @@ _handler = _Handler()
 def install() -> None:
     """Route the stop signals to `Interrupted`. A signal the process started with ignored stays ignored
     (`nohup`, a script's background job), as Unix programs do. Main thread only, as Python requires."""
-    _handler.stopping = False
+    _handler.stopping, _handler.received = False, None
     _route_signals()
 
 
@@ -79,6 +81,13 @@ def _route_signals() -> None:
 def stopping() -> None:
     """From now on stop signals are noted but raise nothing: the job is already shutting down."""
     _handler.stopping = True
+
+
+def raise_if_received() -> None:
+    """Raise `Interrupted` for a stop signal whose raise did not reach the caller (code that catches
+    KeyboardInterrupt can swallow it); loops call this at safe points."""
+    if _handler.received is not None:
+        raise Interrupted(_handler.received)
 
 
 def restore_defaults() -> None:

@@ -55,6 +55,15 @@ def model_cache(tmp_path_factory) -> Path:
     return cache
 
 
+@pytest.fixture(autouse=True)
+def python_signal_handling():
+    """`main()` keeps genbatch's stop-signal handlers until the process exits; tests run many in one process."""
+    yield
+    from jobs import signals
+
+    signals.restore_defaults()
+
+
 @pytest.fixture
 def sigint_as_in_a_terminal():
     """Ctrl-C handled as in a terminal, here and in the subprocesses a test starts, whatever the test

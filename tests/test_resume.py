@@ -104,6 +104,31 @@ def test_an_actor_killed_mid_shard_is_replaced_and_its_shard_retried(workdir, ma
     assert len(set(pids)) == 2  # the replacement is a new process
 
 
+def test_an_actors_death_charges_a_retry_only_to_the_shard_it_was_running(workdir, manifest, ray_session):
+    """With no retries allowed, the shard running on a killed actor fails; the one queued behind it does not."""
+    from jobs.config import load_config
+    from jobs.driver import run_job
+
+    pids, kills, finished = [], [], []
+
+    def kill_worker_mid_first_shard(rows, failed):
+        if not kills and pids:
+            kills.append(pids[0])
+            os.kill(pids[0], signal.SIGKILL)
+
+    hooks = JobHooks(
+        on_progress=kill_worker_mid_first_shard,
+        on_worker_ready=lambda info: pids.append(info.pid),
+        on_shard_done=lambda result: finished.append(result.shard),
+    )
+    config = config_for(workdir, manifest, "no-retries", resources={**RESOURCES, "max_shard_retries": 0})
+    summary = run_job(load_config(config), progress="off", hooks=hooks)
+    assert (summary.ok, summary.failed, summary.shards_failed, summary.retries) == (ROWS - 4, 4, 1, 0)
+    record = json.loads((workdir / "no-retries" / "job.json").read_text())
+    assert [failure["shard"] for failure in record["failed_shards"]] == [0]  # shard 1 was queued: requeued, not failed
+    assert sorted(finished) == [1, 2, 3, 4, 5]
+
+
 def test_a_shard_that_keeps_failing_is_recorded_and_the_others_finish(workdir, manifest, reference, capsys):
     config = config_for(workdir, manifest, "blocked", resources={**RESOURCES, "max_shard_retries": 2})
     output = workdir / "blocked"
@@ -156,10 +181,15 @@ def test_retry_failed_reruns_only_the_error_rows_of_their_shards(workdir, manife
 
     assert main(["run", str(config), "--quiet"]) == 1  # a plain rerun keeps the errors
     assert "nothing to do" in capsys.readouterr().out
-    assert main(["run", str(config), "--quiet", "--retry-failed"]) == 0
-    assert capsys.readouterr().out.startswith(
-        "genbatch: done: 24 ok, 0 failed of 24 rows in 6 shards, 5 already complete"
-    )
+    assert main(["run", str(config), "--log-format", "json", "--retry-failed"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert (summary["ok"], summary["failed"], summary["shards"], summary["shards_run"]) == (24, 0, 6, 1)
+    # Progress counts the 2 images regenerated, not the 4 of the shard.
+    progress = [json.loads(line) for line in captured.err.splitlines() if '"progress"' in line]
+    assert (progress[-1]["rows_done"], progress[-1]["rows_total"]) == (2, 2)
+    stats = json.loads((output / "stats" / "shard-00001.json").read_text())
+    assert stats["generated"] == 2
     assert_same_output(output, reference)
     assert {p.name: p.stat().st_mtime_ns for p in (output / "data").iterdir() if p.name != shard.name} == untouched
     durations = pq.read_table(shard).column("duration_s").to_pylist()

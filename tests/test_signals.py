@@ -1,0 +1,132 @@
+"""SIGTERM and SIGHUP (batch schedulers, hang-ups) stop a job the way Ctrl-C does, at any moment.
+
+Each test runs the CLI in a child process, sends a real signal at start-up or mid-job, and checks the
+exit code, the output streams, job.json and that what is on disk is whole and counted exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import write_config, write_manifest
+
+pytestmark = pytest.mark.slow
+ROWS, SHARD_SIZE = 200, 4
+
+
+def start_job(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, Path]:
+    manifest = write_manifest(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(ROWS)]})
+    output = tmp_path / "out"
+    config = write_config(tmp_path / "job.yaml", manifest, output, shard_size=SHARD_SIZE, generation={"steps": 4})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", "run", str(config), "--quiet", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd(), **(env or {})},
+        start_new_session=True,  # a signal to the test runner's group must not reach it
+    )
+    return process, output
+
+
+def wait_until(process: subprocess.Popen, ready, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+
+
+def job_record(output: Path) -> dict:
+    path = output / "job.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def shards_on_disk(output: Path) -> list[Path]:
+    return sorted((output / "data").glob("*.parquet")) if (output / "data").is_dir() else []
+
+
+def assert_stopped_cleanly(output: Path, stdout: str, stderr: str, name: str) -> None:
+    """Only whole shards remain, and the summary and job.json count exactly what is on disk."""
+    files = sorted((output / "data").iterdir()) if (output / "data").is_dir() else []
+    assert all(f.name.startswith("shard-") and f.suffix == ".parquet" for f in files), files  # no temp files
+    on_disk = sum(pq.read_table(f).num_rows for f in files)
+    assert on_disk == SHARD_SIZE * len(files)  # every visible shard is complete
+    record = job_record(output)
+    assert record["status"] == "interrupted" and record["signal"] == name
+    counts = record["counts"]
+    assert (counts["ok"], counts["failed"], counts["not_run"]) == (on_disk, 0, ROWS - on_disk)
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_mid_job_stops_it_like_ctrl_c(tmp_path, ray_session, sig):
+    address = ray_session.get_runtime_context().gcs_address
+    process, output = start_job(tmp_path, "--address", address)
+    wait_until(process, lambda: len(shards_on_disk(output)) >= 2)
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + sig
+    name = signal.Signals(sig).name
+    assert f"genbatch: interrupted by {name}" in stderr
+    (summary,) = [line for line in stdout.splitlines() if line.startswith("genbatch: interrupted: ")]
+    assert_stopped_cleanly(output, stdout, stderr, name)
+    ok = job_record(output)["counts"]["ok"]
+    assert summary.startswith(f"genbatch: interrupted: {ok} ok, 0 failed, {ROWS - ok} not run of {ROWS} rows")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_workers_load_stops_the_job_with_json_only_output(tmp_path, ray_session, sig):
+    address = ray_session.get_runtime_context().gcs_address
+    process, output = start_job(tmp_path, "--address", address, "--log-format", "json")
+    wait_until(process, lambda: job_record(output).get("status") == "running")  # recorded; Ray and actors starting
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + sig, stderr
+    records = [json.loads(line) for line in stderr.splitlines()]  # raises on any line that is not JSON
+    errors = [r for r in records if r.get("event") == "error"]
+    assert errors == [
+        {"event": "error", "message": f"interrupted by {signal.Signals(sig).name}", "exit_code": 128 + sig}
+    ]
+    (summary,) = [json.loads(line) for line in stdout.splitlines()]
+    assert (summary["event"], summary["interrupted"], summary["signal"]) == ("summary", True, signal.Signals(sig).name)
+    assert summary["exit_code"] == 128 + sig
+    assert_stopped_cleanly(output, stdout, stderr, signal.Signals(sig).name)
+
+
+def test_sigterm_while_ray_itself_starts_is_handled_by_genbatch_not_ray(tmp_path, ray_session):
+    """Without --address genbatch starts Ray; Ray's own SIGTERM handlers (exit 1, 15, or 134 with a stack
+    dump) must not take over while it does."""
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    process, output = start_job(tmp_path, "--log-format", "json", env={**env, "RAY_ADDRESS": ""})
+    wait_until(process, lambda: job_record(output).get("status") == "running")
+    time.sleep(1.0)  # well inside ray.init, which takes several seconds here
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    for line in stderr.splitlines():
+        json.loads(line)  # nothing from Ray or a stack dump
+    assert json.loads(stdout)["signal"] == "SIGTERM"
+    assert_stopped_cleanly(output, stdout, stderr, "SIGTERM")
+
+
+def test_more_signals_during_shutdown_do_not_cut_it_short(tmp_path, ray_session):
+    address = ray_session.get_runtime_context().gcs_address
+    process, output = start_job(tmp_path, "--address", address)
+    wait_until(process, lambda: len(shards_on_disk(output)) >= 2)
+    process.send_signal(signal.SIGTERM)
+    for second in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        time.sleep(0.05)
+        if process.poll() is None:
+            process.send_signal(second)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr  # the first signal decides
+    assert_stopped_cleanly(output, stdout, stderr, "SIGTERM")
