@@ -15,8 +15,8 @@ from jobs.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_ROWS_FAILED, OutputError
 from jobs.jobfile import package_versions, utc_now, write_job_file
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest, seed_column_warning
-from jobs.preflight import check_models
 from jobs.planner import plan_shards
+from jobs.preflight import check_models
 from jobs.progress import Progress
 from jobs.resume import ResumePlan, check_same_job, clear_output, identity_key, job_identity, plan_resume, read_job_file
 from workers import storage

@@ -55,7 +55,8 @@ def _ask_hub(key: str, ref: str, revision: str | None, index_file: str) -> None:
             raise explained from None
         status = error.response.status_code
         advice = "check HF_TOKEN (or `hf auth login`)" if status in (401, 403) else "try again later"
-        raise ModelNotFoundError(f"the Hugging Face hub answered HTTP {status} for model {ref!r}{at}; {advice}") from None
+        message = f"the Hugging Face hub answered HTTP {status} for model {ref!r}{at}; {advice}"
+        raise ModelNotFoundError(message) from None
     except (httpx2.RequestError, OSError) as error:
         if is_cached(ref, revision, index_file):
             return  # the actors load it from the cache

@@ -107,9 +107,7 @@ def test_the_cli_says_it_in_one_line_and_exits_2(tmp_path, capsys, no_ray):
 
 
 def test_online_one_request_per_hub_model_without_retries(tmp_path, online):
-    config = job_config(
-        tmp_path, model={"id": "org/pipe", "revision": "v2"}, clip={"model": "org/clip"}, seed=3
-    )
+    config = job_config(tmp_path, model={"id": "org/pipe", "revision": "v2"}, clip={"model": "org/clip"}, seed=3)
     check_models(config)
     assert online.calls == [
         (huggingface_hub.hf_hub_url("org/pipe", "model_index.json", revision="v2"), {"timeout": HUB_TIMEOUT_S}),
@@ -195,3 +193,13 @@ def test_online_an_unreachable_hub_is_fine_for_a_cached_model(tmp_path, online):
     online.answer = httpx2.ConnectError("[Errno -3] Temporary failure in name resolution")
     check_models(job_config(tmp_path, model={"id": "genbatch-test/preflight-cached"}))
     assert len(online.calls) == 1
+
+
+def test_forwarded_actor_lines_carry_no_colour_codes_when_stderr_is_no_terminal(monkeypatch, capsys):
+    import ray
+
+    monkeypatch.setenv("RAY_COLOR_PREFIX", "unset below; removed again after the test")
+    monkeypatch.delenv("RAY_COLOR_PREFIX")
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    cluster.connect(None)
+    assert os.environ["RAY_COLOR_PREFIX"] == "0"

@@ -83,9 +83,7 @@ def test_csv_quoted_fields_and_pass_through_columns(tmp_path):
     summary = import_prompts(source, output)
 
     ids = ["000000", "000001", "000002", "000003", "000004"]
-    assert summary == ImportSummary(
-        rows=5, prompts=5, columns=["id", "prompt", "style", "extra"], output=output
-    )
+    assert summary == ImportSummary(rows=5, prompts=5, columns=["id", "prompt", "style", "extra"], output=output)
     assert read(output) == {
         "id": ids,
         "prompt": ["a cat, sitting", 'she said "hello"', "tab\there", "two\r\nlines", UNICODE],

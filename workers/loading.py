@@ -85,7 +85,8 @@ def quiet_hub() -> None:
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category, module="huggingface_hub")
     warnings.filterwarnings("ignore", message=".*(deprecated|is ignored)", module="huggingface_hub")
-    from huggingface_hub.utils import disable_progress_bars, logging as hub_logging
+    from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils import logging as hub_logging
 
     hub_logging.set_verbosity_error()
     disable_progress_bars()
