@@ -206,7 +206,7 @@ def job_record(
     identity: dict,
     shards: int,
     previous: dict | None,
-    warnings: list[str] = (),
+    warnings: list[str],
 ) -> dict:
     return {
         "status": "running",
@@ -219,7 +219,7 @@ def job_record(
             "fingerprint": manifest.fingerprint,
         },
         "shards": shards,
-        "warnings": list(warnings),
+        "warnings": warnings,
         "versions": package_versions(),
         "started_at": (previous or {}).get("started_at") or utc_now(),
         "resumed_at": utc_now() if previous else None,
