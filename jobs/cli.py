@@ -53,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     manifest.add_argument("--prompt-column", help="column holding the prompt (default: prompt, else Prompt)")
     manifest.add_argument("--id-column", help="column holding unique ids (default: ids from the record number)")
     manifest.add_argument("--images-per-prompt", type=int, default=1, metavar="K", help="K rows per prompt")
-    manifest.add_argument("--seed", type=int, default=0, help="base seed the rows' seeds are derived from")
+    manifest.add_argument(
+        "--seed",
+        type=int,
+        help="write a seed column derived from this base seed (default: none; the job's seed: then applies)",
+    )
 
     report = commands.add_parser("report", help="CLIP-score report of a run: report.html, report.md, report.json")
     report.add_argument("run", help="the run's output folder or URI (s3://...)")

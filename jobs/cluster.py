@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ def connect(address: str | None, forward_actor_logs: bool = True) -> None:
 
     Without `forward_actor_logs`, actors' logs stay in Ray's session log folder instead of this process's
     stderr (JSON logs must not be interleaved with Ray's plain-text lines)."""
+    if not sys.stderr.isatty():
+        # Ray wraps each forwarded actor line in colour codes unless told not to: raw escapes in collected logs.
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     local = not address and not os.environ.get("RAY_ADDRESS")
     if local:
         # A local instance listens on loopback only; Ray reads this when it is first imported.

@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jobs.errors import ConfigError, one_line
-from workers.loading import missing_model_folder
+from workers.loading import missing_model_folder, unknown_model_ref
 from workers.schedulers import SCHEDULERS
 
 
@@ -19,7 +19,8 @@ class _Section(BaseModel):
 
 class ModelConfig(_Section):
     id: str = Field(
-        "tiny", description='"tiny" or "tiny-sdxl" (built-in), a Hugging Face hub id, or a local diffusers folder.'
+        "tiny",
+        description='"tiny" or "tiny-sdxl" (built-in), a Hugging Face hub id (org/name), or a local diffusers folder.',
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to load.")
     variant: str | None = Field(None, description="Weights variant to load, e.g. fp16 (*.fp16.safetensors).")
@@ -43,6 +44,8 @@ class ModelConfig(_Section):
         missing = missing_model_folder(ref)
         if missing:
             raise ValueError(f"model folder {missing} does not exist")
+        if unknown_model_ref(ref):
+            raise ValueError(f"no folder {ref!r} and not a Hugging Face id (org/name)")
         return ref
 
 
@@ -71,7 +74,9 @@ class GenerationConfig(_Section):
 
 
 class ClipConfig(_Section):
-    model: str | None = Field("tiny", description='"tiny", a hub id, or a local CLIP folder; null disables scoring.')
+    model: str | None = Field(
+        "tiny", description='"tiny", a hub id (org/name), or a local CLIP folder; null disables scoring.'
+    )
 
     @field_validator("model")
     @classmethod
@@ -79,6 +84,8 @@ class ClipConfig(_Section):
         missing = missing_model_folder(ref)
         if missing:
             raise ValueError(f"CLIP folder {missing} does not exist")
+        if unknown_model_ref(ref):
+            raise ValueError(f"no folder {ref!r} and not a Hugging Face id (org/name)")
         return ref
 
 

@@ -15,8 +15,9 @@ from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks
 from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, OutputError, WorkerStartError, one_line
 from jobs.jobfile import package_versions, utc_now, write_job_file
 from jobs.lock import OutputLock
-from jobs.manifest import Manifest, read_manifest
+from jobs.manifest import Manifest, read_manifest, seed_column_warning
 from jobs.planner import plan_shards
+from jobs.preflight import check_models
 from jobs.progress import Progress
 from jobs.resume import (
     ResumePlan,
@@ -87,8 +88,12 @@ def run_job(
     `interrupted`, and counts what is on disk."""
     started = time.perf_counter()
     hooks = hooks or JobHooks()
-    # 1. Validate the whole manifest before anything is written or started.
+    # 1. Validate the whole manifest, and check that hub models can be had, before anything is written or started.
     manifest = read_manifest(config.manifest, config.mode)
+    warnings = job_warnings(config, manifest)
+    for warning in warnings:
+        logger.warning("%s", warning)
+    check_models(config)
     shards = plan_shards(manifest, config.shard_size, config.generation.images_per_prompt)
     identity = job_identity(config, manifest)
     key = identity_key(identity)
@@ -104,7 +109,7 @@ def run_job(
         plan = plan_resume(output, shards, key, retry_failed)
         if previous is not None and not plan.has_shards:
             previous = None  # a folder without a complete shard belongs to no job: start afresh
-        record = job_record(config, manifest, identity, len(shards), previous)
+        record = job_record(config, manifest, identity, len(shards), previous, warnings)
         if not plan.todo:
             # Every shard is already complete: rewrite nothing, start nothing (a lost job.json is rebuilt).
             summary = summarize(manifest, shards, plan, DispatchOutcome(), {}, output, started)
@@ -244,7 +249,20 @@ def worker_settings(
     )
 
 
-def job_record(config: JobConfig, manifest: Manifest, identity: dict, shards: int, previous: dict | None) -> dict:
+def job_warnings(config: JobConfig, manifest: Manifest) -> list[str]:
+    """Settings of the config that the manifest overrides, said once at start and kept in job.json."""
+    seeds = seed_column_warning(manifest, config.seed) if config.mode == "generate" else None
+    return [seeds] if seeds else []
+
+
+def job_record(
+    config: JobConfig,
+    manifest: Manifest,
+    identity: dict,
+    shards: int,
+    previous: dict | None,
+    warnings: list[str],
+) -> dict:
     return {
         "status": "running",
         "identity": identity,
@@ -256,6 +274,7 @@ def job_record(config: JobConfig, manifest: Manifest, identity: dict, shards: in
             "fingerprint": manifest.fingerprint,
         },
         "shards": shards,
+        "warnings": warnings,
         "versions": package_versions(),
         "started_at": (previous or {}).get("started_at") or utc_now(),
         "resumed_at": utc_now() if previous else None,

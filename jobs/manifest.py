@@ -36,6 +36,7 @@ class Manifest:
     has_id_column: bool
     rows: int
     fingerprint: str
+    seeded_rows: int = 0  # rows whose `seed` column holds a value: the job's seed does not apply to them
 
 
 @dataclass
@@ -118,8 +119,7 @@ def read_manifest(source: str, mode: str = "generate") -> Manifest:
     has_id = C.ID in schema.names
     # One 8-byte key per row (the id itself, or its hash) is all the uniqueness check keeps in memory.
     keys = np.empty(first_row, dtype=np.int64) if has_id else None
-    for manifest_file in files:
-        _check_rows(manifest_file, schema, has_id, keys, mode)
+    seeded = sum(_check_rows(manifest_file, schema, has_id, keys, mode) for manifest_file in files)
     if keys is not None:  # without an id column, ids are row positions: unique by construction
         _check_unique_ids(source if len(files) > 1 else files[0].path, files, keys)
     return Manifest(
@@ -129,6 +129,20 @@ def read_manifest(source: str, mode: str = "generate") -> Manifest:
         has_id_column=has_id,
         rows=first_row,
         fingerprint=fingerprint(paths),
+        seeded_rows=seeded,
+    )
+
+
+def seed_column_warning(manifest: Manifest, job_seed: int) -> str | None:
+    """What to tell a user whose config `seed:` the manifest's own seeds override, if it overrides any."""
+    if manifest.seeded_rows == 0:
+        return None
+    if manifest.seeded_rows == manifest.rows:
+        return f"manifest column 'seed' sets every row's seed; the config's seed: {job_seed} applies to none of them"
+    others = manifest.rows - manifest.seeded_rows
+    return (
+        f"manifest column 'seed' sets the seed of {manifest.seeded_rows} of {manifest.rows} rows; "
+        f"the config's seed: {job_seed} applies only to the other {others}"
     )
 
 
@@ -180,8 +194,10 @@ def _check_schema(path: str, schema: pa.Schema, mode: str) -> None:
 
 def _check_rows(
     manifest_file: ManifestFile, schema: pa.Schema, has_id: bool, keys: np.ndarray | None, mode: str
-) -> None:
-    """Check every row of one file; fills this file's part of `keys` (one id key per row) if there are ids."""
+) -> int:
+    """Check every row of one file; fills this file's part of `keys` (one id key per row) if there are ids.
+
+    Returns how many of the file's rows have a seed."""
     path = manifest_file.path
     wanted = [n for n in (C.ID, C.PROMPT, C.SEED, C.STRENGTH, *C.ROW_OVERRIDES) if n in schema.names]
     if mode == "reconstruct":  # the prompt is optional: it is only used for a CLIP score, when present
@@ -200,9 +216,11 @@ def _check_rows(
     problems = {name: _Problem(path, name, rule) for name, rule, _ in rules if name in wanted}
     if C.ID in problems:
         problems[C.ID].shown_as = "file rows"  # a null id cannot name its row; its position can
-    offset = 0
+    offset, seeded = 0, 0
     for batch in _batches(path, wanted):
         start, offset = offset, offset + batch.num_rows
+        if C.SEED in wanted:
+            seeded += batch.num_rows - batch.column(C.SEED).null_count
         if keys is not None:
             first = manifest_file.first_row + start
             keys[first : first + batch.num_rows] = _id_keys(batch.column(C.ID))
@@ -223,6 +241,7 @@ def _check_rows(
     if found:
         others = f" (and {len(found) - 1} more problems)" if len(found) > 1 else ""
         raise ManifestError(found[0].message() + others)
+    return seeded
 
 
 def _check_unique_ids(where: str, files: list[ManifestFile], keys: np.ndarray) -> None:

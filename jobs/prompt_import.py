@@ -70,12 +70,13 @@ def import_prompts(
     prompt_column: str | None = None,
     id_column: str | None = None,
     images_per_prompt: int = 1,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> ImportSummary:
     """Write a manifest with `images_per_prompt` rows per prompt; raises ManifestError naming what is wrong.
 
     Ids are stable across reruns of the same input: the prompt's 0-based index (`000000`) or its `id_column` value,
-    with `-k` appended when there are several images per prompt. Seeds are derived from (seed, id).
+    with `-k` appended when there are several images per prompt. With a `seed`, a `seed` column holds seeds derived
+    from (seed, id); without one there is no seed column, and the job derives each row's seed from its own seed.
     """
     # 1. Check the arguments and read the input
     if images_per_prompt < 1:
@@ -100,13 +101,14 @@ def import_prompts(
     # 3. Check every record; one message names the first broken rule and up to 5 of its lines
     prompts, bases, extra = _check_records(input_path, records, prompt_source, id_column, passed)
 
-    # 4. Expand to one row per image, with a seed derived from the row's id
+    # 4. Expand to one row per image, with a seed derived from the row's id when a seed is given
     ids = [base if images_per_prompt == 1 else f"{base}-{k}" for base in bases for k in range(images_per_prompt)]
     arrays = {
         C.ID: pa.array(ids, pa.string()),
         C.PROMPT: pa.array([p for p in prompts for _ in range(images_per_prompt)], pa.string()),
-        C.SEED: pa.array([derive_seed(seed, row_id) for row_id in ids], pa.int64()),
     }
+    if seed is not None:
+        arrays[C.SEED] = pa.array([derive_seed(seed, row_id) for row_id in ids], pa.int64())
     for target, values in extra.items():
         kind = {int: pa.int64(), float: pa.float64()}.get(_OVERRIDE_TYPES.get(target), pa.string())
         arrays[target] = pa.array([v for v in values for _ in range(images_per_prompt)], kind)

@@ -76,9 +76,14 @@ def test_manifest_command_turns_a_prompt_list_into_a_runnable_manifest(tmp_path,
     target = tmp_path / "m.parquet"
     assert main(["manifest", str(source), "-o", str(target), "--images-per-prompt", "2"]) == 0
     assert capsys.readouterr().out.strip() == (
-        f"genbatch: wrote 4 rows (2 prompts) to {target}; columns: id, prompt, seed, category, challenge, note"
+        f"genbatch: wrote 4 rows (2 prompts) to {target}; columns: id, prompt, category, challenge, note"
     )
     manifest = read_manifest(str(target))
     assert manifest.rows == 4 and manifest.has_id_column
+    assert main(["manifest", str(source), "-o", str(target), "--seed", "7"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"genbatch: wrote 2 rows (2 prompts) to {target}; columns: id, prompt, seed, category, challenge, note"
+    )
+    assert read_manifest(str(target)).seeded_rows == 2
     assert main(["manifest", str(tmp_path / "nope.csv"), "-o", str(tmp_path / "x.parquet")]) == 2
     assert f"genbatch: error: {tmp_path / 'nope.csv'}: file not found" in capsys.readouterr().err

@@ -60,6 +60,12 @@ def test_set_overrides_parse_values_as_yaml_and_reach_nested_keys(tmp_path):
         (["generation.guidance_scale=-1"], "generation.guidance_scale: Input should be greater than or equal to 0"),
         (["model.id=./no/such/model"], "model.id: model folder ./no/such/model does not exist"),
         (["clip.model=/no/such/clip"], "clip.model: CLIP folder /no/such/clip does not exist"),
+        (["model.id=tinyy"], "model.id: no folder 'tinyy' and not a Hugging Face id (org/name)"),
+        (["clip.model=clip"], "clip.model: no folder 'clip' and not a Hugging Face id (org/name)"),
+        (["model.id=org/my model"], "model.id: no folder 'org/my model' and not a Hugging Face id (org/name)"),
+        (["model.id=org--a/b"], "model.id: no folder 'org--a/b' and not a Hugging Face id (org/name)"),
+        (["model.id=org/-name"], "model.id: no folder 'org/-name' and not a Hugging Face id (org/name)"),
+        (["model.id=/name"], "model.id: model folder /name does not exist"),
         (["generation.steps"], "expected dotted.key=value"),
         (["generation.steps.x=1"], "generation.steps is not a section"),
     ],
@@ -85,13 +91,17 @@ def test_missing_required_keys_and_files_are_named(tmp_path):
         load_config(path)
 
 
-def test_existing_model_folder_and_hub_ids_are_accepted(tmp_path):
+def test_existing_model_folder_and_hub_ids_are_accepted(tmp_path, monkeypatch):
     folder = tmp_path / "my-model"
     folder.mkdir()
     path = write_config(tmp_path / "job.yaml", "m.parquet", "out")
     assert load_config(path, [f"model.id={folder}"]).model.id == str(folder)
-    # A hub id is only resolved on the workers.
-    assert load_config(path, ["model.id=org/name"]).model.id == "org/name"
+    monkeypatch.chdir(tmp_path)
+    assert load_config(path, ["model.id=my-model", "clip.model=my-model"]).model.id == "my-model"
+    # A hub id is checked against the hub when the job starts, not here.
+    for ref in ("org/name", "stabilityai/stable-diffusion-2-1-base", "openai/clip-vit-large-patch14", "a_b/c.d-2"):
+        config = load_config(path, [f"model.id={ref}", f"clip.model={ref}"])
+        assert (config.model.id, config.clip.model) == (ref, ref)
 
 
 def test_shipped_configs_are_valid():

@@ -6,8 +6,11 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from jobs.cli import main
 from tests.conftest import read_output, write_config, write_manifest
+from workers.loading import ModelNotFoundError, load_clip
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -42,7 +45,7 @@ def test_hub_ids_load_from_the_cache_in_offline_mode(tmp_path, tiny_dirs, ray_se
     assert hub.column("clip_score").to_pylist() == tiny.column("clip_score").to_pylist()
 
 
-def test_a_model_missing_from_the_cache_says_how_to_fetch_it(tmp_path, capsys, ray_session):
+def test_a_model_missing_from_the_cache_says_how_to_fetch_it(tmp_path, capsys):
     manifest = write_manifest(tmp_path / "p.parquet", {"prompt": ["a lighthouse"]})
     config = write_config(
         tmp_path / "job.yaml", manifest, tmp_path / "out", model={"id": "genbatch-test/not-downloaded"}
@@ -50,9 +53,15 @@ def test_a_model_missing_from_the_cache_says_how_to_fetch_it(tmp_path, capsys, r
     assert main(["run", str(config), "--quiet"]) == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("genbatch:")]
     assert line == (
-        "genbatch: error: no worker could load the models: ModelNotFoundError: model 'genbatch-test/not-downloaded' "
+        "genbatch: error: model.id: model 'genbatch-test/not-downloaded' "
         f"is not in the Hugging Face cache ({os.environ['HF_HUB_CACHE']}) and HF_HUB_OFFLINE=1 forbids downloading it; "
         "fetch it first with `hf download genbatch-test/not-downloaded` on every node (same HF_HOME), "
         "or unset HF_HUB_OFFLINE"
     )
-    assert list((tmp_path / "out").rglob("*.parquet")) == []  # nothing written
+    assert not (tmp_path / "out").exists()  # checked in the driver, before anything is written or started
+
+
+def test_a_node_without_the_model_in_its_cache_says_so_from_its_actor():
+    """The driver checks its own cache; an actor on another node checks that node's."""
+    with pytest.raises(ModelNotFoundError, match="^model 'genbatch-test/elsewhere' is not in the Hugging Face cache"):
+        load_clip("genbatch-test/elsewhere", None)

@@ -185,6 +185,9 @@ def test_job_file_records_config_manifest_versions_and_counts(job_dir):
     assert record["config"]["generation"] == generation
     assert record["config"]["shard_size"] == 3
     assert record["manifest"]["rows"] == 7 and len(record["manifest"]["fingerprint"]) == 64
+    assert record["warnings"] == [
+        "manifest column 'seed' sets the seed of 2 of 7 rows; the config's seed: 0 applies only to the other 5"
+    ]
     assert record["versions"]["torch"] == metadata.version("torch")
     assert {"diffusers", "transformers", "ray", "pyarrow"} <= set(record["versions"])
     assert record["started_at"] <= record["finished_at"]

@@ -5,7 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.cli import main
-from jobs.manifest import find_manifest_files, read_manifest
+from jobs.config import JobConfig
+from jobs.driver import job_warnings
+from jobs.manifest import find_manifest_files, read_manifest, seed_column_warning
 from tests.conftest import write_config, write_manifest
 
 
@@ -148,3 +150,27 @@ def test_fingerprint_follows_the_contents(tmp_path):
     assert read_manifest(str(path)).fingerprint == first
     pq.write_table(pa.table({"id": ["a", "b", "c"], "prompt": ["x", "y", "CHANGED"]}), path)
     assert read_manifest(str(path)).fingerprint != first
+
+
+@pytest.mark.parametrize(
+    ("seeds", "expected"),
+    [
+        (None, None),
+        ([None, None, None], None),
+        ([1, 2, 3], "manifest column 'seed' sets every row's seed; the config's seed: 42 applies to none of them"),
+        (
+            [1, None, 3],
+            "manifest column 'seed' sets the seed of 2 of 3 rows; the config's seed: 42 applies only to the other 1",
+        ),
+    ],
+    ids=["no-column", "all-null", "every-row", "some-rows"],
+)
+def test_a_seed_column_that_overrides_the_config_seed_is_said(tmp_path, seeds, expected):
+    columns = dict(GOOD) if seeds is None else {**GOOD, "seed": pa.array(seeds, pa.int64())}
+    manifest = read_manifest(str(write_manifest(tmp_path / "m.parquet", columns, row_group_size=2)))
+    assert manifest.seeded_rows == (0 if seeds is None else sum(s is not None for s in seeds))
+    assert seed_column_warning(manifest, 42) == expected
+    config = JobConfig.model_validate({"manifest": "m.parquet", "output": "out", "seed": 42})
+    assert job_warnings(config, manifest) == ([expected] if expected else [])
+    reconstruct = config.model_copy(update={"mode": "reconstruct"})
+    assert job_warnings(reconstruct, manifest) == []  # a VAE round trip has no noise to seed

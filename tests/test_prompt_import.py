@@ -1,18 +1,23 @@
-"""Prompt lists (.txt, .csv, .tsv, .jsonl) become manifests with stable ids and seeds; bad input names its lines."""
+"""Prompt lists (.txt, .csv, .tsv, .jsonl) become manifests with stable ids (and seeds when asked); bad input names its
+lines."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from jobs.cli import main
 from jobs.errors import ManifestError
 from jobs.manifest import read_manifest
 from jobs.prompt_import import ImportSummary, import_prompts
-from workers.rows import derive_seed
+from tests.conftest import read_output, write_config
+from workers.rows import derive_seed, resolve_rows
+from workers.tasks import GenerationDefaults
 
 BOM = "\ufeff"
 UNICODE = "café ☕ 東京"
@@ -53,14 +58,13 @@ def test_txt_one_prompt_per_line_blank_lines_skipped(tmp_path, ending, prefix):
     summary = import_prompts(source, output)
 
     ids = ["000000", "000001", "000002", "000003"]
-    assert summary == ImportSummary(rows=4, prompts=4, columns=["id", "prompt", "seed"], output=output)
+    assert summary == ImportSummary(rows=4, prompts=4, columns=["id", "prompt"], output=output)
     assert read(output) == {
         "id": ids,
         "prompt": ["a red fox", UNICODE, 'say "hi",\tthen go', "last line without ending"],
-        "seed": seeds(ids),
     }
     schema = pq.read_schema(output)
-    assert [(f.name, f.type) for f in schema] == [("id", pa.string()), ("prompt", pa.string()), ("seed", pa.int64())]
+    assert [(f.name, f.type) for f in schema] == [("id", pa.string()), ("prompt", pa.string())]
 
 
 def test_csv_quoted_fields_and_pass_through_columns(tmp_path):
@@ -79,13 +83,10 @@ def test_csv_quoted_fields_and_pass_through_columns(tmp_path):
     summary = import_prompts(source, output)
 
     ids = ["000000", "000001", "000002", "000003", "000004"]
-    assert summary == ImportSummary(
-        rows=5, prompts=5, columns=["id", "prompt", "seed", "style", "extra"], output=output
-    )
+    assert summary == ImportSummary(rows=5, prompts=5, columns=["id", "prompt", "style", "extra"], output=output)
     assert read(output) == {
         "id": ids,
         "prompt": ["a cat, sitting", 'she said "hello"', "tab\there", "two\r\nlines", UNICODE],
-        "seed": seeds(ids),
         "style": ["oil", "", "watercolor", "ink", "photo"],
         "extra": ["1", "2", "3", "4", "5"],  # csv values stay strings
     }
@@ -105,11 +106,10 @@ def test_tsv_partiprompts_headers_and_literal_quotes(tmp_path):
     summary = import_prompts(source, output)
 
     ids = ["000000", "000001", "000002", "000003"]
-    assert summary.columns == ["id", "prompt", "seed", "category", "challenge", "note"]
+    assert summary.columns == ["id", "prompt", "category", "challenge", "note"]
     assert read(output) == {
         "id": ids,
         "prompt": ["bond", 'A "stop" sign with the word "go"', '"a quoted prompt"', UNICODE],
-        "seed": seeds(ids),
         "category": ["Abstract", "Artifacts", "People", "Food & Beverage"],
         "challenge": ["Basic", "Writing & Symbols", "Perspective", "Simple Detail"],
         "note": ["", 'Note: "quoted" text', "one, two", ""],
@@ -130,12 +130,11 @@ def test_jsonl_keeps_strings_and_stores_other_json_values_as_json_text(tmp_path)
 
     ids = ["000000", "000001"]
     assert summary == ImportSummary(
-        rows=2, prompts=2, columns=["id", "prompt", "seed", "n", "tags", "note", "ok", "score"], output=output
+        rows=2, prompts=2, columns=["id", "prompt", "n", "tags", "note", "ok", "score"], output=output
     )
     assert read(output) == {
         "id": ids,
         "prompt": ['tab\there, "quoted"', UNICODE],
-        "seed": seeds(ids),
         "n": ["3", None],
         "tags": ['["a", "é"]', "plain"],
         "note": [None, None],
@@ -151,11 +150,10 @@ def test_prompt_column_and_id_column(tmp_path):
 
     summary = import_prompts(source, output, prompt_column="text", id_column="uid")
 
-    assert summary.columns == ["id", "prompt", "seed", "cat"]
+    assert summary.columns == ["id", "prompt", "cat"]
     assert read(output) == {
         "id": ["fox-1", "7"],
         "prompt": ["a fox", "a boat"],
-        "seed": seeds(["fox-1", "7"]),
         "cat": ["animal", "vehicle"],
     }
 
@@ -166,7 +164,7 @@ def test_jsonl_id_column_with_numbers_becomes_string_ids(tmp_path):
 
     import_prompts(source, output, id_column="key")
 
-    assert read(output) == {"id": ["7", "b"], "prompt": ["a", "b"], "seed": seeds(["7", "b"])}
+    assert read(output) == {"id": ["7", "b"], "prompt": ["a", "b"]}
 
 
 def test_images_per_prompt_gives_k_rows_with_distinct_derived_seeds(tmp_path):
@@ -182,11 +180,27 @@ def test_images_per_prompt_gives_k_rows_with_distinct_derived_seeds(tmp_path):
     assert len(set(table["seed"])) == 6
 
 
+def test_without_a_seed_there_is_no_seed_column_and_the_job_seed_gives_each_image_its_own(tmp_path):
+    source = write(tmp_path, "prompts.txt", "a fox\na boat\n")
+    output = str(tmp_path / "out.parquet")
+
+    summary = import_prompts(source, output, images_per_prompt=3)
+
+    ids = ["000000-0", "000000-1", "000000-2", "000001-0", "000001-1", "000001-2"]
+    assert summary.columns == ["id", "prompt"]
+    table = pq.read_table(output)
+    defaults = GenerationDefaults(steps=2, guidance_scale=7.5, width=32, height=32, negative_prompt="")
+    for job_seed in (0, 5):
+        rows = resolve_rows(table, table.column("id").combine_chunks(), defaults, job_seed)
+        assert [row.seed for row in rows] == seeds(ids, job_seed)
+        assert len({row.seed for row in rows}) == 6
+
+
 def test_images_per_prompt_with_id_column(tmp_path):
     source = write(tmp_path, "prompts.csv", "id,prompt,style\nfox,a fox,oil\n")
     output = str(tmp_path / "out.parquet")
 
-    import_prompts(source, output, id_column="id", images_per_prompt=2)
+    import_prompts(source, output, id_column="id", images_per_prompt=2, seed=0)
 
     assert read(output) == {
         "id": ["fox-0", "fox-1"],
@@ -200,8 +214,8 @@ def test_ids_and_seeds_are_stable_across_reruns_and_seeds_follow_the_base_seed(t
     source = write(tmp_path, "prompts.tsv", "Prompt\tNote\n" + "".join(f"prompt {i}\tn{i}\n" for i in range(20)))
     first, second, other = (str(tmp_path / name) for name in ("a.parquet", "b.parquet", "c.parquet"))
 
-    import_prompts(source, first, images_per_prompt=2)
-    import_prompts(source, second, images_per_prompt=2)
+    import_prompts(source, first, images_per_prompt=2, seed=0)
+    import_prompts(source, second, images_per_prompt=2, seed=0)
     import_prompts(source, other, images_per_prompt=2, seed=1)
 
     a, b, c = (pq.read_table(path) for path in (first, second, other))
@@ -219,7 +233,7 @@ def test_read_manifest_accepts_the_output(tmp_path):
     import_prompts(source, output, images_per_prompt=2)
 
     manifest = read_manifest(output)
-    assert manifest.columns == ("id", "prompt", "seed", "negative_prompt", "category")
+    assert manifest.columns == ("id", "prompt", "negative_prompt", "category")
     assert manifest.rows == 4
     assert manifest.has_id_column
     assert sorted(os.listdir(tmp_path / "nested" / "deeper")) == ["manifest.parquet"]  # no temporary left behind
@@ -424,3 +438,40 @@ def test_input_that_is_not_utf8(tmp_path):
     source.write_bytes(b"a fox\n\xff\xfe a boat\n")
 
     assert fail(str(source), str(tmp_path / "out.parquet")) == f"{source}: not UTF-8 text (invalid start byte)"
+
+
+SEED_WARNING = "manifest column 'seed' sets every row's seed; the config's seed: {} applies to none of them"
+
+
+def test_the_config_seed_applies_to_imported_prompts_unless_the_import_was_given_a_seed(tmp_path, capsys, ray_session):
+    source = write(tmp_path, "prompts.txt", "a fox\na boat\na tree\na cloud\n")
+    free, fixed = tmp_path / "free.parquet", tmp_path / "fixed.parquet"
+    assert main(["manifest", source, "-o", str(free)]) == 0
+    assert main(["manifest", source, "-o", str(fixed), "--seed", "7"]) == 0
+    capsys.readouterr()
+
+    def run(manifest, seed: int, log_format: str = "text") -> tuple[dict, list, str]:
+        output = tmp_path / f"{manifest.stem}-{seed}"
+        config = write_config(tmp_path / f"{output.name}.yaml", manifest, output, seed=seed, clip={"model": None})
+        assert main(["run", str(config), "--quiet", "--log-format", log_format]) == 0
+        table = read_output(output)
+        images = dict(zip(table.column("id").to_pylist(), table.column("image_sha256").to_pylist()))
+        return images, json.loads((output / "job.json").read_text())["warnings"], capsys.readouterr().err
+
+    images_0, warnings_0, err_0 = run(free, 0)
+    images_1, warnings_1, err_1 = run(free, 1)
+    assert len(images_0) == 4 and images_0.keys() == images_1.keys()
+    assert all(images_0[row] != images_1[row] for row in images_0)
+    assert warnings_0 == warnings_1 == []
+    assert "manifest column 'seed'" not in err_0 + err_1
+
+    images_0, warnings_0, err_0 = run(fixed, 0)
+    images_1, warnings_1, err_1 = run(fixed, 1, log_format="json")
+    assert len(images_0) == 4 and images_0 == images_1
+    assert warnings_0 == [SEED_WARNING.format(0)] and warnings_1 == [SEED_WARNING.format(1)]
+    assert err_0.count("manifest column 'seed'") == 1
+    assert f"WARNING jobs.driver: {SEED_WARNING.format(0)}" in err_0.splitlines()
+    logged = [json.loads(line) for line in err_1.splitlines() if line.startswith("{")]
+    assert [(r["level"], r["message"]) for r in logged if "seed" in r["message"]] == [
+        ("WARNING", SEED_WARNING.format(1))
+    ]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import errno
 import time
-from importlib import metadata
 from dataclasses import replace
+from importlib import metadata
 
 import pyarrow as pa
 import pyarrow.parquet as pq

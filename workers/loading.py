@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 from workers import tiny
 
 logger = logging.getLogger(__name__)
+
+# What the hub accepts as `org/name`: ASCII letters, digits, `-`, `_`, `.`, each part 1-96 long and starting and
+# ending with a letter, digit or `_`.
+_HUB_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
+_HUB_ID = re.compile(f"{_HUB_PART}/{_HUB_PART}")
 
 
 def looks_like_path(ref: str) -> bool:
@@ -37,6 +43,21 @@ def is_builtin(ref: str) -> bool:
     return ref in (tiny.TINY, tiny.TINY_SDXL)
 
 
+def is_hub_id(ref: str) -> bool:
+    """True for a well-formed Hugging Face id `org/name` (the hub also forbids `--` and `..`)."""
+    return bool(_HUB_ID.fullmatch(ref)) and "--" not in ref and ".." not in ref
+
+
+def is_hub_model(ref: str | None) -> bool:
+    """True when `ref` is loaded from the hub (or its cache), not built in or from a local folder."""
+    return ref is not None and not is_builtin(ref) and not looks_like_path(ref) and is_hub_id(ref)
+
+
+def unknown_model_ref(ref: str | None) -> bool:
+    """True when `ref` is neither built in, nor a folder, nor a hub id: nothing could load it."""
+    return ref is not None and not is_builtin(ref) and not looks_like_path(ref) and not is_hub_id(ref)
+
+
 def pipeline_source(ref: str) -> str:
     """What to hand to `from_pretrained` for a pipeline reference."""
     if ref == tiny.TINY_SDXL:
@@ -55,6 +76,22 @@ def _source(ref: str, tiny_dir) -> str:
     return os.path.expanduser(ref) if looks_like_path(ref) else ref
 
 
+def quiet_hub() -> None:
+    """No deprecation advice or retry chatter from huggingface_hub: each process would print its own copy.
+
+    Call before huggingface_hub is first imported (it warns about deprecated settings on import)."""
+    import warnings
+
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module="huggingface_hub")
+    warnings.filterwarnings("ignore", message=".*(deprecated|is ignored)", module="huggingface_hub")
+    from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()
+    disable_progress_bars()
+
+
 class ModelNotFoundError(OSError):
     """A model named by hub id is neither in the local hub cache nor fetchable; says how to fetch it."""
 
@@ -63,14 +100,13 @@ def check_hub_model(ref: str, revision: str | None, index_file: str) -> None:
     """Fail early, with instructions, for a hub id that offline mode cannot find in the cache.
 
     `index_file` is a file every snapshot of such a model has (model_index.json, config.json)."""
-    if is_builtin(ref) or looks_like_path(ref):
+    if not is_hub_model(ref):
         return
-    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub import constants
 
     if not constants.HF_HUB_OFFLINE:
         return
-    cached = try_to_load_from_cache(ref, index_file, revision=revision)
-    if not isinstance(cached, str):
+    if not is_cached(ref, revision, index_file):
         raise ModelNotFoundError(
             f"model {ref!r}{_at(revision)} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
             f"HF_HUB_OFFLINE=1 forbids downloading it; fetch it first with `hf download {ref}"
@@ -78,10 +114,26 @@ def check_hub_model(ref: str, revision: str | None, index_file: str) -> None:
         )
 
 
+def is_cached(ref: str, revision: str | None, index_file: str) -> bool:
+    """True when the Hugging Face cache holds `index_file` of `ref` at `revision` (default: main)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(ref, index_file, revision=revision), str)
+
+
 def explain_load_error(ref: str, revision: str | None, error: Exception) -> Exception:
     """A hub error as one actionable line; other errors are returned unchanged."""
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
+    if isinstance(error, RevisionNotFoundError):
+        return ModelNotFoundError(
+            f"model {ref!r} has no revision {revision or 'main'!r} on the Hugging Face hub: check the revision"
+        )
     if isinstance(error, GatedRepoError):
         return ModelNotFoundError(
             f"model {ref!r} is gated: accept its terms on huggingface.co, then `hf auth login` (or set HF_TOKEN)"

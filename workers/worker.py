@@ -319,6 +319,9 @@ def _node_ip() -> str:
 
 def _quiet_libraries() -> None:
     """Library progress bars and advice would flood the driver's log with one line per actor."""
+    from workers.loading import quiet_hub
+
+    quiet_hub()
     import diffusers
     import transformers
 

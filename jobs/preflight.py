@@ -1,0 +1,74 @@
+"""Checking once, in the driver and before any actor starts, that the job's hub models can be had.
+
+Without it every actor would find out on its own, each after minutes of retries, each with its own log lines."""
+
+from __future__ import annotations
+
+import re
+
+from jobs.config import JobConfig
+from jobs.errors import ConfigError, one_line
+from workers.loading import ModelNotFoundError, check_hub_model, explain_load_error, is_cached, is_hub_model, quiet_hub
+
+# One request with no retries: a model that cannot be had fails the job in seconds.
+HUB_TIMEOUT_S = 10
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def check_models(config: JobConfig) -> None:
+    """Raise ConfigError, one line naming the key and what to do, for a hub model the job could not load."""
+    check_model("model.id", config.model.id, config.model.revision, "model_index.json")
+    check_model("clip.model", config.clip.model, None, "config.json")
+
+
+def check_model(key: str, ref: str | None, revision: str | None, index_file: str) -> None:
+    """`index_file` is a file every snapshot of such a model has; asking for it asks for the model."""
+    if not is_hub_model(ref):
+        return
+    quiet_hub()
+    from huggingface_hub import constants
+
+    try:
+        check_hub_model(ref, revision, index_file)  # with HF_HUB_OFFLINE=1: in the cache, or an error
+        if not constants.HF_HUB_OFFLINE:
+            _ask_hub(key, ref, revision, index_file)
+    except ModelNotFoundError as error:
+        raise ConfigError(f"{key}: {plain(error)}") from None
+
+
+def _ask_hub(key: str, ref: str, revision: str | None, index_file: str) -> None:
+    import httpx2
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError
+
+    at = f" at revision {revision!r}" if revision else ""
+    try:
+        get_hf_file_metadata(hf_hub_url(ref, index_file, revision=revision), timeout=HUB_TIMEOUT_S)
+    except RemoteEntryNotFoundError:
+        kind = "a diffusers pipeline" if index_file == "model_index.json" else "a transformers model"
+        raise ModelNotFoundError(
+            f"model {ref!r}{at} has no {index_file} on the Hugging Face hub: it is not {kind}; check the id"
+        ) from None
+    except HfHubHTTPError as error:
+        explained = explain_load_error(ref, revision, error)
+        if explained is not error:
+            raise explained from None
+        status = error.response.status_code
+        advice = "check HF_TOKEN (or `hf auth login`)" if status in (401, 403) else "try again later"
+        message = f"the Hugging Face hub answered HTTP {status} for model {ref!r}{at}; {advice}"
+        raise ModelNotFoundError(message) from None
+    except (httpx2.RequestError, OSError) as error:
+        if is_cached(ref, revision, index_file):
+            return  # the actors load it from the cache
+        raise ModelNotFoundError(
+            f"could not reach the Hugging Face hub ({constants.ENDPOINT}) for model {ref!r}{at} "
+            f"({type(error).__name__}: {plain(error)}): check the network (or HF_ENDPOINT); to run without the hub, "
+            f"fetch the model once with `hf download {ref}{' --revision ' + revision if revision else ''}` "
+            "on every node and set HF_HUB_OFFLINE=1, "
+            f"or point {key} at a local folder"
+        ) from None
+
+
+def plain(error: Exception) -> str:
+    """An error's message on one line, without the terminal colour codes some libraries put in."""
+    return one_line(_ANSI.sub("", str(error)) or type(error).__name__)
