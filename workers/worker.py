@@ -172,7 +172,7 @@ class GenerationWorker:
                 ok=len(rows) - failed,
                 failed=failed,
                 generated=len(todo),
-                seconds=round(seconds, 3),
+                seconds=round(seconds, 6),  # rounded coarser, a short shard's rate would not match its time
                 images_per_s=round(len(todo) / seconds, 3) if seconds > 0 else 0.0,
                 worker=self.labels.worker,
                 node=self.info.node_id,
