@@ -53,11 +53,17 @@ def build_comparison(
         differ = pc.sum(pc.fill_null(pc.not_equal(pairs[name], pairs[other]), True)).as_py() or 0
         if differ:
             warnings.append(f"{differ} of {pairs.num_rows} paired ids have a different {name} in the two runs")
+    settings_a, settings_b = run_settings(a), run_settings(b)
+    seeds_differ = pc.any(pc.fill_null(pc.not_equal(pairs[C.SEED], pairs["seed_b"]), True)).as_py()
+    if settings_a.get("seed") != settings_b.get("seed") and not seeds_differ:
+        warnings.append(
+            f"the config seeds differ ({settings_a.get('seed')} vs {settings_b.get('seed')}) but every pair was "
+            "generated with the same seed: the manifest's seed column set them"
+        )
     for warning in warnings:
         logger.warning(warning)
     score_a = pairs[C.CLIP_SCORE].to_numpy().astype(np.float64)
     score_b = pairs["clip_score_b"].to_numpy().astype(np.float64)
-    settings_a, settings_b = run_settings(a), run_settings(b)
     data = {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run_a": settings_a,

@@ -208,6 +208,26 @@ def test_compare_warns_when_prompts_or_seeds_differ_for_the_same_id(tmp_path, sc
     assert result["mean_delta"] == 0.0 and result["ties"] == 90 and result["wilcoxon_p"] == 1.0
 
 
+def test_compare_warns_when_the_config_seed_changed_but_no_image_seed_did(tmp_path, scores):
+    """A manifest with a seed column overrides the config's seed: a seed sweep over it compares nothing."""
+    a = make_run(tmp_path / "a", scores)
+    b = edit_job(make_run(tmp_path / "b", scores), lambda job: job["config"].update(seed=42))
+    assert main(["compare", str(a), str(b)]) == 0
+    result = json.loads((b / "compare" / "compare.json").read_text())
+    assert result["changed_settings"] == [{"setting": "seed", "a": 0, "b": 42}]
+    assert result["warnings"] == [
+        "the config seeds differ (0 vs 42) but every pair was generated with the same seed: "
+        "the manifest's seed column set them"
+    ]
+    c = edit_job(
+        make_run(tmp_path / "c", scores, seeds=[i + 1000 for i in range(90)]), lambda j: j["config"].update(seed=1)
+    )
+    assert main(["compare", str(a), str(c)]) == 0
+    assert json.loads((c / "compare" / "compare.json").read_text())["warnings"] == [
+        "90 of 90 paired ids have a different seed in the two runs"
+    ]
+
+
 def test_compare_names_the_changed_settings_and_highlights_their_rows(tmp_path, scores):
     a = make_run(tmp_path / "a", scores)
     b = edit_job(make_run(tmp_path / "b", scores), lambda job: job["config"]["generation"].update(guidance_scale=3.0))
