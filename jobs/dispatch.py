@@ -92,6 +92,7 @@ class Dispatcher:
     def run(self) -> DispatchOutcome:
         import ray
 
+        self._report_workers()
         while self.pending or self._tasks:
             waitables = [a.ready_ref for a in self.actors if a.alive and a.ready_ref is not None]
             waitables += list(self._tasks)

@@ -16,11 +16,12 @@ from jobs.jobfile import package_versions, utc_now, write_job_file
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest
 from jobs.planner import plan_shards
-from jobs.progress import Progress
+from jobs.progress import Progress, announce
 from jobs.resume import ResumePlan, check_same_job, clear_output, identity_key, job_identity, plan_resume, read_job_file
 from workers import storage
-from workers.tasks import FastPaths, GenerationDefaults, ImageEncoding, WorkerSettings
-from workers.writer import remove_temp_files
+from workers.shard_stats import STATS_DIR
+from workers.tasks import FastPaths, GenerationDefaults, ImageEncoding, WorkerInfo, WorkerSettings
+from workers.writer import DATA_DIR, remove_temp_files
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +94,11 @@ def run_job(
         # 3. Record what the job is, then start Ray and the actors (they load their models in parallel).
         record = job_record(config, manifest, identity, len(shards), previous)
         write_job_file(output, record)
-        cluster.connect(address, forward_actor_logs)
+        cluster.connect(address, forward_actor_logs, announce=lambda message: announce(message, progress))
         resources = cluster.actor_resources(config)
         settings = worker_settings(config, output, resources, key)
+        workers = config.resources.workers
+        announce(f"loading {config.model.id} on {workers} worker{'s' if workers > 1 else ''}", progress)
         # 4. Dispatch shards until each has an outcome.
         follow = Progress(total=sum(s.outputs for s in plan.todo), mode=progress)
 
@@ -104,6 +107,11 @@ def run_job(
             if hooks.on_progress is not None:
                 hooks.on_progress(rows, failed)
 
+        def worker_ready(info: WorkerInfo) -> None:
+            follow.worker_ready(info.name, info.device, info.load_seconds)
+            if hooks.on_worker_ready is not None:
+                hooks.on_worker_ready(info)
+
         dispatcher = Dispatcher(
             start_actor=lambda index: cluster.start_worker(settings, resources, index, worker_class),
             workers=config.resources.workers,
@@ -111,7 +119,7 @@ def run_job(
             max_shard_retries=config.resources.max_shard_retries,
             on_progress=advance,
             on_workers=follow.workers,
-            on_worker_ready=hooks.on_worker_ready,
+            on_worker_ready=worker_ready,
             on_shard_done=hooks.on_shard_done,
             on_batch=hooks.on_batch,
         )
@@ -153,6 +161,10 @@ def prepare_output(path: str) -> str:
         raise OutputError(f"{output}: cannot create the output folder ({error.strerror})") from None
     if not os.access(output, os.W_OK):
         raise OutputError(f"{output}: output folder is not writable")
+    for name in (DATA_DIR, STATS_DIR):
+        folder = output / name
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(f"{folder}: not a folder; genbatch writes its shard files there")
     return str(output.resolve())
 
 

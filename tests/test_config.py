@@ -60,6 +60,9 @@ def test_set_overrides_parse_values_as_yaml_and_reach_nested_keys(tmp_path):
         (["generation.guidance_scale=-1"], "generation.guidance_scale: Input should be greater than or equal to 0"),
         (["model.id=./no/such/model"], "model.id: model folder ./no/such/model does not exist"),
         (["clip.model=/no/such/clip"], "clip.model: CLIP folder /no/such/clip does not exist"),
+        (['output=""'], "output.path: must not be empty"),
+        (["output.path=' '"], "output.path: must not be empty"),
+        (['manifest=""'], "manifest: must not be empty"),
         (["generation.steps"], "expected dotted.key=value"),
         (["generation.steps.x=1"], "generation.steps is not a section"),
     ],
@@ -83,6 +86,15 @@ def test_missing_required_keys_and_files_are_named(tmp_path):
     path.write_text("- a list\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(path)
+
+
+def test_home_in_local_paths_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = write_config(tmp_path / "job.yaml", "~/prompts.parquet", "~/runs/a")
+    config = load_config(path)
+    assert config.manifest == str(tmp_path / "home" / "prompts.parquet")
+    assert config.output.path == str(tmp_path / "home" / "runs" / "a")
+    assert load_config(path, ["output=s3://bucket/~a"]).output.path == "s3://bucket/~a"
 
 
 def test_existing_model_folder_and_hub_ids_are_accepted(tmp_path):
