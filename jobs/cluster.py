@@ -101,10 +101,8 @@ def actor_resources(config: JobConfig) -> ActorResources:
 
 def _actors_per_node(node: dict, cpus: float, gpus: float) -> int:
     """How many actors reserving `cpus` and `gpus` one node's resources can hold."""
-    fit = int(node.get("CPU", 0.0) / cpus + 1e-9)
-    if gpus > 0:
-        fit = min(fit, int(node.get("GPU", 0.0) / gpus + 1e-9))
-    return fit
+    limits = [node.get(name, 0.0) / need for name, need in (("CPU", cpus), ("GPU", gpus)) if need > 0]
+    return int(min(limits) + 1e-9) if limits else sys.maxsize
 
 
 def start_worker(settings: WorkerSettings, resources: ActorResources, index: int, worker_class=None):
