@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	rm -rf out/demo
 	$(BIN)/genbatch run configs/tiny.yaml
+	@echo "next: genbatch report out/demo  (genbatch is at $(BIN)/genbatch; or: source $(BIN)/activate)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import io
 import json
 import logging
 import sys
+from importlib import metadata
 
 from jobs import signals
 from jobs.errors import GenbatchError
@@ -14,8 +18,13 @@ from jobs.errors import GenbatchError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genbatch", description="Batch text-to-image generation on Ray.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    # -v also after the command (`genbatch run job.yaml -v`); SUPPRESS keeps a -v given before it.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run a generation job from a YAML config")
+    add_command = functools.partial(commands.add_parser, parents=[verbose])
+    run = add_command("run", help="run a generation job from a YAML config")
     run.add_argument("config", help="job config (YAML)")
     run.add_argument(
         "--set",
@@ -47,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume although torch/diffusers/transformers/genbatch versions changed (job.json records both)",
     )
 
-    manifest = commands.add_parser("manifest", help="turn a .txt/.csv/.tsv/.jsonl prompt list into a manifest")
+    manifest = add_command("manifest", help="turn a .txt/.csv/.tsv/.jsonl prompt list into a manifest")
     manifest.add_argument("input", help="prompt list: .txt (one prompt per line), .csv, .tsv or .jsonl")
     manifest.add_argument("-o", "--output", required=True, help="manifest to write (.parquet)")
     manifest.add_argument("--prompt-column", help="column holding the prompt (default: prompt, else Prompt)")
@@ -59,16 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a seed column derived from this base seed (default: none; the job's seed: then applies)",
     )
 
-    report = commands.add_parser("report", help="CLIP-score report of a run: report.html, report.md, report.json")
+    report = add_command("report", help="CLIP-score report of a run: report.html, report.md, report.json")
     report.add_argument("run", help="the run's output folder or URI (s3://...)")
     report.add_argument("--by", help="group by this column (default: category, when present)")
     report.add_argument("-o", "--output", help="report folder (default: RUN/report)")
 
-    status = commands.add_parser("status", help="progress of a running or finished job, from its output folder")
+    status = add_command("status", help="progress of a running or finished job, from its output folder")
     status.add_argument("output", help="the job's output folder (or URI)")
     status.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object")
 
-    compare = commands.add_parser("compare", help="paired comparison of two runs over their shared ids (B - A)")
+    compare = add_command("compare", help="paired comparison of two runs over their shared ids (B - A)")
     compare.add_argument("run_a", help="output folder or URI of run A (the baseline)")
     compare.add_argument("run_b", help="output folder or URI of run B")
     compare.add_argument("--by", help="group by this column of run A (default: category, when present)")
@@ -76,8 +85,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return metadata.version("genbatch")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """argparse's usage errors are plain text; with --log-format json they are one JSON error line instead."""
+    argv = sys.argv[1:] if argv is None else argv
+    json_requested = "--log-format=json" in argv or ("--log-format", "json") in zip(argv, argv[1:])
+    if not json_requested:
+        return build_parser().parse_args(argv)
+    usage = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(usage):
+            return build_parser().parse_args(argv)
+    except SystemExit as stop:
+        if stop.code:
+            _error(usage.getvalue().strip().splitlines()[-1], json_logs=True, exit_code=stop.code)
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     json_logs = getattr(args, "log_format", "text") == "json"
     configure_logging(verbose=args.verbose, json_logs=json_logs)
     commands = {
@@ -120,6 +152,8 @@ def configure_logging(verbose: bool, json_logs: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [h for h in root.handlers if not getattr(h, "genbatch", False)] + [handler]
     root.setLevel(logging.INFO if verbose else logging.WARNING)
+    if json_logs:
+        logging.captureWarnings(True)  # Python's warnings print plain text lines of their own
     logging.getLogger("genbatch.progress").setLevel(logging.INFO)  # shown whenever progress is logged
 
 

@@ -23,14 +23,12 @@ class ActorResources:
     num_gpus: float
 
 
-def connect(address: str | None, forward_actor_logs: bool = True) -> None:
+def connect(address: str | None, forward_actor_logs: bool = True, announce=logger.info) -> None:
     """Attach to Ray: the given address, else RAY_ADDRESS (as inside `ray job submit`), else a new local instance.
 
     Without `forward_actor_logs`, actors' logs stay in Ray's session log folder instead of this process's
-    stderr (JSON logs must not be interleaved with Ray's plain-text lines)."""
-    if not sys.stderr.isatty():
-        # Ray wraps each forwarded actor line in colour codes unless told not to: raw escapes in collected logs.
-        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    stderr (JSON logs must not be interleaved with Ray's plain-text lines). `announce` is told what
+    is being started or connected to."""
     local = not address and not os.environ.get("RAY_ADDRESS")
     if local:
         # A local instance listens on loopback only; Ray reads this when it is first imported.
@@ -39,6 +37,8 @@ def connect(address: str | None, forward_actor_logs: bool = True) -> None:
 
     if ray.is_initialized():
         return
+    _route_ray_logs()
+    announce("starting Ray" if local else f"connecting to Ray at {address or os.environ['RAY_ADDRESS']}")
     runtime_env = None
     if address:
         # Ship the actor-side package so cluster nodes can import it without an install.
@@ -54,6 +54,18 @@ def connect(address: str | None, forward_actor_logs: bool = True) -> None:
             runtime_env=runtime_env,
             **kwargs,
         )
+
+
+def _route_ray_logs() -> None:
+    """Ray's driver-side log records go through this process's handlers (one format: JSON lines with
+    --log-format json) instead of Ray's own; forwarded actor lines lose their colour off a terminal."""
+    ray_logger = logging.getLogger("ray")
+    ray_logger.handlers.clear()
+    ray_logger.propagate = True
+    # A new local instance always says that it enabled token authentication, Ray's default for one.
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 
 
 def actor_resources(config: JobConfig) -> ActorResources:
@@ -75,7 +87,24 @@ def actor_resources(config: JobConfig) -> ActorResources:
             f"resources: no Ray node can host a worker needing {cpus:g} CPU and "
             f"{wanted.gpus_per_worker:g} GPU (nodes: {have}); lower resources.cpus_per_worker/gpus_per_worker"
         )
+    capacity = sum(_actors_per_node(node, cpus, wanted.gpus_per_worker) for node in fits)
+    if wanted.workers > capacity:
+        logger.warning(
+            "resources.workers is %d, but the cluster's nodes can hold at most %d workers of %g CPU and %g GPU "
+            "at once; the other %d wait for a free slot (lower resources.workers, or add nodes)",
+            wanted.workers,
+            capacity,
+            cpus,
+            wanted.gpus_per_worker,
+            wanted.workers - capacity,
+        )
     return ActorResources(num_cpus=cpus, num_gpus=wanted.gpus_per_worker)
+
+
+def _actors_per_node(node: dict, cpus: float, gpus: float) -> int:
+    """How many actors reserving `cpus` and `gpus` one node's resources can hold."""
+    limits = [node.get(name, 0.0) / need for name, need in (("CPU", cpus), ("GPU", gpus)) if need > 0]
+    return int(min(limits) + 1e-9) if limits else sys.maxsize
 
 
 def start_worker(settings: WorkerSettings, resources: ActorResources, index: int, worker_class=None):

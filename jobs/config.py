@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -9,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jobs.errors import ConfigError, one_line
+from workers import storage
 from workers.loading import missing_model_folder, unknown_model_ref
 from workers.schedulers import SCHEDULERS
 
@@ -107,6 +109,11 @@ class OutputConfig(_Section):
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level for png: 1 is fast, 9 is small.")
     quality: int = Field(95, ge=1, le=100, description="Quality for webp and jpeg.")
 
+    @field_validator("path")
+    @classmethod
+    def _usable_path(cls, path: str) -> str:
+        return _usable_location(path)
+
 
 class PerformanceConfig(_Section):
     compile: bool = Field(
@@ -148,10 +155,22 @@ class JobConfig(_Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
 
+    @field_validator("manifest")
+    @classmethod
+    def _usable_manifest(cls, path: str) -> str:
+        return _usable_location(path)
+
     @field_validator("output", mode="before")
     @classmethod
     def _output_path_alone(cls, value):
         return {"path": value} if isinstance(value, str) else value
+
+
+def _usable_location(location: str) -> str:
+    """A local path with `~` expanded, or a URI as it is; an empty one would mean the current folder."""
+    if not location.strip():
+        raise ValueError("must not be empty")
+    return location if storage.is_remote(location) else os.path.expanduser(location)
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> JobConfig:

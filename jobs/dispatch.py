@@ -98,6 +98,7 @@ class Dispatcher:
 
         while len(self.actors) < self.workers:
             self.actors.append(self._new_actor(len(self.actors)))
+        self._report_workers()
         while self.pending or self._tasks:
             signals.raise_if_received()
             waitables = [a.ready_ref for a in self.actors if a.alive and a.ready_ref is not None]

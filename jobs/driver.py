@@ -18,7 +18,7 @@ from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest, seed_column_warning
 from jobs.planner import plan_shards
 from jobs.preflight import check_models
-from jobs.progress import Progress
+from jobs.progress import Progress, announce
 from jobs.resume import (
     ResumePlan,
     check_same_job,
@@ -32,8 +32,9 @@ from jobs.resume import (
 )
 from jobs.versions import VersionGuard
 from workers import storage
+from workers.shard_stats import STATS_DIR
 from workers.tasks import FastPaths, GenerationDefaults, ImageEncoding, WorkerInfo, WorkerSettings
-from workers.writer import ShardFooter, remove_temp_files
+from workers.writer import DATA_DIR, ShardFooter, remove_temp_files
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +124,11 @@ def run_job(
         dispatcher: Dispatcher | None = None
         interrupt: KeyboardInterrupt | None = None
         try:
-            cluster.connect(address, forward_actor_logs)
+            cluster.connect(address, forward_actor_logs, announce=lambda message: announce(message, progress))
             resources = cluster.actor_resources(config)
             settings = worker_settings(config, output, resources, key, lock.token)
+            workers = config.resources.workers
+            announce(f"loading {config.model.id} on {workers} worker{'s' if workers > 1 else ''}", progress)
 
             def advance(images: int, failed: int) -> None:
                 follow.advance(images, failed)
@@ -134,6 +137,7 @@ def run_job(
 
             def worker_ready(info: WorkerInfo) -> None:
                 guard.check(info)
+                follow.worker_ready(info.name, info.device, info.load_seconds)
                 if hooks.on_worker_ready is not None:
                     hooks.on_worker_ready(info)
 
@@ -210,6 +214,10 @@ def prepare_output(path: str) -> str:
         raise OutputError(f"{output}: cannot create the output folder ({error.strerror})") from None
     if not os.access(output, os.W_OK):
         raise OutputError(f"{output}: output folder is not writable")
+    for name in (DATA_DIR, STATS_DIR):
+        folder = output / name
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(f"{folder}: not a folder; genbatch writes its shard files there")
     return str(output.resolve())
 
 

@@ -7,6 +7,7 @@ import platform
 from datetime import datetime, timezone
 from importlib import metadata
 
+from jobs.errors import OutputError, one_line
 from workers import storage
 
 JOB_FILE = "job.json"
@@ -30,4 +31,8 @@ def package_versions() -> dict[str, str | None]:
 def write_job_file(output_dir: str, record: dict) -> None:
     """Replace job.json whole, so a reader never sees half a record."""
     text = json.dumps(record, indent=2, default=str) + "\n"
-    storage.write_bytes(storage.join(output_dir, JOB_FILE), text.encode("utf-8"))
+    location = storage.join(output_dir, JOB_FILE)
+    try:
+        storage.write_bytes(location, text.encode("utf-8"))
+    except OSError as error:
+        raise OutputError(f"{location}: cannot write ({error.strerror or one_line(error)})") from None

@@ -49,7 +49,10 @@ class OutputLock:
             # Object stores have no lock that dies with its holder; README says not to share a prefix.
             logger.info("no exclusive lock on %s: object stores cannot hold one", self.output_dir)
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise OutputError(f"{self.path}: cannot open the output folder's lock file ({error.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

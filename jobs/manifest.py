@@ -18,6 +18,7 @@ from workers import columns as C
 from workers import storage
 
 MAX_IDS_SHOWN = 5
+MAX_SEED = 2**63 - 1  # seeds are written as int64
 _BATCH_ROWS = 65_536
 
 
@@ -207,8 +208,8 @@ def _check_rows(
         (C.INIT_IMAGE, "null init_image (mode: reconstruct)", lambda col: col.is_null()),
         (C.PROMPT, "null, empty or whitespace-only prompt", _blank),
         (C.STRENGTH, "strength not in (0, 1]", _bad_strength),
-        (C.SEED, "negative seed", lambda col: pc.less(col, 0)),
-        (C.STEPS, "steps < 1", lambda col: pc.less(col, 1)),
+        (C.SEED, *_seed_rule(schema)),
+        (C.STEPS, "steps < 1", lambda col: pc.less(col, _scalar(1, col))),
         (C.GUIDANCE_SCALE, "negative or non-finite guidance_scale", _bad_guidance),
         (C.WIDTH, "width not a positive multiple of 8", _bad_size),
         (C.HEIGHT, "height not a positive multiple of 8", _bad_size),
@@ -280,6 +281,18 @@ def _id_keys(ids: pa.Array) -> np.ndarray:
     return np.fromiter(map(hash, ids.to_pylist()), dtype=np.int64, count=len(ids))
 
 
+def _seed_rule(schema: pa.Schema) -> tuple:
+    """Unsigned seeds cannot be negative, but uint64 ones can be too large for int64."""
+    if C.SEED in schema.names and pa.types.is_uint64(schema.field(C.SEED).type):
+        return f"seed above {MAX_SEED}", lambda col: pc.greater(col, _scalar(MAX_SEED, col))
+    return "negative seed", lambda col: pc.less(col, _scalar(0, col))
+
+
+def _scalar(value: int, column: pa.Array) -> pa.Scalar:
+    """`value` as the column's type: compared with a plain int, a uint64 column is cast to int64 and can overflow."""
+    return pa.scalar(value, column.type)
+
+
 def _blank(column: pa.Array) -> pa.Array:
     return pc.or_kleene(column.is_null(), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0))
 
@@ -299,7 +312,8 @@ def _is_binary(data_type: pa.DataType) -> bool:
 
 
 def _bad_size(column: pa.Array) -> pa.Array:
-    return pc.or_(pc.less(column, 8), pc.not_equal(pc.bit_wise_and(column, 7), 0))
+    misaligned = pc.not_equal(pc.bit_wise_and(column, _scalar(7, column)), 0)
+    return pc.or_(pc.less(column, _scalar(8, column)), misaligned)
 
 
 def _is_string(data_type: pa.DataType) -> bool:

@@ -7,13 +7,26 @@ collect logs (`log`, e.g. one JSON object per line with `--log-format json`), or
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 from tqdm import tqdm
 
 logger = logging.getLogger("genbatch.progress")
+details = logging.getLogger(__name__)  # shown with -v only
 
 LOG_INTERVAL_SECONDS = 10.0
+
+
+def announce(message: str, mode: str, **fields) -> None:
+    """A start-up step, shown wherever progress is: a line above the bar, a progress log record,
+    or (with --quiet) a record that only -v shows."""
+    if mode == "bar":
+        tqdm.write(f"genbatch: {message}", file=sys.stderr)
+    elif mode == "log":
+        logger.info(message, extra={"event": "startup", **fields})
+    else:
+        details.info(message)
 
 
 class Progress:
@@ -23,7 +36,7 @@ class Progress:
         self.mode, self.interval = mode, interval
         self.started = time.monotonic()  # reset when the first worker is ready: rates exclude model loading
         self._last_log = self.started
-        self.bar = tqdm(total=total, unit="img", desc="generating", disable=mode != "bar", dynamic_ncols=True)
+        self.bar = tqdm(total=total, unit="img", desc="loading models", disable=mode != "bar", dynamic_ncols=True)
 
     def advance(self, rows: int, failed: int) -> None:
         self.done += rows
@@ -33,9 +46,20 @@ class Progress:
         if self.mode == "log" and time.monotonic() - self._last_log >= self.interval:
             self.log()
 
+    def worker_ready(self, name: str, device: str, load_seconds: float) -> None:
+        announce(
+            f"{name} ready in {load_seconds:.1f} s on {device}",
+            self.mode,
+            event="worker_ready",
+            worker=name,
+            device=device,
+            load_seconds=round(load_seconds, 3),
+        )
+
     def workers(self, ready: int, total: int) -> None:
         if self.ready == 0 and ready > 0 and self.done == 0:
             self.bar.reset()  # rate and ETA count from the first ready worker, not from model loading
+            self.bar.set_description_str("generating", refresh=False)
             self.started = time.monotonic()
         self.ready, self.total_workers = ready, total
         self._postfix()

@@ -66,6 +66,9 @@ def test_set_overrides_parse_values_as_yaml_and_reach_nested_keys(tmp_path):
         (["model.id=org--a/b"], "model.id: no folder 'org--a/b' and not a Hugging Face id (org/name)"),
         (["model.id=org/-name"], "model.id: no folder 'org/-name' and not a Hugging Face id (org/name)"),
         (["model.id=/name"], "model.id: model folder /name does not exist"),
+        (['output=""'], "output.path: must not be empty"),
+        (["output.path=' '"], "output.path: must not be empty"),
+        (['manifest=""'], "manifest: must not be empty"),
         (["generation.steps"], "expected dotted.key=value"),
         (["generation.steps.x=1"], "generation.steps is not a section"),
     ],
@@ -89,6 +92,15 @@ def test_missing_required_keys_and_files_are_named(tmp_path):
     path.write_text("- a list\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(path)
+
+
+def test_home_in_local_paths_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = write_config(tmp_path / "job.yaml", "~/prompts.parquet", "~/runs/a")
+    config = load_config(path)
+    assert config.manifest == str(tmp_path / "home" / "prompts.parquet")
+    assert config.output.path == str(tmp_path / "home" / "runs" / "a")
+    assert load_config(path, ["output=s3://bucket/~a"]).output.path == "s3://bucket/~a"
 
 
 def test_existing_model_folder_and_hub_ids_are_accepted(tmp_path, monkeypatch):

@@ -284,6 +284,27 @@ def test_resources_no_node_can_host_are_refused(job_dir, capsys, ray_session):
     assert "no Ray node can host a worker needing 1 CPU and 4 GPU" in capsys.readouterr().err
 
 
+def test_more_workers_than_the_nodes_can_hold_are_warned_about_once(tmp_path, caplog, ray_session):
+    from jobs import cluster
+    from jobs.config import load_config
+
+    path = write_config(tmp_path / "job.yaml", "m.parquet", "out")
+    # The session's one node: 2 CPUs and 1 (fake) GPU.
+    for workers, gpus, expected in ((3, 0, 2), (2, 1, 1), (2, 0.5, None)):
+        caplog.clear()
+        config = load_config(path, [f"resources.workers={workers}", f"resources.gpus_per_worker={gpus}"])
+        cluster.actor_resources(config)
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        if expected is None:
+            assert warnings == []
+        else:
+            assert warnings == [
+                f"resources.workers is {workers}, but the cluster's nodes can hold at most {expected} workers of "
+                f"1 CPU and {gpus:g} GPU at once; the other {workers - expected} wait for a free slot "
+                "(lower resources.workers, or add nodes)"
+            ]
+
+
 def test_a_row_with_non_finite_output_fails_alone_and_the_job_exits_1(job_dir, capsys, ray_session):
     tmp_path = job_dir[0]
     # A huge guidance scale overflows the tiny model's latents to NaN: that row must be an error,

@@ -8,7 +8,7 @@ from jobs.cli import main
 from jobs.config import JobConfig
 from jobs.driver import job_warnings
 from jobs.manifest import find_manifest_files, read_manifest, seed_column_warning
-from tests.conftest import write_config, write_manifest
+from tests.conftest import read_output, write_config, write_manifest
 
 
 def run_bad(tmp_path, capsys, manifest, **config):
@@ -49,6 +49,18 @@ GOOD = {"id": ["a", "b", "c"], "prompt": ["x", "y", "z"]}
         (
             {"id": [1, 2, 3], "prompt": list("xyz"), "seed": [1, -5, None]},
             "column 'seed': negative seed in 1 row (ids: 2)",
+        ),
+        (
+            {"id": [1, 2, 3], "prompt": list("xyz"), "seed": pa.array([1, 2**63, 2**64 - 1], pa.uint64())},
+            "column 'seed': seed above 9223372036854775807 in 2 rows (ids: 2, 3)",
+        ),
+        (
+            {"id": [1, 2, 3], "prompt": list("xyz"), "steps": pa.array([0, 2**63, 4], pa.uint64())},
+            "column 'steps': steps < 1 in 1 row (ids: 1)",
+        ),
+        (
+            {"id": [1, 2], "prompt": list("xy"), "width": pa.array([2**63 + 8, 2**63 + 4], pa.uint64())},
+            "column 'width': width not a positive multiple of 8 in 1 row (ids: 2)",
         ),
         (
             {"id": [1, 2, 3], "prompt": list("xyz"), "width": [64, 60, None]},
@@ -174,3 +186,19 @@ def test_a_seed_column_that_overrides_the_config_seed_is_said(tmp_path, seeds, e
     assert job_warnings(config, manifest) == ([expected] if expected else [])
     reconstruct = config.model_copy(update={"mode": "reconstruct"})
     assert job_warnings(reconstruct, manifest) == []  # a VAE round trip has no noise to seed
+
+
+def test_uint64_seeds_that_fit_in_int64_give_the_same_images_as_int64_seeds(tmp_path, ray_session):
+    seeds = [0, 7, 2**63 - 1]
+    hashes = {}
+    for kind in (pa.int64(), pa.uint64()):
+        rows = {"id": ["a", "b", "c"], "prompt": ["x", "y", "z"], "seed": pa.array(seeds, kind)}
+        manifest = write_manifest(tmp_path / f"{kind}.parquet", rows)
+        output = tmp_path / f"out-{kind}"
+        config = write_config(tmp_path / f"{kind}.yaml", manifest, output, generation={"steps": 1})
+        assert main(["run", str(config), "--quiet"]) == 0
+        table = read_output(output)
+        assert table.column("seed").to_pylist() == seeds
+        assert table.column("status").to_pylist() == ["ok"] * 3
+        hashes[str(kind)] = table.column("image_sha256").to_pylist()
+    assert hashes["uint64"] == hashes["int64"]

@@ -42,6 +42,13 @@ def test_json_logs_put_one_json_object_on_every_line(tmp_path, ray_session):
     )
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stderr.splitlines()]  # raises on any line that is not JSON
+    assert [(r["event"], r["message"]) for r in records[:2]] == [
+        ("startup", f"connecting to Ray at {address}"),
+        ("startup", "loading tiny on 1 worker"),
+    ]
+    (ready,) = [r for r in records if r.get("event") == "worker_ready"]
+    assert ready["worker"].startswith("worker-0@") and ready["device"] == "cpu" and ready["load_seconds"] > 0
+    assert ready["message"] == f"{ready['worker']} ready in {ready['load_seconds']:.1f} s on cpu"
     progress = [r for r in records if r.get("event") == "progress"]
     assert progress and progress[-1]["rows_done"] == 5 and progress[-1]["rows_total"] == 5
     assert {"images_per_s", "eta_seconds", "failed", "workers_ready", "time", "level"} <= set(progress[-1])
@@ -54,6 +61,25 @@ def test_json_logs_put_one_json_object_on_every_line(tmp_path, ray_session):
         2,
         0,
     )
+
+
+@pytest.mark.slow
+def test_json_logs_of_a_new_local_ray_instance_hold_no_line_of_ray_s_own(tmp_path):
+    manifest = write_manifest(tmp_path / "p.parquet", {"prompt": ["a", "b"]})
+    config = write_config(tmp_path / "job.yaml", manifest, tmp_path / "out", generation={"steps": 1})
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "run", str(config), "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPATH": os.getcwd()},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stderr.splitlines()]  # raises on any line that is not JSON
+    assert records[0]["message"] == "starting Ray"
+    assert [r["level"] for r in records] == ["INFO"] * len(records)  # Ray's start-up warnings are gone
+    assert json.loads(result.stdout)["ok"] == 2
 
 
 def test_json_errors_are_json_too(tmp_path, capsys):
