@@ -193,13 +193,3 @@ def test_online_an_unreachable_hub_is_fine_for_a_cached_model(tmp_path, online):
     online.answer = httpx2.ConnectError("[Errno -3] Temporary failure in name resolution")
     check_models(job_config(tmp_path, model={"id": "genbatch-test/preflight-cached"}))
     assert len(online.calls) == 1
-
-
-def test_forwarded_actor_lines_carry_no_colour_codes_when_stderr_is_no_terminal(monkeypatch, capsys):
-    import ray
-
-    monkeypatch.setenv("RAY_COLOR_PREFIX", "unset below; removed again after the test")
-    monkeypatch.delenv("RAY_COLOR_PREFIX")
-    monkeypatch.setattr(ray, "is_initialized", lambda: True)
-    cluster.connect(None)
-    assert os.environ["RAY_COLOR_PREFIX"] == "0"
