@@ -67,8 +67,8 @@ def assert_stopped_cleanly(output: Path, stdout: str, stderr: str, name: str) ->
     assert "Traceback" not in stderr and "Error" not in stderr, stderr
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_a_signal_mid_job_stops_it_like_ctrl_c(tmp_path, ray_session, sig):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_mid_job_stops_it_like_ctrl_c(tmp_path, ray_session, sig, sigint_as_in_a_terminal):
     address = ray_session.get_runtime_context().gcs_address
     process, output = start_job(tmp_path, "--address", address)
     wait_until(process, lambda: len(shards_on_disk(output)) >= 2)
@@ -83,8 +83,10 @@ def test_a_signal_mid_job_stops_it_like_ctrl_c(tmp_path, ray_session, sig):
     assert summary.startswith(f"genbatch: interrupted: {ok} ok, 0 failed, {ROWS - ok} not run of {ROWS} rows")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_a_signal_while_workers_load_stops_the_job_with_json_only_output(tmp_path, ray_session, sig):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_workers_load_stops_the_job_with_json_only_output(
+    tmp_path, ray_session, sig, sigint_as_in_a_terminal
+):
     address = ray_session.get_runtime_context().gcs_address
     process, output = start_job(tmp_path, "--address", address, "--log-format", "json")
     wait_until(process, lambda: job_record(output).get("status") == "running")  # recorded; Ray and actors starting
