@@ -5,6 +5,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a three-node cluster in its own process
+
 
 def test_losing_a_node_mid_job_loses_and_duplicates_nothing(tmp_path, model_cache):
     # The scenario starts its own Ray cluster, so it runs in its own process.

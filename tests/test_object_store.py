@@ -14,6 +14,8 @@ from jobs.cli import main
 from tests.conftest import read_output, write_config, write_manifest
 from tests.test_report import make_run
 
+pytestmark = pytest.mark.slow  # moto's S3 server and whole jobs against it
+
 BUCKET = "genbatch-test"
 MANIFEST = {"id": [f"p{i}" for i in range(6)], "prompt": [f"a small picture of thing {i}" for i in range(6)]}
 

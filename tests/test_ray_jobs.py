@@ -15,6 +15,8 @@ import pytest
 
 from tests.conftest import _free_port, read_output, write_config, write_manifest
 
+pytestmark = pytest.mark.slow  # starts a Ray head with `ray start` and submits a job
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # `ray` and `genbatch` live next to this interpreter
 

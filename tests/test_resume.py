@@ -58,6 +58,7 @@ def assert_same_output(output, reference):
     assert sorted(p.name for p in (output / "data").iterdir()) == [f"shard-{i:05d}.parquet" for i in range(6)]
 
 
+@pytest.mark.slow  # kills processes, retries whole shards
 def test_kill_9_of_the_driver_then_a_rerun_equals_an_uninterrupted_run(workdir, manifest, reference, ray_session):
     config = config_for(workdir, manifest, "killed")
     output = workdir / "killed"
@@ -85,6 +86,7 @@ def test_kill_9_of_the_driver_then_a_rerun_equals_an_uninterrupted_run(workdir, 
     assert counts["shards_run"] == 6 - done_before and counts["ok"] == ROWS
 
 
+@pytest.mark.slow  # kills processes, retries whole shards
 def test_an_actor_killed_mid_shard_is_replaced_and_its_shard_retried(workdir, manifest, reference, ray_session):
     from jobs.config import load_config
     from jobs.driver import run_job
@@ -104,6 +106,7 @@ def test_an_actor_killed_mid_shard_is_replaced_and_its_shard_retried(workdir, ma
     assert len(set(pids)) == 2  # the replacement is a new process
 
 
+@pytest.mark.slow  # kills processes, retries whole shards
 def test_an_actors_death_charges_a_retry_only_to_the_shard_it_was_running(workdir, manifest, ray_session):
     """With no retries allowed, the shard running on a killed actor fails; the one queued behind it does not."""
     from jobs.config import load_config
@@ -129,6 +132,7 @@ def test_an_actors_death_charges_a_retry_only_to_the_shard_it_was_running(workdi
     assert sorted(finished) == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.slow  # kills processes, retries whole shards
 def test_a_shard_that_keeps_failing_is_recorded_and_the_others_finish(workdir, manifest, reference, capsys):
     config = config_for(workdir, manifest, "blocked", resources={**RESOURCES, "max_shard_retries": 2})
     output = workdir / "blocked"
