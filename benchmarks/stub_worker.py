@@ -50,4 +50,5 @@ class StubWorker:
             file="",
             worker=self.name,
             seconds=time.perf_counter() - started,
+            generated=rows,
         )
