@@ -150,6 +150,7 @@ def test_the_bar_says_what_starts_until_a_worker_is_ready(capsys):
     assert "genbatch: worker-0@host ready in 4.2 s on cpu\n" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a whole job in a child process
 def test_text_logs_off_a_terminal_show_start_up_without_colour(tmp_path, ray_session):
     manifest = write_manifest(tmp_path / "p.parquet", {"prompt": ["a", "b"]})
     broken = tmp_path / "not-a-model"

@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from PIL import Image
 
 from jobs.cli import main
@@ -13,6 +14,7 @@ from tests.conftest import read_output, write_config, write_manifest
 from workers.hf_features import hf_features
 
 
+@pytest.mark.slow  # a whole job, then datasets
 def test_the_output_loads_with_datasets_and_images_decode(tmp_path, ray_session, monkeypatch):
     import datasets
 

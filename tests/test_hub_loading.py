@@ -23,6 +23,7 @@ def put_in_hub_cache(repo_id: str, folder: Path) -> None:
     (repo / "refs" / "main").write_text(COMMIT)
 
 
+@pytest.mark.slow  # a whole job
 def test_hub_ids_load_from_the_cache_in_offline_mode(tmp_path, tiny_dirs, ray_session):
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     pipeline_dir, clip_dir = tiny_dirs

@@ -91,6 +91,7 @@ def test_init_image_bytes_give_plain_img2img_pixels_and_bad_images_fail_alone(tm
     assert decode_png(rows["r4"]["image"]["bytes"]).shape == (32, 32, 3)
 
 
+@pytest.mark.slow  # a second whole job
 def test_init_image_paths_and_the_error_size_policy(tmp_path, ray_session):
     good = tmp_path / "images" / "good.png"
     good.parent.mkdir()

@@ -195,6 +195,7 @@ def test_job_file_records_config_manifest_versions_and_counts(job_dir):
     assert 1 <= len(record["workers"]) <= 2 and {w["device"] for w in record["workers"]} == {"cpu"}
 
 
+@pytest.mark.slow  # more whole jobs
 def test_batch_size_one_is_pixel_identical_to_plain_diffusers_and_shards_do_not_matter(
     job_dir, plain_pipeline, ray_session
 ):
@@ -217,6 +218,7 @@ def test_batch_size_one_is_pixel_identical_to_plain_diffusers_and_shards_do_not_
         assert np.abs(written.astype(int) - other.astype(int)).max() <= 1, row
 
 
+@pytest.mark.slow  # more whole jobs
 def test_scheduler_by_name_and_clip_disabled(job_dir, tiny_dirs, ray_session):
     from diffusers import EulerAncestralDiscreteScheduler
 
@@ -305,6 +307,7 @@ def test_more_workers_than_the_nodes_can_hold_are_warned_about_once(tmp_path, ca
             ]
 
 
+@pytest.mark.slow  # more whole jobs
 def test_a_row_with_non_finite_output_fails_alone_and_the_job_exits_1(job_dir, capsys, ray_session):
     tmp_path = job_dir[0]
     # A huge guidance scale overflows the tiny model's latents to NaN: that row must be an error,
@@ -339,6 +342,7 @@ def test_report_and_compare_read_a_real_run(job_dir, capsys):
     assert (same["run_a"]["dtype"], same["changed_settings"]) == ("float32", [])
 
 
+@pytest.mark.slow  # more whole jobs
 def test_webp_output_and_a_format_change_is_refused_on_resume(job_dir, capsys, ray_session):
     tmp_path = job_dir[0]
     manifest = write_manifest(tmp_path / "webp.parquet", {"prompt": ["x", "y", "z"]})

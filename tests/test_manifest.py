@@ -188,6 +188,7 @@ def test_a_seed_column_that_overrides_the_config_seed_is_said(tmp_path, seeds, e
     assert job_warnings(reconstruct, manifest) == []  # a VAE round trip has no noise to seed
 
 
+@pytest.mark.slow  # two whole jobs
 def test_uint64_seeds_that_fit_in_int64_give_the_same_images_as_int64_seeds(tmp_path, ray_session):
     seeds = [0, 7, 2**63 - 1]
     hashes = {}

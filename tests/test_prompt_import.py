@@ -443,6 +443,7 @@ def test_input_that_is_not_utf8(tmp_path):
 SEED_WARNING = "manifest column 'seed' sets every row's seed; the config's seed: {} applies to none of them"
 
 
+@pytest.mark.slow  # four whole jobs
 def test_the_config_seed_applies_to_imported_prompts_unless_the_import_was_given_a_seed(tmp_path, capsys, ray_session):
     source = write(tmp_path, "prompts.txt", "a fox\na boat\na tree\na cloud\n")
     free, fixed = tmp_path / "free.parquet", tmp_path / "fixed.parquet"

@@ -201,6 +201,7 @@ def test_retry_failed_reruns_only_the_error_rows_of_their_shards(workdir, manife
     assert (durations[0], durations[3]) == (expected[0], expected[3])  # untouched rows are kept as they were
 
 
+@pytest.mark.slow  # more whole jobs
 def test_a_changed_manifest_is_refused_and_overwrite_starts_over(workdir, manifest, reference, capsys):
     import shutil
 
@@ -254,6 +255,7 @@ def test_a_crashed_run_does_not_leave_the_lock_stuck(workdir):
         pass
 
 
+@pytest.mark.slow  # more whole jobs
 def test_hostile_ids_never_become_file_names(workdir, ray_session):
     hostile = ["../../escape", "/etc/passwd", "a/b/c", "nul\0byte", "x" * 5000, "", "..", "shard-00000.parquet"]
     manifest = write_manifest(workdir / "hostile.parquet", {"id": hostile, "prompt": ["p"] * len(hostile)})

@@ -25,6 +25,7 @@ def test_tiny_sdxl_folder_is_an_sdxl_pipeline(model_cache):
     assert not list(tiny.tiny_sdxl_dir().rglob("*.bin"))  # safetensors only
 
 
+@pytest.mark.slow  # a whole SDXL job
 def test_an_sdxl_job_equals_a_plain_sdxl_pipeline_call(tmp_path, ray_session):
     manifest = write_manifest(tmp_path / "p.parquet", PROMPTS)
     generation = {"steps": 2, "guidance_scale": 5.0, "width": 32, "height": 32, "negative_prompt": ""}
