@@ -188,8 +188,9 @@ class Dispatcher:
         import ray
 
         actor.alive = False
-        # An actor runs its shards one at a time, in order: only the first was running, the rest were queued.
-        actor.running_at_death = actor.running[0] if actor.running else None
+        # An actor runs its shards one at a time, in order: the first unfinished one was running, the rest queued.
+        unfinished = [generator for generator in actor.running if generator not in self._delivered]
+        actor.running_at_death = unfinished[0] if unfinished else None
         logger.warning("worker-%d died (%s); starting a replacement", actor.index, _describe(error))
         # "Unavailable" can be temporary: make sure the old actor cannot come back and compete.
         ray.kill(actor.handle, no_restart=True)
