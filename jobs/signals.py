@@ -3,7 +3,7 @@
 Batch schedulers stop jobs with SIGTERM (Slurm preemption, `kubectl delete`, systemd) and terminals
 hang up with SIGHUP; each must end like Ctrl-C: scheduling stops, actors are stopped, only whole
 shards remain, and the process exits 128 + the signal's number. Ray installs SIGTERM handlers of its
-own while it starts (one exits at once, a C++ one dumps a stack); `ray_init_keeping_handlers` keeps
+own while it starts (one exits at once, a C++ one dumps a stack); `ray_keeps_our_handlers` keeps
 ours in place. Once one signal is being handled, later ones are noted and ignored, so a second
 Ctrl-C during shutdown cannot cut the tidying short with a traceback.
 """
@@ -94,11 +94,9 @@ def restore_defaults() -> None:
     """Back to Python's own handling (tests call `main()` many times in one process)."""
     if threading.current_thread() is not threading.main_thread():
         return
-    for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+    for signum in STOP_SIGNALS:
         if signal.getsignal(signum) is _handler:
-            signal.signal(signum, default)
-    if signal.getsignal(signal.SIGHUP) is _handler:
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
 
 
 @contextmanager
