@@ -86,7 +86,7 @@ def build_comparison(
     b_better = pairs.take(pa.array([i for i in order[::-1] if delta[i] > 0][:shown], pa.int64()))
     a_better = pairs.take(pa.array([i for i in order if delta[i] < 0][:shown], pa.int64()))
     ids = b_better[C.ID].to_pylist() + a_better[C.ID].to_pylist()
-    images_a, images_b = fetch_images(a.path, ids), fetch_images(b.path, ids)
+    images_a, images_b = fetch_images(a, ids), fetch_images(b, ids)
     visuals = {
         "histogram": histogram_uri(delta, label="CLIP-score delta (B − A)", counted="pairs", marker=0.0),
         "b_better": _tiles(b_better, images_a, images_b),

@@ -112,9 +112,10 @@ def run_job(
             previous = None  # a folder without a complete shard belongs to no job: start afresh
         record = job_record(config, manifest, identity, len(shards), previous, warnings)
         if not plan.todo:
-            # Every shard is already complete: rewrite nothing, start nothing (a lost job.json is rebuilt).
+            # Every shard is already complete: start nothing; rewrite job.json only if it is lost or does
+            # not say so yet (a run killed after its last shard).
             summary = summarize(manifest, shards, plan, DispatchOutcome(), {}, output, started)
-            if previous is None:
+            if previous is None or previous.get("status") != "finished":
                 _record_end(output, record, "finished", summary, DispatchOutcome(), plan.versions)
             return summary
         # 3. Record what the job is, then start Ray and the actors (they load their models in parallel).

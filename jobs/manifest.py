@@ -14,11 +14,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.errors import ManifestError, one_line
+from jobs.jobfile import JOB_FILE
 from workers import columns as C
 from workers import storage
+from workers.fence import LOCK_FILE
 
 MAX_IDS_SHOWN = 5
 MAX_SEED = 2**63 - 1  # seeds are written as int64
+# A folder holding one of these is a genbatch output folder: its shards are never read as a manifest.
+OUTPUT_MARKERS = (JOB_FILE, LOCK_FILE)
 _BATCH_ROWS = 65_536
 
 
@@ -65,13 +69,21 @@ class _Problem:
 def find_manifest_files(source: str) -> list[str]:
     """A file, every `*.parquet` below a folder, or the files a glob matches; sorted, so stable.
 
-    On object stores (`s3://...`), a key or every `*.parquet` below a prefix; no globs."""
+    Below a folder, genbatch output folders (holding `job.json` or `.genbatch.lock`) are skipped: a
+    job's output may live inside its manifest folder. On object stores (`s3://...`), a key or every
+    `*.parquet` below a prefix (skipping output prefixes the same way); no globs."""
     if storage.is_remote(source):
         return _find_remote_files(source)
     if glob.has_magic(source):
         files = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p))
     elif os.path.isdir(source):
-        files = sorted(str(p) for p in Path(source).rglob("*.parquet") if p.is_file() and not p.name.startswith("."))
+        root = Path(source)
+        outputs = {p.parent for marker in OUTPUT_MARKERS for p in root.rglob(marker) if p.parent != root}
+        files = sorted(
+            str(p)
+            for p in root.rglob("*.parquet")
+            if p.is_file() and not p.name.startswith(".") and outputs.isdisjoint(p.parents)
+        )
     elif os.path.isfile(source):
         files = [source]
     else:
@@ -85,10 +97,15 @@ def _find_remote_files(source: str) -> list[str]:
     try:
         if storage.is_file(source):
             return [source]
+        listing = storage.list_files(source, recursive=True)
+        outputs = {storage.parent(f) + "/" for f in listing if storage.name(f) in OUTPUT_MARKERS}
+        outputs.discard(source.rstrip("/") + "/")
         files = [
             f
-            for f in storage.list_files(source, recursive=True)
-            if f.endswith(".parquet") and not storage.name(f).startswith(".")
+            for f in listing
+            if f.endswith(".parquet")
+            and not storage.name(f).startswith(".")
+            and not any(f.startswith(output) for output in outputs)
         ]
     except OSError as error:
         raise ManifestError(f"{source}: cannot read manifest ({one_line(error)})") from None

@@ -105,7 +105,7 @@ def build_report(run_dir: str | Path, by: str | None = None, shown: int = SHOWN_
     order = np.argsort(scores, kind="stable")
     best = scored.take(order[::-1][:shown]) if len(order) else scored
     worst = scored.take(order[:shown]) if len(order) else scored
-    images = fetch_images(run.path, best[C.ID].to_pylist() + worst[C.ID].to_pylist())
+    images = fetch_images(run, best[C.ID].to_pylist() + worst[C.ID].to_pylist())
     visuals = {
         "histogram": histogram_uri(scores),
         "best": _tiles(best, images),

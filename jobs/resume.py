@@ -57,9 +57,13 @@ def read_job_file(output_dir: str) -> dict | None:
         record = json.loads(storage.read_bytes(path))
     except (OSError, ValueError) as error:
         raise OutputError(f"{path}: unreadable ({one_line(error)}); rerun with --overwrite to start over") from None
-    if not isinstance(record, dict) or not isinstance(record.get("identity"), dict):
+    if not (isinstance(record, dict) and isinstance(record.get("identity"), dict) and _is_count(record.get("shards"))):
         raise OutputError(f"{path}: not a genbatch job record; rerun with --overwrite to start over")
     return record
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def check_same_job(output_dir: str, previous: dict, identity: dict) -> None:
@@ -127,8 +131,9 @@ def plan_resume(output_dir: str, shards: list[ShardTask], key: str, retry_failed
     if foreign:
         more = len(foreign) - MAX_FILES_SHOWN
         shown = ", ".join(foreign[:MAX_FILES_SHOWN]) + (f" and {more} more" if more > 0 else "")
+        counted = "1 shard file is" if len(foreign) == 1 else f"{len(foreign)} shard files are"
         raise OutputError(
-            f"{storage.join(output_dir, DATA_DIR)}: {len(foreign)} shard files are not part of this job: {shown}; "
+            f"{storage.join(output_dir, DATA_DIR)}: {counted} not part of this job: {shown}; "
             "rerun with --overwrite to replace them, or choose another output folder"
         )
     complete, todo, retrying = {}, [], {}

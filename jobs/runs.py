@@ -8,6 +8,7 @@ reads only the row groups that hold the images of the few rows a report shows.
 from __future__ import annotations
 
 import fnmatch
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +20,14 @@ import pyarrow.parquet as pq
 
 from jobs.errors import OutputError, one_line
 from jobs.jobfile import JOB_FILE
-from jobs.resume import read_job_file
+from jobs.resume import MAX_FILES_SHOWN, SHARD_PATTERN, identity_key, read_job_file
 from workers import columns as C
 from workers import storage
-from workers.writer import DATA_DIR
+from workers.writer import DATA_DIR, read_footer, shard_file_name
 
 _BATCH_ROWS = 8192
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Run:
     path: str
     job: dict
     table: pa.Table  # every output column except the image
+    files: list[str]  # the job's own shard files (see `job_shard_files`)
 
     @property
     def clip_model(self) -> str | None:
@@ -54,17 +58,18 @@ def open_run(path: str | Path) -> Run:
         raise OutputError(f"{path}: cannot reach the run ({one_line(error)})") from None
     if job is None:
         raise OutputError(f"{path}: not a genbatch run folder (no {JOB_FILE})")
-    dataset = _dataset(path)
+    files = job_shard_files(path, job)
+    dataset = _dataset(files)
     names = [name for name in dataset.schema.names if name != C.IMAGE]
     batches = dataset.to_batches(columns=names, batch_size=_BATCH_ROWS)
     table = pa.Table.from_batches(list(batches), schema=pa.schema([dataset.schema.field(n) for n in names]))
-    return Run(path=path, job=job, table=table)
+    return Run(path=path, job=job, table=table, files=files)
 
 
-def fetch_images(path: str | Path, ids: list) -> dict:
+def fetch_images(run: Run, ids: list) -> dict:
     """PNG bytes of the rows with these ids, reading only the row groups that hold them."""
     found: dict = {}
-    for file in _shard_files(str(path)):
+    for file in run.files:
         with storage.open_input(file) as source:
             _images_in_file(pq.ParquetFile(source), ids, found)
     return found
@@ -85,14 +90,31 @@ def _images_in_file(parquet: pq.ParquetFile, ids: list, found: dict) -> None:
                 found[row_id] = image["bytes"]
 
 
-def _shard_files(path: str) -> list[str]:
+def job_shard_files(path: str, job: dict) -> list[str]:
+    """The shard files in `data/` that belong to the job: a shard it planned, written by it (footer).
+
+    Anything else there (another job's shard, a stray copy) is left out with a warning, never counted."""
     data = storage.join(path, DATA_DIR)
-    files = [f for f in storage.list_files(data) if fnmatch.fnmatch(storage.name(f), "shard-*.parquet")]
+    key, planned = identity_key(job["identity"]), {shard_file_name(i) for i in range(job["shards"])}
+    files, others = [], []
+    for file in storage.list_files(data):
+        name = storage.name(file)
+        if not fnmatch.fnmatch(name, SHARD_PATTERN):
+            continue
+        footer = read_footer(file) if name in planned else None
+        if footer is not None and footer.job_key == key and shard_file_name(footer.shard) == name:
+            files.append(file)
+        else:
+            others.append(name)
+    if others:
+        more = len(others) - MAX_FILES_SHOWN
+        shown = ", ".join(others[:MAX_FILES_SHOWN]) + (f" and {more} more" if more > 0 else "")
+        logger.warning("%s: %d shard files are not part of this job, left out: %s", data, len(others), shown)
     if not files:
-        raise OutputError(f"{path}: no shard files in {data}")
+        raise OutputError(f"{path}: no shard files of this job in {data}")
     return files
 
 
-def _dataset(path: str) -> ds.Dataset:
-    filesystem, _ = storage.resolve(path)
-    return ds.dataset([storage.resolve(f)[1] for f in _shard_files(path)], format="parquet", filesystem=filesystem)
+def _dataset(files: list[str]) -> ds.Dataset:
+    filesystem, _ = storage.resolve(files[0])
+    return ds.dataset([storage.resolve(f)[1] for f in files], format="parquet", filesystem=filesystem)

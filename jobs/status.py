@@ -1,7 +1,8 @@
 """`genbatch status OUTPUT`: how a running or finished job stands, from its output folder alone.
 
 job.json says what the job is and how its last run ended; `stats/` says which shards are done, by
-whom and how fast. On a local folder, the output lock tells a live run from one that was killed.
+whom and how fast (only this job's stats count: see `job_stats`). On a local folder, the output lock
+tells a live run from one that was killed.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from datetime import datetime, timezone
 
 from jobs.errors import OutputError
 from jobs.lock import lock_is_held
-from jobs.resume import read_job_file
+from jobs.resume import identity_key, read_job_file
 from workers.shard_stats import ShardStats, read_all_stats
+from workers.writer import read_footer, shard_path
 
 
 @dataclass
@@ -55,7 +57,7 @@ def job_status(output: str, now: datetime | None = None) -> JobStatus:
     if record is None:
         raise OutputError(f"{output}: no job.json here; is this a genbatch output folder?")
     now = now or datetime.now(timezone.utc)
-    stats = read_all_stats(output)
+    stats = job_stats(output, record)
     state = record.get("status", "unknown")
     if state == "running" and not lock_is_held(output):  # (object stores: trust job.json)
         state = "stopped"
@@ -89,6 +91,26 @@ def job_status(output: str, now: datetime | None = None) -> JobStatus:
         eta_seconds=eta,
         workers=sorted(workers.values(), key=lambda w: w.worker),
     )
+
+
+def job_stats(output: str, record: dict) -> list[ShardStats]:
+    """The stats of this job's shards: those of a shard it planned, written by it (their `job_key`).
+
+    Stats from before genbatch recorded `job_key` carry none: such a file counts only while its shard's
+    file in `data/` carries this job's key in its footer, so a file of another job is never counted."""
+    key = identity_key(record["identity"])
+    found = []
+    for stats in read_all_stats(output):
+        if not 0 <= stats.shard < record["shards"]:
+            continue
+        if stats.job_key == key or (not stats.job_key and _shard_is_this_jobs(output, stats.shard, key)):
+            found.append(stats)
+    return found
+
+
+def _shard_is_this_jobs(output: str, shard: int, key: str) -> bool:
+    footer = read_footer(shard_path(output, shard))
+    return footer is not None and footer.job_key == key and footer.shard == shard
 
 
 def format_status(status: JobStatus) -> str:

@@ -19,10 +19,20 @@ def version_changes(before: dict | None, after: dict | None) -> list[str]:
     """`diffusers 0.42.1 -> 0.43.0`, one per package that differs."""
     if before is None or after is None:
         known = after if before is None else before
-        listed = ", ".join(f"{name} {version}" for name, version in sorted((known or {}).items()))
+        listed = ", ".join(f"{name} {_shown(known or {}, name)}" for name in sorted(known or {}))
         return [f"versions not recorded -> {listed}" if before is None else f"{listed} -> versions not recorded"]
     names = sorted(set(before) | set(after))
-    return [f"{name} {before.get(name)} -> {after.get(name)}" for name in names if before.get(name) != after.get(name)]
+    return [
+        f"{name} {_shown(before, name)} -> {_shown(after, name)}"
+        for name in names
+        if _shown(before, name) != _shown(after, name)
+    ]
+
+
+def _shown(versions: dict, name: str) -> str:
+    if name not in versions:
+        return "not recorded"
+    return versions[name] or "not installed"
 
 
 class VersionGuard:

@@ -18,6 +18,7 @@ from scipy import stats
 from jobs import compare
 from jobs.cli import main
 from jobs.render import changes_text, pvalue_text
+from jobs.resume import identity_key
 from workers import columns as C
 from workers.writer import ShardFooter, write_shard
 
@@ -34,6 +35,7 @@ def png(seed: int, size: int = 16) -> bytes:
 def make_run(path, scores, clip_model="tiny", prompts=None, seeds=None, failed=(), shard_size=64, image=None):
     """A run folder as genbatch writes it, built directly (no model needed)."""
     n = len(scores)
+    identity = {"made_by": "tests.test_report.make_run", "rows": n, "shard_size": shard_size}
     prompts = prompts or [f"prompt {i}" for i in range(n)]
     seeds = seeds if seeds is not None else list(range(n))
     for index, start in enumerate(range(0, n, shard_size)):
@@ -55,9 +57,12 @@ def make_run(path, scores, clip_model="tiny", prompts=None, seeds=None, failed=(
                 C.ERROR: ["RuntimeError: boom" if b else None for b in bad],
             }
         )
-        write_shard(table, str(path), ShardFooter("k", index, len(rows), len(rows) - sum(bad), sum(bad)))
+        footer = ShardFooter(identity_key(identity), index, len(rows), len(rows) - sum(bad), sum(bad))
+        write_shard(table, str(path), footer)
     job = {
         "status": "finished",
+        "identity": identity,
+        "shards": -(-n // shard_size),
         "config": {
             "model": {"id": "tiny", "scheduler": "ddim", "dtype": "auto"},
             "generation": {"steps": 4, "guidance_scale": 7.5, "width": 64, "height": 64},

@@ -31,8 +31,12 @@ class ShardStats:
     job_key: str = ""  # the job that wrote it (as in the shard's footer); "" in stats from before it was kept
 
 
+def stats_file_name(shard: int) -> str:
+    return f"shard-{shard:05d}.json"
+
+
 def stats_path(output_dir: str, shard: int) -> str:
-    return storage.join(output_dir, STATS_DIR, f"shard-{shard:05d}.json")
+    return storage.join(output_dir, STATS_DIR, stats_file_name(shard))
 
 
 def write_shard_stats(output_dir: str, stats: ShardStats, before_publish=None) -> None:
@@ -41,10 +45,16 @@ def write_shard_stats(output_dir: str, stats: ShardStats, before_publish=None) -
 
 
 def read_all_stats(output_dir: str) -> list[ShardStats]:
-    """Every shard's stats, by shard number; files that are not genbatch stats are ignored."""
+    """Every shard's stats, by shard number; files that are not genbatch stats (or not under their
+    shard's name) are ignored."""
     found = []
     for location in storage.list_files(storage.join(output_dir, STATS_DIR)):
         if not (storage.name(location).startswith("shard-") and location.endswith(".json")):
             continue
-        found.append(ShardStats(**json.loads(storage.read_bytes(location))))
+        try:
+            stats = ShardStats(**json.loads(storage.read_bytes(location)))
+        except (TypeError, ValueError):  # not a JSON object of ShardStats' fields
+            continue
+        if isinstance(stats.shard, int) and storage.name(location) == stats_file_name(stats.shard):
+            found.append(stats)
     return sorted(found, key=lambda stats: stats.shard)
