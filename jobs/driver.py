@@ -12,7 +12,7 @@ from pathlib import Path
 from jobs import cluster, signals
 from jobs.config import JobConfig
 from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks
-from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, OutputError, WorkerStartError, one_line
+from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, GenbatchError, OutputError, WorkerStartError, one_line
 from jobs.jobfile import package_versions, utc_now, write_job_file
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest, seed_column_warning
@@ -119,12 +119,14 @@ def run_job(
                 _record_end(output, record, "finished", summary, DispatchOutcome(), plan.versions)
             return summary
         # 3. Record what the job is, then start Ray and the actors (they load their models in parallel).
-        write_job_file(output, record)
         guard = VersionGuard(output, plan.versions, allow_version_change)
         follow = Progress(total=plan.images_to_generate, mode=progress)
         dispatcher: Dispatcher | None = None
         interrupt: KeyboardInterrupt | None = None
+        recorded = False  # job.json says this run is running
         try:
+            write_job_file(output, record)
+            recorded = True
             cluster.connect(address, forward_actor_logs, announce=lambda message: announce(message, progress))
             resources = cluster.actor_resources(config)
             settings = worker_settings(config, output, resources, key, lock.token)
@@ -162,7 +164,8 @@ def run_job(
         except BaseException:
             signals.stopping()
             _stop(dispatcher, output, follow)
-            _record_failure(output, record, dispatcher.outcome if dispatcher else DispatchOutcome(), guard.seen)
+            if recorded:
+                _record_failure(output, record, dispatcher.outcome if dispatcher else DispatchOutcome(), guard.seen)
             raise
         signals.stopping()
         _stop(dispatcher, output, follow)
@@ -193,7 +196,7 @@ def _record_failure(output: str, record: dict, outcome: DispatchOutcome, version
     """Mark the run failed; on the way out of an error, so a failure here is logged, not raised over it."""
     try:
         _record_end(output, record, "failed", None, outcome, versions)
-    except OSError as error:
+    except (OSError, GenbatchError) as error:
         logger.warning("could not record the failure in %s: %s", output, one_line(error))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -68,6 +69,20 @@ def install() -> None:
     (`nohup`, a script's background job), as Unix programs do. Main thread only, as Python requires."""
     _handler.stopping, _handler.received = False, None
     _route_signals()
+    sys.unraisablehook = _unraisable
+
+
+def _unraisable(unraisable) -> None:
+    """An exception Python cannot raise (one in a finalizer, say) is printed raw on stderr by default.
+    A stop signal's raise can land there: `received` still stops the job, so say nothing; log the rest."""
+    if isinstance(unraisable.exc_value, Interrupted):
+        return
+    logger.warning(
+        "%s: %s: %s",
+        unraisable.err_msg or "exception ignored",
+        type(unraisable.exc_value).__name__,
+        " ".join(str(unraisable.exc_value).split()),
+    )
 
 
 def _route_signals() -> None:
@@ -92,6 +107,8 @@ def raise_if_received() -> None:
 
 def restore_defaults() -> None:
     """Back to Python's own handling (tests call `main()` many times in one process)."""
+    if sys.unraisablehook is _unraisable:
+        sys.unraisablehook = sys.__unraisablehook__
     if threading.current_thread() is not threading.main_thread():
         return
     for signum in STOP_SIGNALS:
