@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import platform
 from datetime import datetime, timezone
-from importlib import metadata
 
 from jobs.errors import OutputError, one_line
 from workers import storage
+from workers.provenance import installed_versions
 
 JOB_FILE = "job.json"
 _PACKAGES = ("genbatch", "torch", "diffusers", "transformers", "ray", "pyarrow", "pydantic", "pillow")
@@ -19,13 +19,7 @@ def utc_now() -> str:
 
 
 def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return {"python": platform.python_version(), **installed_versions(_PACKAGES)}
 
 
 def write_job_file(output_dir: str, record: dict) -> None:

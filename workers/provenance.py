@@ -9,8 +9,13 @@ PIXEL_PACKAGES = ("genbatch", "torch", "diffusers", "transformers")
 
 
 def pixel_versions() -> dict[str, str | None]:
+    return installed_versions(PIXEL_PACKAGES)
+
+
+def installed_versions(names) -> dict[str, str | None]:
+    """Each package's installed version; None for one that is not installed."""
     versions: dict[str, str | None] = {}
-    for name in PIXEL_PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
