@@ -129,8 +129,7 @@ def plan_resume(output_dir: str, shards: list[ShardTask], key: str, retry_failed
         else:
             footers[shard.index] = footer
     if foreign:
-        more = len(foreign) - MAX_FILES_SHOWN
-        shown = ", ".join(foreign[:MAX_FILES_SHOWN]) + (f" and {more} more" if more > 0 else "")
+        shown = some_of(foreign)
         counted = "1 shard file is" if len(foreign) == 1 else f"{len(foreign)} shard files are"
         raise OutputError(
             f"{storage.join(output_dir, DATA_DIR)}: {counted} not part of this job: {shown}; "
@@ -151,6 +150,12 @@ def plan_resume(output_dir: str, shards: list[ShardTask], key: str, retry_failed
         if footer.versions not in versions:
             versions.append(footer.versions)
     return ResumePlan(complete=complete, todo=todo, retrying=retrying, versions=versions)
+
+
+def some_of(names: list[str]) -> str:
+    """The first few names, and how many more there are: error messages stay one readable line."""
+    more = len(names) - MAX_FILES_SHOWN
+    return ", ".join(names[:MAX_FILES_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 def shard_files_exist(output_dir: str) -> bool:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from jobs.errors import OutputError, one_line
 from jobs.jobfile import JOB_FILE
-from jobs.resume import MAX_FILES_SHOWN, SHARD_PATTERN, identity_key, read_job_file
+from jobs.resume import SHARD_PATTERN, identity_key, read_job_file, some_of
 from workers import columns as C
 from workers import storage
 from workers.writer import DATA_DIR, read_footer, shard_file_name
@@ -107,8 +107,7 @@ def job_shard_files(path: str, job: dict) -> list[str]:
         else:
             others.append(name)
     if others:
-        more = len(others) - MAX_FILES_SHOWN
-        shown = ", ".join(others[:MAX_FILES_SHOWN]) + (f" and {more} more" if more > 0 else "")
+        shown = some_of(others)
         logger.warning("%s: %d shard files are not part of this job, left out: %s", data, len(others), shown)
     if not files:
         raise OutputError(f"{path}: no shard files of this job in {data}")
