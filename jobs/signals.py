@@ -11,6 +11,7 @@ Ctrl-C during shutdown cannot cut the tidying short with a traceback.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -51,14 +52,40 @@ class _Handler:
     def __init__(self) -> None:
         self.stopping = False
         self.received: int | None = None  # the first stop signal, kept in case a library swallows the raise
+        self.arrivals: int | None = None  # read end of the wakeup pipe: signal numbers in arrival order
+        self.handled_early: int | None = None  # the first signal, when a later one's handler ran first
 
     def __call__(self, signum: int, frame) -> None:
         if self.stopping:
+            if signum == self.handled_early:
+                self.handled_early = None
+                return
             logger.warning("%s received while stopping; still stopping", signal.Signals(signum).name)
             return
+        first = self._first_arrived() or signum
         self.stopping = True
-        self.received = signum
-        raise Interrupted(signum)
+        self.received = first
+        if first != signum:
+            self.handled_early = first
+            logger.warning("%s received while stopping; still stopping", signal.Signals(signum).name)
+        raise Interrupted(first)
+
+    def _first_arrived(self) -> int | None:
+        """Python runs the handlers of signals that arrived together in signal-number order (SIGINT before
+        SIGTERM), not in arrival order; the wakeup pipe has them as they came."""
+        return next((signum for signum in self.drain() if signum in STOP_SIGNALS), None)
+
+    def drain(self) -> bytes:
+        arrived = b""
+        while self.arrivals is not None:
+            try:
+                chunk = os.read(self.arrivals, 512)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            arrived += chunk
+        return arrived
 
 
 _handler = _Handler()
@@ -67,8 +94,9 @@ _handler = _Handler()
 def install() -> None:
     """Route the stop signals to `Interrupted`. A signal the process started with ignored stays ignored
     (`nohup`, a script's background job), as Unix programs do. Main thread only, as Python requires."""
-    _handler.stopping, _handler.received = False, None
+    _handler.stopping, _handler.received, _handler.handled_early = False, None, None
     _route_signals()
+    _note_arrivals()
     sys.unraisablehook = _unraisable
 
 
@@ -93,6 +121,23 @@ def _route_signals() -> None:
             signal.signal(signum, _handler)
 
 
+def _note_arrivals() -> None:
+    """Point Python's wakeup fd at a pipe of ours (once), so the handler can tell which signal came first."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if _handler.arrivals is None:
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        os.set_blocking(write, False)
+        _handler.arrivals, _wakeup[0] = read, write
+    else:
+        _handler.drain()  # signals of an earlier job in this process
+    signal.set_wakeup_fd(_wakeup[0], warn_on_full_buffer=False)
+
+
+_wakeup = [-1]  # write end of the pipe, once made
+
+
 def stopping() -> None:
     """From now on stop signals are noted but raise nothing: the job is already shutting down."""
     _handler.stopping = True
@@ -111,6 +156,9 @@ def restore_defaults() -> None:
         sys.unraisablehook = sys.__unraisablehook__
     if threading.current_thread() is not threading.main_thread():
         return
+    previous = signal.set_wakeup_fd(-1)
+    if previous not in (-1, _wakeup[0]):
+        signal.set_wakeup_fd(previous)  # not ours: leave it as it was
     for signum in STOP_SIGNALS:
         if signal.getsignal(signum) is _handler:
             signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)

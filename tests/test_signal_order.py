@@ -1,0 +1,52 @@
+"""Stop signals that arrive together: the first one decides the exit, whatever Python's handling order.
+
+Python runs pending signal handlers in signal-number order (SIGHUP, SIGINT, then SIGTERM), so a
+SIGTERM followed 50 ms later by a Ctrl-C, both landing while the main thread is busy in C code (as in
+`ray.wait`), used to end the job as if Ctrl-C had come first.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+CHILD = textwrap.dedent(
+    """
+    import hashlib, sys, time
+    from jobs import signals
+
+    signals.install()
+    data = b"x" * 600_000_000
+    try:
+        print("busy", flush=True)
+        hashlib.sha256(data).digest()  # C code: handlers wait until it returns
+        time.sleep(30)
+    except KeyboardInterrupt as stop:
+        signals.stopping()
+        print(signals.signal_name_of(stop), flush=True)
+        sys.exit(signals.exit_code_of(stop))
+    """
+)
+
+
+def test_the_first_of_signals_arriving_together_decides():
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert child.stdout.readline() == "busy\n"
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        child.send_signal(sig)
+    stdout, stderr = child.communicate(timeout=60)
+    assert (child.returncode, stdout) == (143, "SIGTERM\n"), stderr
+    # The later two are noted, each once, and nothing else is said.
+    assert sorted(stderr.splitlines()) == [
+        "SIGHUP received while stopping; still stopping",
+        "SIGINT received while stopping; still stopping",
+    ]
