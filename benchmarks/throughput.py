@@ -168,16 +168,14 @@ def genbatch_job(manifest: Path, out: Path, args) -> tuple[float, float]:
 def interleaved_batches(manifest: Path, out: Path, args) -> tuple[list[float], list[float]]:
     """Seconds per micro-batch of the plain loop's code and of genbatch's worker, run alternately in
     this process on the same rows (no Ray)."""
-    from jobs.cluster import ActorResources
-    from jobs.driver import worker_settings
+    from jobs.settings import worker_settings
     from workers.rows import read_slice, resolve_rows, row_ids
     from workers.tasks import ShardTask
     from workers.worker import GenerationWorker
 
     config = job_config(manifest, out, args)
     out.mkdir(parents=True)
-    resources = ActorResources(num_cpus=args.threads, num_gpus=0)
-    worker = GenerationWorker(worker_settings(config, str(out), resources, "benchmark"), index=0)
+    worker = GenerationWorker(worker_settings(config, str(out), "benchmark", num_threads=args.threads), index=0)
     models = load_tiny_models(args.threads)
     task = ShardTask(index=0, file=str(manifest), start=0, stop=args.batch_size, first_row=0, has_id_column=True)
     table = read_slice(task.file, task.start, task.stop)

@@ -30,10 +30,11 @@ from jobs.resume import (
     read_job_file,
     shard_files_exist,
 )
+from jobs.settings import worker_settings
 from jobs.versions import VersionGuard
 from workers import storage
 from workers.shard_stats import STATS_DIR
-from workers.tasks import FastPaths, GenerationDefaults, ImageEncoding, WorkerInfo, WorkerSettings
+from workers.tasks import WorkerInfo
 from workers.writer import DATA_DIR, ShardFooter, remove_temp_files
 
 logger = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def run_job(
             recorded = True
             cluster.connect(address, forward_actor_logs, announce=lambda message: announce(message, progress))
             resources = cluster.actor_resources(config)
-            settings = worker_settings(config, output, resources, key, lock.token)
+            settings = worker_settings(config, output, key, max(1, int(resources.num_cpus)), lock.token)
             workers = config.resources.workers
             announce(f"loading {config.model.id} on {workers} worker{'s' if workers > 1 else ''}", progress)
 
@@ -223,42 +224,6 @@ def prepare_output(path: str) -> str:
         if folder.exists() and not folder.is_dir():
             raise OutputError(f"{folder}: not a folder; genbatch writes its shard files there")
     return str(output.resolve())
-
-
-def worker_settings(
-    config: JobConfig, output: str, resources: cluster.ActorResources, key: str, run_token: str | None = None
-) -> WorkerSettings:
-    generation = config.generation
-    return WorkerSettings(
-        model=config.model.id,
-        revision=config.model.revision,
-        variant=config.model.variant,
-        mode=config.mode,
-        scheduler=config.model.scheduler,
-        dtype=config.model.dtype,
-        clip_model=config.clip.model,
-        batch_size=config.resources.batch_size,
-        job_seed=config.seed,
-        defaults=GenerationDefaults(
-            steps=generation.steps,
-            guidance_scale=generation.guidance_scale,
-            width=generation.width,
-            height=generation.height,
-            negative_prompt=generation.negative_prompt,
-            strength=generation.strength,
-            init_image_policy=generation.init_image_policy,
-        ),
-        output_dir=output,
-        job_key=key,
-        num_threads=max(1, int(resources.num_cpus)),
-        encoding=ImageEncoding(
-            format=config.output.image_format,
-            png_compress_level=config.output.png_compress_level,
-            quality=config.output.quality,
-        ),
-        fast=FastPaths(**config.performance.model_dump()),
-        run_token=run_token,
-    )
 
 
 def job_warnings(config: JobConfig, manifest: Manifest) -> list[str]:

@@ -130,7 +130,7 @@ def write_manifest(path: Path, columns: dict, row_group_size: int | None = None)
     return path
 
 
-def write_config(path: Path, manifest: Path | str, output: Path | str, **sections) -> Path:
+def small_config(manifest: Path | str, output: Path | str, **sections) -> dict:
     """A small CPU job config; keyword arguments replace whole keys or merge into sections."""
     config = {
         "manifest": str(manifest),
@@ -147,8 +147,30 @@ def write_config(path: Path, manifest: Path | str, output: Path | str, **section
             config[key].update(value)
         else:
             config[key] = value
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return config
+
+
+def write_config(path: Path, manifest: Path | str, output: Path | str, **sections) -> Path:
+    path.write_text(yaml.safe_dump(small_config(manifest, output, **sections)), encoding="utf-8")
     return path
+
+
+def worker_settings_for(folder: Path | str, key: str = "test", **sections):
+    """The settings that a job of `small_config` (changed by `sections`) writing to `folder` gives its actors."""
+    from jobs.config import JobConfig
+    from jobs.settings import worker_settings
+
+    config = JobConfig.model_validate(small_config("manifest.parquet", folder, **sections))
+    return worker_settings(config, str(folder), key, num_threads=1)
+
+
+def generation_defaults(**generation):
+    """Row defaults from a `generation` config section (the config's defaults for what is not given)."""
+    from jobs.config import GenerationConfig
+    from jobs.settings import from_section
+    from workers.tasks import GenerationDefaults
+
+    return from_section(GenerationDefaults, GenerationConfig(**generation))
 
 
 def read_output(output: Path) -> pa.Table:

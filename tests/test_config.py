@@ -122,3 +122,32 @@ def test_shipped_configs_are_valid():
         assert isinstance(config, JobConfig)
     assert {p.name for p in Path("configs").glob("*.yaml")} >= {"tiny.yaml", "sd15.yaml", "sd21-base.yaml", "sdxl.yaml"}
     assert yaml.safe_load(Path("configs/tiny.yaml").read_text())["model"]["id"] == "tiny"
+
+
+def test_worker_settings_repeat_no_default_of_the_config(tmp_path):
+    """Each default is written once, in jobs.config: the actor-side dataclasses have none, and every
+    field is filled from the config (a non-default value in each section reaches the actor)."""
+    from dataclasses import MISSING, fields
+
+    from jobs.settings import worker_settings
+    from tests.conftest import small_config
+    from workers.tasks import FastPaths, GenerationDefaults, ImageEncoding, WorkerSettings
+
+    for cls in (GenerationDefaults, ImageEncoding, FastPaths, WorkerSettings):
+        assert [f.name for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING] == []
+    raw = small_config(
+        "m.parquet",
+        {"path": str(tmp_path), "image_format": "webp", "quality": 70},
+        generation={"strength": 0.3, "init_image_policy": "error", "negative_prompt": "blur"},
+        performance={"compile": True, "writer_threads": 3},
+        mode="reconstruct",
+    )
+    settings = worker_settings(JobConfig.model_validate(raw), str(tmp_path), "key")
+    assert (settings.defaults.strength, settings.defaults.init_image_policy) == (0.3, "error")
+    assert settings.defaults.negative_prompt == "blur"
+    assert (settings.encoding.image_format, settings.encoding.quality, settings.encoding.png_compress_level) == (
+        "webp",
+        70,
+        1,
+    )
+    assert (settings.fast.compile, settings.fast.writer_threads, settings.mode) == (True, 3, "reconstruct")

@@ -12,6 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from jobs.config import PerformanceConfig
+from jobs.settings import from_section
+from tests.conftest import generation_defaults
 from tests.test_worker import settings
 from workers.clip import ClipScorer, preprocess_on_device
 from workers.fastpaths import apply_fast_paths
@@ -19,11 +22,16 @@ from workers.generation import generate, to_uint8
 from workers.images import encode_image
 from workers.loading import load_clip, load_pipeline
 from workers.rows import RowSpec
-from workers.tasks import FastPaths, GenerationDefaults, ImageEncoding, ShardTask
+from workers.tasks import FastPaths, ImageEncoding, ShardTask
 from workers.worker import GenerationWorker
 
 CPU = torch.device("cpu")
-DEFAULTS = GenerationDefaults(steps=2, guidance_scale=7.5, width=32, height=32, negative_prompt="")
+
+def fast_paths(**performance) -> FastPaths:
+    return from_section(FastPaths, PerformanceConfig(**performance))
+
+
+DEFAULTS = generation_defaults(steps=2, guidance_scale=7.5, width=32, height=32)
 
 
 def rows(n: int) -> list[RowSpec]:
@@ -62,13 +70,13 @@ def test_on_device_clip_preprocessing_matches_the_processor_within_1e_3(tiny_dir
 @pytest.mark.parametrize(("fmt", "magic"), [("png", b"\x89PNG"), ("webp", b"RIFF"), ("jpeg", b"\xff\xd8\xff")])
 def test_image_formats(fmt, magic):
     pixels = np.random.default_rng(1).integers(0, 256, (32, 48, 3), dtype=np.uint8)
-    data = encode_image(pixels, ImageEncoding(format=fmt, quality=90))
+    data = encode_image(pixels, ImageEncoding(image_format=fmt, png_compress_level=1, quality=90))
     assert data.startswith(magic)
     decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     assert decoded.shape == pixels.shape
     if fmt == "png":
         assert np.array_equal(decoded, pixels)
-        smaller = encode_image(pixels, ImageEncoding(format="png", png_compress_level=9))
+        smaller = encode_image(pixels, ImageEncoding(image_format="png", png_compress_level=9, quality=95))
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(smaller))), pixels)
 
 
@@ -77,14 +85,14 @@ def test_fast_path_switches_configure_the_pipeline(tiny_dirs, monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append((fn, kw)) or fn)
     pipe = load_pipeline("tiny", None, None, CPU, torch.float32)
     decode = pipe.vae.decode
-    fast = FastPaths(compile=True, channels_last=True, vae_slicing=True, vae_tiling=True)
+    fast = fast_paths(compile=True, channels_last=True, vae_slicing=True, vae_tiling=True)
     assert apply_fast_paths(pipe, fast, CPU, 4, DEFAULTS) == ["channels_last", "vae_tiling", "vae_slicing", "compile"]
     assert [fn for fn, _ in compiled] == [pipe.unet, decode] and all(kw == {"dynamic": False} for _, kw in compiled)
     conv = pipe.unet.conv_in.weight
     assert conv.is_contiguous(memory_format=torch.channels_last)
     assert pipe.vae.use_slicing and pipe.vae.use_tiling
     # "auto" turns nothing on on the CPU: the plain path stays exact there.
-    assert apply_fast_paths(load_pipeline("tiny", None, None, CPU, torch.float32), FastPaths(), CPU, 4, DEFAULTS) == []
+    assert apply_fast_paths(load_pipeline("tiny", None, None, CPU, torch.float32), fast_paths(), CPU, 4, DEFAULTS) == []
 
 
 def test_encoding_on_threads_writes_the_same_bytes_as_inline(tmp_path, tiny_dirs):
@@ -94,7 +102,7 @@ def test_encoding_on_threads_writes_the_same_bytes_as_inline(tmp_path, tiny_dirs
     digests = []
     for threads in (0, 3):
         base = settings(tmp_path / f"out-{threads}", batch_size=2)
-        worker = GenerationWorker(replace(base, fast=FastPaths(writer_threads=threads)), 0)
+        worker = GenerationWorker(replace(base, fast=replace(base.fast, writer_threads=threads)), 0)
         result = list(worker.run_shard(task))[-1]
         digests.append(pq.read_table(result.file).column("image_sha256").to_pylist())
     assert digests[0] == digests[1] and None not in digests[0]

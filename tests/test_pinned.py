@@ -15,8 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import worker_settings_for
 from tests.reference import decode_png
-from workers.tasks import GenerationDefaults, ShardTask, WorkerSettings
+from workers.tasks import ShardTask
 from workers.worker import GenerationWorker
 
 PINNED_WITH = {"torch": "2.13.0+cpu", "diffusers": "0.42.1", "transformers": "5.23.0"}
@@ -34,19 +35,7 @@ def output(tmp_path_factory, tiny_dirs) -> pa.Table:
     tmp_path = tmp_path_factory.mktemp("pinned")
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.table({"prompt": PROMPTS, "seed": pa.array(SEEDS, pa.int64())}), manifest)
-    settings = WorkerSettings(
-        model="tiny",
-        revision=None,
-        scheduler=None,
-        dtype="fp32",
-        clip_model="tiny",
-        batch_size=1,
-        job_seed=0,
-        defaults=GenerationDefaults(steps=2, guidance_scale=7.5, width=32, height=32, negative_prompt=""),
-        output_dir=str(tmp_path / "out"),
-        job_key="pinned",
-        num_threads=1,
-    )
+    settings = worker_settings_for(tmp_path / "out", key="pinned", resources={"batch_size": 1})
     worker = GenerationWorker(settings, 0)
     assert worker.load_error is None, worker.load_error
     result = list(worker.run_shard(ShardTask(0, str(manifest), 0, len(PROMPTS), 0, has_id_column=False)))[-1]

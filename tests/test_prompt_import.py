@@ -15,9 +15,8 @@ from jobs.cli import main
 from jobs.errors import ManifestError
 from jobs.manifest import read_manifest
 from jobs.prompt_import import ImportSummary, import_prompts
-from tests.conftest import read_output, write_config
+from tests.conftest import generation_defaults, read_output, write_config
 from workers.rows import derive_seed, resolve_rows
-from workers.tasks import GenerationDefaults
 
 BOM = "\ufeff"
 UNICODE = "café ☕ 東京"
@@ -189,7 +188,7 @@ def test_without_a_seed_there_is_no_seed_column_and_the_job_seed_gives_each_imag
     ids = ["000000-0", "000000-1", "000000-2", "000001-0", "000001-1", "000001-2"]
     assert summary.columns == ["id", "prompt"]
     table = pq.read_table(output)
-    defaults = GenerationDefaults(steps=2, guidance_scale=7.5, width=32, height=32, negative_prompt="")
+    defaults = generation_defaults(steps=2, guidance_scale=7.5, width=32, height=32)
     for job_seed in (0, 5):
         rows = resolve_rows(table, table.column("id").combine_chunks(), defaults, job_seed)
         assert [row.seed for row in rows] == seeds(ids, job_seed)

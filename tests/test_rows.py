@@ -1,10 +1,11 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tests.conftest import generation_defaults
 from workers.rows import derive_seed, read_slice, resolve_rows, row_ids
-from workers.tasks import GenerationDefaults, ShardTask
+from workers.tasks import ShardTask
 
-DEFAULTS = GenerationDefaults(steps=5, guidance_scale=7.5, width=64, height=48, negative_prompt="blurry")
+DEFAULTS = generation_defaults(steps=5, guidance_scale=7.5, width=64, height=48, negative_prompt="blurry")
 
 
 def test_derived_seeds_are_stable_63_bit_and_depend_on_job_seed_and_id():

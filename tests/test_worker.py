@@ -11,28 +11,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import worker_settings_for
 from workers import generation, storage
 from workers.fence import LOCK_FILE, FencedOut, lock_record
 from workers.provenance import pixel_versions
-from workers.tasks import BatchProgress, GenerationDefaults, ShardResult, ShardTask, WorkerSettings
+from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerSettings
 from workers.worker import GenerationWorker
 from workers.writer import ShardFooter, ShardWriteError, read_footer, write_shard
 
 
 def settings(output, batch_size=4):
-    return WorkerSettings(
-        model="tiny",
-        revision=None,
-        scheduler=None,
-        dtype="fp32",
-        clip_model="tiny",
-        batch_size=batch_size,
-        job_seed=0,
-        defaults=GenerationDefaults(steps=1, guidance_scale=7.5, width=32, height=32, negative_prompt=""),
-        output_dir=str(output),
-        job_key="k",
-        num_threads=1,
-    )
+    return worker_settings_for(output, key="k", generation={"steps": 1}, resources={"batch_size": batch_size})
 
 
 def test_a_batch_that_raises_is_rerun_row_by_row_so_only_the_culprit_fails(tmp_path, monkeypatch, tiny_dirs):

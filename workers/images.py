@@ -17,10 +17,10 @@ _PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}
 def encode_image(pixels: np.ndarray, encoding: ImageEncoding) -> bytes:
     buffer = io.BytesIO()
     image = Image.fromarray(pixels)
-    if encoding.format == "png":
+    if encoding.image_format == "png":
         image.save(buffer, format="PNG", compress_level=encoding.png_compress_level)
     else:
-        image.save(buffer, format=_PIL_FORMATS[encoding.format], quality=encoding.quality)
+        image.save(buffer, format=_PIL_FORMATS[encoding.image_format], quality=encoding.quality)
     return buffer.getvalue()
 
 

@@ -7,39 +7,42 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The settings below carry no defaults: the config (jobs.config) holds each default once, and
+# jobs.settings fills every field from it.
+
 
 @dataclass(frozen=True)
 class GenerationDefaults:
-    """Generation settings for rows that do not override them."""
+    """Generation settings for rows that do not override them: the config's `generation` section."""
 
     steps: int
     guidance_scale: float
     width: int
     height: int
     negative_prompt: str
-    strength: float = 0.8  # image-to-image rows without their own
-    init_image_policy: str = "resize"  # or "error"
+    strength: float  # image-to-image rows without their own
+    init_image_policy: str  # "resize" or "error"
 
 
 @dataclass(frozen=True)
 class ImageEncoding:
-    """How images are stored in the image column."""
+    """How images are stored in the image column: the config's `output` section."""
 
-    format: str = "png"  # png, webp or jpeg
-    png_compress_level: int = 1
-    quality: int = 95
+    image_format: str  # png, webp or jpeg
+    png_compress_level: int
+    quality: int
 
 
 @dataclass(frozen=True)
 class FastPaths:
-    """Speed options; none of them changes pixels by more than float rounding."""
+    """Speed options (the config's `performance` section); none changes pixels by more than float rounding."""
 
-    compile: bool = False
-    channels_last: bool | str = "auto"
-    vae_slicing: bool | str = "auto"
-    vae_tiling: bool = False
-    clip_preprocess: str = "auto"  # device, processor or auto
-    writer_threads: int | str = "auto"  # auto: 2 with a GPU, 0 on the CPU
+    compile: bool
+    channels_last: bool | str
+    vae_slicing: bool | str
+    vae_tiling: bool
+    clip_preprocess: str  # device, processor or auto
+    writer_threads: int | str  # auto: 2 with a GPU, 0 on the CPU
 
 
 @dataclass(frozen=True)
@@ -48,20 +51,20 @@ class WorkerSettings:
 
     model: str
     revision: str | None
+    variant: str | None
     scheduler: str | None
     dtype: str
     clip_model: str | None
+    mode: str  # "generate" or "reconstruct"
     batch_size: int
     job_seed: int
     defaults: GenerationDefaults
+    encoding: ImageEncoding
+    fast: FastPaths
     output_dir: str
     job_key: str  # hash of everything that decides the output; stamped on every shard file
-    num_threads: int | None = None
-    encoding: ImageEncoding = ImageEncoding()
-    fast: FastPaths = FastPaths()
-    variant: str | None = None
-    mode: str = "generate"  # or "reconstruct"
-    run_token: str | None = None  # the run's token in OUTPUT/.genbatch.lock (workers.fence); None: no lock
+    num_threads: int | None  # torch threads; None: torch's own choice
+    run_token: str | None  # the run's token in OUTPUT/.genbatch.lock (workers.fence); None: no lock
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,46 @@
+"""The one place that turns the job config into the settings actors get (workers.tasks).
+
+Every default lives in jobs.config; the worker-side dataclasses have none, and each is filled from
+its config section by field name, so a field added on one side and not the other fails at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from jobs.config import JobConfig
+from workers.tasks import FastPaths, GenerationDefaults, ImageEncoding, WorkerSettings
+
+T = TypeVar("T")
+
+
+def from_section(cls: type[T], section: BaseModel) -> T:
+    """A worker-side settings dataclass with each field taken from the config section of the same name."""
+    return cls(**section.model_dump(include={field.name for field in fields(cls)}))
+
+
+def worker_settings(
+    config: JobConfig, output: str, key: str, num_threads: int | None = None, run_token: str | None = None
+) -> WorkerSettings:
+    model = config.model
+    return WorkerSettings(
+        model=model.id,
+        revision=model.revision,
+        variant=model.variant,
+        scheduler=model.scheduler,
+        dtype=model.dtype,
+        clip_model=config.clip.model,
+        mode=config.mode,
+        batch_size=config.resources.batch_size,
+        job_seed=config.seed,
+        defaults=from_section(GenerationDefaults, config.generation),
+        encoding=from_section(ImageEncoding, config.output),
+        fast=from_section(FastPaths, config.performance),
+        output_dir=output,
+        job_key=key,
+        num_threads=num_threads,
+        run_token=run_token,
+    )
