@@ -187,8 +187,8 @@ def interleaved_batches(manifest: Path, out: Path, args) -> tuple[list[float], l
         generate_batch(models, rows, args.steps, args.size)
         plain.append(time.perf_counter() - started)
         started = time.perf_counter()
-        _, futures = worker._process_batch(specs)
-        for _, future in futures:
+        result = worker.batch_runner.run(dict(enumerate(specs)))
+        for _, future in result.encoding:
             future.result()
         genbatch.append(time.perf_counter() - started)
     return plain[1:], genbatch[1:]

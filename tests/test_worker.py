@@ -13,8 +13,11 @@ import pytest
 
 from tests.conftest import worker_settings_for
 from workers import generation, storage
+from workers.batch import micro_batches
 from workers.fence import LOCK_FILE, FencedOut, lock_record
+from workers.images import encode_and_hash
 from workers.provenance import pixel_versions
+from workers.rows import RowSpec
 from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerSettings
 from workers.worker import GenerationWorker
 from workers.writer import ShardFooter, ShardWriteError, read_footer, write_shard
@@ -53,6 +56,41 @@ def test_a_batch_that_raises_is_rerun_row_by_row_so_only_the_culprit_fails(tmp_p
     assert footer == ShardFooter("k", 0, 4, 3, 1, versions=pixel_versions(), device="cpu")
     assert set(footer.versions) == {"genbatch", "torch", "diffusers", "transformers"}
     assert footer.versions["diffusers"] == metadata.version("diffusers")
+
+
+def spec(prompt: str, seed: int, steps: int = 1) -> RowSpec:
+    return RowSpec(prompt, prompt, "", seed, steps, 7.5, 32, 32)
+
+
+def test_micro_batches_keep_shard_positions_through_grouping_and_retry_subsets():
+    rows = [spec(f"p{i}", i, steps=1 + i % 2) for i in range(8)]
+    batches = micro_batches(rows, [1, 2, 3, 4, 5, 6, 7], batch_size=2)  # --retry-failed: position 0 was ok
+    assert [list(batch) for batch in batches] == [[1, 3], [5, 7], [2, 4], [6]]
+    assert all(batch[position] is rows[position] for batch in batches for position in batch)
+
+
+def test_the_one_by_one_fall_back_keeps_each_rows_position(tmp_path, monkeypatch, tiny_dirs):
+    real_generate = generation.generate
+
+    def generate(pipeline, rows, pad_to=None):
+        if any(row.prompt == "poison" for row in rows):
+            raise ValueError("cannot draw poison")
+        return real_generate(pipeline, rows, pad_to)
+
+    worker = GenerationWorker(settings(tmp_path / "out"), 0)
+    batch = {5: spec("a cat", 1), 9: spec("poison", 2), 12: spec("a dog", 3)}  # shard positions, not 0, 1, 2
+
+    def alone(position):  # the row's image, encoded, as a batch of its own makes it
+        pixels = generation.to_uint8(real_generate(worker.pipeline, [batch[position]]))
+        return encode_and_hash(pixels[0].cpu().numpy(), worker.settings.encoding)
+
+    expected = {5: alone(5), 12: alone(12)}
+    monkeypatch.setattr(generation, "generate", generate)
+    result = worker.batch_runner.run(batch)
+    assert list(result.outputs) == [5, 9, 12]
+    assert [out.error for out in result.outputs.values()] == [None, "ValueError: cannot draw poison", None]
+    assert result.outputs[9].duration_s == 0.0 and result.outputs[5].duration_s > 0
+    assert {position: future.result() for position, future in result.encoding} == expected  # no image moved
 
 
 def test_an_actor_publishes_nothing_once_another_run_holds_the_folder(tmp_path, tiny_dirs):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from workers import columns as C
 from workers.rows import RowSpec
 from workers.schedulers import seed_noise_sampler
 
@@ -71,6 +72,19 @@ def reconstruction_errors(original, written) -> list[tuple[float, float]]:
     for mse in diff.pow(2).flatten(1).mean(dim=1).tolist():
         errors.append((mse, math.inf if mse == 0 else 10 * math.log10(1.0 / mse)))
     return errors
+
+
+def reconstruction_metrics(init_images: list, pixels, means: list[float], stds: list[float]) -> list[dict]:
+    """Each image's round-trip columns: MSE and PSNR between its init image (PIL) and its written uint8
+    pixels (N, H, W, 3), and its latent's mean and std (from `reconstruct`)."""
+    import numpy as np
+    import torch
+
+    original = torch.from_numpy(np.stack([np.asarray(image) for image in init_images])).to(pixels.device)
+    return [
+        {C.RECON_MSE: mse, C.RECON_PSNR: psnr, C.LATENT_MEAN: mean, C.LATENT_STD: std}
+        for (mse, psnr), mean, std in zip(reconstruction_errors(original, pixels), means, stds)
+    ]
 
 
 def to_uint8(images):
