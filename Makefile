@@ -1,8 +1,10 @@
-# `make demo` and `make test` set up everything they need in .venv, from pinned versions.
+# `make demo` and `make test` set up everything they need in .venv, from pinned versions:
+# requirements.lock is what genbatch runs with; requirements-test.lock adds the tests and linters.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test test-fast bench lint clean
 
@@ -14,24 +16,28 @@ $(STAMP): pyproject.toml requirements.lock
 	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP) requirements-test.lock
+	$(BIN)/python -m pip install --quiet -r requirements.lock -r requirements-test.lock
+	touch $(TEST_STAMP)
+
 demo: $(STAMP)
 	rm -rf out/demo
 	$(BIN)/genbatch run configs/tiny.yaml
 	@echo "next: genbatch report out/demo  (genbatch is at $(BIN)/genbatch; or: source $(BIN)/activate)"
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/resume.py
 
-lint: $(STAMP)
-	$(BIN)/python -m pip install --quiet ruff
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check jobs workers tests benchmarks
+	$(BIN)/mypy jobs workers
 
 clean:
 	rm -rf $(VENV) out
