@@ -40,9 +40,9 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pyarrow as pa  # noqa: E402 - after the environment above
-import pyarrow.parquet as pq  # noqa: E402
-from throughput import make_manifest  # noqa: E402 - this folder's throughput benchmark
+import pyarrow as pa
+import pyarrow.parquet as pq
+from throughput import make_manifest
 
 logger = logging.getLogger("gpu_throughput")
 

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import functools
 import io
+import itertools
 import json
 import logging
 import sys
@@ -95,7 +96,7 @@ def _version() -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """argparse's usage errors are plain text; with --log-format json they are one JSON error line instead."""
     argv = sys.argv[1:] if argv is None else argv
-    json_requested = "--log-format=json" in argv or ("--log-format", "json") in zip(argv, argv[1:])
+    json_requested = "--log-format=json" in argv or ("--log-format", "json") in itertools.pairwise(argv)
     if not json_requested:
         return build_parser().parse_args(argv)
     usage = io.StringIO()

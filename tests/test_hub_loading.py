@@ -64,5 +64,5 @@ def test_a_model_missing_from_the_cache_says_how_to_fetch_it(tmp_path, capsys):
 
 def test_a_node_without_the_model_in_its_cache_says_so_from_its_actor():
     """The driver checks its own cache; an actor on another node checks that node's."""
-    with pytest.raises(ModelNotFoundError, match="^model 'genbatch-test/elsewhere' is not in the Hugging Face cache"):
+    with pytest.raises(ModelNotFoundError, match=r"^model 'genbatch-test/elsewhere' is not in the Hugging Face cache"):
         load_clip("genbatch-test/elsewhere", None)

@@ -165,7 +165,7 @@ def test_long_prompts_are_truncated_keeping_the_end_token(job_dir, clip_referenc
 
 
 def test_job_file_records_config_manifest_versions_and_counts(job_dir):
-    _, manifest, output = job_dir
+    _, _, output = job_dir
     record = json.loads((output / "job.json").read_text())
     assert record["status"] == "finished"
     assert record["counts"] == {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import ClassVar
 
 import httpx2
 import huggingface_hub
@@ -44,7 +45,7 @@ def online(monkeypatch):
 
     class Hub:
         answer: Exception | None = None
-        calls: list = []
+        calls: ClassVar[list] = []
 
     def get_hf_file_metadata(url, **options):
         Hub.calls.append((url, options))

@@ -43,7 +43,7 @@ def reconstructed(tmp_path_factory, ray_session):
     pngs = [noise_png(1), noise_png(2), noise_png(3)]
     manifest = write_manifest(
         tmp_path / "images.parquet",
-        {"id": ["a", "b", "c", "d"], "init_image": pa.array(pngs + [b"\x89PNG but truncated"])},
+        {"id": ["a", "b", "c", "d"], "init_image": pa.array([*pngs, b"\x89PNG but truncated"])},
     )
     config = write_config(
         tmp_path / "j.yaml",

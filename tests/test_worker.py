@@ -115,7 +115,7 @@ def test_an_actor_publishes_nothing_once_another_run_holds_the_folder(tmp_path, 
 def test_a_worker_that_cannot_load_reports_one_line(tmp_path):
     worker = GenerationWorker(_with_model(settings(tmp_path), str(tmp_path)), 3)
     assert worker.load_error.startswith("OSError: ") and "model_index.json" in worker.load_error
-    with pytest.raises(RuntimeError, match="model_index.json"):
+    with pytest.raises(RuntimeError, match=r"model_index\.json"):
         worker.ready()
 
 

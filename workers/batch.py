@@ -150,7 +150,7 @@ def collect_encoded(encoding: list[tuple[int, Future]], outputs: dict[int, RowOu
     for position, future in encoding:
         try:
             outputs[position].image_bytes, outputs[position].sha256 = future.result()
-        except Exception as error:  # noqa: BLE001 - an image that cannot be encoded fails its row
+        except Exception as error:
             logger.exception("encoding row at %d failed", position)
             output = outputs[position]
             output.error, output.cosine, output.truncated = f"{type(error).__name__}: {error}", None, None

@@ -26,8 +26,7 @@ def looks_like_path(ref: str) -> bool:
         or ref.startswith(("/", "./", "../", "~"))
         or ref.endswith("/")
         or ref.count("/") > 1
-        or os.sep != "/"
-        and os.sep in ref
+        or (os.sep != "/" and os.sep in ref)
     )
 
 

@@ -42,7 +42,7 @@ class GenerationWorker:
         self.load_error: str | None = None
         try:
             self._load()
-        except Exception as error:  # noqa: BLE001 - reported by ready(), as one line, to the driver
+        except Exception as error:
             self.load_error = f"{type(error).__name__}: {' '.join(str(error).split())}"
             logger.error("worker-%d could not load its models: %s", index, self.load_error)
             logger.debug("traceback", exc_info=True)
