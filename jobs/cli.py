@@ -105,7 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             return build_parser().parse_args(argv)
     except SystemExit as stop:
         if stop.code:
-            _error(usage.getvalue().strip().splitlines()[-1], json_logs=True, exit_code=stop.code)
+            _error(usage.getvalue().strip().splitlines()[-1], json_logs=True, exit_code=int(stop.code))
         raise
 
 
@@ -136,8 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         signals.stopping()
 
 
+class _CliHandler(logging.StreamHandler):
+    """The handler `configure_logging` installs on the root logger."""
+
+
 def configure_logging(verbose: bool, json_logs: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CliHandler(sys.stderr)
     if json_logs:
         from pythonjsonlogger.json import JsonFormatter
 
@@ -149,9 +153,9 @@ def configure_logging(verbose: bool, json_logs: bool) -> None:
         )
     else:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    handler.genbatch = True  # replaced by the next call (tests call main() many times in one process)
     root = logging.getLogger()
-    root.handlers[:] = [h for h in root.handlers if not getattr(h, "genbatch", False)] + [handler]
+    # Replaced by the next call (tests call main() many times in one process).
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, _CliHandler)] + [handler]
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     if json_logs:
         logging.captureWarnings(True)  # Python's warnings print plain text lines of their own

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -173,7 +174,7 @@ def _usable_location(location: str) -> str:
     return location if storage.is_remote(location) else os.path.expanduser(location)
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> JobConfig:
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
     """Read a YAML config, apply `dotted.key=value` overrides, and validate everything."""
     path = Path(path)
     try:

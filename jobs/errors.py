@@ -5,7 +5,7 @@ EXIT_ROWS_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
-def one_line(error: Exception) -> str:
+def one_line(error: BaseException | str) -> str:
     """An exception's message on one line, for messages that must stay one line."""
     return " ".join(str(error).split())
 

@@ -14,7 +14,7 @@ def plan_shards(manifest: Manifest, shard_size: int, images_per_row: int = 1) ->
 
     The same manifest and shard_size always give the same shards, so shard files can be named by index.
     """
-    shards = []
+    shards: list[ShardTask] = []
     for manifest_file in manifest.files:
         path = manifest_file.path  # one string shared by the file's shards
         path = path if storage.is_remote(path) else os.path.abspath(path)

@@ -23,7 +23,7 @@ def check_models(config: JobConfig) -> None:
 
 def check_model(key: str, ref: str | None, revision: str | None, index_file: str) -> None:
     """`index_file` is a file every snapshot of such a model has; asking for it asks for the model."""
-    if not is_hub_model(ref):
+    if ref is None or not is_hub_model(ref):
         return
     quiet_hub()
     from huggingface_hub import constants
@@ -53,7 +53,7 @@ def _ask_hub(key: str, ref: str, revision: str | None, index_file: str) -> None:
         explained = explain_load_error(ref, revision, error)
         if explained is not error:
             raise explained from None
-        status = error.response.status_code
+        status = error.response.status_code  # type: ignore[attr-defined]  # HfHubHTTPError has one
         advice = "check HF_TOKEN (or `hf auth login`)" if status in (401, 403) else "try again later"
         message = f"the Hugging Face hub answered HTTP {status} for model {ref!r}{at}; {advice}"
         raise ModelNotFoundError(message) from None

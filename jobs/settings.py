@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from jobs.config import JobConfig
 from workers.tasks import FastPaths, GenerationDefaults, ImageEncoding, WorkerSettings
 
-T = TypeVar("T")
+T = TypeVar("T", GenerationDefaults, ImageEncoding, FastPaths)
 
 
 def from_section(cls: type[T], section: BaseModel) -> T:

@@ -9,6 +9,7 @@ import logging
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from workers import generation
 from workers.output import RowOutput
@@ -51,7 +52,7 @@ class BatchRunner:
         self.mode = mode
         self.pad_to = pad_to
         self.init_image_policy = init_image_policy
-        self._img2img = None
+        self._img2img: Any = None  # made on first use
 
     def run(self, batch: dict[int, RowSpec]) -> BatchResult:
         """Run a micro-batch; if it raises, run its rows one by one so only the culprit fails."""
@@ -85,6 +86,7 @@ class BatchRunner:
         if next(iter(batch.values())).init_image is not None:  # shared by the batch: it is in the batch key
             init_images = {}
             for position, row in batch.items():
+                assert row.init_image is not None  # whether a row has one is part of the batch key
                 try:
                     init_images[position] = load_init_image(
                         row.init_image, row.width, row.height, self.init_image_policy

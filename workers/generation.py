@@ -23,6 +23,7 @@ def generate(pipeline, rows: list[RowSpec], pad_to: int | None = None, init_imag
     padding = pad_to - len(rows) if pad_to and len(rows) < pad_to else 0
     padded = rows + [rows[-1]] * padding
     seed_noise_sampler(pipeline.scheduler, [row.seed for row in padded])
+    size: dict[str, object]
     if init_images is None:
         size = {"width": first.width, "height": first.height}
     else:  # image-to-image takes its size from the init images (already width x height)

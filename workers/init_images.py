@@ -25,6 +25,7 @@ def load_init_image(value: bytes | str, width: int, height: int, policy: str):
             raise InitImageError(f"init_image: cannot read {value}: {' '.join(str(error).split())}") from None
     else:
         data = value
+    image: Image.Image
     try:
         image = Image.open(io.BytesIO(data))
         image.load()

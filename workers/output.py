@@ -54,7 +54,7 @@ def build_output_table(
     scored = [out.cosine is not None for out in outputs]
     generated = {
         C.IMAGE: [None if out.image_bytes is None else {"bytes": out.image_bytes, "path": None} for out in outputs],
-        C.CLIP_SCORE: [100.0 * max(out.cosine, 0.0) if ok else None for out, ok in zip(outputs, scored)],
+        C.CLIP_SCORE: [None if out.cosine is None else 100.0 * max(out.cosine, 0.0) for out in outputs],
         C.CLIP_COSINE: [out.cosine for out in outputs],
         C.PROMPT_TRUNCATED: [out.truncated for out in outputs],
         C.SEED: [row.seed for row in rows],

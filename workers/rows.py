@@ -46,12 +46,14 @@ def read_slice(path: str, start: int, stop: int) -> pa.Table:
     """Rows [start, stop) of a Parquet file, reading only the row groups that hold them."""
     parquet = pq.ParquetFile(storage.open_input(path))
     metadata = parquet.metadata
-    groups, first, offset = [], None, 0
+    groups: list[int] = []
+    first, offset = 0, 0  # first: the row number of the first group read
     for group in range(metadata.num_row_groups):
         size = metadata.row_group(group).num_rows
         if offset < stop and offset + size > start:
+            if not groups:
+                first = offset
             groups.append(group)
-            first = offset if first is None else first
         offset += size
     if not groups:
         return parquet.schema_arrow.empty_table()

@@ -71,11 +71,12 @@ class GenerationWorker:
             on_device = fast.clip_preprocess == "device" or (
                 fast.clip_preprocess == "auto" and self.device.type == "cuda"
             )
-            self.scorer = ClipScorer(*load_clip(settings.clip_model, self.device), self.device, on_device=on_device)
+            model, processor = load_clip(settings.clip_model, self.device)
+            self.scorer = ClipScorer(model, processor, self.device, on_device=on_device)
         threads = fast.writer_threads
         if threads == "auto":  # on CPU actors the model already uses every core the actor has
             threads = 2 if self.device.type == "cuda" else 0
-        self.encoder = ImageEncoder(settings.encoding, threads)
+        self.encoder = ImageEncoder(settings.encoding, int(threads))
         self.batch_runner = BatchRunner(
             self.pipeline,
             self.scorer,
