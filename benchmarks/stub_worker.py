@@ -1,4 +1,4 @@
-"""A benchmark-only actor with GenerationWorker's interface that skips the model.
+"""A benchmark-only actor that skips the model: a ShardWorker (workers.tasks), as GenerationWorker is.
 
 It still reads each shard's rows from the manifest file with `read_slice`, as the real worker does,
 so a benchmark measures the driver and the actors' manifest I/O, not diffusion. It writes nothing.
@@ -11,11 +11,11 @@ import time
 from collections.abc import Iterator
 
 from workers.rows import read_slice, row_ids
-from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerInfo, WorkerSettings
+from workers.tasks import BatchProgress, ShardResult, ShardTask, ShardWorker, WorkerInfo, WorkerSettings
 
 
-class StubWorker:
-    """Loads nothing; `run_shard` reads the shard's rows and reports them all as generated."""
+class StubWorker(ShardWorker):
+    """A ShardWorker that loads nothing; `run_shard` reads the shard's rows and reports them all as generated."""
 
     def __init__(self, settings: WorkerSettings, index: int):
         self.settings = settings

@@ -2,6 +2,7 @@
 
 A shard whose actor dies, or that raises, goes back to the queue until it has failed
 `max_shard_retries + 1` times; a dead actor is replaced so the pool keeps its size.
+The actors are reached through an ActorBackend (jobs.actor_backend): Ray in a job, fakes in tests.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from jobs import signals
+from jobs.actor_backend import ActorBackend, ActorDied
 from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerInfo
 
 logger = logging.getLogger(__name__)
@@ -56,9 +58,9 @@ class _Actor:
     index: int
     handle: object
     ready_ref: object | None
-    running: list = field(default_factory=list)  # ObjectRefGenerators, in the order the actor runs them
+    running: list = field(default_factory=list)  # streams, in the order the actor runs them
     alive: bool = True
-    running_at_death: object | None = None  # the generator the actor was running when it died
+    running_at_death: object | None = None  # the stream the actor was running when it died
     created_at: float = field(default_factory=time.perf_counter)
     produced: bool = False
 
@@ -66,7 +68,7 @@ class _Actor:
 class Dispatcher:
     def __init__(
         self,
-        start_actor: Callable[[int], object],
+        backend: ActorBackend,
         workers: int,
         shards: list[ShardTask],
         max_shard_retries: int,
@@ -76,7 +78,7 @@ class Dispatcher:
         on_shard_done: Callable[[ShardResult], None] | None = None,
         on_batch: Callable[[BatchProgress], None] | None = None,
     ):
-        self.start_actor = start_actor
+        self.backend = backend
         self.workers = workers
         self.actors: list[_Actor] = []  # started by run(), so a stop during start-up still finds them
         self.pending = deque(shards)
@@ -88,14 +90,12 @@ class Dispatcher:
         self.on_batch = on_batch or (lambda batch: None)
         self.outcome = DispatchOutcome()
         self._attempts: dict[int, int] = {}  # shard index -> failed attempts
-        self._tasks: dict = {}  # generator -> (actor, shard)
-        self._reported: dict = {}  # generator -> [rows, failed rows] already passed to on_progress
-        self._delivered: set = set()  # generators whose ShardResult arrived: their shard is done
+        self._tasks: dict = {}  # stream -> (actor, shard)
+        self._reported: dict = {}  # stream -> [rows, failed rows] already passed to on_progress
+        self._delivered: set = set()  # streams whose ShardResult arrived: their shard is done
         self._last_event = time.monotonic()
 
     def run(self) -> DispatchOutcome:
-        import ray
-
         while len(self.actors) < self.workers:
             self.actors.append(self._new_actor(len(self.actors)))
         self._report_workers()
@@ -106,7 +106,7 @@ class Dispatcher:
             if not waitables:
                 self._fail_pending("no worker is alive")
                 break
-            ready, _ = ray.wait(waitables, num_returns=1, timeout=_WAIT_SECONDS)
+            ready = self.backend.wait(waitables, _WAIT_SECONDS)
             for item in ready:
                 self._last_event = time.monotonic()
                 if item in self._tasks:
@@ -127,16 +127,14 @@ class Dispatcher:
         self._delivered.clear()
 
     def _new_actor(self, index: int) -> _Actor:
-        handle = self.start_actor(index)
-        return _Actor(index=index, handle=handle, ready_ref=handle.ready.remote())
+        handle = self.backend.start(index)
+        return _Actor(index=index, handle=handle, ready_ref=self.backend.ready(handle))
 
     def _worker_ready(self, ref) -> None:
-        import ray
-
         actor = next(a for a in self.actors if a.ready_ref == ref)
         actor.ready_ref = None
         try:
-            info = ray.get(ref)
+            info = self.backend.ready_info(ref)
         except Exception as error:  # noqa: BLE001 - a worker that cannot start is reported, not fatal
             actor.alive = False
             self.outcome.start_errors.append(_describe(error))
@@ -148,64 +146,60 @@ class Dispatcher:
                 self.outcome.first_ready_at = time.perf_counter()
         self._report_workers()
 
-    def _advance(self, generator) -> None:
-        import ray
-
-        actor, shard = self._tasks[generator]
+    def _advance(self, stream) -> None:
+        actor, shard = self._tasks[stream]
         try:
-            value = ray.get(next(generator))
+            value = self.backend.next(stream)
         except StopIteration:
-            self._finish(generator)
+            self._finish(stream)
             return
-        except ray.exceptions.RayActorError as error:
-            if generator in self._delivered:  # the shard was written before the actor died
-                self._finish(generator)
+        except ActorDied as error:
+            if stream in self._delivered:  # the shard was written before the actor died
+                self._finish(stream)
                 return
             self._actor_died(actor, error)
-            running = generator is actor.running_at_death
-            self._shard_failed(generator, f"worker died: {_describe(error)}", charged=running)
+            running = stream is actor.running_at_death
+            self._shard_failed(stream, f"worker died: {_describe(error)}", charged=running)
             return
         except Exception as error:  # noqa: BLE001 - a shard that raises fails alone
-            self._shard_failed(generator, _describe(error))
+            self._shard_failed(stream, _describe(error))
             return
         if isinstance(value, BatchProgress):
             if not actor.produced:
                 actor.produced = True
                 self.outcome.first_image_seconds.append(time.perf_counter() - actor.created_at)
-            self._reported[generator][0] += value.rows
-            self._reported[generator][1] += value.failed
+            self._reported[stream][0] += value.rows
+            self._reported[stream][1] += value.failed
             self.on_progress(value.rows, value.failed)
             self.on_batch(value)
         elif isinstance(value, ShardResult):
-            self._delivered.add(generator)
+            self._delivered.add(stream)
             self.outcome.results.append(value)
             self.on_shard_done(value)
 
-    def _actor_died(self, actor: _Actor, error: Exception) -> None:
+    def _actor_died(self, actor: _Actor, error: ActorDied) -> None:
         """Replace a dead actor once, whichever of its shards reports the death first."""
         if not actor.alive:
             return
-        import ray
-
         actor.alive = False
         # An actor runs its shards one at a time, in order: the first unfinished one was running, the rest queued.
-        unfinished = [generator for generator in actor.running if generator not in self._delivered]
+        unfinished = [stream for stream in actor.running if stream not in self._delivered]
         actor.running_at_death = unfinished[0] if unfinished else None
         logger.warning("worker-%d died (%s); starting a replacement", actor.index, _describe(error))
         # "Unavailable" can be temporary: make sure the old actor cannot come back and compete.
-        ray.kill(actor.handle, no_restart=True)
+        self.backend.kill(actor.handle)
         self.actors.append(self._new_actor(actor.index))
         self.outcome.replaced_workers += 1
         self._report_workers()
 
-    def _shard_failed(self, generator, error: str, charged: bool = True) -> None:
+    def _shard_failed(self, stream, error: str, charged: bool = True) -> None:
         """Requeue the shard, or fail it after its retries. Only an attempt that ran is `charged`: a shard
         that was only queued on an actor that died goes back to the queue as it was."""
-        actor, shard = self._tasks[generator]
+        actor, shard = self._tasks[stream]
         # Rows this attempt already reported are taken back, so progress counts each row once.
-        rows, failed = self._reported[generator]
+        rows, failed = self._reported[stream]
         self.on_progress(-rows, -failed)
-        self._finish(generator)
+        self._finish(stream)
         if not charged:
             logger.info("shard %d was queued on a worker that died; requeued", shard.index)
             self.pending.appendleft(shard)
@@ -221,11 +215,11 @@ class Dispatcher:
             self.outcome.failures.append(ShardFailure(shard=shard, error=error))
             self.on_progress(shard.images_to_generate, shard.images_to_generate)
 
-    def _finish(self, generator) -> None:
-        actor, _ = self._tasks.pop(generator)
-        self._reported.pop(generator)
-        self._delivered.discard(generator)
-        actor.running.remove(generator)
+    def _finish(self, stream) -> None:
+        actor, _ = self._tasks.pop(stream)
+        self._reported.pop(stream)
+        self._delivered.discard(stream)
+        actor.running.remove(stream)
 
     def _submit(self) -> None:
         for actor in self.actors:
@@ -233,10 +227,10 @@ class Dispatcher:
                 continue
             while self.pending and len(actor.running) < SHARDS_IN_FLIGHT_PER_ACTOR:
                 shard = self.pending.popleft()
-                generator = actor.handle.run_shard.remote(shard)
-                actor.running.append(generator)
-                self._tasks[generator] = (actor, shard)
-                self._reported[generator] = [0, 0]
+                stream = self.backend.run_shard(actor.handle, shard)
+                actor.running.append(stream)
+                self._tasks[stream] = (actor, shard)
+                self._reported[stream] = [0, 0]
 
     def _fail_pending(self, error: str) -> None:
         while self.pending:
@@ -258,11 +252,8 @@ class Dispatcher:
 
 
 def _describe(error: BaseException) -> str:
-    """One line: the remote exception itself, not Ray's wrapper and traceback."""
-    cause = getattr(error, "cause", None)
-    if isinstance(cause, BaseException):
-        error = cause
-    if type(error).__name__ == "WorkerLoadError":
+    """One line: "ExceptionType: message" of the actor's exception (the backend took off Ray's wrapper)."""
+    if isinstance(error, ActorDied) or type(error).__name__ == "WorkerLoadError":
         text = " ".join(str(error).split())  # already "ExceptionType: message"
     else:
         text = " ".join(f"{type(error).__name__}: {error}".split())

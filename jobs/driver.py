@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from jobs import cluster, signals
+from jobs.actor_backend import RayBackend
 from jobs.config import JobConfig
 from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks
 from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, GenbatchError, OutputError, WorkerStartError, one_line
@@ -147,7 +148,7 @@ def run_job(
 
             # 4. Dispatch shards until each has an outcome.
             dispatcher = Dispatcher(
-                start_actor=lambda index: cluster.start_worker(settings, resources, index, worker_class),
+                backend=RayBackend(settings, resources, worker_class),
                 workers=config.resources.workers,
                 shards=plan.todo,
                 max_shard_retries=config.resources.max_shard_retries,

@@ -1,11 +1,13 @@
 """The narrow contract between driver and actors: settings in, shard descriptions in, small results out.
 
-Only plain dataclasses live here, so the driver can import this module without torch.
+Only plain dataclasses and the actor's Protocol live here, so the driver can import this module without torch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 # The settings below carry no defaults: the config (jobs.config) holds each default once, and
 # jobs.settings fills every field from it.
@@ -135,3 +137,14 @@ class ShardResult:
     worker: str
     seconds: float
     generated: int = 0  # images this run generated: fewer than `rows` when only failed rows were retried
+
+
+class ShardWorker(Protocol):
+    """What the driver calls on an actor. An implementation is built as `Worker(settings: WorkerSettings,
+    index: int)` (jobs.cluster.start_worker); workers.worker.GenerationWorker is the real one."""
+
+    def ready(self) -> WorkerInfo:
+        """The worker's description once its models are loaded; raises if they could not be."""
+
+    def run_shard(self, task: ShardTask) -> Iterator[BatchProgress | ShardResult]:
+        """Process one shard: a BatchProgress after each micro-batch, then the ShardResult once its file is written."""
