@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def start_worker(settings: WorkerSettings, resources: ActorResources, index: int
     return actor_class.remote(settings, index)
 
 
-def stop_workers(actors: list, workers: list[WorkerInfo] = (), timeout: float = 30.0) -> None:
+def stop_workers(actors: list, workers: Sequence[WorkerInfo] = (), timeout: float = 30.0) -> None:
     """Kill the actors and wait until they are gone, so none can still be writing afterwards.
 
     Ray reports a killed actor dead as soon as the kill is recorded, which can be before its process

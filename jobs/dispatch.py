@@ -147,7 +147,7 @@ class Dispatcher:
         self._report_workers()
 
     def _advance(self, stream) -> None:
-        actor, shard = self._tasks[stream]
+        actor, _ = self._tasks[stream]
         try:
             value = self.backend.next(stream)
         except StopIteration:
@@ -195,7 +195,7 @@ class Dispatcher:
     def _shard_failed(self, stream, error: str, charged: bool = True) -> None:
         """Requeue the shard, or fail it after its retries. Only an attempt that ran is `charged`: a shard
         that was only queued on an actor that died goes back to the queue as it was."""
-        actor, shard = self._tasks[stream]
+        _, shard = self._tasks[stream]
         # Rows this attempt already reported are taken back, so progress counts each row once.
         rows, failed = self._reported[stream]
         self.on_progress(-rows, -failed)

@@ -9,6 +9,7 @@ import os
 import secrets
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -110,7 +111,7 @@ def import_prompts(
     if seed is not None:
         arrays[C.SEED] = pa.array([derive_seed(seed, row_id) for row_id in ids], pa.int64())
     for target, values in extra.items():
-        kind = {int: pa.int64(), float: pa.float64()}.get(_OVERRIDE_TYPES.get(target), pa.string())
+        kind = {int: pa.int64(), float: pa.float64()}.get(_OVERRIDE_TYPES.get(target, str), pa.string())
         arrays[target] = pa.array([v for v in values for _ in range(images_per_prompt)], kind)
     table = pa.table(arrays)
 
@@ -126,8 +127,9 @@ def _read(path: str, extension: str) -> _Records:
         if extension == ".jsonl":
             return _read_jsonl(path)
         # PartiPrompts-style TSV quotes nothing: a `"` inside a prompt is part of the prompt.
-        quoting = csv.QUOTE_NONE if extension == ".tsv" else csv.QUOTE_MINIMAL
-        return _read_delimited(path, "\t" if extension == ".tsv" else ",", quoting)
+        if extension == ".tsv":
+            return _read_delimited(path, "\t", csv.QUOTE_NONE)
+        return _read_delimited(path, ",", csv.QUOTE_MINIMAL)
     except FileNotFoundError:
         raise ManifestError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -150,7 +152,7 @@ def _read_txt(path: str) -> _Records:
     return records
 
 
-def _read_delimited(path: str, delimiter: str, quoting: int) -> _Records:
+def _read_delimited(path: str, delimiter: str, quoting: Literal[0, 1, 2, 3]) -> _Records:
     records, width = _Records(columns=[]), _Problem("")
     with open(path, encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
@@ -229,14 +231,17 @@ def _map_columns(path: str, columns: list[str], prompt_source: str, id_source: s
 
 def _check_records(
     path: str, records: _Records, prompt_source: str, id_source: str | None, passed: dict[str, str]
-) -> tuple[list[str], list[str], dict[str, list]]:
-    """Prompts, id bases and pass-through values per record, or ManifestError for the first broken rule."""
+) -> tuple[list, list, dict[str, list]]:
+    """Prompts, id bases (strings, once checked) and pass-through values per record, or ManifestError for
+    the first broken rule."""
     not_text = _Problem("missing or not a string", prompt_source)
     blank = _Problem("empty or whitespace-only prompt", prompt_source)
     no_id = _Problem("empty or missing id", id_source)
     duplicate = _Problem("duplicate ids", id_source)
     bad = {s: _Problem(_OVERRIDE_RULES[_OVERRIDE_TYPES[t]], s) for s, t in passed.items() if t in _OVERRIDE_TYPES}
-    prompts, bases, extra = [], [], {target: [] for target in passed.values()}
+    prompts: list = []
+    bases: list[str | None] = []
+    extra: dict[str, list] = {target: [] for target in passed.values()}
     for index, (line, values) in enumerate(zip(records.lines, records.values)):
         prompt = values.get(prompt_source)
         if not isinstance(prompt, str):

@@ -51,7 +51,6 @@ def build_output_table(
     passthrough = [name for name in manifest.column_names if name not in C.REPLACED_INPUTS]
     arrays = {C.ID: ids}
     arrays.update({name: manifest.column(name) for name in passthrough})
-    scored = [out.cosine is not None for out in outputs]
     generated = {
         C.IMAGE: [None if out.image_bytes is None else {"bytes": out.image_bytes, "path": None} for out in outputs],
         C.CLIP_SCORE: [None if out.cosine is None else 100.0 * max(out.cosine, 0.0) for out in outputs],
