@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from jobs import cluster
+from workers.errors import describe
 from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerInfo, WorkerSettings
 
 
@@ -98,6 +99,6 @@ def _unwrapped(error: Exception) -> Exception:
     import ray
 
     if isinstance(error, ray.exceptions.RayActorError):  # ActorUnavailableError too: it may not come back
-        return ActorDied(" ".join(f"{type(error).__name__}: {error}".split()))
+        return ActorDied(describe(error))
     cause = getattr(error, "cause", None)
     return cause if isinstance(cause, Exception) else error

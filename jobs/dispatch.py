@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from jobs import signals
 from jobs.actor_backend import ActorBackend, ActorDied
+from workers.errors import WorkerLoadError, describe, one_line
 from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerInfo
 
 logger = logging.getLogger(__name__)
@@ -253,8 +254,5 @@ class Dispatcher:
 
 def _describe(error: BaseException) -> str:
     """One line: "ExceptionType: message" of the actor's exception (the backend took off Ray's wrapper)."""
-    if isinstance(error, ActorDied) or type(error).__name__ == "WorkerLoadError":
-        text = " ".join(str(error).split())  # already "ExceptionType: message"
-    else:
-        text = " ".join(f"{type(error).__name__}: {error}".split())
+    text = one_line(error) if isinstance(error, (ActorDied, WorkerLoadError)) else describe(error)  # those are worded
     return text if len(text) <= 500 else text[:497] + "..."

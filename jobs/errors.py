@@ -1,13 +1,12 @@
 """genbatch's exceptions. The CLI turns them into one-line messages and exit codes."""
 
+from workers.errors import one_line  # the actors' wording, used on both sides
+
+__all__ = ["one_line"]
+
 EXIT_OK = 0
 EXIT_ROWS_FAILED = 1
 EXIT_BAD_INPUT = 2
-
-
-def one_line(error: BaseException | str) -> str:
-    """An exception's message on one line, for messages that must stay one line."""
-    return " ".join(str(error).split())
 
 
 class GenbatchError(Exception):

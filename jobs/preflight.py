@@ -8,7 +8,8 @@ import re
 
 from jobs.config import JobConfig
 from jobs.errors import ConfigError, one_line
-from workers.loading import ModelNotFoundError, check_hub_model, explain_load_error, is_cached, is_hub_model, quiet_hub
+from workers.errors import ModelNotFoundError
+from workers.loading import check_hub_model, explain_load_error, is_cached, is_hub_model, quiet_hub
 
 # One request with no retries: a model that cannot be had fails the job in seconds.
 HUB_TIMEOUT_S = 10

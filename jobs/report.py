@@ -40,7 +40,7 @@ def group_stats(table: pa.Table, scored: pa.Table, column: str) -> dict:
         scores = scored.filter(pc.fill_null(mask, False))[C.CLIP_SCORE].to_numpy().astype(np.float64)
         groups[str(value)] = {
             "rows": entry["counts"],
-            "scored": int(len(scores)),
+            "scored": len(scores),
             "mean": float(scores.mean()) if len(scores) else None,
             "median": float(np.median(scores)) if len(scores) else None,
             "ci95": bootstrap_mean_ci(scores),

@@ -18,6 +18,8 @@ import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 
+from jobs.errors import one_line
+
 logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -109,7 +111,7 @@ def _unraisable(unraisable) -> None:
         "%s: %s: %s",
         unraisable.err_msg or "exception ignored",
         type(unraisable.exc_value).__name__,
-        " ".join(str(unraisable.exc_value).split()),
+        one_line(unraisable.exc_value),
     )
 
 

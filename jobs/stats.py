@@ -30,7 +30,7 @@ def summarize_scores(values: np.ndarray) -> dict:
     if len(values) == 0:
         return {"n": 0, "mean": None, "median": None, "std": None, "p05": None, "p95": None, "ci95": None}
     return {
-        "n": int(len(values)),
+        "n": len(values),
         "mean": float(values.mean()),
         "median": float(np.median(values)),
         "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
@@ -51,7 +51,7 @@ def paired_comparison(a: np.ndarray, b: np.ndarray) -> dict:
     wilcoxon = float(stats.wilcoxon(nonzero).pvalue) if len(nonzero) else 1.0
     sign = float(stats.binomtest(wins, wins + losses).pvalue) if wins + losses else 1.0
     return {
-        "pairs": int(len(delta)),
+        "pairs": len(delta),
         "mean_a": float(a.mean()) if len(a) else None,
         "mean_b": float(b.mean()) if len(b) else None,
         "mean_delta": float(delta.mean()) if len(delta) else None,

@@ -17,8 +17,8 @@ import pytest
 from jobs import dispatch, signals
 from jobs.actor_backend import ActorDied
 from jobs.dispatch import Dispatcher
+from workers.errors import WorkerLoadError
 from workers.tasks import BatchProgress, ShardResult, ShardTask, ShardWorker, WorkerInfo
-from workers.worker import WorkerLoadError
 
 IMAGES_PER_SHARD = 4
 BATCH = 2  # images per BatchProgress: two micro-batches per shard
@@ -347,3 +347,13 @@ def test_a_stop_signal_that_was_swallowed_stops_the_dispatch_loop(monkeypatch):
         run.run()
     # The actors were started, so the caller can stop them; no shard was queued.
     assert [actor.name for actor in run.dispatcher.handles()] == ["0#1", "1#1"] and run.backend.runs == []
+
+
+def test_worker_errors_are_one_family_that_keeps_their_builtin_bases():
+    from workers import errors
+
+    family = [errors.WorkerLoadError, errors.ModelNotFoundError, errors.InitImageError, errors.ShardWriteError]
+    assert all(issubclass(cls, errors.WorkerError) for cls in [*family, errors.FencedOut, errors.ShardError])
+    assert issubclass(errors.ShardWriteError, errors.ShardError) and issubclass(errors.FencedOut, errors.ShardError)
+    assert issubclass(errors.ShardWriteError, OSError) and issubclass(errors.InitImageError, ValueError)
+    assert errors.describe(OSError("disk\n full")) == "OSError: disk full"

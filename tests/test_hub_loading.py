@@ -10,7 +10,8 @@ import pytest
 
 from jobs.cli import main
 from tests.conftest import read_output, write_config, write_manifest
-from workers.loading import ModelNotFoundError, load_clip
+from workers.errors import ModelNotFoundError
+from workers.loading import load_clip
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -14,13 +14,14 @@ import pytest
 from tests.conftest import worker_settings_for
 from workers import generation, storage
 from workers.batch import micro_batches
-from workers.fence import LOCK_FILE, FencedOut, lock_record
+from workers.errors import FencedOut, ShardWriteError
+from workers.fence import LOCK_FILE, lock_record
 from workers.images import encode_and_hash
 from workers.provenance import pixel_versions
 from workers.rows import RowSpec
 from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerSettings
 from workers.worker import GenerationWorker
-from workers.writer import ShardFooter, ShardWriteError, read_footer, write_shard
+from workers.writer import ShardFooter, read_footer, write_shard
 
 
 def settings(output, batch_size=4):
@@ -37,7 +38,7 @@ def test_a_batch_that_raises_is_rerun_row_by_row_so_only_the_culprit_fails(tmp_p
     def generate(pipeline, rows, pad_to=None):
         calls.append(len(rows))
         if any(row.prompt == "poison" for row in rows):
-            raise ValueError("cannot draw poison")
+            raise ValueError("cannot draw\n  poison")  # a multi-line message: rows keep one line
         return real_generate(pipeline, rows, pad_to)
 
     monkeypatch.setattr(generation, "generate", generate)

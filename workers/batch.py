@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workers import generation
+from workers.errors import InitImageError, describe
 from workers.output import RowOutput
 from workers.rows import RowSpec
 
@@ -77,7 +78,7 @@ class BatchRunner:
 
         A row that fails alone (a bad init image, a non-finite image) gets its error here; an exception
         means the whole batch failed. Each row's duration is its share of the batch's time."""
-        from workers.init_images import InitImageError, load_init_image
+        from workers.init_images import load_init_image
 
         started = time.perf_counter()
         outputs = {position: RowOutput() for position in batch}
@@ -155,7 +156,7 @@ def collect_encoded(encoding: list[tuple[int, Future]], outputs: dict[int, RowOu
         except Exception as error:
             logger.exception("encoding row at %d failed", position)
             output = outputs[position]
-            output.error, output.cosine, output.truncated = f"{type(error).__name__}: {error}", None, None
+            output.error, output.cosine, output.truncated = describe(error), None, None
 
 
 def _timed(result: BatchResult, started: float) -> BatchResult:
@@ -170,4 +171,4 @@ def _failed_row(batch: dict[int, RowSpec], error: Exception) -> BatchResult:
     """A lone row whose run raised: its error, logged with the traceback (call it inside `except`)."""
     [(position, row)] = batch.items()
     logger.exception("row %r failed", row.id)
-    return BatchResult({position: RowOutput(error=f"{type(error).__name__}: {error}")}, [])
+    return BatchResult({position: RowOutput(error=describe(error))}, [])

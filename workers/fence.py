@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import os
 
+from workers.errors import FencedOut
+
 LOCK_FILE = ".genbatch.lock"
-
-
-class FencedOut(OSError):
-    """Another run holds the output folder now; this actor's run is over."""
 
 
 def lock_record(pid: int, token: str) -> bytes:

@@ -5,10 +5,7 @@ from __future__ import annotations
 import io
 
 from workers import storage
-
-
-class InitImageError(ValueError):
-    """This row's init image cannot be used; the row fails, the batch goes on."""
+from workers.errors import InitImageError, one_line
 
 
 def load_init_image(value: bytes | str, width: int, height: int, policy: str):
@@ -22,7 +19,7 @@ def load_init_image(value: bytes | str, width: int, height: int, policy: str):
         try:
             data = storage.read_bytes(value)
         except OSError as error:
-            raise InitImageError(f"init_image: cannot read {value}: {' '.join(str(error).split())}") from None
+            raise InitImageError(f"init_image: cannot read {value}: {one_line(error)}") from None
     else:
         data = value
     image: Image.Image

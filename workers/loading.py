@@ -10,6 +10,7 @@ import os
 import re
 
 from workers import tiny
+from workers.errors import ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +90,6 @@ def quiet_hub() -> None:
 
     hub_logging.set_verbosity_error()
     disable_progress_bars()
-
-
-class ModelNotFoundError(OSError):
-    """A model named by hub id is neither in the local hub cache nor fetchable; says how to fetch it."""
 
 
 def check_hub_model(ref: str, revision: str | None, index_file: str) -> None:

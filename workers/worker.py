@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 from workers import columns as C
 from workers.batch import BatchRunner, collect_encoded, micro_batches
+from workers.errors import WorkerLoadError, describe
 from workers.fence import check_fence
 from workers.output import RowOutput, RunLabels, build_output_table, failed_positions, merge_retried, read_previous
 from workers.provenance import device_description, pixel_versions
@@ -28,10 +29,6 @@ logger = logging.getLogger(__name__)
 MAX_BATCHES_ENCODING = 2
 
 
-class WorkerLoadError(RuntimeError):
-    """The actor could not load its pipeline or CLIP model."""
-
-
 class GenerationWorker:
     """One per actor. Heavy libraries are imported here, not in the driver."""
 
@@ -43,7 +40,7 @@ class GenerationWorker:
         try:
             self._load()
         except Exception as error:
-            self.load_error = f"{type(error).__name__}: {' '.join(str(error).split())}"
+            self.load_error = describe(error)
             logger.error("worker-%d could not load its models: %s", index, self.load_error)
             logger.debug("traceback", exc_info=True)
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workers import storage
-from workers.fence import FencedOut
+from workers.errors import FencedOut, ShardWriteError, one_line
 from workers.hf_features import HF_KEY, hf_features
 from workers.shard_stats import STATS_DIR
 
@@ -22,10 +22,6 @@ DATA_DIR = "data"
 FOOTER_KEY = b"genbatch"
 # Small row groups let readers (reports, datasets streaming) hold a few images at a time, not a shard's.
 ROW_GROUP_ROWS = 64
-
-
-class ShardWriteError(OSError):
-    """A shard file could not be written (permission denied, disk full, ...)."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +66,7 @@ def write_shard(
     except FencedOut:
         raise
     except OSError as error:
-        raise ShardWriteError(f"cannot write {final}: {error.strerror or ' '.join(str(error).split())}") from error
+        raise ShardWriteError(f"cannot write {final}: {error.strerror or one_line(error)}") from error
     return final
 
 
