@@ -200,9 +200,9 @@ SMOKE_MODE = Mode(SMOKE, "cpu", "fp32", 2, 64, (1, 2), (False,), min_rows=8, sha
 def _tokenizer():
     # The tiny model's tokenizer: a byte-level vocabulary written by code (every character a token).
     # Its 514 ids fit in the padded ViT-L/14 vocabulary, and 77 positions are the same.
-    from workers.tiny import _tokenizer as tiny_tokenizer
+    from workers.tiny import build_tokenizer
 
-    return tiny_tokenizer()
+    return build_tokenizer()
 
 
 def _text_config(spec: ModelSpec, tokenizer):

@@ -105,10 +105,6 @@ def is_file(location: str) -> bool:
     return file_type(location) == pafs.FileType.File
 
 
-def is_dir(location: str) -> bool:
-    return file_type(location) == pafs.FileType.Directory
-
-
 def list_files(location: str, recursive: bool = False) -> list[str]:
     """Files below a folder (or prefix), sorted; empty if it does not exist."""
     filesystem, path = resolve(location)

@@ -63,7 +63,8 @@ def _build_once(target: Path, save) -> Path:
     return target
 
 
-def _tokenizer():
+def build_tokenizer():
+    """The tiny models' tokenizer (benchmarks build bigger random models with it too)."""
     from tokenizers import pre_tokenizers
     from transformers import CLIPTokenizer
 
@@ -137,7 +138,7 @@ def _save_tiny_pipeline(folder: Path) -> None:
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextModel
 
-    tokenizer = _tokenizer()
+    tokenizer = build_tokenizer()
     unet = _tiny_unet(cross_attention_dim=TEXT_DIM, attention_head_dim=4)
     vae = _tiny_vae()
     torch.manual_seed(0)
@@ -168,7 +169,7 @@ def _save_tiny_sdxl(folder: Path) -> None:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    tokenizer = _tokenizer()
+    tokenizer = build_tokenizer()
     time_embed_dim = 8
     unet = _tiny_unet(
         attention_head_dim=(2, 4),
@@ -197,7 +198,7 @@ def _save_tiny_sdxl(folder: Path) -> None:
         text_encoder=text_encoder,
         text_encoder_2=text_encoder_2,
         tokenizer=tokenizer,
-        tokenizer_2=_tokenizer(),
+        tokenizer_2=build_tokenizer(),
         unet=unet,
         scheduler=scheduler,
         add_watermarker=False,
@@ -209,7 +210,7 @@ def _save_tiny_clip(folder: Path) -> None:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
 
-    tokenizer = _tokenizer()
+    tokenizer = build_tokenizer()
     vision = CLIPVisionConfig(
         image_size=32,
         patch_size=4,

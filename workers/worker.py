@@ -62,7 +62,8 @@ class GenerationWorker:
             settings.model, settings.revision, settings.scheduler, self.device, dtype, settings.variant
         )
         fast = settings.fast
-        self.fast_paths = apply_fast_paths(self.pipeline, fast, self.device, settings.batch_size, settings.defaults)
+        applied = apply_fast_paths(self.pipeline, fast, self.device, settings.batch_size, settings.defaults)
+        logger.info("worker-%d fast paths: %s", self.index, ", ".join(applied) or "none")
         self.scorer = None
         if settings.clip_model is not None:
             on_device = fast.clip_preprocess == "device" or (
