@@ -31,10 +31,9 @@ from jobs.resume import (
     shard_files_exist,
 )
 from jobs.versions import VersionGuard
-from workers import storage
-from workers.shard_stats import STATS_DIR
+from workers import layout, storage
 from workers.tasks import FastPaths, GenerationDefaults, ImageEncoding, WorkerInfo, WorkerSettings
-from workers.writer import DATA_DIR, ShardFooter, remove_temp_files
+from workers.writer import ShardFooter, remove_temp_files
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +217,7 @@ def prepare_output(path: str) -> str:
         raise OutputError(f"{output}: cannot create the output folder ({error.strerror})") from None
     if not os.access(output, os.W_OK):
         raise OutputError(f"{output}: output folder is not writable")
-    for name in (DATA_DIR, STATS_DIR):
+    for name in layout.FOLDERS:
         folder = output / name
         if folder.exists() and not folder.is_dir():
             raise OutputError(f"{folder}: not a folder; genbatch writes its shard files there")

@@ -7,10 +7,9 @@ import platform
 from datetime import datetime, timezone
 
 from jobs.errors import OutputError, one_line
-from workers import storage
+from workers import layout, storage
 from workers.provenance import installed_versions
 
-JOB_FILE = "job.json"
 _PACKAGES = ("genbatch", "torch", "diffusers", "transformers", "ray", "pyarrow", "pydantic", "pillow")
 
 
@@ -25,7 +24,7 @@ def package_versions() -> dict[str, str | None]:
 def write_job_file(output_dir: str, record: dict) -> None:
     """Replace job.json whole, so a reader never sees half a record."""
     text = json.dumps(record, indent=2, default=str) + "\n"
-    location = storage.join(output_dir, JOB_FILE)
+    location = layout.job_file(output_dir)
     try:
         storage.write_bytes(location, text.encode("utf-8"))
     except OSError as error:

@@ -8,9 +8,7 @@ another run now holds the folder, publishes nothing.
 
 from __future__ import annotations
 
-import os
-
-LOCK_FILE = ".genbatch.lock"
+from workers import layout
 
 
 class FencedOut(OSError):
@@ -24,7 +22,7 @@ def lock_record(pid: int, token: str) -> bytes:
 def read_lock_record(output_dir: str) -> tuple[str, str | None]:
     """(pid, token) from the lock file; ("unknown", None) when it is missing or empty."""
     try:
-        with open(os.path.join(output_dir, LOCK_FILE), "rb") as handle:
+        with open(layout.lock_file(output_dir), "rb") as handle:
             fields = handle.read(200).decode(errors="replace").split()
     except OSError:
         return "unknown", None
