@@ -13,7 +13,7 @@ from jobs import cluster, signals
 from jobs.config import JobConfig
 from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks
 from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, GenbatchError, OutputError, WorkerStartError, one_line
-from jobs.jobfile import package_versions, utc_now, write_job_file
+from jobs.jobfile import identity_key, package_versions, read_job_file, utc_now, write_job_file
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest, seed_column_warning
 from jobs.planner import plan_shards
@@ -24,10 +24,8 @@ from jobs.resume import (
     check_same_job,
     clear_output,
     count_on_disk,
-    identity_key,
     job_identity,
     plan_resume,
-    read_job_file,
     shard_files_exist,
 )
 from jobs.versions import VersionGuard

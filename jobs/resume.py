@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass, replace
 
-import pyarrow.fs as pafs
-
 from jobs.config import JobConfig
-from jobs.errors import OutputError, one_line
+from jobs.errors import OutputError, some_of
 from jobs.manifest import Manifest
 from workers import layout, storage
 from workers.tasks import ShardTask
 from workers.writer import ShardFooter, read_footer, remove_temp_files
-
-MAX_FILES_SHOWN = 5
 
 logger = logging.getLogger(__name__)
 
@@ -35,31 +29,6 @@ def job_identity(config: JobConfig, manifest: Manifest) -> dict:
         "shard_size": config.shard_size,
         "manifest": {"rows": manifest.rows, "fingerprint": manifest.fingerprint},
     }
-
-
-def identity_key(identity: dict) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
-
-def read_job_file(output_dir: str) -> dict | None:
-    """The folder's job record; None if there is none. One that is not a genbatch record is an error."""
-    path = layout.job_file(output_dir)
-    kind = storage.file_type(path)
-    if kind == pafs.FileType.NotFound:
-        return None
-    if kind != pafs.FileType.File:
-        raise OutputError(f"{path}: not a file; rerun with --overwrite to start over")
-    try:
-        record = json.loads(storage.read_bytes(path))
-    except (OSError, ValueError) as error:
-        raise OutputError(f"{path}: unreadable ({one_line(error)}); rerun with --overwrite to start over") from None
-    if not (isinstance(record, dict) and isinstance(record.get("identity"), dict) and _is_count(record.get("shards"))):
-        raise OutputError(f"{path}: not a genbatch job record; rerun with --overwrite to start over")
-    return record
-
-
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def check_same_job(output_dir: str, previous: dict, identity: dict) -> None:
@@ -146,12 +115,6 @@ def plan_resume(output_dir: str, shards: list[ShardTask], key: str, retry_failed
         if footer.versions not in versions:
             versions.append(footer.versions)
     return ResumePlan(complete=complete, todo=todo, retrying=retrying, versions=versions)
-
-
-def some_of(names: list[str]) -> str:
-    """The first few names, and how many more there are: error messages stay one readable line."""
-    more = len(names) - MAX_FILES_SHOWN
-    return ", ".join(names[:MAX_FILES_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 def shard_files_exist(output_dir: str) -> bool:

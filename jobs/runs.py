@@ -17,8 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from jobs.errors import OutputError, one_line
-from jobs.resume import identity_key, read_job_file, some_of
+from jobs.errors import OutputError, one_line, some_of
+from jobs.jobfile import identity_key, read_job_file
 from workers import columns as C
 from workers import layout, storage
 from workers.writer import read_footer

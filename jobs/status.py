@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from jobs.errors import OutputError
+from jobs.jobfile import identity_key, read_job_file
 from jobs.lock import lock_is_held
-from jobs.resume import identity_key, read_job_file
 from workers import layout
 from workers.shard_stats import ShardStats, read_all_stats
 from workers.writer import read_footer

@@ -17,8 +17,8 @@ from scipy import stats
 
 from jobs import compare
 from jobs.cli import main
+from jobs.jobfile import identity_key
 from jobs.render import changes_text, pvalue_text
-from jobs.resume import identity_key
 from workers import columns as C
 from workers.writer import ShardFooter, write_shard
 
