@@ -240,7 +240,7 @@ def manifest_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from jobs.report import write_report
+    from jobs.report.summary import write_report
     from workers import storage
 
     out = write_report(args.run, args.output, by=args.by)
@@ -257,7 +257,7 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 def compare_command(args: argparse.Namespace) -> int:
-    from jobs.compare import write_comparison
+    from jobs.report.compare import write_comparison
     from workers import storage
 
     out = write_comparison(args.run_a, args.run_b, args.output, by=args.by)

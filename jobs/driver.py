@@ -14,7 +14,7 @@ from jobs.actor_backend import RayBackend
 from jobs.config import JobConfig
 from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks
 from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, GenbatchError, OutputError, WorkerStartError, one_line
-from jobs.jobfile import package_versions, utc_now, write_job_file
+from jobs.jobfile import identity_key, package_versions, read_job_file, utc_now, write_job_file
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest, seed_column_warning
 from jobs.planner import plan_shards
@@ -25,18 +25,15 @@ from jobs.resume import (
     check_same_job,
     clear_output,
     count_on_disk,
-    identity_key,
     job_identity,
     plan_resume,
-    read_job_file,
     shard_files_exist,
 )
 from jobs.settings import worker_settings
 from jobs.versions import VersionGuard
-from workers import storage
-from workers.shard_stats import STATS_DIR
+from workers import layout, storage
 from workers.tasks import WorkerInfo
-from workers.writer import DATA_DIR, ShardFooter, remove_temp_files
+from workers.writer import ShardFooter, remove_temp_files
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +217,7 @@ def prepare_output(path: str) -> str:
         raise OutputError(f"{output}: cannot create the output folder ({error.strerror})") from None
     if not os.access(output, os.W_OK):
         raise OutputError(f"{output}: output folder is not writable")
-    for name in (DATA_DIR, STATS_DIR):
+    for name in layout.FOLDERS:
         folder = output / name
         if folder.exists() and not folder.is_dir():
             raise OutputError(f"{folder}: not a folder; genbatch writes its shard files there")

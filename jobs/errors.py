@@ -7,6 +7,13 @@ __all__ = ["one_line"]
 EXIT_OK = 0
 EXIT_ROWS_FAILED = 1
 EXIT_BAD_INPUT = 2
+MAX_NAMES_SHOWN = 5
+
+
+def some_of(names: list[str]) -> str:
+    """The first few names, and how many more there are: error messages stay one readable line."""
+    more = len(names) - MAX_NAMES_SHOWN
+    return ", ".join(names[:MAX_NAMES_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 class GenbatchError(Exception):

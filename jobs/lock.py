@@ -9,8 +9,8 @@ import uuid
 from pathlib import Path
 
 from jobs.errors import OutputError
-from workers import storage
-from workers.fence import LOCK_FILE, lock_record
+from workers import layout, storage
+from workers.fence import lock_record
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ def lock_is_held(output_dir: str | Path) -> bool:
     """Whether a live run holds the folder's lock (a probe that takes nothing). Object stores have none."""
     if storage.is_remote(output_dir):
         return True
-    path = Path(output_dir) / LOCK_FILE
+    path = Path(layout.lock_file(output_dir))
     if not path.exists():
         return False
     fd = os.open(path, os.O_RDONLY)
@@ -39,7 +39,7 @@ class OutputLock:
     def __init__(self, output_dir: str | Path):
         self.output_dir = output_dir
         self.remote = storage.is_remote(output_dir)
-        self.path = None if self.remote else Path(output_dir) / LOCK_FILE
+        self.path = None if self.remote else Path(layout.lock_file(output_dir))
         self._fd: int | None = None
         # Actors publish only while the lock file holds this token (workers.fence); None: no lock to check.
         self.token: str | None = None if self.remote else uuid.uuid4().hex

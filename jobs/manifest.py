@@ -14,15 +14,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.errors import ManifestError, one_line
-from jobs.jobfile import JOB_FILE
 from workers import columns as C
 from workers import storage
-from workers.fence import LOCK_FILE
+from workers.layout import OUTPUT_MARKERS
 
 MAX_IDS_SHOWN = 5
 MAX_SEED = 2**63 - 1  # seeds are written as int64
-# A folder holding one of these is a genbatch output folder: its shards are never read as a manifest.
-OUTPUT_MARKERS = (JOB_FILE, LOCK_FILE)
 _BATCH_ROWS = 65_536
 
 

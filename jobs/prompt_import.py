@@ -6,7 +6,6 @@ import csv
 import glob
 import json
 import os
-import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
@@ -17,6 +16,7 @@ import pyarrow.parquet as pq
 from jobs.errors import ManifestError
 from jobs.manifest import read_manifest
 from workers import columns as C
+from workers import layout
 from workers.rows import derive_seed
 
 MAX_LINES_SHOWN = 5
@@ -293,7 +293,7 @@ def _write_atomically(table: pa.Table, input_path: str, output_path: str) -> Non
     """A failed import leaves no output and never a half-written one; an existing output is replaced whole."""
     folder = os.path.dirname(os.path.abspath(output_path))
     # A name of our own rather than mkstemp's: the file then gets the umask's permissions, not 0600.
-    temporary = os.path.join(folder, f".{os.path.basename(output_path)}.{secrets.token_hex(4)}.tmp")
+    temporary = os.path.join(folder, layout.temp_name(os.path.basename(output_path)))
     try:
         os.makedirs(folder, exist_ok=True)
         pq.write_table(table, temporary)

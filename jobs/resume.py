@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass, replace
 
-import pyarrow.fs as pafs
-
 from jobs.config import JobConfig
-from jobs.errors import OutputError, one_line
-from jobs.jobfile import JOB_FILE
+from jobs.errors import OutputError, some_of
 from jobs.manifest import Manifest
-from workers import storage
-from workers.shard_stats import STATS_DIR
+from workers import layout, storage
 from workers.tasks import ShardTask
-from workers.writer import DATA_DIR, ShardFooter, read_footer, remove_temp_files, shard_file_name, shard_path
-
-SHARD_PATTERN = "shard-*.parquet"
-MAX_FILES_SHOWN = 5
+from workers.writer import ShardFooter, read_footer, remove_temp_files
 
 logger = logging.getLogger(__name__)
 
@@ -39,31 +29,6 @@ def job_identity(config: JobConfig, manifest: Manifest) -> dict:
         "shard_size": config.shard_size,
         "manifest": {"rows": manifest.rows, "fingerprint": manifest.fingerprint},
     }
-
-
-def identity_key(identity: dict) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
-
-def read_job_file(output_dir: str) -> dict | None:
-    """The folder's job record; None if there is none. One that is not a genbatch record is an error."""
-    path = storage.join(output_dir, JOB_FILE)
-    kind = storage.file_type(path)
-    if kind == pafs.FileType.NotFound:
-        return None
-    if kind != pafs.FileType.File:
-        raise OutputError(f"{path}: not a file; rerun with --overwrite to start over")
-    try:
-        record = json.loads(storage.read_bytes(path))
-    except (OSError, ValueError) as error:
-        raise OutputError(f"{path}: unreadable ({one_line(error)}); rerun with --overwrite to start over") from None
-    if not (isinstance(record, dict) and isinstance(record.get("identity"), dict) and _is_count(record.get("shards"))):
-        raise OutputError(f"{path}: not a genbatch job record; rerun with --overwrite to start over")
-    return record
-
-
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def check_same_job(output_dir: str, previous: dict, identity: dict) -> None:
@@ -112,11 +77,11 @@ def plan_resume(output_dir: str, shards: list[ShardTask], key: str, retry_failed
 
     Every `shard-*.parquet` in `data/` must be a shard this job planned, written by this job: a folder
     never mixes jobs, and a file nobody planned is not silently counted (or ignored)."""
-    planned = {shard_file_name(shard.index): shard for shard in shards}
+    planned = {layout.shard_file_name(shard.index): shard for shard in shards}
     footers, foreign = {}, []
-    for path in storage.list_files(storage.join(output_dir, DATA_DIR)):
+    for path in storage.list_files(layout.data_dir(output_dir)):
         file_name = storage.name(path)
-        if not fnmatch.fnmatch(file_name, SHARD_PATTERN):
+        if not layout.is_shard_file(file_name):
             continue
         shard = planned.get(file_name)
         footer = read_footer(path)
@@ -132,7 +97,7 @@ def plan_resume(output_dir: str, shards: list[ShardTask], key: str, retry_failed
         shown = some_of(foreign)
         counted = "1 shard file is" if len(foreign) == 1 else f"{len(foreign)} shard files are"
         raise OutputError(
-            f"{storage.join(output_dir, DATA_DIR)}: {counted} not part of this job: {shown}; "
+            f"{layout.data_dir(output_dir)}: {counted} not part of this job: {shown}; "
             "rerun with --overwrite to replace them, or choose another output folder"
         )
     complete, todo, retrying = {}, [], {}
@@ -152,24 +117,18 @@ def plan_resume(output_dir: str, shards: list[ShardTask], key: str, retry_failed
     return ResumePlan(complete=complete, todo=todo, retrying=retrying, versions=versions)
 
 
-def some_of(names: list[str]) -> str:
-    """The first few names, and how many more there are: error messages stay one readable line."""
-    more = len(names) - MAX_FILES_SHOWN
-    return ", ".join(names[:MAX_FILES_SHOWN]) + (f" and {more} more" if more > 0 else "")
-
-
 def shard_files_exist(output_dir: str) -> bool:
     """Whether `data/` holds any shard file (an output folder without one belongs to no job yet)."""
-    files = storage.list_files(storage.join(output_dir, DATA_DIR))
-    return any(fnmatch.fnmatch(storage.name(path), SHARD_PATTERN) for path in files)
+    files = storage.list_files(layout.data_dir(output_dir))
+    return any(layout.is_shard_file(storage.name(path)) for path in files)
 
 
 def count_on_disk(output_dir: str, shards: list[ShardTask], key: str) -> dict[int, ShardFooter]:
     """The footers of those `shards` whose files are complete now (one listing, a footer read per file)."""
-    existing = set(storage.list_files(storage.join(output_dir, DATA_DIR)))
+    existing = set(storage.list_files(layout.data_dir(output_dir)))
     found = {}
     for shard in shards:
-        path = shard_path(output_dir, shard.index)
+        path = layout.shard_path(output_dir, shard.index)
         if path in existing:
             footer = read_footer(path)
             if footer is not None and footer.job_key == key and footer.rows == shard.outputs:
@@ -179,12 +138,12 @@ def count_on_disk(output_dir: str, shards: list[ShardTask], key: str) -> dict[in
 
 def clear_output(output_dir: str) -> None:
     """Remove what genbatch wrote (never anything else the folder may hold)."""
-    for folder, pattern in ((DATA_DIR, SHARD_PATTERN), (STATS_DIR, "shard-*.json")):
-        for path in storage.list_files(storage.join(output_dir, folder)):
-            if fnmatch.fnmatch(storage.name(path), pattern):
+    for folder, is_ours in ((layout.data_dir, layout.is_shard_file), (layout.stats_dir, layout.is_stats_file)):
+        for path in storage.list_files(folder(output_dir)):
+            if is_ours(storage.name(path)):
                 storage.delete(path)
     remove_temp_files(output_dir)
-    job_file = storage.join(output_dir, JOB_FILE)
+    job_file = layout.job_file(output_dir)
     if not storage.is_remote(job_file) and os.path.isdir(job_file):
         try:
             os.rmdir(job_file)  # only an empty one: a folder's contents are not genbatch's to delete

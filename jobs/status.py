@@ -11,10 +11,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from jobs.errors import OutputError
+from jobs.jobfile import identity_key, read_job_file
 from jobs.lock import lock_is_held
-from jobs.resume import identity_key, read_job_file
+from workers import layout
 from workers.shard_stats import ShardStats, read_all_stats
-from workers.writer import read_footer, shard_path
+from workers.writer import read_footer
 
 
 @dataclass
@@ -55,7 +56,7 @@ class JobStatus:
 def job_status(output: str, now: datetime | None = None) -> JobStatus:
     record = read_job_file(output)
     if record is None:
-        raise OutputError(f"{output}: no job.json here; is this a genbatch output folder?")
+        raise OutputError(f"{output}: no {layout.JOB_FILE} here; is this a genbatch output folder?")
     now = now or datetime.now(timezone.utc)
     stats = job_stats(output, record)
     state = record.get("status", "unknown")
@@ -109,7 +110,7 @@ def job_stats(output: str, record: dict) -> list[ShardStats]:
 
 
 def _shard_is_this_jobs(output: str, shard: int, key: str) -> bool:
-    footer = read_footer(shard_path(output, shard))
+    footer = read_footer(layout.shard_path(output, shard))
     return footer is not None and footer.job_key == key and footer.shard == shard
 
 

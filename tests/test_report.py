@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from jobs import compare
 from jobs.cli import main
-from jobs.render import changes_text, pvalue_text
-from jobs.resume import identity_key
+from jobs.jobfile import identity_key
+from jobs.report import compare
+from jobs.report.render import changes_text, pvalue_text
 from workers import columns as C
 from workers.writer import ShardFooter, write_shard
 

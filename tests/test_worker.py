@@ -15,7 +15,7 @@ from tests.conftest import worker_settings_for
 from workers import generation, storage
 from workers.batch import micro_batches
 from workers.errors import FencedOut, ShardWriteError
-from workers.fence import LOCK_FILE, lock_record
+from workers.fence import lock_record
 from workers.images import encode_and_hash
 from workers.provenance import pixel_versions
 from workers.rows import RowSpec
@@ -100,7 +100,7 @@ def test_an_actor_publishes_nothing_once_another_run_holds_the_folder(tmp_path, 
     pq.write_table(pa.table({"prompt": ["a", "b"]}), manifest)
     output = tmp_path / "out"
     output.mkdir()
-    lock = output / LOCK_FILE
+    lock = output / ".genbatch.lock"
     lock.write_bytes(lock_record(4242, "first-run"))
     worker = GenerationWorker(replace(settings(output), run_token="first-run"), 0)
     task = ShardTask(0, str(manifest), 0, 2, 0, has_id_column=False)
@@ -110,7 +110,7 @@ def test_an_actor_publishes_nothing_once_another_run_holds_the_folder(tmp_path, 
     lock.write_bytes(lock_record(777, "next-run"))  # a new run took the folder over
     with pytest.raises(FencedOut, match=r"another genbatch run \(pid 777\) holds this output folder now"):
         list(worker.run_shard(task))
-    assert sorted(p.name for p in output.rglob("*") if p.is_file()) == [LOCK_FILE]  # nothing, not even temp files
+    assert sorted(p.name for p in output.rglob("*") if p.is_file()) == [lock.name]  # nothing, not even temp files
 
 
 def test_a_worker_that_cannot_load_reports_one_line(tmp_path):

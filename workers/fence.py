@@ -8,11 +8,8 @@ another run now holds the folder, publishes nothing.
 
 from __future__ import annotations
 
-import os
-
+from workers import layout
 from workers.errors import FencedOut
-
-LOCK_FILE = ".genbatch.lock"
 
 
 def lock_record(pid: int, token: str) -> bytes:
@@ -22,7 +19,7 @@ def lock_record(pid: int, token: str) -> bytes:
 def read_lock_record(output_dir: str) -> tuple[str, str | None]:
     """(pid, token) from the lock file; ("unknown", None) when it is missing or empty."""
     try:
-        with open(os.path.join(output_dir, LOCK_FILE), "rb") as handle:
+        with open(layout.lock_file(output_dir), "rb") as handle:
             fields = handle.read(200).decode(errors="replace").split()
     except OSError:
         return "unknown", None

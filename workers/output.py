@@ -9,10 +9,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workers import columns as C
-from workers import storage
+from workers import layout, storage
 from workers.rows import RowSpec
 from workers.tasks import ShardTask
-from workers.writer import shard_path
 
 
 @dataclass
@@ -83,7 +82,7 @@ def build_output_table(
 
 def read_previous(output_dir: str, task: ShardTask) -> pa.Table | None:
     """The shard's existing output, for --retry-failed; None when there is none yet."""
-    path = shard_path(output_dir, task.index)
+    path = layout.shard_path(output_dir, task.index)
     if not storage.exists(path):
         return None
     with storage.open_input(path) as handle:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from workers import storage
-
-STATS_DIR = "stats"
+from workers import layout, storage
 
 
 @dataclass(frozen=True)
@@ -31,30 +29,22 @@ class ShardStats:
     job_key: str = ""  # the job that wrote it (as in the shard's footer); "" in stats from before it was kept
 
 
-def stats_file_name(shard: int) -> str:
-    return f"shard-{shard:05d}.json"
-
-
-def stats_path(output_dir: str, shard: int) -> str:
-    return storage.join(output_dir, STATS_DIR, stats_file_name(shard))
-
-
 def write_shard_stats(output_dir: str, stats: ShardStats, before_publish=None) -> None:
     data = (json.dumps(asdict(stats)) + "\n").encode()
-    storage.write_bytes(stats_path(output_dir, stats.shard), data, before_publish)
+    storage.write_bytes(layout.stats_path(output_dir, stats.shard), data, before_publish)
 
 
 def read_all_stats(output_dir: str) -> list[ShardStats]:
     """Every shard's stats, by shard number; files that are not genbatch stats (or not under their
     shard's name) are ignored."""
     found = []
-    for location in storage.list_files(storage.join(output_dir, STATS_DIR)):
-        if not (storage.name(location).startswith("shard-") and location.endswith(".json")):
+    for location in storage.list_files(layout.stats_dir(output_dir)):
+        if not layout.is_stats_file(storage.name(location)):
             continue
         try:
             stats = ShardStats(**json.loads(storage.read_bytes(location)))
         except (TypeError, ValueError):  # not a JSON object of ShardStats' fields
             continue
-        if isinstance(stats.shard, int) and storage.name(location) == stats_file_name(stats.shard):
+        if isinstance(stats.shard, int) and storage.name(location) == layout.stats_file_name(stats.shard):
             found.append(stats)
     return sorted(found, key=lambda stats: stats.shard)

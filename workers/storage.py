@@ -15,16 +15,15 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import uuid
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-logger = logging.getLogger(__name__)
+from workers import layout  # the module, not its names: layout joins its paths with this one's `join`
 
-TEMP_SUFFIX = ".tmp"
+logger = logging.getLogger(__name__)
 
 
 def is_remote(location: str | os.PathLike) -> bool:
@@ -135,7 +134,7 @@ def write_bytes(location: str, data: bytes | pa.Buffer, before_publish: Callable
 
     `before_publish` runs after the data is stored under its temporary name and before it takes its
     final one; if it raises, nothing is published."""
-    temp = join(parent(location), f".{name(location)}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
+    temp = join(parent(location), layout.temp_name(name(location)))
     if is_remote(location):
         filesystem, final_path = resolve(location)
         _, temp_path = resolve(temp)
@@ -175,7 +174,7 @@ def delete(location: str) -> None:
 
 def remove_temp_files(folder: str) -> int:
     """Delete temporary files left by writers that were killed mid-write; returns how many."""
-    leftovers = [f for f in list_files(folder) if name(f).startswith(".") and f.endswith(TEMP_SUFFIX)]
+    leftovers = [f for f in list_files(folder) if layout.is_temp_file(name(f))]
     for location in leftovers:
         delete(location)
     return len(leftovers)

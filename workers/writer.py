@@ -13,12 +13,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workers import storage
+from workers import layout, storage
 from workers.errors import FencedOut, ShardWriteError, one_line
 from workers.hf_features import HF_KEY, hf_features
-from workers.shard_stats import STATS_DIR
 
-DATA_DIR = "data"
 FOOTER_KEY = b"genbatch"
 # Small row groups let readers (reports, datasets streaming) hold a few images at a time, not a shard's.
 ROW_GROUP_ROWS = 64
@@ -37,14 +35,6 @@ class ShardFooter:
     device: str | None = None  # what made the shard: `cpu`, or the GPU model and CUDA version
 
 
-def shard_file_name(index: int) -> str:
-    return f"shard-{index:05d}.parquet"
-
-
-def shard_path(output_dir: str, index: int) -> str:
-    return storage.join(output_dir, DATA_DIR, shard_file_name(index))
-
-
 def write_shard(
     table: pa.Table, output_dir: str, footer: ShardFooter, before_publish: Callable[[], None] | None = None
 ) -> str:
@@ -53,7 +43,7 @@ def write_shard(
     A reader never sees a partial file under a `.parquet` name: the file is built in memory and
     published whole (see `workers.storage.write_bytes`); `before_publish` may still refuse it (fencing).
     """
-    final = shard_path(output_dir, footer.shard)
+    final = layout.shard_path(output_dir, footer.shard)
     metadata = dict(table.schema.metadata or {})
     metadata[FOOTER_KEY] = json.dumps(vars(footer)).encode()
     features = hf_features(table.schema)
@@ -83,5 +73,5 @@ def read_footer(location: str) -> ShardFooter | None:
 
 def remove_temp_files(output_dir: str) -> int:
     """Delete temporary files left by writers that were killed mid-write; returns how many."""
-    folders = [output_dir, storage.join(output_dir, DATA_DIR), storage.join(output_dir, STATS_DIR)]
+    folders = [output_dir, *(storage.join(output_dir, folder) for folder in layout.FOLDERS)]
     return sum(storage.remove_temp_files(folder) for folder in folders)

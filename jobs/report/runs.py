@@ -7,7 +7,6 @@ reads only the row groups that hold the images of the few rows a report shows.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +17,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from jobs.errors import OutputError, one_line
-from jobs.jobfile import JOB_FILE
-from jobs.resume import SHARD_PATTERN, identity_key, read_job_file, some_of
+from jobs.errors import OutputError, one_line, some_of
+from jobs.jobfile import identity_key, read_job_file
 from workers import columns as C
-from workers import storage
-from workers.writer import DATA_DIR, read_footer, shard_file_name
+from workers import layout, storage
+from workers.writer import read_footer
 
 _BATCH_ROWS = 8192
 
@@ -57,7 +55,7 @@ def open_run(path: str | Path) -> Run:
     except OSError as error:  # the location itself cannot be reached (no bucket, no network)
         raise OutputError(f"{path}: cannot reach the run ({one_line(error)})") from None
     if job is None:
-        raise OutputError(f"{path}: not a genbatch run folder (no {JOB_FILE})")
+        raise OutputError(f"{path}: not a genbatch run folder (no {layout.JOB_FILE})")
     files = job_shard_files(path, job)
     dataset = _dataset(files)
     names = [name for name in dataset.schema.names if name != C.IMAGE]
@@ -94,15 +92,15 @@ def job_shard_files(path: str, job: dict) -> list[str]:
     """The shard files in `data/` that belong to the job: a shard it planned, written by it (footer).
 
     Anything else there (another job's shard, a stray copy) is left out with a warning, never counted."""
-    data = storage.join(path, DATA_DIR)
-    key, planned = identity_key(job["identity"]), {shard_file_name(i) for i in range(job["shards"])}
+    data = layout.data_dir(path)
+    key, planned = identity_key(job["identity"]), {layout.shard_file_name(i) for i in range(job["shards"])}
     files, others = [], []
     for file in storage.list_files(data):
         name = storage.name(file)
-        if not fnmatch.fnmatch(name, SHARD_PATTERN):
+        if not layout.is_shard_file(name):
             continue
         footer = read_footer(file) if name in planned else None
-        if footer is not None and footer.job_key == key and shard_file_name(footer.shard) == name:
+        if footer is not None and footer.job_key == key and layout.shard_file_name(footer.shard) == name:
             files.append(file)
         else:
             others.append(name)

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.errors import ConfigError
-from jobs.render import CLIP_SCORE_DEFINITION, histogram_uri, thumbnail_uri, write_documents
-from jobs.runs import Run, fetch_images, open_run
-from jobs.stats import bootstrap_mean_ci, summarize_scores
+from jobs.report.render import CLIP_SCORE_DEFINITION, histogram_uri, thumbnail_uri, write_documents
+from jobs.report.runs import Run, fetch_images, open_run
+from jobs.report.stats import bootstrap_mean_ci, summarize_scores
 from workers import columns as C
 from workers import storage
 

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.errors import ConfigError
-from jobs.render import CLIP_SCORE_DEFINITION, histogram_uri, thumbnail_uri, write_documents
-from jobs.report import pick_group_column, run_settings
-from jobs.runs import Run, fetch_images, open_run
-from jobs.stats import paired_comparison
+from jobs.report.render import CLIP_SCORE_DEFINITION, histogram_uri, thumbnail_uri, write_documents
+from jobs.report.runs import Run, fetch_images, open_run
+from jobs.report.stats import paired_comparison
+from jobs.report.summary import pick_group_column, run_settings
 from workers import columns as C
 from workers import storage
 

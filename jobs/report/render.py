@@ -21,7 +21,7 @@ SMALLEST_P = 1e-4  # smaller p-values show as "< 0.0001"; compare.json keeps the
 
 def environment() -> Environment:
     env = Environment(
-        loader=PackageLoader("jobs", "templates"),
+        loader=PackageLoader("jobs.report", "templates"),
         autoescape=select_autoescape(["html.j2"]),
         undefined=StrictUndefined,
         trim_blocks=True,
