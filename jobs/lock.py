@@ -19,7 +19,7 @@ def lock_is_held(output_dir: str | Path) -> bool:
     """Whether a live run holds the folder's lock (a probe that takes nothing). Object stores have none."""
     if storage.is_remote(output_dir):
         return True
-    path = Path(layout.lock_file(output_dir))
+    path = Path(layout.lock_file(str(output_dir)))
     if not path.exists():
         return False
     fd = os.open(path, os.O_RDONLY)
@@ -39,10 +39,10 @@ class OutputLock:
     def __init__(self, output_dir: str | Path):
         self.output_dir = output_dir
         self.remote = storage.is_remote(output_dir)
-        self.path = None if self.remote else Path(layout.lock_file(output_dir))
+        self.path = Path(layout.lock_file(str(output_dir)))  # used for local folders only
         self._fd: int | None = None
         # Actors publish only while the lock file holds this token (workers.fence); None: no lock to check.
-        self.token: str | None = None if self.remote else uuid.uuid4().hex
+        self.token: str | None = None
 
     def __enter__(self) -> OutputLock:
         if self.remote:
@@ -61,6 +61,7 @@ class OutputLock:
             raise OutputError(
                 f"{self.path.parent}: another genbatch run (pid {holder}) is using this output folder"
             ) from None
+        self.token = uuid.uuid4().hex
         os.ftruncate(fd, 0)
         os.pwrite(fd, lock_record(os.getpid(), self.token), 0)
         self._fd = fd

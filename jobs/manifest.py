@@ -131,6 +131,7 @@ def read_manifest(source: str, mode: str = "generate") -> Manifest:
         first_row += rows
     if first_row == 0:
         raise ManifestError(f"{source}: manifest has no rows")
+    assert schema is not None  # find_manifest_files found at least one file
     has_id = C.ID in schema.names
     # One 8-byte key per row (the id itself, or its hash) is all the uniqueness check keeps in memory.
     keys = np.empty(first_row, dtype=np.int64) if has_id else None

@@ -62,7 +62,7 @@ def thumbnail_uri(png: bytes | None) -> str | None:
     image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
     if min(image.size) < THUMBNAIL_PX:  # tiny images are upscaled crisply, not blurred by the browser
         scale = THUMBNAIL_PX // max(1, min(image.size))
-        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()

@@ -14,12 +14,12 @@ def bootstrap_mean_ci(values: np.ndarray, level: float = 0.95) -> list[float] | 
     if len(values) == 0:
         return None
     rng = np.random.default_rng(SEED)
-    means = []
+    chunks = []
     for start in range(0, BOOTSTRAP_RESAMPLES, _CHUNK):
         size = min(_CHUNK, BOOTSTRAP_RESAMPLES - start)
         picks = rng.integers(0, len(values), size=(size, len(values)))
-        means.append(values[picks].mean(axis=1))
-    means = np.concatenate(means)
+        chunks.append(values[picks].mean(axis=1))
+    means = np.concatenate(chunks)
     tail = (1 - level) / 2 * 100
     return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
 
