@@ -163,12 +163,12 @@ def phase_dispatch(manifest: str, output: str, shard_size: int, workers: int, cp
     ended = time.perf_counter()
     rss_end = rss_mb()
     ray.shutdown()
-    if summary.ok != summary.rows:
+    if summary.ok != summary.images:
         raise RuntimeError(f"stub job did not finish every row: {summary}")
     steady = events["last"] - events["first"]
     steady_cpu = events["last_cpu"] - events["first_cpu"]
     return {
-        "rows": summary.rows,
+        "rows": summary.images,
         "shards": summary.shards,
         "seconds": ended - started,
         "to_first_progress_seconds": events["first"] - started,

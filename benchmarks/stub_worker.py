@@ -41,10 +41,10 @@ class StubWorker(ShardWorker):
         if rows != task.rows:
             raise RuntimeError(f"shard {task.index}: read {rows} rows of {task.file}, expected {task.rows}")
         # 2. One "micro-batch" for the whole shard, then the result; no images, no file.
-        yield BatchProgress(shard=task.index, rows=rows, failed=0)
+        yield BatchProgress(shard=task.index, images=rows, failed=0)
         yield ShardResult(
             shard=task.index,
-            rows=rows,
+            images=rows,
             ok=rows,
             failed=0,
             file="",

@@ -197,7 +197,7 @@ def run_command(args: argparse.Namespace) -> int:
     if summary.shards_run == 0:
         print(
             f"genbatch: nothing to do: all {summary.shards} shards are complete "
-            f"({summary.ok} ok, {summary.failed} failed of {summary.rows} rows)"
+            f"({summary.ok} ok, {summary.failed} failed of {summary.images} rows)"
             + ("; rerun with --retry-failed to retry the failed rows" if summary.failed else "")
         )
         print(f"genbatch: output: {summary.output}")
@@ -207,7 +207,7 @@ def run_command(args: argparse.Namespace) -> int:
     print(
         f"genbatch: {state}: {summary.ok} ok, {summary.failed} failed"
         + (f", {summary.not_run} not run" if summary.not_run else "")
-        + f" of {summary.rows} rows in {summary.shards} shards"
+        + f" of {summary.images} rows in {summary.shards} shards"
         + (f" ({summary.shards_failed} failed)" if summary.shards_failed else "")
         + (f", {resumed} already complete" if resumed else "")
     )

@@ -169,9 +169,9 @@ class Dispatcher:
             if not actor.produced:
                 actor.produced = True
                 self.outcome.first_image_seconds.append(time.perf_counter() - actor.created_at)
-            self._reported[stream][0] += value.rows
+            self._reported[stream][0] += value.images
             self._reported[stream][1] += value.failed
-            self.on_progress(value.rows, value.failed)
+            self.on_progress(value.images, value.failed)
             self.on_batch(value)
         elif isinstance(value, ShardResult):
             self._delivered.add(stream)

@@ -40,7 +40,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class JobSummary:
-    rows: int
+    """Counts of output rows (one per image, so `images`), as the shard files on disk hold them."""
+
+    images: int
     ok: int
     failed: int
     not_run: int
@@ -64,6 +66,7 @@ class JobSummary:
 
     def as_dict(self) -> dict:
         record = asdict(self)
+        record = {"rows": record.pop("images"), **record}  # the JSON summary says rows, as job.json does
         for key in ("seconds", "startup_seconds", "images_per_s"):
             record[key] = round(record[key], 3)
         return {**record, "exit_code": self.exit_code}
@@ -277,14 +280,14 @@ def summarize(
     footers += [footer for index, footer in plan.retrying.items() if index not in done]
     ok = sum(f.ok for f in footers) + sum(r.ok for r in outcome.results)
     failed = sum(f.failed for f in footers) + sum(r.failed for r in outcome.results)
-    failed += sum(f.shard.outputs for f in outcome.failures if f.shard.index not in plan.retrying)
+    failed += sum(f.shard.images for f in outcome.failures if f.shard.index not in plan.retrying)
     generated = sum(result.generated for result in outcome.results)
     first_ready = outcome.first_ready_at or ended
     return JobSummary(
-        rows=sum(shard.outputs for shard in shards),
+        images=sum(shard.images for shard in shards),
         ok=ok,
         failed=failed,
-        not_run=sum(shard.outputs for shard in shards) - ok - failed,
+        not_run=sum(shard.images for shard in shards) - ok - failed,
         shards=len(shards),
         shards_run=len(plan.todo),
         shards_failed=len(outcome.failures),
@@ -318,7 +321,7 @@ def _record_end(
         if summary.signal:
             record["signal"] = summary.signal
         record["counts"] = {
-            "rows": summary.rows,
+            "rows": summary.images,  # output rows: one per image
             "ok": summary.ok,
             "failed": summary.failed,
             "not_run": summary.not_run,

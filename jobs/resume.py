@@ -89,7 +89,7 @@ def plan_resume(output_dir: str, shards: list[ShardTask], key: str, retry_failed
             foreign.append(f"{file_name} (not planned: this job has {len(shards)} shards)")
         elif footer is None:
             foreign.append(f"{file_name} (not a complete genbatch shard)")
-        elif footer.job_key != key or footer.shard != shard.index or footer.rows != shard.outputs:
+        elif footer.job_key != key or footer.shard != shard.index or footer.rows != shard.images:
             foreign.append(f"{file_name} (another job)")
         else:
             footers[shard.index] = footer
@@ -131,7 +131,7 @@ def count_on_disk(output_dir: str, shards: list[ShardTask], key: str) -> dict[in
         path = layout.shard_path(output_dir, shard.index)
         if path in existing:
             footer = read_footer(path)
-            if footer is not None and footer.job_key == key and footer.rows == shard.outputs:
+            if footer is not None and footer.job_key == key and footer.rows == shard.images:
                 found[shard.index] = footer
     return found
 

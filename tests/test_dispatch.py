@@ -60,11 +60,11 @@ class FakeWorker(ShardWorker):
                 raise Crash
             if done and isinstance(fault, Exception):
                 raise fault
-            yield BatchProgress(shard=task.index, rows=BATCH, failed=0)
+            yield BatchProgress(shard=task.index, images=BATCH, failed=0)
         yield ShardResult(
             shard=task.index,
-            rows=task.outputs,
-            ok=task.outputs,
+            images=task.images,
+            ok=task.images,
             failed=0,
             file=f"shard-{task.index}.parquet",
             worker=self.name,

@@ -46,7 +46,7 @@ def test_a_batch_that_raises_is_rerun_row_by_row_so_only_the_culprit_fails(tmp_p
     assert worker.load_error is None
     events = list(worker.run_shard(ShardTask(0, str(manifest), 0, 4, 0, has_id_column=False)))
     assert calls == [4, 1, 1, 1, 1]  # the batch, then each row alone
-    assert replace(events[0], finished_at=0.0) == BatchProgress(shard=0, rows=4, failed=1)
+    assert replace(events[0], finished_at=0.0) == BatchProgress(shard=0, images=4, failed=1)
     assert abs(events[0].finished_at - time.time()) < 60  # wall clock, comparable across processes
     assert isinstance(events[-1], ShardResult) and (events[-1].ok, events[-1].failed) == (3, 1)
     table = pq.read_table(events[-1].file)

@@ -89,14 +89,14 @@ class ShardTask:
         return self.stop - self.start
 
     @property
-    def outputs(self) -> int:
+    def images(self) -> int:
         """Output rows (images): what the shard file, progress and counts are in."""
         return self.rows * self.images_per_row
 
     @property
     def images_to_generate(self) -> int:
         """What running this task generates: every image, or only the failed ones of a retry."""
-        return self.failed_before if self.retry_failed else self.outputs
+        return self.failed_before if self.retry_failed else self.images
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ class BatchProgress:
     """Yielded by an actor after each micro-batch, so the driver can show live progress."""
 
     shard: int
-    rows: int
+    images: int
     failed: int
     finished_at: float = 0.0  # wall clock (time.time()) in the actor when the micro-batch was done
 
@@ -130,7 +130,7 @@ class ShardResult:
     """Yielded last by an actor once its shard file is written."""
 
     shard: int
-    rows: int
+    images: int  # the shard file's rows: one per image
     ok: int
     failed: int
     file: str

@@ -132,7 +132,7 @@ class GenerationWorker:
             while len(encoding) > MAX_BATCHES_ENCODING:  # bounded, so memory stays flat
                 collect_encoded(encoding.popleft(), outputs)
             failed = sum(out.error is not None for out in result.outputs.values())
-            yield BatchProgress(shard=task.index, rows=len(batch), failed=failed, finished_at=time.time())
+            yield BatchProgress(shard=task.index, images=len(batch), failed=failed, finished_at=time.time())
         while encoding:
             collect_encoded(encoding.popleft(), outputs)
         # C. Write the shard file; only its path and counts go back to the driver.
@@ -179,7 +179,7 @@ class GenerationWorker:
         )
         yield ShardResult(
             shard=task.index,
-            rows=len(rows),
+            images=len(rows),
             ok=len(rows) - failed,
             failed=failed,
             file=path,
