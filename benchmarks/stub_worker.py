@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 from workers.rows import read_slice, row_ids
 from workers.tasks import BatchProgress, ShardResult, ShardTask, ShardWorker, WorkerInfo, WorkerSettings
@@ -31,6 +32,10 @@ class StubWorker(ShardWorker):
         )
 
     def ready(self) -> WorkerInfo:
+        return self.info
+
+    def rebind(self, output_dir: str, job_key: str, run_token: str | None) -> WorkerInfo:
+        self.settings = replace(self.settings, output_dir=output_dir, job_key=job_key, run_token=run_token)
         return self.info
 
     def run_shard(self, task: ShardTask) -> Iterator[BatchProgress | ShardResult]:

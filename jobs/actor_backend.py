@@ -7,11 +7,14 @@ Handles, ready calls and streams are opaque to the dispatcher: it only compares 
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
 
-from jobs import cluster
+from jobs import cluster, worker_reuse
 from workers.errors import describe
 from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerInfo, WorkerSettings
+
+logger = logging.getLogger(__name__)
 
 
 class ActorDied(Exception):
@@ -53,8 +56,21 @@ class RayBackend:
         self.settings = settings
         self.resources = resources
         self.worker_class = worker_class
+        self.reuse_key = worker_reuse.key_of(worker_class, resources, settings)
+        worker_reuse.stop_parked(keep=self.reuse_key)  # they hold resources this job's actors may need
 
     def start(self, index: int):
+        handle = worker_reuse.take(self.reuse_key, index)
+        if handle is not None:
+            import ray
+
+            settings = self.settings
+            try:  # a quick call: the actor only learns its new job
+                ray.get(handle.rebind.remote(settings.output_dir, settings.job_key, settings.run_token), timeout=60)
+                return handle
+            except Exception as error:  # noqa: BLE001 - a parked actor that is gone is replaced by a new one
+                logger.info("parked worker unusable (%s); starting a new one", describe(error))
+                cluster.stop_workers([handle])
         return cluster.start_worker(self.settings, self.resources, index, self.worker_class)
 
     def ready(self, handle):

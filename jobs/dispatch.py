@@ -64,6 +64,7 @@ class _Actor:
     running_at_death: object | None = None  # the stream the actor was running when it died
     created_at: float = field(default_factory=time.perf_counter)
     produced: bool = False
+    info: WorkerInfo | None = None  # once its ready call answered
 
 
 class Dispatcher:
@@ -121,6 +122,10 @@ class Dispatcher:
     def handles(self) -> list:
         return [actor.handle for actor in self.actors]
 
+    def ready_actors(self) -> list[tuple[int, object, WorkerInfo]]:
+        """(index, handle, info) of the actors that are alive and loaded."""
+        return [(a.index, a.handle, a.info) for a in self.actors if a.alive and a.info is not None]
+
     def abandon(self) -> None:
         """Stop following running shards; the caller stops the actors that run them."""
         self._tasks.clear()
@@ -141,6 +146,7 @@ class Dispatcher:
             self.outcome.start_errors.append(_describe(error))
             logger.warning("worker-%d failed to start: %s", actor.index, _describe(error))
         else:
+            actor.info = info
             self.outcome.workers.append(info)
             self.on_worker_ready(info)
             if self.outcome.first_ready_at is None:

@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from jobs import cluster, signals
+from jobs import cluster, signals, worker_reuse
 from jobs.actor_backend import RayBackend
 from jobs.config import JobConfig
 from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks
@@ -170,7 +170,7 @@ def run_job(
                 _record_failure(output, record, dispatcher.outcome if dispatcher else DispatchOutcome(), guard.seen)
             raise
         signals.stopping()
-        _stop(dispatcher, output, follow)
+        _stop(dispatcher, output, follow, finished=interrupt is None)
         outcome = dispatcher.outcome if dispatcher is not None else DispatchOutcome()
         if interrupt is None and not outcome.workers and outcome.start_errors:
             _record_failure(output, record, outcome, guard.seen)
@@ -185,12 +185,21 @@ def run_job(
         return summary
 
 
-def _stop(dispatcher: Dispatcher | None, output: str, follow: Progress) -> None:
-    """Stop following, stop the actors (and wait until they are gone), then tidy temporary files."""
+def _stop(dispatcher: Dispatcher | None, output: str, follow: Progress, finished: bool = False) -> None:
+    """Stop following, stop the actors (and wait until they are gone), then tidy temporary files.
+
+    A job that `finished` inside `worker_reuse.keep_workers()` parks its loaded actors instead."""
     follow.close()
     if dispatcher is not None:
         dispatcher.abandon()
-        cluster.stop_workers(dispatcher.handles(), dispatcher.outcome.workers)
+        parked: set[int] = set()
+        backend = dispatcher.backend
+        if finished and worker_reuse.keeping() and isinstance(backend, RayBackend):
+            ready = dispatcher.ready_actors()
+            worker_reuse.park(backend.reuse_key, ready)
+            parked = {id(handle) for _, handle, _ in ready}
+        leaving = [handle for handle in dispatcher.handles() if id(handle) not in parked]
+        cluster.stop_workers(leaving, dispatcher.outcome.workers)
     remove_temp_files(output)
 
 

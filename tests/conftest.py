@@ -90,6 +90,26 @@ def ray_session(model_cache):
     ray.shutdown()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def reused_workers():
+    """In-process jobs of the session reuse each other's loaded actors where their settings allow
+    (jobs.worker_reuse), as a sweep would: most of a tiny job's time is its actor's start-up."""
+    from jobs.worker_reuse import keep_workers
+
+    with keep_workers():
+        yield
+
+
+@pytest.fixture
+def session_address(ray_session) -> str:
+    """The session's Ray address, for a CLI in a subprocess: parked actors are stopped first, so the
+    resources they hold are free for that job's own actors."""
+    from jobs.worker_reuse import stop_parked
+
+    stop_parked()
+    return ray_session.get_runtime_context().gcs_address
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """moto's standalone S3 server on loopback, as a separate process; yields a boto3 client for it."""

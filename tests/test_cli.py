@@ -151,14 +151,13 @@ def test_the_bar_says_what_starts_until_a_worker_is_ready(capsys):
 
 
 @pytest.mark.slow  # a whole job in a child process
-def test_text_logs_off_a_terminal_show_start_up_without_colour(tmp_path, ray_session):
+def test_text_logs_off_a_terminal_show_start_up_without_colour(tmp_path, session_address):
     manifest = write_manifest(tmp_path / "p.parquet", {"prompt": ["a", "b"]})
     broken = tmp_path / "not-a-model"
     broken.mkdir()
     config = write_config(tmp_path / "job.yaml", manifest, tmp_path / "out", model={"id": str(broken)})
-    address = ray_session.get_runtime_context().gcs_address
     result = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "run", str(config), "--address", address, "-v"],
+        [sys.executable, "-m", "jobs.cli", "run", str(config), "--address", session_address, "-v"],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": os.getcwd()},
@@ -167,7 +166,7 @@ def test_text_logs_off_a_terminal_show_start_up_without_colour(tmp_path, ray_ses
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
     assert lines[:2] == [
-        f"INFO genbatch.progress: connecting to Ray at {address}",
+        f"INFO genbatch.progress: connecting to Ray at {session_address}",
         f"INFO genbatch.progress: loading {broken} on 1 worker",
     ]
     # The actor's own line, forwarded by Ray with its `(GenerationWorker pid=N)` prefix, uncoloured.

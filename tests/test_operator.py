@@ -29,12 +29,11 @@ def finished(tmp_path_factory, ray_session):
     return output
 
 
-def test_json_logs_put_one_json_object_on_every_line(tmp_path, ray_session):
+def test_json_logs_put_one_json_object_on_every_line(tmp_path, session_address):
     manifest = write_manifest(tmp_path / "p.parquet", {"prompt": ["a", "b", "c", "d", "e"]})
     config = write_config(tmp_path / "job.yaml", manifest, tmp_path / "out", generation={"steps": 1})
-    address = ray_session.get_runtime_context().gcs_address
     result = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "run", str(config), "--log-format", "json", "--address", address],
+        [sys.executable, "-m", "jobs.cli", "run", str(config), "--log-format", "json", "--address", session_address],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": os.getcwd()},
@@ -43,7 +42,7 @@ def test_json_logs_put_one_json_object_on_every_line(tmp_path, ray_session):
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stderr.splitlines()]  # raises on any line that is not JSON
     assert [(r["event"], r["message"]) for r in records[:2]] == [
-        ("startup", f"connecting to Ray at {address}"),
+        ("startup", f"connecting to Ray at {session_address}"),
         ("startup", "loading tiny on 1 worker"),
     ]
     (ready,) = [r for r in records if r.get("event") == "worker_ready"]

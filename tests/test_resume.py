@@ -59,12 +59,11 @@ def assert_same_output(output, reference):
 
 
 @pytest.mark.slow  # kills processes, retries whole shards
-def test_kill_9_of_the_driver_then_a_rerun_equals_an_uninterrupted_run(workdir, manifest, reference, ray_session):
+def test_kill_9_of_the_driver_then_a_rerun_equals_an_uninterrupted_run(workdir, manifest, reference, session_address):
     config = config_for(workdir, manifest, "killed")
     output = workdir / "killed"
-    address = ray_session.get_runtime_context().gcs_address
     driver = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "run", str(config), "--quiet", "--address", address],
+        [sys.executable, "-m", "jobs.cli", "run", str(config), "--quiet", "--address", session_address],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group, killed whole below

@@ -68,9 +68,8 @@ def assert_stopped_cleanly(output: Path, stdout: str, stderr: str, name: str) ->
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_a_signal_mid_job_stops_it_like_ctrl_c(tmp_path, ray_session, sig, sigint_as_in_a_terminal):
-    address = ray_session.get_runtime_context().gcs_address
-    process, output = start_job(tmp_path, "--address", address)
+def test_a_signal_mid_job_stops_it_like_ctrl_c(tmp_path, session_address, sig, sigint_as_in_a_terminal):
+    process, output = start_job(tmp_path, "--address", session_address)
     wait_until(process, lambda: len(shards_on_disk(output)) >= 2)
     process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=120)
@@ -85,10 +84,9 @@ def test_a_signal_mid_job_stops_it_like_ctrl_c(tmp_path, ray_session, sig, sigin
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_while_workers_load_stops_the_job_with_json_only_output(
-    tmp_path, ray_session, sig, sigint_as_in_a_terminal
+    tmp_path, session_address, sig, sigint_as_in_a_terminal
 ):
-    address = ray_session.get_runtime_context().gcs_address
-    process, output = start_job(tmp_path, "--address", address, "--log-format", "json")
+    process, output = start_job(tmp_path, "--address", session_address, "--log-format", "json")
     wait_until(process, lambda: job_record(output).get("status") == "running")  # recorded; Ray and actors starting
     process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=120)
@@ -120,9 +118,8 @@ def test_sigterm_while_ray_itself_starts_is_handled_by_genbatch_not_ray(tmp_path
     assert_stopped_cleanly(output, stdout, stderr, "SIGTERM")
 
 
-def test_more_signals_during_shutdown_do_not_cut_it_short(tmp_path, ray_session):
-    address = ray_session.get_runtime_context().gcs_address
-    process, output = start_job(tmp_path, "--address", address)
+def test_more_signals_during_shutdown_do_not_cut_it_short(tmp_path, session_address):
+    process, output = start_job(tmp_path, "--address", session_address)
     wait_until(process, lambda: len(shards_on_disk(output)) >= 2)
     process.send_signal(signal.SIGTERM)
     for second in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

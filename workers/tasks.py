@@ -148,3 +148,6 @@ class ShardWorker(Protocol):
 
     def run_shard(self, task: ShardTask) -> Iterator[BatchProgress | ShardResult]:
         """Process one shard: a BatchProgress after each micro-batch, then the ShardResult once its file is written."""
+
+    def rebind(self, output_dir: str, job_key: str, run_token: str | None) -> WorkerInfo:
+        """Serve another job whose settings differ only in these (jobs.worker_reuse); loads nothing."""

@@ -10,6 +10,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from workers import columns as C
@@ -110,6 +111,11 @@ class GenerationWorker:
         if self.load_error is not None:
             raise WorkerLoadError(self.load_error)
         return self.info
+
+    def rebind(self, output_dir: str, job_key: str, run_token: str | None) -> WorkerInfo:
+        """Serve a new job with the same models and settings (jobs.worker_reuse): only where it writes changes."""
+        self.settings = replace(self.settings, output_dir=output_dir, job_key=job_key, run_token=run_token)
+        return self.ready()
 
     def run_shard(self, task: ShardTask) -> Iterator[BatchProgress | ShardResult]:
         """Process one shard; yields progress after each micro-batch, then the ShardResult."""

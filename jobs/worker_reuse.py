@@ -1,0 +1,93 @@
+"""Keeping loaded actors between jobs run by one driver process (sweeps, notebooks, test suites).
+
+Loading the models is most of an actor's start-up: seconds of imports and weights per actor, every job.
+Inside `keep_workers()`, a job that finishes cleanly parks its healthy actors instead of stopping
+them, and a later job whose settings differ only in where and for which job it writes (output folder,
+job key, lock token) takes them over: the actor is told its new job (`rebind`) and loads nothing. An
+actor is reused only with settings equal in everything that decides its models and its pixels, so a
+reused actor gives the same bytes as a fresh one. Interrupted or failed jobs stop their actors as
+before. Parked actors hold their CPUs and GPUs: a job with other settings stops them first, and
+leaving the block stops the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from workers.tasks import WorkerInfo, WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+# What a parked actor was made for: the actor class, its Ray resources, and its settings without the
+# job-specific fields that `rebind` replaces.
+Key = tuple[Any, Any, WorkerSettings]
+
+
+@dataclasses.dataclass
+class _Parked:
+    key: Key
+    index: int
+    handle: Any
+    info: WorkerInfo
+
+
+_parked: list[_Parked] | None = None  # None: not inside keep_workers()
+
+
+def key_of(worker_class: Any, resources: Any, settings: WorkerSettings) -> Key:
+    return worker_class, resources, dataclasses.replace(settings, output_dir="", job_key="", run_token=None)
+
+
+@contextmanager
+def keep_workers() -> Iterator[None]:
+    """Jobs run inside the block reuse each other's actors where their settings allow."""
+    global _parked
+    outer, _parked = _parked, []
+    try:
+        yield
+    finally:
+        stop_parked()
+        _parked = outer
+
+
+def keeping() -> bool:
+    return _parked is not None
+
+
+def park(key: Key, actors: list[tuple[int, Any, WorkerInfo]]) -> None:
+    """Keep a finished job's healthy actors (index, handle, info) for the next job."""
+    assert _parked is not None
+    _parked.extend(_Parked(key, index, handle, info) for index, handle, info in actors)
+
+
+def take(key: Key, index: int) -> Any | None:
+    """A parked actor made for `key` (the one that had `index`, if parked), removed from the park."""
+    if not _parked:
+        return None
+    matching = [p for p in _parked if p.key == key]
+    if not matching:
+        return None
+    chosen = next((p for p in matching if p.index == index), matching[0])
+    _parked.remove(chosen)
+    return chosen.handle
+
+
+def stop_parked(keep: Key | None = None) -> None:
+    """Stop the parked actors (those not made for `keep`), and wait until they are gone."""
+    if not _parked:
+        return
+    from jobs import cluster
+
+    leaving = [p for p in _parked if p.key != keep]
+    if not leaving:
+        return
+    _parked[:] = [p for p in _parked if p.key == keep]
+    import ray
+
+    if ray.is_initialized():
+        logger.info("stopping %d parked worker(s)", len(leaving))
+        cluster.stop_workers([p.handle for p in leaving], [p.info for p in leaving])
