@@ -34,8 +34,10 @@ class StubWorker(ShardWorker):
     def ready(self) -> WorkerInfo:
         return self.info
 
-    def rebind(self, output_dir: str, job_key: str, run_token: str | None) -> WorkerInfo:
-        self.settings = replace(self.settings, output_dir=output_dir, job_key=job_key, run_token=run_token)
+    def rebind(self, output_dir: str, job_key: str, run_token: str | None, job_seed: int) -> WorkerInfo:
+        self.settings = replace(
+            self.settings, output_dir=output_dir, job_key=job_key, run_token=run_token, job_seed=job_seed
+        )
         return self.info
 
     def run_shard(self, task: ShardTask) -> Iterator[BatchProgress | ShardResult]:

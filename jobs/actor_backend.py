@@ -66,7 +66,8 @@ class RayBackend:
 
             settings = self.settings
             try:  # a quick call: the actor only learns its new job
-                ray.get(handle.rebind.remote(settings.output_dir, settings.job_key, settings.run_token), timeout=60)
+                job = (settings.output_dir, settings.job_key, settings.run_token, settings.job_seed)
+                ray.get(handle.rebind.remote(*job), timeout=60)
                 return handle
             except Exception as error:  # noqa: BLE001 - a parked actor that is gone is replaced by a new one
                 logger.info("parked worker unusable (%s); starting a new one", describe(error))

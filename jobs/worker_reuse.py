@@ -3,9 +3,9 @@
 Loading the models is most of an actor's start-up: seconds of imports and weights per actor, every job.
 Inside `keep_workers()`, a job that finishes cleanly parks its healthy actors instead of stopping
 them, and a later job whose settings differ only in where and for which job it writes (output folder,
-job key, lock token) takes them over: the actor is told its new job (`rebind`) and loads nothing. An
-actor is reused only with settings equal in everything that decides its models and its pixels, so a
-reused actor gives the same bytes as a fresh one. Interrupted or failed jobs stop their actors as
+job key, lock token) and in its job seed takes them over: the actor is told its new job (`rebind`)
+and loads nothing. Every other setting must be equal (they decide the models, how they were set up,
+and the pixels), so a reused actor gives the same bytes as a fresh one. Interrupted or failed jobs stop their actors as
 before. Parked actors hold their CPUs and GPUs: a job with other settings stops them first, and
 leaving the block stops the rest.
 """
@@ -23,7 +23,7 @@ from workers.tasks import WorkerInfo, WorkerSettings
 logger = logging.getLogger(__name__)
 
 # What a parked actor was made for: the actor class, its Ray resources, and its settings without the
-# job-specific fields that `rebind` replaces.
+# per-job fields that `rebind` replaces.
 Key = tuple[Any, Any, WorkerSettings]
 
 
@@ -39,7 +39,7 @@ _parked: list[_Parked] | None = None  # None: not inside keep_workers()
 
 
 def key_of(worker_class: Any, resources: Any, settings: WorkerSettings) -> Key:
-    return worker_class, resources, dataclasses.replace(settings, output_dir="", job_key="", run_token=None)
+    return worker_class, resources, dataclasses.replace(settings, output_dir="", job_key="", run_token=None, job_seed=0)
 
 
 @contextmanager

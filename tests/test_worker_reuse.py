@@ -9,6 +9,7 @@ import pytest
 from jobs import cluster, worker_reuse
 from jobs.cli import main
 from tests.conftest import read_output, write_config, write_manifest
+from workers.rows import derive_seed
 
 
 def worker_pids(output) -> list[int]:
@@ -36,6 +37,10 @@ def test_a_job_with_the_same_settings_takes_over_the_actor_and_writes_the_same_b
             read_output(tmp_path / "b").column("image").to_pylist()
             == read_output(tmp_path / "a").column("image").to_pylist()
         )
+        assert run(tmp_path, manifest, "seed-1", seed=1) == first  # the job seed is the job's, too
+        reseeded = read_output(tmp_path / "seed-1")
+        assert reseeded.column("seed").to_pylist() == [derive_seed(1, i) for i in reseeded.column("id").to_pylist()]
+        assert reseeded.column("image").to_pylist() != read_output(tmp_path / "a").column("image").to_pylist()
         other = run(tmp_path, manifest, "c", generation={"steps": 3})  # other pixels: another actor
         assert other != first and not cluster._process_alive(first[0])  # the parked one was stopped first
     assert not cluster._process_alive(other[0])  # leaving the block stops what is parked

@@ -149,5 +149,5 @@ class ShardWorker(Protocol):
     def run_shard(self, task: ShardTask) -> Iterator[BatchProgress | ShardResult]:
         """Process one shard: a BatchProgress after each micro-batch, then the ShardResult once its file is written."""
 
-    def rebind(self, output_dir: str, job_key: str, run_token: str | None) -> WorkerInfo:
+    def rebind(self, output_dir: str, job_key: str, run_token: str | None, job_seed: int) -> WorkerInfo:
         """Serve another job whose settings differ only in these (jobs.worker_reuse); loads nothing."""

@@ -112,9 +112,11 @@ class GenerationWorker:
             raise WorkerLoadError(self.load_error)
         return self.info
 
-    def rebind(self, output_dir: str, job_key: str, run_token: str | None) -> WorkerInfo:
+    def rebind(self, output_dir: str, job_key: str, run_token: str | None, job_seed: int) -> WorkerInfo:
         """Serve a new job with the same models and settings (jobs.worker_reuse): only where it writes changes."""
-        self.settings = replace(self.settings, output_dir=output_dir, job_key=job_key, run_token=run_token)
+        self.settings = replace(
+            self.settings, output_dir=output_dir, job_key=job_key, run_token=run_token, job_seed=job_seed
+        )
         return self.ready()
 
     def run_shard(self, task: ShardTask) -> Iterator[BatchProgress | ShardResult]:
