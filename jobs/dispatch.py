@@ -6,10 +6,11 @@ A shard whose actor dies, or that raises, goes back to the queue until it has fa
 The pool is fixed (`resources.workers: N`: N actors, always) or elastic (`auto`, `{min, max}`): it holds
 as many actors as the cluster's capacity allows, within [min, max], and re-reads the capacity every
 CAPACITY_CHECK_SECONDS and when an actor dies. A node that joins gets new actors; a dead actor is
-replaced only while the cluster has room for it, and a replacement still waiting for a place is
-stopped when the capacity drops below the pool. Ready actors are never stopped for being too many:
-they go with their nodes. An actor that fails to start is not replaced (it would most likely fail
-again): its slot stays empty for the run, in either kind of pool.
+replaced only while the cluster has room for it (or to keep min), and when the capacity drops below
+the pool, actors still starting are stopped, newest first (such as a replacement started before Ray
+saw its node go, which cannot be placed). Ready actors are never stopped: they go with their nodes.
+The pool grows only once an actor has loaded, and an actor that fails to start is not replaced (it
+would most likely fail again): its slot stays empty for the run, in either kind of pool.
 The actors are reached through an ActorBackend (jobs.actor_backend): Ray in a job, fakes in tests.
 """
 
