@@ -48,6 +48,10 @@ class ActorBackend(Protocol):
     def kill(self, handle: Any) -> None:
         """Stop the actor for good: it must not come back and compete with its replacement."""
 
+    def capacity(self) -> int:
+        """How many actors the cluster's live nodes can hold at once, those already started included.
+        Only an elastic pool asks (see jobs.dispatch)."""
+
 
 class RayBackend:
     """Actors are Ray actors of `worker_class` (GenerationWorker unless given); see jobs.cluster."""
@@ -108,6 +112,9 @@ class RayBackend:
         import ray
 
         ray.kill(handle, no_restart=True)
+
+    def capacity(self) -> int:
+        return cluster.capacity(self.resources)
 
 
 def _unwrapped(error: Exception) -> Exception:

@@ -80,26 +80,44 @@ def actor_resources(config: JobConfig) -> ActorResources:
     elif wanted.gpus_per_worker > 0:
         cpus = 1.0
     else:
-        cpus = max((node.get("CPU", 0.0) for node in nodes), default=1.0)
-    fits = [n for n in nodes if n.get("CPU", 0.0) >= cpus and n.get("GPU", 0.0) >= wanted.gpus_per_worker]
-    if not fits:
+        cpus = max((node.get("CPU", 0.0) for node in nodes), default=0.0) or 1.0
+    resources = ActorResources(num_cpus=cpus, num_gpus=wanted.gpus_per_worker)
+    capacity = nodes_capacity(nodes, resources)
+    if not capacity:
         have = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes) or "no nodes"
         raise ConfigError(
             f"resources: no Ray node can host a worker needing {cpus:g} CPU and "
             f"{wanted.gpus_per_worker:g} GPU (nodes: {have}); lower resources.cpus_per_worker/gpus_per_worker"
         )
-    capacity = sum(_actors_per_node(node, cpus, wanted.gpus_per_worker) for node in fits)
-    if wanted.workers > capacity:
+    # A fixed pool starts all its workers, an elastic one at least its min: those beyond the room wait.
+    key = "resources.workers" if isinstance(wanted.workers, int) else "resources.workers.min"
+    floor = wanted.worker_range().min
+    if floor > capacity:
         logger.warning(
-            "resources.workers is %d, but the cluster's nodes can hold at most %d workers of %g CPU and %g GPU "
-            "at once; the other %d wait for a free slot (lower resources.workers, or add nodes)",
-            wanted.workers,
+            "%s is %d, but the cluster's nodes can hold at most %d workers of %g CPU and %g GPU "
+            "at once; the other %d wait for a free slot (lower %s, or add nodes)",
+            key,
+            floor,
             capacity,
             cpus,
             wanted.gpus_per_worker,
-            wanted.workers - capacity,
+            floor - capacity,
+            key,
         )
-    return ActorResources(num_cpus=cpus, num_gpus=wanted.gpus_per_worker)
+    return resources
+
+
+def capacity(resources: ActorResources) -> int:
+    """How many actors of `resources` the cluster's live nodes can hold at once (counting every slot,
+    those this job's actors already hold included)."""
+    import ray
+
+    return nodes_capacity([node["Resources"] for node in ray.nodes() if node.get("Alive")], resources)
+
+
+def nodes_capacity(nodes: list[dict], resources: ActorResources) -> int:
+    """How many actors of `resources` these nodes' resources (as `ray.nodes()` gives them) can hold."""
+    return sum(_actors_per_node(node, resources.num_cpus, resources.num_gpus) for node in nodes)
 
 
 def _actors_per_node(node: dict, cpus: float, gpus: float) -> int:

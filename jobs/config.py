@@ -92,8 +92,29 @@ class ClipConfig(_Section):
         return ref
 
 
+class WorkerRange(_Section):
+    """An elastic pool: as many actors as the cluster has room for, within these bounds."""
+
+    min: int = Field(1, ge=1, description="Actors started at once and kept even while the cluster has no room.")
+    max: int | None = Field(None, ge=1, description="Ceiling; null: as many as the cluster can host.")
+
+    @property
+    def elastic(self) -> bool:
+        """Whether the pool follows the cluster's capacity (a fixed pool has min == max)."""
+        return self.max != self.min
+
+    def size(self, capacity: int) -> int:
+        """The pool size for a cluster that can host `capacity` actors: capacity, within [min, max]."""
+        return max(self.min, capacity if self.max is None else min(self.max, capacity))
+
+
 class ResourcesConfig(_Section):
-    workers: int = Field(1, ge=1, description="Number of actors, each holding the whole pipeline.")
+    workers: int | Literal["auto"] | WorkerRange = Field(
+        1,
+        description="Actors, each holding the whole pipeline: a number (fixed); auto (one per slot the cluster's "
+        "nodes have for a worker's CPUs and GPUs, re-checked as nodes join and leave); or {min: M, max: N} (auto "
+        "within bounds, either optional).",
+    )
     gpus_per_worker: float = Field(1, ge=0, description="GPUs each actor reserves; 0 runs actors on CPU.")
     cpus_per_worker: float | None = Field(
         None, gt=0, description="CPUs each actor reserves; default 1 with a GPU, all cores of a node without."
@@ -102,6 +123,38 @@ class ResourcesConfig(_Section):
     max_shard_retries: int = Field(
         3, ge=0, description="Times a shard is retried (on a healthy or replacement actor) before it is failed."
     )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _worker_count(cls, value):
+        """One clear message for every bad form (pydantic would list one per member of the union)."""
+        if value == "auto" or isinstance(value, WorkerRange):
+            return value
+        if isinstance(value, dict):
+            unknown = sorted(str(key) for key in value if key not in ("min", "max"))
+            if unknown:
+                raise ValueError(f"unknown key {unknown[0]!r} in {{min: M, max: N}}")
+            low = _worker_number(value.get("min", 1), "min ")
+            high = None if value.get("max") is None else _worker_number(value["max"], "max ")
+            if high is not None and high < low:
+                raise ValueError(f"max must be >= min, got min {low} and max {high}")
+            return {"min": low, "max": high}
+        return _worker_number(value, "")
+
+    def worker_range(self) -> WorkerRange:
+        """`workers` as bounds: a number N is min = max = N (fixed), auto is min 1 with no ceiling."""
+        if self.workers == "auto":
+            return WorkerRange()
+        if isinstance(self.workers, int):
+            return WorkerRange(min=self.workers, max=self.workers)
+        return self.workers
+
+
+def _worker_number(value, which: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        expected = "a whole number >= 1" if which else "auto, a whole number >= 1, or {min: M, max: N}"
+        raise ValueError(f"{which}must be {expected}, got {value!r}")
+    return value
 
 
 class OutputConfig(_Section):

@@ -2,6 +2,15 @@
 
 A shard whose actor dies, or that raises, goes back to the queue until it has failed
 `max_shard_retries + 1` times; a dead actor is replaced so the pool keeps its size.
+
+The pool is fixed (`resources.workers: N`: N actors, always) or elastic (`auto`, `{min, max}`): it holds
+as many actors as the cluster's capacity allows, within [min, max], and re-reads the capacity every
+CAPACITY_CHECK_SECONDS and when an actor dies. A node that joins gets new actors; a dead actor is
+replaced only while the cluster has room for it (or to keep min), and when the capacity drops below
+the pool, actors still starting are stopped, newest first (such as a replacement started before Ray
+saw its node go, which cannot be placed). Ready actors are never stopped: they go with their nodes.
+The pool grows only once an actor has loaded, and an actor that fails to start is not replaced (it
+would most likely fail again): its slot stays empty for the run, in either kind of pool.
 The actors are reached through an ActorBackend (jobs.actor_backend): Ray in a job, fakes in tests.
 """
 
@@ -15,6 +24,7 @@ from dataclasses import dataclass, field
 
 from jobs import signals
 from jobs.actor_backend import ActorBackend, ActorDied
+from jobs.config import WorkerRange
 from workers.errors import WorkerLoadError, describe, one_line
 from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerInfo
 
@@ -24,6 +34,7 @@ logger = logging.getLogger(__name__)
 SHARDS_IN_FLIGHT_PER_ACTOR = 2
 _WAIT_SECONDS = 1.0
 _STALL_WARNING_SECONDS = 60.0
+CAPACITY_CHECK_SECONDS = 10.0  # how often an elastic pool re-reads the cluster's capacity
 
 
 @dataclass
@@ -65,13 +76,14 @@ class _Actor:
     created_at: float = field(default_factory=time.perf_counter)
     produced: bool = False
     info: WorkerInfo | None = None  # once its ready call answered
+    replacement: bool = False  # started in place of a dead actor
 
 
 class Dispatcher:
     def __init__(
         self,
         backend: ActorBackend,
-        workers: int,
+        workers: int | WorkerRange,
         shards: list[ShardTask],
         max_shard_retries: int,
         on_progress: Callable[[int, int], None],
@@ -81,7 +93,7 @@ class Dispatcher:
         on_batch: Callable[[BatchProgress], None] | None = None,
     ):
         self.backend = backend
-        self.workers = workers
+        self.pool = workers if isinstance(workers, WorkerRange) else WorkerRange(min=workers, max=workers)
         self.actors: list[_Actor] = []  # started by run(), so a stop during start-up still finds them
         self.pending = deque(shards)
         self.max_shard_retries = max_shard_retries
@@ -96,9 +108,24 @@ class Dispatcher:
         self._reported: dict = {}  # stream -> [rows, failed rows] already passed to on_progress
         self._delivered: set = set()  # streams whose ShardResult arrived: their shard is done
         self._last_event = time.monotonic()
+        self._capacity: int | None = None  # as an elastic pool last read it
+        self._capacity_read_at = 0.0
+        self._failed_starts = 0  # actors that could not start: their slots stay empty
+        self._initial_size: int | None = None
+
+    def initial_size(self) -> int:
+        """How many actors `run` starts: a fixed pool's size; for an elastic pool what the cluster has room
+        for within its bounds, but no more than there are shards (its min all the same)."""
+        if self._initial_size is None:
+            size = self.pool_size()
+            if self.pool.elastic:
+                size = max(self.pool.min, min(size, self._unclaimed_shards()))
+            self._initial_size = size
+        return self._initial_size
 
     def run(self) -> DispatchOutcome:
-        while len(self.actors) < self.workers:
+        size = self.initial_size()
+        while len(self.actors) < size:
             self.actors.append(self._new_actor(len(self.actors)))
         self._report_workers()
         while self.pending or self._tasks:
@@ -116,8 +143,23 @@ class Dispatcher:
                 else:
                     self._worker_ready(item)
             self._submit()
+            if self.pool.elastic and time.monotonic() - self._capacity_read_at >= CAPACITY_CHECK_SECONDS:
+                self._resize()
             self._warn_if_stalled()
         return self.outcome
+
+    def pool_size(self) -> int:
+        """The number of actors the pool should hold now: a fixed pool's size, or the cluster's capacity
+        within the elastic pool's bounds."""
+        if not self.pool.elastic:
+            return self.pool.min
+        try:
+            capacity = self.backend.capacity()
+        except Exception as error:  # noqa: BLE001 - the pool keeps its size until the next read
+            logger.warning("cannot read the cluster's capacity: %s", _describe(error))
+            capacity = self._capacity if self._capacity is not None else self.pool.min
+        self._capacity, self._capacity_read_at = capacity, time.monotonic()
+        return self.pool.size(capacity)
 
     def handles(self) -> list:
         return [actor.handle for actor in self.actors]
@@ -132,9 +174,43 @@ class Dispatcher:
         self._reported.clear()
         self._delivered.clear()
 
-    def _new_actor(self, index: int) -> _Actor:
+    def _new_actor(self, index: int, replacement: bool = False) -> _Actor:
         handle = self.backend.start(index)
-        return _Actor(index=index, handle=handle, ready_ref=self.backend.ready(handle))
+        return _Actor(index=index, handle=handle, ready_ref=self.backend.ready(handle), replacement=replacement)
+
+    def _live(self) -> int:
+        return sum(1 for actor in self.actors if actor.alive)
+
+    def _unclaimed_shards(self) -> int:
+        """Shards waiting beyond one for each actor still starting: a new actor beyond those would idle."""
+        return len(self.pending) - sum(1 for actor in self.actors if actor.alive and actor.ready_ref is not None)
+
+    def _resize(self) -> None:
+        """Bring an elastic pool to the size the cluster's capacity allows: start actors on new room (no
+        more than there are shards for), or stop those still starting that it has no room for any more."""
+        before, live = self._capacity, self._live()
+        size = self.pool_size()
+        added = min(size - live - self._failed_starts, self._unclaimed_shards())
+        if added > 0 and self.outcome.workers:  # grown only once an actor loaded: others may fail as it would
+            for _ in range(added):
+                self.actors.append(self._new_actor(max((actor.index for actor in self.actors), default=-1) + 1))
+            grew = before is not None and self._capacity is not None and self._capacity > before
+            reason = "a node joined" if grew else f"the cluster has room for {size}"
+            logger.warning("pool: %d -> %d workers (%s)", live, live + added, reason)
+        elif live > size:
+            starting = [actor for actor in reversed(self.actors) if actor.alive and actor.ready_ref is not None]
+            stopped = starting[: live - size]
+            if not stopped:
+                return
+            for actor in stopped:
+                actor.alive = False
+                self.backend.kill(actor.handle)
+                if actor.replacement:
+                    self.outcome.replaced_workers -= 1
+            logger.warning("pool: %d -> %d workers (a node left)", live, live - len(stopped))
+        else:
+            return
+        self._report_workers()
 
     def _worker_ready(self, ref) -> None:
         actor = next(a for a in self.actors if a.ready_ref == ref)
@@ -143,6 +219,7 @@ class Dispatcher:
             info = self.backend.ready_info(ref)
         except Exception as error:  # noqa: BLE001 - a worker that cannot start is reported, not fatal
             actor.alive = False
+            self._failed_starts += 1
             self.outcome.start_errors.append(_describe(error))
             logger.warning("worker-%d failed to start: %s", actor.index, _describe(error))
         else:
@@ -192,11 +269,17 @@ class Dispatcher:
         # An actor runs its shards one at a time, in order: the first unfinished one was running, the rest queued.
         unfinished = [stream for stream in actor.running if stream not in self._delivered]
         actor.running_at_death = unfinished[0] if unfinished else None
-        logger.warning("worker-%d died (%s); starting a replacement", actor.index, _describe(error))
         # "Unavailable" can be temporary: make sure the old actor cannot come back and compete.
         self.backend.kill(actor.handle)
-        self.actors.append(self._new_actor(actor.index))
-        self.outcome.replaced_workers += 1
+        live = self._live()
+        # A fixed pool always has room for it; an elastic one when the cluster does, and up to its min.
+        if live < self.pool.min or (self.pool.elastic and live + self._failed_starts < self.pool_size()):
+            logger.warning("worker-%d died (%s); starting a replacement", actor.index, _describe(error))
+            self.actors.append(self._new_actor(actor.index, replacement=True))
+            self.outcome.replaced_workers += 1
+        else:
+            logger.warning("worker-%d died (%s)", actor.index, _describe(error))
+            logger.warning("pool: %d -> %d workers (a node left)", live + 1, live)
         self._report_workers()
 
     def _shard_failed(self, stream, error: str, charged: bool = True) -> None:
@@ -256,6 +339,18 @@ class Dispatcher:
                 "waiting for workers: none ready, %d starting (loading models, or no free resources)", starting
             )
             self._last_event = time.monotonic()
+
+
+def describe_pool(count: int, pool: WorkerRange) -> str:
+    """`2 workers`, or for an elastic pool `2 workers (auto, up to 8)`."""
+    text = f"{count} worker{'s' if count != 1 else ''}"
+    if not pool.elastic:
+        return text
+    if pool.max is None:
+        bounds = "" if pool.min == 1 else f", at least {pool.min}"
+    else:
+        bounds = f", up to {pool.max}" if pool.min == 1 else f", {pool.min} to {pool.max}"
+    return f"{text} (auto{bounds})"
 
 
 def _describe(error: BaseException) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from jobs import cluster, signals, worker_reuse
 from jobs.actor_backend import RayBackend
 from jobs.config import JobConfig
-from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks
+from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks, describe_pool
 from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, GenbatchError, OutputError, WorkerStartError, one_line
 from jobs.jobfile import identity_key, package_versions, read_job_file, utc_now, write_job_file
 from jobs.lock import OutputLock
@@ -132,8 +132,6 @@ def run_job(
             cluster.connect(address, forward_actor_logs, announce=lambda message: announce(message, progress))
             resources = cluster.actor_resources(config)
             settings = worker_settings(config, output, key, max(1, int(resources.num_cpus)), lock.token)
-            workers = config.resources.workers
-            announce(f"loading {config.model.id} on {workers} worker{'s' if workers > 1 else ''}", progress)
 
             def advance(images: int, failed: int) -> None:
                 follow.advance(images, failed)
@@ -149,7 +147,7 @@ def run_job(
             # 4. Dispatch shards until each has an outcome.
             dispatcher = Dispatcher(
                 backend=RayBackend(settings, resources, worker_class),
-                workers=config.resources.workers,
+                workers=config.resources.worker_range(),
                 shards=plan.todo,
                 max_shard_retries=config.resources.max_shard_retries,
                 on_progress=advance,
@@ -158,6 +156,8 @@ def run_job(
                 on_shard_done=hooks.on_shard_done,
                 on_batch=hooks.on_batch,
             )
+            workers = describe_pool(dispatcher.initial_size(), dispatcher.pool)
+            announce(f"loading {config.model.id} on {workers}", progress)
             dispatcher.run()
         except KeyboardInterrupt as stop:
             signals.stopping()  # a second signal now would cut the tidying short

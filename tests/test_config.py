@@ -48,6 +48,9 @@ def test_set_overrides_parse_values_as_yaml_and_reach_nested_keys(tmp_path):
     assert config.generation.negative_prompt == "ugly, blurry"
 
 
+BAD_WORKERS = "resources.workers: must be auto, a whole number >= 1, or {min: M, max: N}"
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -71,6 +74,14 @@ def test_set_overrides_parse_values_as_yaml_and_reach_nested_keys(tmp_path):
         (['manifest=""'], "manifest: must not be empty"),
         (["generation.steps"], "expected dotted.key=value"),
         (["generation.steps.x=1"], "generation.steps is not a section"),
+        (["resources.workers=0"], f"{BAD_WORKERS}, got 0"),
+        (["resources.workers=many"], f"{BAD_WORKERS}, got 'many'"),
+        (["resources.workers=2.5"], f"{BAD_WORKERS}, got 2.5"),
+        (["resources.workers=true"], f"{BAD_WORKERS}, got True"),
+        (["resources.workers={min: 0}"], "resources.workers: min must be a whole number >= 1, got 0"),
+        (["resources.workers={max: -1}"], "resources.workers: max must be a whole number >= 1, got -1"),
+        (["resources.workers={min: 4, max: 2}"], "resources.workers: max must be >= min, got min 4 and max 2"),
+        (["resources.workers={min: 1, most: 3}"], "resources.workers: unknown key 'most' in {min: M, max: N}"),
     ],
 )
 def test_bad_values_are_refused_with_the_key_named(tmp_path, overrides, message):
@@ -80,6 +91,25 @@ def test_bad_values_are_refused_with_the_key_named(tmp_path, overrides, message)
     assert str(caught.value).startswith(f"{path}: ")
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_workers_is_a_number_auto_or_bounds(tmp_path):
+    path = write_config(tmp_path / "job.yaml", "m.parquet", "out")
+    forms = {
+        "3": (3, 3, 3),  # fixed
+        "auto": ("auto", 1, None),
+        "{min: 2, max: 8}": ({"min": 2, "max": 8}, 2, 8),
+        "{max: 8}": ({"min": 1, "max": 8}, 1, 8),
+        "{min: 2}": ({"min": 2, "max": None}, 2, None),
+        "{min: 2, max: 2}": ({"min": 2, "max": 2}, 2, 2),  # the same as 2
+    }
+    for text, (dumped, low, high) in forms.items():
+        resources = load_config(path, [f"resources.workers={text}"]).resources
+        assert resources.model_dump(mode="json")["workers"] == dumped  # as job.json records it
+        assert (resources.worker_range().min, resources.worker_range().max) == (low, high)
+        assert resources.worker_range().elastic == (low != high)
+    path.write_text(path.read_text().replace("workers: 1", "workers:\n    min: 2\n    max: 4"))
+    assert load_config(path).resources.worker_range().max == 4
 
 
 def test_missing_required_keys_and_files_are_named(tmp_path):
