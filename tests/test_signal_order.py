@@ -27,6 +27,7 @@ CHILD = textwrap.dedent(
     except KeyboardInterrupt as stop:
         signals.stopping()
         print(signals.signal_name_of(stop), flush=True)
+        sys.stdin.read()  # until the test has sent every signal, however late a busy machine lets it
         sys.exit(signals.exit_code_of(stop))
     """
 )
@@ -35,6 +36,7 @@ CHILD = textwrap.dedent(
 def test_the_first_of_signals_arriving_together_decides():
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -46,7 +48,7 @@ def test_the_first_of_signals_arriving_together_decides():
         # are delivered by the kernel itself in number order, and no program can tell their order.
         child.send_signal(sig)
         time.sleep(0.1)
-    stdout, stderr = child.communicate(timeout=60)
+    stdout, stderr = child.communicate(timeout=60)  # closes the child's stdin: it may exit now
     assert (child.returncode, stdout) == (143, "SIGTERM\n"), stderr
     # The later two are noted, each once, and nothing else is said.
     assert sorted(stderr.splitlines()) == [
