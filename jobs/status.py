@@ -41,7 +41,7 @@ class WorkerStartup:
     compile: bool | None
     compile_cache_hit: bool | None
     first_batch_seconds: float | None  # with compile on, this includes compiling
-    first_image_seconds: float | None  # from the start of loading to the end of the first micro-batch
+    first_image_seconds: float | None  # from the actor's start to the end of its first micro-batch
 
     @classmethod
     def from_record(cls, record: dict) -> WorkerStartup:

@@ -35,8 +35,8 @@ def test_auto_compiles_on_a_gpu_only_when_the_job_is_big_enough_to_pay_it_back()
     small = choose_compile("auto", CUDA, COMPILE_PAYS_BACK_AFTER - 1)
     assert not small.on
     assert small.reason == (
-        f"auto: off, {COMPILE_PAYS_BACK_AFTER - 1} images per worker cannot pay back ~40 s of compiling "
-        f"(it pays back after ~{COMPILE_PAYS_BACK_AFTER}; set performance.compile: true to compile)"
+        f"off: {COMPILE_PAYS_BACK_AFTER - 1} images per worker cannot pay back ~40 s of compiling "
+        f"(auto compiles from {COMPILE_PAYS_BACK_AFTER}; set performance.compile: true to compile anyway)"
     )
     # An explicit setting is obeyed, whatever the device and the job's size.
     assert choose_compile(True, CPU, 1).on and not choose_compile(False, CUDA, 10**6).on
@@ -68,13 +68,23 @@ def test_compile_settings_are_validated(tmp_path, monkeypatch):
 
 
 KEY = CompileKey(
-    "2.13.0+cu128", "0.42.1", "NVIDIA H100 80GB HBM3, CUDA 12.8", "org/sd-1.5", None, None, "bfloat16", 16, 512, 512
+    torch="2.13.0+cu128",
+    diffusers="0.42.1",
+    device="NVIDIA H100 80GB HBM3, CUDA 12.8",
+    model="org/sd-1.5",
+    revision=None,
+    variant=None,
+    dtype="bfloat16",
+    batch_size=16,
+    width=512,
+    height=512,
+    guidance=True,
 )
 
 
 def test_each_compiled_shape_and_library_has_a_file_of_its_own():
     name = KEY.file_name()
-    assert name.startswith("torch-2.13.0_cu128-NVIDIA_H100_80GB_HBM3_CUDA_12.8-sd-1.5-bfloat16-b16-512x512-")
+    assert name.startswith("torch-2.13.0_cu128-NVIDIA_H100_80GB_HBM3_CUDA_12.8-sd-1.5-bfloat16-b16-cfg-512x512-")
     assert name.endswith(".torch-cache") and "/" not in name
     changes = {
         "torch": "2.14.0",
@@ -87,6 +97,7 @@ def test_each_compiled_shape_and_library_has_a_file_of_its_own():
         "batch_size": 8,
         "width": 768,
         "height": 768,
+        "guidance": False,
     }
     names = {replace(KEY, **{field: value}).file_name() for field, value in changes.items()}
     assert len(names | {name}) == len(changes) + 1
@@ -165,8 +176,8 @@ def test_the_first_actor_saves_what_it_compiled_and_the_next_one_loads_it(
         assert result.startup is not None and result.startup.pid == os.getpid()
         assert len(list(cache.iterdir())) == 1
     assert [(i.compile, i.compile_cache_hit, i.compile_reason) for i in infos] == [
-        (True, False, "performance.compile: true"),
-        (True, True, "performance.compile: true"),
+        (True, False, "on: performance.compile is true"),
+        (True, True, "on: performance.compile is true"),
     ]
     assert fake_compiler.loaded == [b"artifacts of the first actor"]
 
@@ -176,12 +187,13 @@ def test_a_cpu_actor_by_default_does_not_compile_and_says_how_soon_it_made_image
     pq.write_table(pa.table({"prompt": ["a", "b", "c"]}), manifest)
     worker = GenerationWorker(worker_settings_for(tmp_path / "out", resources={"batch_size": 2}), 0)
     info = worker.ready()
-    assert (info.compile, info.compile_reason, info.compile_cache_hit) == (False, "auto: off on cpu", None)
+    assert (info.compile, info.compile_cache_hit) == (False, None)
+    assert info.compile_reason == "off: auto compiles on GPUs only, this actor runs on cpu"
     assert worker.batch_runner.pad_to is None
     results = [e for e in worker.run_shard(ShardTask(0, str(manifest), 0, 3, 0, has_id_column=False))]
     startup = results[-1].startup
     assert startup.pid == os.getpid() and 0 < startup.first_batch_seconds < startup.first_image_seconds
-    assert startup.first_image_seconds > info.load_seconds  # counted from the start of loading
+    assert startup.first_image_seconds > info.load_seconds  # counted from the actor's start, loading included
     again = list(worker.run_shard(ShardTask(0, str(manifest), 0, 3, 0, has_id_column=False)))[-1]
     assert again.startup == startup  # measured once per actor
 

@@ -131,9 +131,9 @@ def test_status_of_a_finished_job(finished, capsys):
 def test_job_json_and_status_say_how_each_worker_started(finished, capsys):
     (worker,) = json.loads((finished / "job.json").read_text())["workers"]
     compiled = (worker["compile"], worker["compile_reason"], worker["compile_cache_hit"])
-    assert compiled == (False, "auto: off on cpu", None)
+    assert compiled == (False, "off: auto compiles on GPUs only, this actor runs on cpu", None)
     assert 0 < worker["first_batch_seconds"] < worker["first_image_seconds"]
-    assert 0 < worker["load_seconds"] < worker["first_image_seconds"]  # both count from the start of loading
+    assert 0 < worker["load_seconds"] < worker["first_image_seconds"]  # first images come after loading
     assert main(["status", str(finished)]) == 0
     lines = capsys.readouterr().out.splitlines()
     at = lines.index("start-up: name, device, load s, compile, first micro-batch s, first image s")

@@ -11,8 +11,10 @@ costs time, never pixels. On the CPU, Inductor's kernels are C++ built for the l
 (-march=native), which torch keeps out of the artifacts: there the C++ compiler still runs.
 
 Saves are atomic (workers.storage.write_bytes: a temporary name, then a rename or move); actors that
-start together all miss, all compile and all save the same kernels, the last rename winning. A cache
-that cannot be read or written is a warning: the actor compiles as it would without one.
+start together all miss, all compile and all save the same kernels, the last rename winning. Only what
+the first micro-batch compiled is saved: rows whose own width, height or guidance give other shapes
+compile on each actor. A cache that cannot be read or written is a warning: the actor compiles as it
+would without one.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CompileKey:
-    """What a compiled UNet and VAE decoder depend on. Every field is in the file name, so a change of any
-    of them (a library upgrade, another GPU or image size) gives a new file instead of a useless load."""
+    """What a compiled UNet and VAE decoder depend on. Every field goes into the file name (readably, or
+    through its hash), so a change of any (a library upgrade, another GPU or image size) gives a new file
+    instead of a useless load."""
 
     torch: str
     diffusers: str
@@ -45,14 +48,35 @@ class CompileKey:
     batch_size: int  # micro-batches are padded to it when compiled, so it fixes the shapes
     width: int
     height: int
+    guidance: bool  # classifier-free guidance (guidance_scale > 1) doubles the batch the UNet sees
 
     def file_name(self) -> str:
         """Readable where it can be (`torch-2.13.0-cpu-tiny-float32-b8-512x512-...`), unique by its hash."""
         model = self.model.rstrip("/").rsplit("/", 1)[-1]
-        shapes = f"b{self.batch_size}-{self.width}x{self.height}"
+        shapes = f"b{self.batch_size}{'-cfg' if self.guidance else ''}-{self.width}x{self.height}"
         readable = f"torch-{self.torch}-{self.device}-{model}-{self.dtype}-{shapes}"
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
         return f"{re.sub(r'[^A-Za-z0-9.-]+', '_', readable)}-{digest}.torch-cache"
+
+
+def compile_key(settings: WorkerSettings, device, dtype) -> CompileKey:
+    """The key of an actor's compiled models: its libraries, its device, and what fixes the shapes."""
+    import diffusers
+    import torch
+
+    return CompileKey(
+        torch=torch.__version__,
+        diffusers=diffusers.__version__,
+        device=device_description(device),
+        model=settings.model,
+        revision=settings.revision,
+        variant=settings.variant,
+        dtype=str(dtype).removeprefix("torch."),
+        batch_size=settings.batch_size,
+        width=settings.defaults.width,
+        height=settings.defaults.height,
+        guidance=settings.defaults.guidance_scale > 1,
+    )
 
 
 def cache_location(setting: str | None) -> str:
@@ -104,22 +128,3 @@ def save_artifacts(location: str) -> bool:
 
 def _count(artifacts: dict[str, list[str]]) -> str:
     return ", ".join(f"{len(keys)} {kind}" for kind, keys in sorted(artifacts.items()))
-
-
-def compile_key(settings: WorkerSettings, device, dtype) -> CompileKey:
-    """The key of an actor's compiled models: its libraries, its device, and what fixes the shapes."""
-    import diffusers
-    import torch
-
-    return CompileKey(
-        torch=torch.__version__,
-        diffusers=diffusers.__version__,
-        device=device_description(device),
-        model=settings.model,
-        revision=settings.revision,
-        variant=settings.variant,
-        dtype=str(dtype).removeprefix("torch."),
-        batch_size=settings.batch_size,
-        width=settings.defaults.width,
-        height=settings.defaults.height,
-    )

@@ -36,19 +36,20 @@ def choose_compile(setting: bool | str, device, images_per_worker: int | None) -
     """`true`/`false` as set; `auto`: on CUDA only (on the CPU, Inductor's C++ build takes minutes and
     gains little), and not for a job whose share of images per worker cannot pay back the compile time."""
     if setting is True:
-        return CompileChoice(True, "performance.compile: true")
+        return CompileChoice(True, "on: performance.compile is true")
     if setting is False:
-        return CompileChoice(False, "performance.compile: false")
+        return CompileChoice(False, "off: performance.compile is false")
     if device.type != "cuda":
-        return CompileChoice(False, f"auto: off on {device.type}")
-    if images_per_worker is not None and images_per_worker < COMPILE_PAYS_BACK_AFTER:
+        return CompileChoice(False, f"off: auto compiles on GPUs only, this actor runs on {device.type}")
+    if images_per_worker is None:
+        return CompileChoice(True, "on: auto, on a GPU, for a job of unknown size")
+    if images_per_worker < COMPILE_PAYS_BACK_AFTER:
         return CompileChoice(
             False,
-            f"auto: off, {images_per_worker} images per worker cannot pay back ~{COMPILE_SECONDS:.0f} s of "
-            f"compiling (it pays back after ~{COMPILE_PAYS_BACK_AFTER}; set performance.compile: true to compile)",
+            f"off: {images_per_worker} images per worker cannot pay back ~{COMPILE_SECONDS:.0f} s of compiling "
+            f"(auto compiles from {COMPILE_PAYS_BACK_AFTER}; set performance.compile: true to compile anyway)",
         )
-    share = "a job of unknown size" if images_per_worker is None else f"{images_per_worker} images per worker"
-    return CompileChoice(True, f"auto: on {device.type}, {share}")
+    return CompileChoice(True, f"on: auto, {images_per_worker} images per worker pay back ~{COMPILE_SECONDS:.0f} s")
 
 
 def apply_fast_paths(pipeline, fast: FastPaths, device, batch_size: int, defaults: GenerationDefaults) -> list[str]:

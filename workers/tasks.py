@@ -127,7 +127,7 @@ class StartupTimings:
 
     pid: int  # with the worker's name, tells a replacement actor from the one it replaced
     first_batch_seconds: float  # the first micro-batch alone; with compile on, that includes compiling
-    first_image_seconds: float  # from the start of the actor's loading to the end of its first micro-batch
+    first_image_seconds: float  # from the actor's start (its imports included) to the end of its first micro-batch
 
 
 @dataclass(frozen=True)

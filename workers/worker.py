@@ -70,9 +70,8 @@ class GenerationWorker:
         cache_hit = self._prepare_compile(dtype) if self.compile.on else None
         fast = replace(settings.fast, compile=self.compile.on)
         applied = apply_fast_paths(self.pipeline, fast, self.device, settings.batch_size, settings.defaults)
-        logger.info(
-            "worker-%d fast paths: %s (compile %s)", self.index, ", ".join(applied) or "none", self.compile.reason
-        )
+        turned_on = ", ".join(applied) or "none"
+        logger.info("worker-%d fast paths: %s; compile %s", self.index, turned_on, self.compile.reason)
         self.scorer = None
         if settings.clip_model is not None:
             on_device = fast.clip_preprocess == "device" or (
