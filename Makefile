@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-fast bench lint clean
+.PHONY: demo test test-fast test-long bench lint clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,13 @@ demo: $(STAMP)
 	@echo "next: genbatch report out/demo  (genbatch is at $(BIN)/genbatch; or: source $(BIN)/activate)"
 
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not minutes"
 
 test-fast: $(TEST_STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not minutes"
+
+test-long: $(TEST_STAMP)
+	$(BIN)/python -m pytest -m minutes
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py

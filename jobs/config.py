@@ -170,8 +170,15 @@ class OutputConfig(_Section):
 
 
 class PerformanceConfig(_Section):
-    compile: bool = Field(
-        False, description="torch.compile the UNet and VAE decoder; micro-batches are padded to batch_size."
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile the UNet and VAE decoder; micro-batches are padded to batch_size. auto: on GPU, "
+        "unless the job has too few images per worker to pay back the compile time (workers.fastpaths).",
+    )
+    compile_cache: str | None = Field(
+        None,
+        description="Folder or URI where compiled kernels are shared by actors, nodes and runs; "
+        "null: $GENBATCH_CACHE/compile (default ~/.cache/genbatch/compile) on each node.",
     )
     channels_last: bool | Literal["auto"] = Field("auto", description="channels_last UNet/VAE; auto: on GPU only.")
     vae_slicing: bool | Literal["auto"] = Field(
@@ -186,6 +193,11 @@ class PerformanceConfig(_Section):
         description="CPU threads that encode and hash images while the next batch generates; 0: inline; "
         "auto: 2 with a GPU, 0 on CPU actors (where threads would compete with the model for cores).",
     )
+
+    @field_validator("compile_cache")
+    @classmethod
+    def _usable_cache(cls, location: str | None) -> str | None:
+        return None if location is None else _usable_location(location)
 
     @field_validator("writer_threads")
     @classmethod

@@ -32,7 +32,7 @@ from jobs.resume import (
 from jobs.settings import worker_settings
 from jobs.versions import VersionGuard
 from workers import layout, storage
-from workers.tasks import WorkerInfo
+from workers.tasks import ShardResult, WorkerInfo
 from workers.writer import ShardFooter, remove_temp_files
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,9 @@ def run_job(
             recorded = True
             cluster.connect(address, forward_actor_logs, announce=lambda message: announce(message, progress))
             resources = cluster.actor_resources(config)
-            settings = worker_settings(config, output, key, max(1, int(resources.num_cpus)), lock.token)
+            settings = worker_settings(
+                config, output, key, max(1, int(resources.num_cpus)), lock.token, plan.images_to_generate
+            )
 
             def advance(images: int, failed: int) -> None:
                 follow.advance(images, failed)
@@ -320,7 +322,7 @@ def _record_end(
     versions: list[dict | None],
 ) -> None:
     record.update(status=status, finished_at=utc_now())
-    record["workers"] = [vars(info) for info in outcome.workers]
+    record["workers"] = [_worker_record(info, outcome.results) for info in outcome.workers]
     record["pixel_versions"] = versions
     record["first_image_seconds"] = [round(seconds, 3) for seconds in outcome.first_image_seconds]
     record["failed_shards"] = [{"shard": f.shard.index, "error": f.error} for f in outcome.failures]
@@ -344,3 +346,16 @@ def _record_end(
         record["startup_seconds"] = round(summary.startup_seconds, 3)
         record["images_per_s"] = round(summary.images_per_s, 3)
     write_job_file(output, record)
+
+
+def _worker_record(info: WorkerInfo, results: list[ShardResult]) -> dict:
+    """An actor's WorkerInfo (load time, compile choice) with how soon it made images, which only its shard
+    results know; null for an actor that wrote no shard."""
+    startup = next(
+        (r.startup for r in results if r.startup and r.worker == info.name and r.startup.pid == info.pid), None
+    )
+    return {
+        **vars(info),
+        "first_batch_seconds": None if startup is None else round(startup.first_batch_seconds, 3),
+        "first_image_seconds": None if startup is None else round(startup.first_image_seconds, 3),
+    }

@@ -23,8 +23,15 @@ def from_section(cls: type[T], section: BaseModel) -> T:
 
 
 def worker_settings(
-    config: JobConfig, output: str, key: str, num_threads: int | None = None, run_token: str | None = None
+    config: JobConfig,
+    output: str,
+    key: str,
+    num_threads: int | None = None,
+    run_token: str | None = None,
+    images_to_generate: int | None = None,
 ) -> WorkerSettings:
+    """`images_to_generate`: what this run generates (the driver's plan); None where it is not known (an actor
+    built alone, as in benchmarks), and then `performance.compile: auto` compiles on a GPU whatever the job's size."""
     model = config.model
     return WorkerSettings(
         model=model.id,
@@ -43,4 +50,13 @@ def worker_settings(
         job_key=key,
         num_threads=num_threads,
         run_token=run_token,
+        images_per_worker=images_per_worker(images_to_generate, config.resources.worker_range().min),
     )
+
+
+def images_per_worker(images_to_generate: int | None, workers: int) -> int | None:
+    """Each worker's share of the run's images, rounded up: the actors split the shards evenly. An
+    elastic pool is counted at its minimum size (the most each actor may have to make)."""
+    if images_to_generate is None:
+        return None
+    return -(-images_to_generate // workers)

@@ -31,6 +31,39 @@ class WorkerStatus:
         return self.generated / self.seconds if self.seconds else 0.0
 
 
+@dataclass(frozen=True)
+class WorkerStartup:
+    """How an actor of the last run started (job.json's `workers`); None where its job.json did not say."""
+
+    worker: str
+    device: str
+    load_seconds: float | None
+    compile: bool | None
+    compile_cache_hit: bool | None
+    first_batch_seconds: float | None  # with compile on, this includes compiling
+    first_image_seconds: float | None  # from the actor's start to the end of its first micro-batch
+
+    @classmethod
+    def from_record(cls, record: dict) -> WorkerStartup:
+        return cls(
+            worker=record.get("name", "?"),
+            device=record.get("device", "?"),
+            load_seconds=record.get("load_seconds"),
+            compile=record.get("compile"),
+            compile_cache_hit=record.get("compile_cache_hit"),
+            first_batch_seconds=record.get("first_batch_seconds"),
+            first_image_seconds=record.get("first_image_seconds"),
+        )
+
+    @property
+    def compile_text(self) -> str:
+        if self.compile is None:
+            return "-"
+        if not self.compile:
+            return "off"
+        return "on, cached" if self.compile_cache_hit else "on, compiled"
+
+
 @dataclass
 class JobStatus:
     output: str
@@ -46,6 +79,7 @@ class JobStatus:
     images_per_s: float | None  # this run's rate so far (running) or after start-up (finished)
     eta_seconds: float | None
     workers: list[WorkerStatus] = field(default_factory=list)
+    startup: list[WorkerStartup] = field(default_factory=list)  # recorded when the run ends
 
     def as_dict(self) -> dict:
         record = asdict(self)
@@ -91,6 +125,7 @@ def job_status(output: str, now: datetime | None = None) -> JobStatus:
         images_per_s=rate,
         eta_seconds=eta,
         workers=sorted(workers.values(), key=lambda w: w.worker),
+        startup=[WorkerStartup.from_record(worker) for worker in record.get("workers") or []],
     )
 
 
@@ -134,7 +169,18 @@ def format_status(status: JobStatus) -> str:
             f"          {w.worker}  {w.node_ip or '-'}  {w.shards}  {w.generated}  {w.images_per_s:.2f}"
             for w in status.workers
         ]
+    if status.startup:
+        lines.append("start-up: name, device, load s, compile, first micro-batch s, first image s")
+        lines += [
+            f"          {w.worker}  {w.device}  {_seconds(w.load_seconds)}  {w.compile_text}  "
+            f"{_seconds(w.first_batch_seconds)}  {_seconds(w.first_image_seconds)}"
+            for w in status.startup
+        ]
     return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _rate_since(stats: list[ShardStats], since: str, now: datetime) -> float | None:

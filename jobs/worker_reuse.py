@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from workers.fastpaths import COMPILE_PAYS_BACK_AFTER
 from workers.tasks import WorkerInfo, WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,13 @@ _parked: list[_Parked] | None = None  # None: not inside keep_workers()
 
 
 def key_of(worker_class: Any, resources: Any, settings: WorkerSettings) -> Key:
-    return worker_class, resources, dataclasses.replace(settings, output_dir="", job_key="", run_token=None, job_seed=0)
+    # The job's size matters only through the compile decision it leads to (performance.compile: auto).
+    size = settings.images_per_worker
+    pays_back = int(size is None or size >= COMPILE_PAYS_BACK_AFTER) if settings.fast.compile == "auto" else None
+    per_job = dataclasses.replace(
+        settings, output_dir="", job_key="", run_token=None, job_seed=0, images_per_worker=pays_back
+    )
+    return worker_class, resources, per_job
 
 
 @contextmanager

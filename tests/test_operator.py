@@ -127,6 +127,30 @@ def test_status_of_a_finished_job(finished, capsys):
     assert sum(w["generated"] for w in status["workers"]) == 7
 
 
+def test_job_json_and_status_say_how_each_worker_started(finished, capsys):
+    (worker,) = json.loads((finished / "job.json").read_text())["workers"]
+    compiled = (worker["compile"], worker["compile_reason"], worker["compile_cache_hit"])
+    assert compiled == (False, "off: auto compiles on GPUs only, this actor runs on cpu", None)
+    assert 0 < worker["first_batch_seconds"] < worker["first_image_seconds"]
+    assert 0 < worker["load_seconds"] < worker["first_image_seconds"]  # first images come after loading
+    assert main(["status", str(finished)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = lines.index("start-up: name, device, load s, compile, first micro-batch s, first image s")
+    seconds = [f"{worker[key]:.1f}" for key in ("load_seconds", "first_batch_seconds", "first_image_seconds")]
+    assert lines[at + 1].split() == [worker["name"], "cpu", seconds[0], "off", *seconds[1:]]
+    assert main(["status", str(finished), "--log-format", "json"]) == 0
+    (startup,) = json.loads(capsys.readouterr().out)["startup"]
+    assert startup == {
+        "worker": worker["name"],
+        "device": "cpu",
+        "load_seconds": worker["load_seconds"],
+        "compile": False,
+        "compile_cache_hit": None,
+        "first_batch_seconds": worker["first_batch_seconds"],
+        "first_image_seconds": worker["first_image_seconds"],
+    }
+
+
 def test_status_tells_a_live_run_from_a_killed_one(finished, tmp_path):
     # The same folder as it looked mid-job: job.json says running, the last shard is not written yet.
     import shutil

@@ -168,8 +168,16 @@ def pick_dtype(name: str, device):
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
 
 
+def weights_device_map(device) -> str | None:
+    """Where `from_pretrained` puts the weights as it reads them. On a GPU: straight there, each tensor read
+    from the (memory-mapped) safetensors file, cast to the target dtype and moved on its own, so no copy of
+    the whole model is ever built in host memory; diffusers and transformers take the device's name for
+    one-device loading (no offload hooks). On the CPU: None, the plain load, where the weights already are."""
+    return "cuda" if device.type == "cuda" else None
+
+
 def load_pipeline(ref: str, revision: str | None, scheduler: str | None, device, dtype, variant: str | None = None):
-    """The text-to-image pipeline named by `ref`, on `device`, with the scheduler swapped if asked."""
+    """The text-to-image pipeline named by `ref`, on `device` in `dtype`, with the scheduler swapped if asked."""
     from diffusers import AutoPipelineForText2Image
 
     from workers.schedulers import build_scheduler
@@ -183,6 +191,7 @@ def load_pipeline(ref: str, revision: str | None, scheduler: str | None, device,
             revision=revision,
             variant=variant,
             dtype=dtype,
+            device_map=weights_device_map(device),
             use_safetensors=True,
             # Batch evaluation needs the real image behind every score, not a blacked-out one.
             safety_checker=None,
@@ -204,7 +213,7 @@ def load_clip(ref: str, device):
     logger.info("loading CLIP %s (%s)", ref, source)
     check_hub_model(ref, None, "config.json")
     try:
-        model = CLIPModel.from_pretrained(source, use_safetensors=True)
+        model = CLIPModel.from_pretrained(source, use_safetensors=True, device_map=weights_device_map(device))
         processor = CLIPProcessor.from_pretrained(source)
     except OSError as error:
         raise explain_load_error(ref, None, error) from error

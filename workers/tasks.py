@@ -39,7 +39,8 @@ class ImageEncoding:
 class FastPaths:
     """Speed options (the config's `performance` section); none changes pixels by more than float rounding."""
 
-    compile: bool
+    compile: bool | str  # auto: resolved by the actor (workers.fastpaths.choose_compile)
+    compile_cache: str | None  # folder or URI of shared compiled kernels; None: under the genbatch cache
     channels_last: bool | str
     vae_slicing: bool | str
     vae_tiling: bool
@@ -67,6 +68,7 @@ class WorkerSettings:
     job_key: str  # hash of everything that decides the output; stamped on every shard file
     num_threads: int | None  # torch threads; None: torch's own choice
     run_token: str | None  # the run's token in OUTPUT/.genbatch.lock (workers.fence); None: no lock
+    images_per_worker: int | None  # images this run generates / workers: whether compiling pays; None: unknown
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,19 @@ class WorkerInfo:
     node_ip: str = ""
     versions: dict | None = None  # library versions that decide pixels (workers.provenance)
     device_name: str = ""  # `cpu`, or the GPU model and CUDA version
+    compile: bool = False  # performance.compile as resolved on this actor
+    compile_reason: str = ""  # why compile is on or off, in words
+    compile_cache_hit: bool | None = None  # compile on: whether compiled kernels were loaded from compile_cache
+
+
+@dataclass(frozen=True)
+class StartupTimings:
+    """How soon an actor made its first images. Known only after its first micro-batch, after `ready()`
+    reported its WorkerInfo, so each ShardResult carries it."""
+
+    pid: int  # with the worker's name, tells a replacement actor from the one it replaced
+    first_batch_seconds: float  # the first micro-batch alone; with compile on, that includes compiling
+    first_image_seconds: float  # from the actor's start (its imports included) to the end of its first micro-batch
 
 
 @dataclass(frozen=True)
@@ -137,6 +152,7 @@ class ShardResult:
     worker: str
     seconds: float
     generated: int = 0  # images this run generated: fewer than `rows` when only failed rows were retried
+    startup: StartupTimings | None = None  # the actor's; None from actors that do not measure it (stubs)
 
 
 class ShardWorker(Protocol):

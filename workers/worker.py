@@ -21,7 +21,7 @@ from workers.output import RowOutput, RunLabels, build_output_table, failed_posi
 from workers.provenance import device_description, pixel_versions
 from workers.rows import expand_images, read_slice, resolve_rows, row_ids
 from workers.shard_stats import ShardStats, write_shard_stats
-from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerInfo, WorkerSettings
+from workers.tasks import BatchProgress, ShardResult, ShardTask, StartupTimings, WorkerInfo, WorkerSettings
 from workers.writer import ShardFooter, write_shard
 
 logger = logging.getLogger(__name__)
@@ -34,10 +34,13 @@ class GenerationWorker:
     """One per actor. Heavy libraries are imported here, not in the driver."""
 
     def __init__(self, settings: WorkerSettings, index: int):
+        self.created = time.perf_counter()  # first_image_seconds counts from here
         _quiet_libraries()
         self.settings = settings
         self.index = index
         self.load_error: str | None = None
+        self.startup: StartupTimings | None = None  # set by the first micro-batch
+        self.save_compiled_to: str | None = None  # compile_cache file to fill after the first micro-batch
         try:
             self._load()
         except Exception as error:
@@ -49,7 +52,7 @@ class GenerationWorker:
         import torch
 
         from workers.clip import ClipScorer
-        from workers.fastpaths import apply_fast_paths
+        from workers.fastpaths import apply_fast_paths, choose_compile
         from workers.images import ImageEncoder
         from workers.loading import load_clip, load_pipeline, pick_device, pick_dtype
 
@@ -62,9 +65,13 @@ class GenerationWorker:
         self.pipeline = load_pipeline(
             settings.model, settings.revision, settings.scheduler, self.device, dtype, settings.variant
         )
-        fast = settings.fast
+        # Whether to compile is decided here, where the device is known.
+        self.compile = choose_compile(settings.fast.compile, self.device, settings.images_per_worker)
+        cache_hit = self._prepare_compile(dtype) if self.compile.on else None
+        fast = replace(settings.fast, compile=self.compile.on)
         applied = apply_fast_paths(self.pipeline, fast, self.device, settings.batch_size, settings.defaults)
-        logger.info("worker-%d fast paths: %s", self.index, ", ".join(applied) or "none")
+        turned_on = ", ".join(applied) or "none"
+        logger.info("worker-%d fast paths: %s; compile %s", self.index, turned_on, self.compile.reason)
         self.scorer = None
         if settings.clip_model is not None:
             on_device = fast.clip_preprocess == "device" or (
@@ -81,7 +88,7 @@ class GenerationWorker:
             self.scorer,
             self.encoder,
             mode=settings.mode,
-            pad_to=settings.batch_size if fast.compile else None,  # a compiled model sees one batch size
+            pad_to=settings.batch_size if self.compile.on else None,  # a compiled model sees one batch size
             init_image_policy=settings.defaults.init_image_policy,
         )
         self.labels = RunLabels(
@@ -101,10 +108,28 @@ class GenerationWorker:
             node_ip=_node_ip(),
             versions=pixel_versions(),
             device_name=device_description(self.device),
+            compile=self.compile.on,
+            compile_reason=self.compile.reason,
+            compile_cache_hit=cache_hit,
         )
         logger.info(
             "%s ready on %s in %.1fs (pid %d)", self.info.name, self.device, self.info.load_seconds, os.getpid()
         )
+
+    def _prepare_compile(self, dtype) -> bool:
+        """Before anything is compiled: load the kernels an earlier actor compiled for the same key, or plan to
+        save this actor's after its first micro-batch. True when kernels were loaded."""
+        import torch
+
+        from workers.compile_cache import cache_file, compile_key, load_artifacts
+
+        fast = self.settings.fast
+        if fast.compile == "auto":  # chosen for the user: should the compiler fail, the model runs uncompiled
+            torch._dynamo.config.suppress_errors = True
+        location = cache_file(fast.compile_cache, compile_key(self.settings, self.device, dtype))
+        loaded = load_artifacts(location)
+        self.save_compiled_to = None if loaded else location
+        return loaded
 
     def ready(self) -> WorkerInfo:
         """The worker's description once its models are loaded; raises if they could not be."""
@@ -134,7 +159,10 @@ class GenerationWorker:
         outputs: dict[int, RowOutput] = {}
         encoding: deque[list[tuple[int, Future]]] = deque()
         for batch in micro_batches(rows, todo, self.settings.batch_size):
+            batch_started = time.perf_counter()
             result = self.batch_runner.run(batch)
+            if self.startup is None:
+                self._first_batch_done(time.perf_counter() - batch_started)
             outputs.update(result.outputs)
             encoding.append(result.encoding)
             while len(encoding) > MAX_BATCHES_ENCODING:  # bounded, so memory stays flat
@@ -194,7 +222,24 @@ class GenerationWorker:
             worker=self.labels.worker,
             seconds=seconds,
             generated=len(todo),
+            startup=self.startup,
         )
+
+    def _first_batch_done(self, seconds: float) -> None:
+        """Record how soon this actor made images; then share what it compiled with the actors to come."""
+        from workers.compile_cache import save_artifacts
+
+        self.startup = StartupTimings(
+            pid=os.getpid(),
+            first_batch_seconds=seconds,
+            first_image_seconds=time.perf_counter() - self.created,
+        )
+        if self.compile.on:
+            how = "with kernels from compile_cache" if self.info.compile_cache_hit else "compiling from scratch"
+            logger.info("%s made its first micro-batch in %.1f s, %s", self.info.name, seconds, how)
+        if self.save_compiled_to is not None:
+            save_artifacts(self.save_compiled_to)
+            self.save_compiled_to = None
 
 
 def _node_id() -> str:
