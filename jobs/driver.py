@@ -194,14 +194,17 @@ def _stop(dispatcher: Dispatcher | None, output: str, follow: Progress, finished
     follow.close()
     if dispatcher is not None:
         dispatcher.abandon()
-        parked: set[int] = set()
+        parked: list[tuple[int, object, WorkerInfo]] = []
         backend = dispatcher.backend
         if finished and worker_reuse.keeping() and isinstance(backend, RayBackend):
-            ready = dispatcher.ready_actors()
-            worker_reuse.park(backend.reuse_key, ready)
-            parked = {id(handle) for _, handle, _ in ready}
-        leaving = [handle for handle in dispatcher.handles() if id(handle) not in parked]
-        cluster.stop_workers(leaving, dispatcher.outcome.workers)
+            parked = dispatcher.ready_actors()
+            worker_reuse.park(backend.reuse_key, parked)
+        kept = {id(handle) for _, handle, _ in parked}
+        kept_pids = {(info.node_id, info.pid) for _, _, info in parked}
+        leaving = [handle for handle in dispatcher.handles() if id(handle) not in kept]
+        # Only the stopped actors' processes are waited for: a parked one lives on.
+        processes = [info for info in dispatcher.outcome.workers if (info.node_id, info.pid) not in kept_pids]
+        cluster.stop_workers(leaving, processes)
     remove_temp_files(output)
 
 
