@@ -11,6 +11,8 @@ from jobs.cli import main
 from tests.conftest import read_output, write_config, write_manifest
 from workers.rows import derive_seed
 
+pytestmark = pytest.mark.slow  # whole jobs, several actor start-ups each
+
 
 def worker_pids(output) -> list[int]:
     return [worker["pid"] for worker in json.loads((output / "job.json").read_text())["workers"]]
