@@ -250,8 +250,9 @@ def report_command(args: argparse.Namespace) -> int:
 
 def status_command(args: argparse.Namespace) -> int:
     from jobs.status import format_status, job_status
+    from workers import storage
 
-    status = job_status(args.output.rstrip("/") if "://" in args.output else args.output)
+    status = job_status(storage.normalized(args.output))
     print(json.dumps(status.as_dict()) if args.log_format == "json" else format_status(status))
     return 0
 

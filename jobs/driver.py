@@ -226,7 +226,7 @@ def prepare_output(path: str) -> str:
             raise OutputError(f"{path}: cannot reach the output location ({one_line(error)})") from None
         if not found:
             raise OutputError(f"{path}: bucket {storage.bucket(path)} does not exist")
-        return path.rstrip("/")
+        return storage.normalized(path)
     output = Path(path)
     try:
         output.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,12 @@ class OutputError(GenbatchError):
     exit_code = EXIT_BAD_INPUT
 
 
+class UsageError(GenbatchError):
+    """A report or compare asks for what its runs cannot give (no such column, nothing in common)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 class WorkerStartError(GenbatchError):
     """No actor could load its models."""
 

@@ -96,7 +96,7 @@ def _find_remote_files(source: str) -> list[str]:
             return [source]
         listing = storage.list_files(source, recursive=True)
         outputs = {storage.parent(f) + "/" for f in listing if storage.name(f) in OUTPUT_MARKERS}
-        outputs.discard(source.rstrip("/") + "/")
+        outputs.discard(storage.normalized(source) + "/")
         files = [
             f
             for f in listing

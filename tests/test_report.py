@@ -16,9 +16,11 @@ from PIL import Image
 from scipy import stats
 
 from jobs.cli import main
+from jobs.errors import UsageError
 from jobs.jobfile import identity_key
 from jobs.report import compare
 from jobs.report.render import changes_text, pvalue_text
+from jobs.report.summary import build_report
 from workers import columns as C
 from workers.writer import ShardFooter, write_shard
 
@@ -157,6 +159,8 @@ def test_report_refuses_a_missing_group_column_and_a_folder_that_is_not_a_run(tm
     assert "--by 'colour': no such column" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2
     assert f"{tmp_path}: not a genbatch run folder (no job.json)" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="no such column"):  # a refusal of the request, not a bad config
+        build_report(run, by="colour")
 
 
 def test_compare_figures_match_an_independent_computation(tmp_path, scores, capsys):

@@ -31,6 +31,13 @@ def is_remote(location: str | os.PathLike) -> bool:
     return "://" in location and not location.startswith("file://")
 
 
+def normalized(location: str | os.PathLike) -> str:
+    """A location as genbatch keeps it: a URI without trailing slashes (`s3://b/run/` is `s3://b/run`),
+    a local path as given. The one place URIs are normalised."""
+    location = os.fspath(location)
+    return location.rstrip("/") if is_remote(location) else location
+
+
 def local_path(location: str | os.PathLike) -> str:
     return os.fspath(location).removeprefix("file://")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.errors import ConfigError
+from jobs.errors import UsageError
 from jobs.report.render import CLIP_SCORE_DEFINITION, histogram_uri, thumbnail_uri, write_documents
 from jobs.report.runs import Run, fetch_images, open_run
 from jobs.report.stats import paired_comparison
@@ -26,19 +26,19 @@ OUTCOMES = ("run", "images_per_s", "seconds", "status")  # in a run's settings, 
 def pair_rows(a: Run, b: Run, group_column: str | None) -> pa.Table:
     """Scored rows present in both runs, joined on id: id, prompt/seed/score of each side, group."""
     if a.clip_model != b.clip_model:
-        raise ConfigError(
+        raise UsageError(
             f"{a.path} and {b.path} were scored with different CLIP models ({a.clip_model!r} vs {b.clip_model!r}); "
             "their scores are not comparable"
         )
     id_a, id_b = a.table.schema.field(C.ID).type, b.table.schema.field(C.ID).type
     if id_a != id_b:
-        raise ConfigError(f"{a.path} and {b.path} have ids of different types ({id_a} vs {id_b})")
+        raise UsageError(f"{a.path} and {b.path} have ids of different types ({id_a} vs {id_b})")
     keep = [C.ID, C.PROMPT, C.SEED, C.CLIP_SCORE]
     left = a.scored().select(keep + ([group_column] if group_column and group_column not in keep else []))
     right = b.scored().select(keep).rename_columns([C.ID, "prompt_b", "seed_b", "clip_score_b"])
     pairs = left.join(right, keys=C.ID, join_type="inner").sort_by(C.ID)
     if pairs.num_rows == 0:
-        raise ConfigError(f"{a.path} and {b.path} share no scored ids; nothing to compare")
+        raise UsageError(f"{a.path} and {b.path} share no scored ids; nothing to compare")
     return pairs
 
 

@@ -49,7 +49,7 @@ class Run:
 
 def open_run(path: str | Path) -> Run:
     """Read a run's job.json and its rows' light columns (no images)."""
-    path = str(path).rstrip("/") if storage.is_remote(str(path)) else str(Path(path))
+    path = storage.normalized(path) if storage.is_remote(str(path)) else str(Path(path))
     try:
         job = read_job_file(path)
     except OSError as error:  # the location itself cannot be reached (no bucket, no network)

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.errors import ConfigError
+from jobs.errors import UsageError
 from jobs.report.render import CLIP_SCORE_DEFINITION, histogram_uri, thumbnail_uri, write_documents
 from jobs.report.runs import Run, fetch_images, open_run
 from jobs.report.stats import bootstrap_mean_ci, summarize_scores
@@ -26,7 +26,7 @@ def pick_group_column(run: Run, by: str | None) -> str | None:
     if by is None:
         return DEFAULT_GROUP_COLUMN if DEFAULT_GROUP_COLUMN in run.table.column_names else None
     if by not in run.table.column_names:
-        raise ConfigError(f"{run.path}: --by {by!r}: no such column (columns: {', '.join(run.table.column_names)})")
+        raise UsageError(f"{run.path}: --by {by!r}: no such column (columns: {', '.join(run.table.column_names)})")
     return by
 
 
