@@ -33,7 +33,7 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_the_first_of_signals_arriving_together_decides():
+def test_the_first_of_signals_arriving_together_decides(sigint_as_in_a_terminal):
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD],
         stdin=subprocess.PIPE,
