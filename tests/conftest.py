@@ -66,12 +66,16 @@ def python_signal_handling():
 
 @pytest.fixture
 def sigint_as_in_a_terminal():
-    """Ctrl-C handled as in a terminal, here and in the subprocesses a test starts, whatever the test
-    runner inherited: a shell script's background jobs (`bash .ci/run &`) start with SIGINT ignored,
-    and children inherit an ignored signal."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    """Stop signals handled as in a terminal, here and in the subprocesses a test starts, whatever the
+    test runner inherited: a shell script's background jobs (`bash .ci/run &`) start with SIGINT
+    ignored, `nohup` ignores SIGHUP, and children inherit an ignored signal."""
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, signal.SIG_DFL),
+    }
     yield
-    signal.signal(signal.SIGINT, previous)
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 @pytest.fixture(scope="session")

@@ -118,7 +118,7 @@ def test_sigterm_while_ray_itself_starts_is_handled_by_genbatch_not_ray(tmp_path
     assert_stopped_cleanly(output, stdout, stderr, "SIGTERM")
 
 
-def test_more_signals_during_shutdown_do_not_cut_it_short(tmp_path, session_address):
+def test_more_signals_during_shutdown_do_not_cut_it_short(tmp_path, session_address, sigint_as_in_a_terminal):
     process, output = start_job(tmp_path, "--address", session_address)
     wait_until(process, lambda: len(shards_on_disk(output)) >= 2)
     process.send_signal(signal.SIGTERM)
