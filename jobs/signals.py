@@ -55,6 +55,7 @@ class _Handler:
         self.stopping = False
         self.received: int | None = None  # the first stop signal, kept in case a library swallows the raise
         self.arrivals: int | None = None  # read end of the wakeup pipe: signal numbers in arrival order
+        self.wakeup: int = -1  # its write end, Python's wakeup fd while installed
         self.handled_early: int | None = None  # the first signal, when a later one's handler ran first
 
     def __call__(self, signum: int, frame) -> None:
@@ -131,13 +132,10 @@ def _note_arrivals() -> None:
         read, write = os.pipe()
         os.set_blocking(read, False)
         os.set_blocking(write, False)
-        _handler.arrivals, _wakeup[0] = read, write
+        _handler.arrivals, _handler.wakeup = read, write
     else:
         _handler.drain()  # signals of an earlier job in this process
-    signal.set_wakeup_fd(_wakeup[0], warn_on_full_buffer=False)
-
-
-_wakeup = [-1]  # write end of the pipe, once made
+    signal.set_wakeup_fd(_handler.wakeup, warn_on_full_buffer=False)
 
 
 def stopping() -> None:
@@ -159,7 +157,7 @@ def restore_defaults() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     previous = signal.set_wakeup_fd(-1)
-    if previous not in (-1, _wakeup[0]):
+    if previous not in (-1, _handler.wakeup):
         signal.set_wakeup_fd(previous)  # not ours: leave it as it was
     for signum in STOP_SIGNALS:
         if signal.getsignal(signum) is _handler:

@@ -1,28 +1,15 @@
 """An elastic pool (`resources.workers: auto`) on a real local cluster: a node joins mid-job and the pool
 grows onto it; then a node is lost and the job still writes every row once."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+
+from tests.scenarios import run_scenario
 
 pytestmark = pytest.mark.slow  # a multi-node cluster in its own process
 
 
 def test_an_auto_pool_grows_onto_a_node_that_joins_and_survives_losing_one(tmp_path, model_cache):
-    # The scenario starts its own Ray cluster, so it runs in its own process.
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.scenarios.elastic_pool", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-    )
-    lines = [line for line in result.stdout.splitlines() if line.startswith('{"seconds"')]
-    assert lines, (result.stdout[-2000:], result.stderr[-3000:])
-    report = json.loads(lines[-1])
+    result, report = run_scenario("elastic_pool", tmp_path, "seconds")
     assert result.returncode == 0, (report, result.stderr[-3000:])
     assert report["joined"] and report["removed"] and report["workers_ready"] == 2
     assert report["pool_log"][0] == "pool: 1 -> 2 workers (a node joined)"

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.scenarios import job_outcome
+
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 ROWS = 64
 SHARD_SIZE = 2
@@ -97,7 +99,6 @@ def main(workdir: Path) -> None:
     )
     hooks = JobHooks(on_worker_ready=ready.append, on_shard_done=follow_the_job)
     summary = run_job(config, progress="off", hooks=hooks)
-    ids = pq.read_table(workdir / "out" / "data").column("id").to_pylist()
     stats = read_all_stats(str(workdir / "out"))
     joined = nodes.get("joined")
     result = {
@@ -110,11 +111,7 @@ def main(workdir: Path) -> None:
         "shards_with_stats": len(stats),
         "shards_elsewhere": sum(1 for s in stats if s.node not in {first.node_id, getattr(joined, "node_id", "")}),
         "pool_log": [line for line in pool_log.lines if line.startswith(("pool:", "worker-"))],
-        "ok": summary.ok,
-        "failed": summary.failed,
-        "retries": summary.retries,
-        "replaced": summary.replaced_workers,
-        "ids_exactly_once": sorted(ids) == sorted(f"e{i}" for i in range(ROWS)) and len(ids) == ROWS,
+        **job_outcome(summary, workdir / "out", "e", ROWS),
     }
     print(json.dumps(result))
     ray.shutdown()

@@ -12,6 +12,8 @@ import signal
 import sys
 from pathlib import Path
 
+from tests.scenarios import job_outcome
+
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 ROWS = 24
 
@@ -57,15 +59,10 @@ def main(workdir: Path) -> None:
     )
     hooks = JobHooks(on_progress=remove_a_busy_node, on_worker_ready=ready.append)
     summary = run_job(config, progress="off", hooks=hooks)
-    ids = pq.read_table(workdir / "out" / "data").column("id").to_pylist()
     result = {
         "removed_nodes": len(removed),
         "workers_ready": len(ready),
-        "ok": summary.ok,
-        "failed": summary.failed,
-        "retries": summary.retries,
-        "replaced": summary.replaced_workers,
-        "ids_exactly_once": sorted(ids) == sorted(f"n{i}" for i in range(ROWS)) and len(ids) == ROWS,
+        **job_outcome(summary, workdir / "out", "n", ROWS),
     }
     print(json.dumps(result))
     ray.shutdown()
