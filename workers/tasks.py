@@ -49,6 +49,15 @@ class FastPaths:
 
 
 @dataclass(frozen=True)
+class ScoreModels:
+    """Per-image scorers besides the CLIP score: the config's `scores` section; None: not computed."""
+
+    pickscore: str | None  # the PickScore CLIPModel (folder, hub id or tiny)
+    aesthetic: str | None  # the CLIP whose image embeddings feed the aesthetic head
+    aesthetic_head: str | None  # the head's safetensors file, or tiny
+
+
+@dataclass(frozen=True)
 class WorkerSettings:
     """Everything an actor needs to load its models and turn rows into output rows."""
 
@@ -58,6 +67,7 @@ class WorkerSettings:
     scheduler: str | None
     dtype: str
     clip_model: str | None
+    scores: ScoreModels
     mode: str  # "generate" or "reconstruct"
     batch_size: int
     job_seed: int
