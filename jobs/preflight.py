@@ -20,6 +20,11 @@ def check_models(config: JobConfig) -> None:
     """Raise ConfigError, one line naming the key and what to do, for a hub model the job could not load."""
     check_model("model.id", config.model.id, config.model.revision, "model_index.json")
     check_model("clip.model", config.clip.model, None, "config.json")
+    check_score_models(config)
+
+
+def check_score_models(config: JobConfig) -> None:
+    """The `scores` section's models and head (genbatch rescore checks only these)."""
     scores = config.scores
     if scores.pickscore is not None:
         check_model("scores.pickscore.model", scores.pickscore.model, None, "config.json")

@@ -82,6 +82,32 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class RescoreSettings:
+    """What a rescoring actor (workers.rescoring) needs: which score columns to (re)compute, with what, where."""
+
+    scores: ScoreModels  # the run's new `scores` section
+    recompute: tuple[str, ...]  # columns (columns.SCORES) computed afresh; the section's others are kept as they are
+    batch_size: int  # images per scorer call
+    clip_preprocess: str  # device, processor or auto (performance.clip_preprocess)
+    output_dir: str
+    old_key: str  # the job key on the shards to rescore
+    new_key: str  # the key they get: that of the job with the new scores
+    num_threads: int | None
+    run_token: str | None  # as in WorkerSettings (workers.fence)
+
+
+@dataclass(frozen=True)
+class RescoreResult:
+    """What rescoring one shard did."""
+
+    shard: int
+    rows: int
+    scored: int  # images scored (rows with an image)
+    seconds: float
+    skipped: bool = False  # the shard already had the new key (an earlier, interrupted rescore did it)
+
+
+@dataclass(frozen=True)
 class ShardTask:
     """Rows [start, stop) of one manifest file; `first_row` is the manifest-wide index of `start`."""
 
