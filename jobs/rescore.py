@@ -115,6 +115,8 @@ def rescored_config(job_file: str, record: dict, overrides: Sequence[str]) -> Jo
     raw = copy.deepcopy(record.get("config"))
     if not isinstance(raw, dict):
         raise OutputError(f"{job_file}: has no config; it was not written by this genbatch")
+    # job.json spells an unset scorer null; `--set scores.pickscore.model=...` needs a section to set it in.
+    raw["scores"] = {name: value for name, value in (raw.get("scores") or {}).items() if value is not None}
     for override in overrides:
         apply_override(raw, override, Path(job_file))
     try:
