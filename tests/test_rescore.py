@@ -127,7 +127,7 @@ def test_an_interrupted_rescore_goes_on_from_the_shards_it_rescored(finished_run
 
 @pytest.mark.slow
 def test_setting_a_scorer_to_null_drops_its_column_and_restores_the_job(finished_run, tmp_path):
-    config, run, before = copy_of(finished_run, tmp_path)
+    _, run, before = copy_of(finished_run, tmp_path)
     original_key = read_footer(str(run / "data" / layout.shard_file_name(0))).job_key
     rescore_run(str(run), ["scores.pickscore.model=tiny"])
     assert read_output(run).column_names == [*before.column_names, C.PICKSCORE]
