@@ -175,3 +175,22 @@ def test_rescore_of_a_folder_without_a_run_and_bad_scores_are_one_line(tmp_path,
     run = fake_run(tmp_path)
     assert main(["rescore", str(run), "--set", "scores.aesthetic.model=tiny"]) == 2
     assert capsys.readouterr().err == f"genbatch: error: {run / 'job.json'}: missing key 'scores.aesthetic.head'\n"
+
+
+@pytest.mark.slow
+def test_a_rescored_run_is_what_a_run_with_the_scores_writes(finished_run, tmp_path):
+    config, run, _ = copy_of(finished_run, tmp_path)
+    rescore_run(str(run), NEW_SCORES)
+    sets = [part for setting in [f"output={tmp_path / 'fresh'}", *NEW_SCORES] for part in ("--set", setting)]
+    assert main(["run", str(config), "--quiet", *sets]) == 0  # scores computed by the generating actor, on Ray
+    fresh, rescored = read_output(tmp_path / "fresh"), read_output(run)
+    assert fresh.column_names == rescored.column_names
+    for name in fresh.column_names:
+        if name != C.DURATION_S:  # the one column that is a measurement
+            assert fresh.column(name).equals(rescored.column(name)), name  # same pixels, same batches: same bits
+    for index in range(SHARDS):
+        name = layout.shard_file_name(index)
+        assert (
+            read_footer(str(tmp_path / "fresh" / "data" / name)).job_key
+            == read_footer(str(run / "data" / name)).job_key
+        )
