@@ -194,3 +194,23 @@ def test_a_rescored_run_is_what_a_run_with_the_scores_writes(finished_run, tmp_p
             read_footer(str(tmp_path / "fresh" / "data" / name)).job_key
             == read_footer(str(run / "data" / name)).job_key
         )
+
+
+def test_the_rescoring_actor_refuses_a_shard_of_another_job(tmp_path, model_cache):
+    from workers.errors import ShardError
+    from workers.rescoring import RescoreWorker
+    from workers.tasks import RescoreSettings, ScoreModels
+    from workers.writer import ShardFooter, write_shard
+
+    table = pa.table({"id": ["a"], C.STATUS: [C.STATUS_OK]})
+    write_shard(table, str(tmp_path), ShardFooter("another-job", 0, 1, 1, 0))
+    scores = ScoreModels(pickscore="tiny", aesthetic=None, aesthetic_head=None)
+    settings = RescoreSettings(scores, (C.PICKSCORE,), 2, "processor", str(tmp_path), "old", "new", 1, None)
+    worker = RescoreWorker(settings, 0)
+    assert worker.ready() == "cpu"
+    with pytest.raises(ShardError) as caught:
+        worker.rescore_shard(0)
+    assert (
+        str(caught.value)
+        == f"{tmp_path / 'data' / 'shard-00000.parquet'}: not a complete shard of the run being rescored"
+    )

@@ -239,3 +239,14 @@ def test_scores_are_part_of_the_job_identity_and_absent_ones_change_nothing(tmp_
     with_scores = job_identity(scored, read_manifest(str(manifest), "generate"))
     assert with_scores == {**identity, "scores": {"pickscore": {"model": "tiny"}}}
     assert identity_key(with_scores) != identity_key(identity)
+
+
+def test_a_hub_scorer_not_in_the_offline_cache_is_one_line_naming_its_key():
+    config = JobConfig.model_validate(
+        small_config("m.parquet", "out", scores={"pickscore": {"model": "genbatch-test/no-pickscore"}})
+    )
+    with pytest.raises(ConfigError) as caught:
+        check_models(config)  # the session runs with HF_HUB_OFFLINE=1 and an empty hub cache
+    assert str(caught.value).startswith(
+        "scores.pickscore.model: model 'genbatch-test/no-pickscore' is not in the Hugging Face cache ("
+    )
