@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -81,7 +81,7 @@ def rescore_run(
                 output_dir=output,
                 old_key=old_key,
                 new_key=new_key,
-                num_threads=None,
+                num_threads=None,  # set by score_on_actors from the actors' CPUs
                 run_token=lock.token,
             )
             results = score_on_actors(config, settings, todo, address, forward_actor_logs)
@@ -163,7 +163,7 @@ def score_on_actors(
     cluster.connect(address, forward_actor_logs)
     worker_reuse.stop_parked()  # parked generation actors hold resources these actors need
     resources = cluster.actor_resources(config)
-    settings = RescoreSettings(**{**vars(settings), "num_threads": max(1, int(resources.num_cpus))})
+    settings = replace(settings, num_threads=max(1, int(resources.num_cpus)))  # known once Ray is connected
     pool = config.resources.worker_range()
     count = min(len(todo), pool.size(cluster.capacity(resources)))
     logger.info("rescoring %d shards on %d workers", len(todo), count)
