@@ -78,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("output", help="the job's output folder (or URI)")
     status.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object")
 
+    rescore = add_command("rescore", help="new score columns for a finished run's images, without regenerating them")
+    rescore.add_argument("run", help="the run's output folder")
+    rescore.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        required=True,
+        metavar="KEY=VALUE",
+        help="a scores.* setting, e.g. --set scores.pickscore.model=yuvalkirstain/PickScore_v1 (repeatable)",
+    )
+    rescore.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local instance)")
+
     compare = add_command("compare", help="paired comparison of two runs over their shared ids (B - A)")
     compare.add_argument("run_a", help="output folder or URI of run A (the baseline)")
     compare.add_argument("run_b", help="output folder or URI of run B")
@@ -119,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "report": report_command,
         "compare": compare_command,
         "status": status_command,
+        "rescore": rescore_command,
     }
     signals.install()
     try:
@@ -263,6 +276,22 @@ def compare_command(args: argparse.Namespace) -> int:
 
     out = write_comparison(args.run_a, args.run_b, args.output, by=args.by)
     print(f"genbatch: comparison: {storage.join(out, 'compare.html')} (also compare.md, compare.json)")
+    return 0
+
+
+def rescore_command(args: argparse.Namespace) -> int:
+    from jobs.rescore import rescore_run
+
+    summary = rescore_run(args.run, args.overrides, address=args.address)
+    if summary.rescored == 0:
+        print(f"genbatch: nothing to do: all {summary.shards} shards already carry these scores")
+    else:
+        changed = ", ".join([*summary.columns, *(f"{name} dropped" for name in summary.dropped)]) or "none"
+        print(
+            f"genbatch: rescored {summary.rescored} of {summary.shards} shards ({summary.rows} rows, "
+            f"{summary.images_scored} images scored; columns: {changed}) in {summary.seconds:.1f}s"
+        )
+    print(f"genbatch: output: {summary.output}")
     return 0
 
 

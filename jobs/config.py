@@ -92,6 +92,63 @@ class ClipConfig(_Section):
         return ref
 
 
+def _loadable_model(ref: str, kind: str) -> str:
+    missing = missing_model_folder(ref)
+    if missing:
+        raise ValueError(f"{kind} folder {missing} does not exist")
+    if unknown_model_ref(ref):
+        raise ValueError(f"no folder {ref!r} and not a Hugging Face id (org/name)")
+    return ref
+
+
+class PickScoreConfig(_Section):
+    model: str = Field(
+        description='The PickScore CLIPModel: "tiny", a hub id (yuvalkirstain/PickScore_v1) or a local folder; '
+        "its processor comes from the same folder."
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _existing_folder(cls, ref: str) -> str:
+        return _loadable_model(ref, "PickScore")
+
+
+class AestheticConfig(_Section):
+    model: str = Field(
+        description='The CLIP whose image embeddings feed the head: "tiny", a hub id or a local folder '
+        "(the same as clip.model shares its loaded copy)."
+    )
+    head: str = Field(
+        description="The LAION improved-aesthetic-predictor MLP as a .safetensors file (see README to convert the "
+        '.pth), or "tiny" for the built-in random head that fits the tiny CLIP.'
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _existing_folder(cls, ref: str) -> str:
+        return _loadable_model(ref, "CLIP")
+
+    @field_validator("head")
+    @classmethod
+    def _safetensors_file(cls, head: str) -> str:
+        if head == "tiny":
+            return head
+        path = os.path.expanduser(head)
+        if not path.endswith(".safetensors"):
+            raise ValueError(
+                f"{path} is not a .safetensors file; heads are loaded from safetensors only "
+                "(README: The output, Scores, says how to convert the published .pth)"
+            )
+        if not os.path.isfile(path):
+            raise ValueError(f"file {path} does not exist")
+        return path
+
+
+class ScoresConfig(_Section):
+    pickscore: PickScoreConfig | None = Field(None, description="Add the `pickscore` column (float32); null: none.")
+    aesthetic: AestheticConfig | None = Field(None, description="Add the `aesthetic` column (float32); null: none.")
+
+
 class WorkerRange(_Section):
     """An elastic pool: as many actors as the cluster has room for, within these bounds."""
 
@@ -218,6 +275,9 @@ class JobConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     clip: ClipConfig = Field(default_factory=ClipConfig)
+    scores: ScoresConfig = Field(
+        default_factory=ScoresConfig, description="Per-image scores besides the CLIP score (pickscore, aesthetic)."
+    )
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
 

@@ -50,3 +50,9 @@ class WorkerStartError(GenbatchError):
     """No actor could load its models."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class RescoreError(GenbatchError):
+    """A shard could not be rescored; those rescored before it are kept, and a rerun goes on from them."""
+
+    exit_code = EXIT_ROWS_FAILED

@@ -20,6 +20,33 @@ def check_models(config: JobConfig) -> None:
     """Raise ConfigError, one line naming the key and what to do, for a hub model the job could not load."""
     check_model("model.id", config.model.id, config.model.revision, "model_index.json")
     check_model("clip.model", config.clip.model, None, "config.json")
+    check_score_models(config)
+
+
+def check_score_models(config: JobConfig) -> None:
+    """The `scores` section's models and head (genbatch rescore checks only these)."""
+    scores = config.scores
+    if scores.pickscore is not None:
+        check_model("scores.pickscore.model", scores.pickscore.model, None, "config.json")
+    if scores.aesthetic is not None:
+        check_model("scores.aesthetic.model", scores.aesthetic.model, None, "config.json")
+        check_aesthetic_head(scores.aesthetic.head, scores.aesthetic.model)
+
+
+def check_aesthetic_head(head: str, clip_ref: str) -> None:
+    """The head's tensor names and shapes, from its file's header, against the LAION MLP and the CLIP's
+    projection_dim: a wrong file fails here, before any actor loads anything."""
+    from workers.errors import ScorerLoadError
+    from workers.scorers import clip_projection_dim, head_problem, head_shapes, tensor_shapes
+    from workers.tiny import TEXT_DIM, TINY_HEAD
+
+    try:
+        shapes = head_shapes(TEXT_DIM) if head == TINY_HEAD else tensor_shapes(head)
+    except ScorerLoadError as error:
+        raise ConfigError(f"scores.aesthetic.head: {error}") from None
+    problem = head_problem(shapes, clip_projection_dim(clip_ref))
+    if problem:
+        raise ConfigError(f"scores.aesthetic.head: {head}: not an aesthetic head for CLIP {clip_ref!r}: {problem}")
 
 
 def check_model(key: str, ref: str | None, revision: str | None, index_file: str) -> None:

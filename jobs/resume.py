@@ -28,7 +28,15 @@ def job_identity(config: JobConfig, manifest: Manifest) -> dict:
         "seed": config.seed,
         "shard_size": config.shard_size,
         "manifest": {"rows": manifest.rows, "fingerprint": manifest.fingerprint},
+        **scores_identity(config),
     }
+
+
+def scores_identity(config: JobConfig) -> dict:
+    """The `scores` part of a job's identity: absent when no scorer is set, so the keys of jobs without
+    scores stay what they were before scores existed."""
+    scores = config.scores.model_dump(mode="json", exclude_none=True)
+    return {"scores": scores} if scores else {}
 
 
 def check_same_job(output_dir: str, previous: dict, identity: dict) -> None:

@@ -12,7 +12,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from jobs.config import JobConfig
-from workers.tasks import FastPaths, GenerationDefaults, ImageEncoding, WorkerSettings
+from workers.tasks import FastPaths, GenerationDefaults, ImageEncoding, ScoreModels, WorkerSettings
 
 T = TypeVar("T", GenerationDefaults, ImageEncoding, FastPaths)
 
@@ -40,6 +40,7 @@ def worker_settings(
         scheduler=model.scheduler,
         dtype=model.dtype,
         clip_model=config.clip.model,
+        scores=score_models(config),
         mode=config.mode,
         batch_size=config.resources.batch_size,
         job_seed=config.seed,
@@ -60,3 +61,13 @@ def images_per_worker(images_to_generate: int | None, workers: int) -> int | Non
     if images_to_generate is None:
         return None
     return -(-images_to_generate // workers)
+
+
+def score_models(config: JobConfig) -> ScoreModels:
+    """The `scores` section as the actors get it."""
+    pickscore, aesthetic = config.scores.pickscore, config.scores.aesthetic
+    return ScoreModels(
+        pickscore=None if pickscore is None else pickscore.model,
+        aesthetic=None if aesthetic is None else aesthetic.model,
+        aesthetic_head=None if aesthetic is None else aesthetic.head,
+    )

@@ -46,9 +46,10 @@ class BatchResult:
 class BatchRunner:
     """Runs micro-batches through an actor's pipeline, CLIP scorer and image encoder."""
 
-    def __init__(self, pipeline, scorer, encoder, mode: str, pad_to: int | None, init_image_policy: str):
+    def __init__(self, pipeline, scorer, encoder, mode: str, pad_to: int | None, init_image_policy: str, scorers=()):
         self.pipeline = pipeline
         self.scorer = scorer  # None: no CLIP scores
+        self.scorers = list(scorers)  # the `scores` section's (workers.scorers), each filling its own column
         self.encoder = encoder
         self.mode = mode
         self.pad_to = pad_to
@@ -132,6 +133,14 @@ class BatchRunner:
             for k, j in enumerate(scored):
                 output = outputs[runnable[j]]
                 output.cosine, output.truncated = float(cosines[k]), bool(truncated[k])
+        # 5b. The other scores (PickScore, aesthetic); one that needs a prompt skips rows without one.
+        for extra in self.scorers:
+            targets = scored if extra.needs_prompt else kept
+            if not targets:
+                continue
+            values = extra.score(pixels[targets], [rows[j].prompt for j in targets])
+            for k, j in enumerate(targets):
+                outputs[runnable[j]].scores[extra.column] = float(values[k])
 
         # 6. Hand the pixels to the encoder threads; run_shard collects the bytes later.
         host_pixels = pixels.cpu().numpy()
@@ -157,6 +166,7 @@ def collect_encoded(encoding: list[tuple[int, Future]], outputs: dict[int, RowOu
             logger.exception("encoding row at %d failed", position)
             output = outputs[position]
             output.error, output.cosine, output.truncated = describe(error), None, None
+            output.scores = {}
 
 
 def _timed(result: BatchResult, started: float) -> BatchResult:

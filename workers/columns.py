@@ -31,6 +31,8 @@ RECON_MSE = "recon_mse"
 RECON_PSNR = "recon_psnr"
 LATENT_MEAN = "latent_mean"
 LATENT_STD = "latent_std"
+PICKSCORE = "pickscore"
+AESTHETIC = "aesthetic"
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -72,8 +74,14 @@ RECONSTRUCTION: dict[str, pa.DataType] = {
     LATENT_STD: pa.float32(),
 }
 
+# Written last, for the scorers the config's `scores` section names (workers.scorers), in this order.
+SCORES: dict[str, pa.DataType] = {
+    PICKSCORE: pa.float32(),  # logit_scale.exp() * cosine of the PickScore CLIPModel's image and text embeddings
+    AESTHETIC: pa.float32(),  # the LAION aesthetic MLP on the L2-normalised CLIP image embedding
+}
+
 # A manifest may carry these; genbatch replaces them with the values it resolved and used.
 REPLACED_INPUTS = frozenset({ID, SEED, STRENGTH, *ROW_OVERRIDES})
 
 # A manifest may not carry these: they would be silently overwritten by genbatch's own output.
-RESERVED = (frozenset(GENERATED) | frozenset(RECONSTRUCTION)) - REPLACED_INPUTS
+RESERVED = (frozenset(GENERATED) | frozenset(RECONSTRUCTION) | frozenset(SCORES)) - REPLACED_INPUTS

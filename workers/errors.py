@@ -25,6 +25,10 @@ class WorkerLoadError(WorkerError, RuntimeError):
     """The actor could not load its pipeline or CLIP model; the message is already `Type: message`."""
 
 
+class ScorerLoadError(WorkerError, ValueError):
+    """A scorer's file is not what it must be (an aesthetic head with other tensors or shapes)."""
+
+
 class ModelNotFoundError(WorkerError, OSError):
     """A model reference that names nothing loadable (not in the hub cache, not on the hub, no folder)."""
 

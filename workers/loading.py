@@ -40,7 +40,7 @@ def missing_model_folder(ref: str | None) -> str | None:
 
 
 def is_builtin(ref: str) -> bool:
-    return ref in (tiny.TINY, tiny.TINY_SDXL)
+    return ref in (tiny.TINY, tiny.TINY_SDXL, tiny.TINY_PICKSCORE)
 
 
 def is_hub_id(ref: str) -> bool:
@@ -67,6 +67,8 @@ def pipeline_source(ref: str) -> str:
 
 def clip_source(ref: str) -> str:
     """What to hand to `from_pretrained` for a CLIP reference."""
+    if ref == tiny.TINY_PICKSCORE:
+        return str(tiny.tiny_pickscore_dir())
     return _source(ref, tiny.tiny_clip_dir)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,6 +25,7 @@ class RowOutput:
     duration_s: float = 0.0
     error: str | None = None
     reconstruction: dict | None = None  # mode: reconstruct: recon_mse, recon_psnr, latent_mean, latent_std
+    scores: dict[str, float] = field(default_factory=dict)  # by column (columns.SCORES); absent: null
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,10 @@ def build_output_table(
     outputs: list[RowOutput],
     labels: RunLabels,
     reconstruct: bool = False,
+    scores: tuple[str, ...] = (),
 ) -> pa.Table:
     """`id`, then the manifest's own columns unchanged, then the generated columns (see columns.py),
-    then, when `reconstruct`, the round-trip measurements."""
+    then, when `reconstruct`, the round-trip measurements, then the `scores` columns (columns.SCORES)."""
     passthrough = [name for name in manifest.column_names if name not in C.REPLACED_INPUTS]
     arrays = {C.ID: ids}
     arrays.update({name: manifest.column(name) for name in passthrough})
@@ -77,6 +79,8 @@ def build_output_table(
         for name, data_type in C.RECONSTRUCTION.items():
             values = [None if out.reconstruction is None else out.reconstruction[name] for out in outputs]
             arrays[name] = pa.array(values, type=data_type)
+    for name in scores:
+        arrays[name] = pa.array([out.scores.get(name) for out in outputs], type=C.SCORES[name])
     return pa.table(arrays)
 
 

@@ -49,6 +49,15 @@ class FastPaths:
 
 
 @dataclass(frozen=True)
+class ScoreModels:
+    """Per-image scorers besides the CLIP score: the config's `scores` section; None: not computed."""
+
+    pickscore: str | None  # the PickScore CLIPModel (folder, hub id or tiny)
+    aesthetic: str | None  # the CLIP whose image embeddings feed the aesthetic head
+    aesthetic_head: str | None  # the head's safetensors file, or tiny
+
+
+@dataclass(frozen=True)
 class WorkerSettings:
     """Everything an actor needs to load its models and turn rows into output rows."""
 
@@ -58,6 +67,7 @@ class WorkerSettings:
     scheduler: str | None
     dtype: str
     clip_model: str | None
+    scores: ScoreModels
     mode: str  # "generate" or "reconstruct"
     batch_size: int
     job_seed: int
@@ -69,6 +79,32 @@ class WorkerSettings:
     num_threads: int | None  # torch threads; None: torch's own choice
     run_token: str | None  # the run's token in OUTPUT/.genbatch.lock (workers.fence); None: no lock
     images_per_worker: int | None  # images this run generates / workers: whether compiling pays; None: unknown
+
+
+@dataclass(frozen=True)
+class RescoreSettings:
+    """What a rescoring actor (workers.rescoring) needs: which score columns to (re)compute, with what, where."""
+
+    scores: ScoreModels  # the run's new `scores` section
+    recompute: tuple[str, ...]  # columns (columns.SCORES) computed afresh; the section's others are kept as they are
+    batch_size: int  # images per scorer call
+    clip_preprocess: str  # device, processor or auto (performance.clip_preprocess)
+    output_dir: str
+    old_key: str  # the job key on the shards to rescore
+    new_key: str  # the key they get: that of the job with the new scores
+    num_threads: int | None
+    run_token: str | None  # as in WorkerSettings (workers.fence)
+
+
+@dataclass(frozen=True)
+class RescoreResult:
+    """What rescoring one shard did."""
+
+    shard: int
+    rows: int
+    scored: int  # images scored (rows with an image)
+    seconds: float
+    skipped: bool = False  # the shard already had the new key (an earlier, interrupted rescore did it)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,10 @@ logger = logging.getLogger(__name__)
 
 TINY = "tiny"
 TINY_SDXL = "tiny-sdxl"
+TINY_PICKSCORE = "tiny-pickscore"  # a random CLIPModel with PickScore's logit scale (scores.pickscore.model)
+TINY_HEAD = "tiny"  # scores.aesthetic.head: a random LAION-shaped aesthetic MLP for the tiny CLIPs
+AESTHETIC_HEAD_FILE = "aesthetic-mlp.safetensors"
+PICKSCORE_LOGIT_SCALE = 4.6052  # ln(100), PickScore_v1's learned value: scores land near its 0-100 range
 # Bump when the architecture or seeds below change, so stale caches are rebuilt.
 TINY_VERSION = "2"
 MAX_TOKENS = 77
@@ -41,6 +45,18 @@ def tiny_sdxl_dir() -> Path:
 def tiny_clip_dir() -> Path:
     """Folder of the tiny CLIP model and processor, built on first use."""
     return _build_once(cache_root() / f"tiny-clip-v{TINY_VERSION}", _save_tiny_clip)
+
+
+def tiny_pickscore_dir() -> Path:
+    """Folder of the tiny PickScore-like CLIPModel and processor, built on first use."""
+    return _build_once(cache_root() / f"tiny-pickscore-v{TINY_VERSION}", _save_tiny_pickscore)
+
+
+def tiny_aesthetic_head() -> Path:
+    """The tiny aesthetic head's safetensors file: the LAION MLP's names and shapes, its input the tiny
+    CLIPs' projection_dim (TEXT_DIM) instead of 768."""
+    folder = _build_once(cache_root() / f"tiny-aesthetic-v{TINY_VERSION}", _save_tiny_aesthetic_head)
+    return folder / AESTHETIC_HEAD_FILE
 
 
 def _build_once(target: Path, save) -> Path:
@@ -207,6 +223,26 @@ def _save_tiny_sdxl(folder: Path) -> None:
 
 
 def _save_tiny_clip(folder: Path) -> None:
+    _save_clip(folder, seed=1)
+
+
+def _save_tiny_pickscore(folder: Path) -> None:
+    _save_clip(folder, seed=3, logit_scale_init_value=PICKSCORE_LOGIT_SCALE)
+
+
+def _save_tiny_aesthetic_head(folder: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from workers.scorers import aesthetic_mlp
+
+    torch.manual_seed(2)
+    mlp = aesthetic_mlp(TEXT_DIM)
+    # The original's names: its module kept the nn.Sequential as `layers`.
+    save_file({f"layers.{name}": tensor for name, tensor in mlp.state_dict().items()}, folder / AESTHETIC_HEAD_FILE)
+
+
+def _save_clip(folder: Path, seed: int, **config_options) -> None:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
 
@@ -224,8 +260,9 @@ def _save_tiny_clip(folder: Path) -> None:
         text_config=_text_config(tokenizer).to_dict(),
         vision_config=vision.to_dict(),
         projection_dim=TEXT_DIM,
+        **config_options,
     )
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     model = CLIPModel(config)
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     model.save_pretrained(folder, safe_serialization=True)

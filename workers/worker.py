@@ -20,6 +20,7 @@ from workers.fence import check_fence
 from workers.output import RowOutput, RunLabels, build_output_table, failed_positions, merge_retried, read_previous
 from workers.provenance import device_description, pixel_versions
 from workers.rows import expand_images, read_slice, resolve_rows, row_ids
+from workers.scorers import score_columns
 from workers.shard_stats import ShardStats, write_shard_stats
 from workers.tasks import BatchProgress, ShardResult, ShardTask, StartupTimings, WorkerInfo, WorkerSettings
 from workers.writer import ShardFooter, write_shard
@@ -55,6 +56,7 @@ class GenerationWorker:
         from workers.fastpaths import apply_fast_paths, choose_compile
         from workers.images import ImageEncoder
         from workers.loading import load_clip, load_pipeline, pick_device, pick_dtype
+        from workers.scorers import build_scorers
 
         started = time.perf_counter()
         settings = self.settings
@@ -73,12 +75,14 @@ class GenerationWorker:
         turned_on = ", ".join(applied) or "none"
         logger.info("worker-%d fast paths: %s; compile %s", self.index, turned_on, self.compile.reason)
         self.scorer = None
+        on_device = fast.clip_preprocess == "device" or (fast.clip_preprocess == "auto" and self.device.type == "cuda")
+        clip = None
         if settings.clip_model is not None:
-            on_device = fast.clip_preprocess == "device" or (
-                fast.clip_preprocess == "auto" and self.device.type == "cuda"
-            )
             model, processor = load_clip(settings.clip_model, self.device)
             self.scorer = ClipScorer(model, processor, self.device, on_device=on_device)
+            clip = (settings.clip_model, model, processor)
+        # A scorer on the CLIP model loaded above shares it (one copy of the weights).
+        self.scorers = build_scorers(settings.scores, self.device, clip, on_device)
         threads = fast.writer_threads
         if threads == "auto":  # on CPU actors the model already uses every core the actor has
             threads = 2 if self.device.type == "cuda" else 0
@@ -90,6 +94,7 @@ class GenerationWorker:
             mode=settings.mode,
             pad_to=settings.batch_size if self.compile.on else None,  # a compiled model sees one batch size
             init_image_policy=settings.defaults.init_image_policy,
+            scorers=self.scorers,
         )
         self.labels = RunLabels(
             model=settings.model,
@@ -179,6 +184,7 @@ class GenerationWorker:
             [outputs[p] for p in todo],
             self.labels,
             reconstruct=self.settings.mode == "reconstruct",
+            scores=score_columns(self.settings.scores),
         )
         output_table = fresh if previous is None else merge_retried(previous, fresh, todo)
         failed = output_table.column(C.STATUS).to_pylist().count(C.STATUS_ERROR)

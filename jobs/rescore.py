@@ -1,0 +1,209 @@
+"""`genbatch rescore RUN --set scores...`: new score columns for a finished run's images, nothing regenerated.
+
+Reads top to bottom: the run's record and its new config, the shards to rescore (verified from their
+footers), Ray actors that rescore them shard by shard (workers.rescoring), then job.json with the new
+identity, so that `genbatch run` with the new `scores` section finds nothing to do. An interrupted rescore
+leaves each shard either as it was or rescored whole; rerun the same command to finish it (the shards
+already carrying the new job key are skipped).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from jobs import cluster, worker_reuse
+from jobs.config import JobConfig, apply_override, describe_validation_error
+from jobs.errors import ConfigError, OutputError, RescoreError, WorkerStartError
+from jobs.jobfile import identity_key, read_job_file, utc_now, write_job_file
+from jobs.lock import OutputLock
+from jobs.preflight import check_score_models
+from jobs.resume import scores_identity
+from jobs.settings import score_models
+from workers import columns as C
+from workers import layout, storage
+from workers.errors import WorkerLoadError, describe
+from workers.tasks import RescoreResult, RescoreSettings
+from workers.writer import read_footer, remove_temp_files
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RescoreSummary:
+    output: str
+    shards: int  # the run's
+    rescored: int  # shards this rescore rewrote (the others already had the new scores)
+    rows: int  # rows of the rewritten shards
+    images_scored: int
+    columns: tuple[str, ...]  # score columns computed afresh
+    dropped: tuple[str, ...]  # score columns removed (their scorer was set to null)
+    seconds: float
+
+
+def rescore_run(
+    run: str, overrides: Sequence[str], address: str | None = None, forward_actor_logs: bool = True
+) -> RescoreSummary:
+    """Give a finished run the score columns of its config changed by `overrides` (`scores.*` keys only)."""
+    started = time.perf_counter()
+    # 1. The run's record, and its config with the new scores; nothing else may change (it would change images).
+    output = storage.normalized(run)
+    record = read_job_file(output)
+    if record is None:
+        raise OutputError(f"{output}: no {layout.JOB_FILE}: not the output folder of a genbatch run")
+    config = rescored_config(layout.job_file(output), record, overrides)
+    check_score_models(config)
+    old_identity = record["identity"]
+    new_identity = {key: value for key, value in old_identity.items() if key != "scores"} | scores_identity(config)
+    old_key, new_key = identity_key(old_identity), identity_key(new_identity)
+    recompute, dropped = changed_columns(old_identity.get("scores", {}), new_identity.get("scores", {}))
+    if old_key == new_key:  # the run already has these scores
+        return RescoreSummary(output, record["shards"], 0, 0, 0, (), (), time.perf_counter() - started)
+    with OutputLock(output) as lock:
+        # 2. Every shard must be complete, as this run or as the rescored run wrote it.
+        remove_temp_files(output)
+        todo, rows = shards_to_rescore(output, record["shards"], old_key, new_key)
+        # 3. Rescore them on actors, shard by shard.
+        results: list[RescoreResult] = []
+        if todo:
+            settings = RescoreSettings(
+                scores=score_models(config),
+                recompute=recompute,
+                batch_size=config.resources.batch_size,
+                clip_preprocess=config.performance.clip_preprocess,
+                output_dir=output,
+                old_key=old_key,
+                new_key=new_key,
+                num_threads=None,  # set by score_on_actors from the actors' CPUs
+                run_token=lock.token,
+            )
+            results = score_on_actors(config, settings, todo, address, forward_actor_logs)
+        # 4. Record the new identity: a run with the new scores config is this job, complete.
+        record.update(identity=new_identity, config=config.model_dump(mode="json"))
+        record.setdefault("rescores", []).append(
+            {"at": utc_now(), "set": list(overrides), "columns": list(recompute), "dropped": list(dropped)}
+        )
+        write_job_file(output, record)
+    return RescoreSummary(
+        output=output,
+        shards=record["shards"],
+        rescored=sum(not result.skipped for result in results),
+        rows=rows,
+        images_scored=sum(result.scored for result in results),
+        columns=recompute,
+        dropped=dropped,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def rescored_config(job_file: str, record: dict, overrides: Sequence[str]) -> JobConfig:
+    """The run's config (from job.json) with the `scores.*` overrides applied, validated."""
+    for override in overrides:
+        key = override.partition("=")[0].strip()
+        if key != "scores" and not key.startswith("scores."):
+            raise ConfigError(
+                f"--set {override!r}: rescore changes only scores.* keys; other settings change the images "
+                "(run the job again with genbatch run)"
+            )
+    raw = copy.deepcopy(record.get("config"))
+    if not isinstance(raw, dict):
+        raise OutputError(f"{job_file}: has no config; it was not written by this genbatch")
+    # job.json spells an unset scorer null; `--set scores.pickscore.model=...` needs a section to set it in.
+    raw["scores"] = {name: value for name, value in (raw.get("scores") or {}).items() if value is not None}
+    for override in overrides:
+        apply_override(raw, override, Path(job_file))
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"{job_file}: {describe_validation_error(error)}") from None
+
+
+def changed_columns(old: dict, new: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(columns to compute afresh: set now, and not as before; columns to drop: set before, not now)."""
+    recompute = tuple(name for name in C.SCORES if name in new and new[name] != old.get(name))
+    dropped = tuple(name for name in C.SCORES if name in old and name not in new)
+    return recompute, dropped
+
+
+def shards_to_rescore(output: str, shards: int, old_key: str, new_key: str) -> tuple[list[int], int]:
+    """The shards still carrying the old job key, and their rows; any other state of a shard is refused."""
+    todo, rows = [], 0
+    for index in range(shards):
+        path = layout.shard_path(output, index)
+        footer = read_footer(path)
+        if footer is None:
+            raise OutputError(
+                f"{path}: missing or incomplete; rescore needs a finished run (finish it with genbatch run first)"
+            )
+        if footer.job_key == old_key:
+            todo.append(index)
+            rows += footer.rows
+        elif footer.job_key != new_key:
+            raise OutputError(f"{path}: written by another job than {layout.job_file(output)} describes")
+    return todo, rows
+
+
+def score_on_actors(
+    config: JobConfig, settings: RescoreSettings, todo: list[int], address: str | None, forward_actor_logs: bool
+) -> list[RescoreResult]:
+    """Rescore `todo` on `resources.workers` actors (at most one per shard), one shard at a time each.
+
+    A shard that fails stops the rescore (no retries): the shards done are kept, a rerun goes on from them."""
+    import ray
+
+    from workers.rescoring import RescoreWorker
+
+    cluster.connect(address, forward_actor_logs)
+    worker_reuse.stop_parked()  # parked generation actors hold resources these actors need
+    resources = cluster.actor_resources(config)
+    settings = replace(settings, num_threads=max(1, int(resources.num_cpus)))  # known once Ray is connected
+    pool = config.resources.worker_range()
+    count = min(len(todo), pool.size(cluster.capacity(resources)))
+    logger.info("rescoring %d shards on %d workers", len(todo), count)
+    actor_class = ray.remote(RescoreWorker).options(
+        num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_restarts=0
+    )
+    actors = [actor_class.remote(settings, index) for index in range(count)]
+    try:
+        for actor in actors:
+            try:
+                ray.get(actor.ready.remote())
+            except Exception as error:  # noqa: BLE001 - re-raised as one line
+                raise WorkerStartError(f"no worker could load the scorers: {_cause(error)}") from None
+        queue, running, results = deque(todo), {}, []
+
+        def submit(actor) -> None:
+            if queue:
+                index = queue.popleft()
+                running[actor.rescore_shard.remote(index)] = (actor, index)
+
+        for actor in actors:
+            submit(actor)
+        while running:
+            [done], _ = ray.wait(list(running), num_returns=1)
+            actor, index = running.pop(done)
+            try:
+                results.append(ray.get(done))
+            except Exception as error:  # noqa: BLE001 - re-raised as one line
+                raise RescoreError(
+                    f"shard {index} could not be rescored: {_cause(error)}; the {len(results)} shards rescored before "
+                    "it are kept: rerun to go on"
+                ) from None
+            submit(actor)
+        return results
+    finally:
+        cluster.stop_workers(actors)
+
+
+def _cause(error: Exception) -> str:
+    """What an actor raised, without Ray's wrapper and traceback."""
+    cause = getattr(error, "cause", None)
+    found = cause if isinstance(cause, Exception) else error
+    return str(found) if isinstance(found, WorkerLoadError) else describe(found)  # already `Type: message`

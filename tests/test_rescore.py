@@ -1,0 +1,216 @@
+"""`genbatch rescore`: new score columns for a finished run's images, without regenerating them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow as pa
+import pytest
+
+from jobs.cli import main
+from jobs.config import load_config
+from jobs.jobfile import identity_key
+from jobs.manifest import read_manifest
+from jobs.planner import plan_shards
+from jobs.rescore import rescore_run
+from jobs.resume import job_identity, plan_resume
+from jobs.status import job_status
+from tests.conftest import read_output, small_config, write_config, write_manifest
+from tests.reference import decode_png
+from tests.test_scores import reference_aesthetic, reference_pickscore
+from workers import columns as C
+from workers import layout, tiny
+from workers.writer import read_footer
+
+PROMPTS = ["a red fox", "a blue bird", "a green tree", "a grey " * 20 + "THE END", "a yellow sun", "an orange cat"]
+NEW_SCORES = ["scores.pickscore.model=tiny-pickscore", "scores.aesthetic={model: tiny, head: tiny}"]
+SHARDS = 2  # 6 rows, shard_size 4
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, ray_session):
+    """A finished tiny run without scores (2 shards), and its table; tests rescore copies of it."""
+    folder = tmp_path_factory.mktemp("rescore")
+    manifest = write_manifest(folder / "m.parquet", {"id": [f"r{i}" for i in range(6)], "prompt": PROMPTS})
+    config = write_config(folder / "job.yaml", manifest, folder / "run")
+    assert main(["run", str(config), "--quiet"]) == 0
+    return config, folder / "run", read_output(folder / "run")
+
+
+def copy_of(finished_run, tmp_path):
+    config, run, before = finished_run
+    shutil.copytree(run, tmp_path / "run")
+    return config, tmp_path / "run", before
+
+
+def check_rescored(config, run, before: pa.Table):
+    """Rows, ids, pixels and every earlier column unchanged; new columns equal to independent recomputation;
+    footers verify under the new job's key, stats follow them."""
+    after = read_output(run)
+    assert after.column_names == [*before.column_names, C.PICKSCORE, C.AESTHETIC]
+    for name in before.column_names:  # the image column's bytes included
+        assert after.column(name).equals(before.column(name)), name
+    for row, prompt in enumerate(after.column(C.PROMPT).to_pylist()):
+        pixels = decode_png(after.column(C.IMAGE)[row]["bytes"].as_py())
+        pickscore = after.column(C.PICKSCORE)[row].as_py()
+        if prompt:  # float32 of a batched vs a single forward (see test_scores)
+            assert pickscore == pytest.approx(reference_pickscore(tiny.tiny_pickscore_dir(), pixels, prompt), abs=1e-3)
+        else:
+            assert pickscore is None
+        aesthetic = reference_aesthetic(tiny.tiny_clip_dir(), tiny.tiny_aesthetic_head(), pixels)
+        assert after.column(C.AESTHETIC)[row].as_py() == pytest.approx(aesthetic, abs=1e-5)
+    new_config = load_config(config, NEW_SCORES)
+    identity = job_identity(new_config, read_manifest(new_config.manifest, "generate"))
+    key = identity_key(identity)
+    record = json.loads((run / "job.json").read_text())
+    assert record["identity"] == identity and record["config"]["scores"] == new_config.scores.model_dump(mode="json")
+    for index in range(SHARDS):
+        footer = read_footer(str(run / "data" / layout.shard_file_name(index)))
+        assert footer is not None and footer.job_key == key
+        stats = json.loads((run / "stats" / layout.stats_file_name(index)).read_text())
+        assert stats["job_key"] == key
+    status = job_status(str(run))
+    assert (status.shards_done, status.rows_done, status.ok) == (SHARDS, 6, 6)
+    # What `genbatch run` checks: every rescored shard is complete for the new job.
+    manifest = read_manifest(new_config.manifest, "generate")
+    plan = plan_resume(str(run), plan_shards(manifest, new_config.shard_size, 1), key, retry_failed=False)
+    assert (sorted(plan.complete), plan.todo) == ([0, 1], [])
+    assert (plan.complete[0].rows, plan.complete[0].ok, plan.complete[0].failed) == (4, 4, 0)
+
+
+@pytest.mark.slow
+def test_rescore_adds_score_columns_and_a_rerun_with_them_has_nothing_to_do(finished_run, tmp_path, capsys):
+    config, run, before = copy_of(finished_run, tmp_path)
+    args = ["rescore", str(run), *(part for setting in NEW_SCORES for part in ("--set", setting))]
+    assert main(args) == 0
+    assert (
+        capsys.readouterr()
+        .out.splitlines()[0]
+        .startswith("genbatch: rescored 2 of 2 shards (6 rows, 6 images scored; columns: pickscore, aesthetic) in ")
+    )
+    check_rescored(config, run, before)
+    # The same job with the scores in its config: nothing to do.
+    rerun = load_config(config, [f"output={run}", *NEW_SCORES])
+    from jobs.driver import run_job
+
+    summary = run_job(rerun, progress="off")
+    assert (summary.shards_run, summary.ok) == (0, 6)
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "genbatch: nothing to do: all 2 shards already carry these scores"
+
+
+@pytest.mark.slow
+def test_an_interrupted_rescore_goes_on_from_the_shards_it_rescored(finished_run, tmp_path):
+    from jobs.rescore import rescored_config
+    from jobs.resume import scores_identity
+    from jobs.settings import score_models
+    from workers.rescoring import RescoreWorker
+    from workers.tasks import RescoreSettings
+
+    config, run, before = copy_of(finished_run, tmp_path)
+    # What the first rescore did before it was stopped: shard 1 only, by the actor class in-process.
+    record = json.loads((run / "job.json").read_text())
+    new_config = rescored_config(str(run / "job.json"), record, NEW_SCORES)
+    old_key = identity_key(record["identity"])
+    new_key = identity_key({**record["identity"], **scores_identity(new_config)})
+    settings = RescoreSettings(
+        score_models(new_config), (C.PICKSCORE, C.AESTHETIC), 2, "processor", str(run), old_key, new_key, 1, None
+    )
+    RescoreWorker(settings, 0).rescore_shard(1)
+    shard_1 = (run / "data" / layout.shard_file_name(1)).read_bytes()
+    summary = rescore_run(str(run), NEW_SCORES)
+    assert (summary.rescored, summary.rows) == (1, 4)  # shard 0 (4 rows); shard 1 was skipped
+    assert (run / "data" / layout.shard_file_name(1)).read_bytes() == shard_1
+    check_rescored(config, run, before)
+
+
+@pytest.mark.slow
+def test_setting_a_scorer_to_null_drops_its_column_and_restores_the_job(finished_run, tmp_path):
+    _, run, before = copy_of(finished_run, tmp_path)
+    original_key = read_footer(str(run / "data" / layout.shard_file_name(0))).job_key
+    rescore_run(str(run), ["scores.pickscore.model=tiny"])
+    assert read_output(run).column_names == [*before.column_names, C.PICKSCORE]
+    summary = rescore_run(str(run), ["scores.pickscore=null"])
+    assert (summary.rescored, summary.columns, summary.dropped) == (2, (), (C.PICKSCORE,))
+    assert read_output(run).equals(before)
+    # Without scores the identity is the original run's again.
+    assert read_footer(str(run / "data" / layout.shard_file_name(0))).job_key == original_key
+
+
+def fake_run(tmp_path, shards: int = 0):
+    """An output folder whose job.json is a genbatch record (no Ray needed to test the refusals)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    record = {"identity": {"seed": 0}, "shards": shards, "config": small_config("m.parquet", run)}
+    (run / "job.json").write_text(json.dumps(record))
+    return run
+
+
+def test_rescore_refuses_settings_that_change_images(tmp_path, capsys):
+    run = fake_run(tmp_path)
+    assert main(["rescore", str(run), "--set", "scores.pickscore.model=tiny", "--set", "generation.steps=3"]) == 2
+    assert capsys.readouterr().err == (
+        "genbatch: error: --set 'generation.steps=3': rescore changes only scores.* keys; other settings change the "
+        "images (run the job again with genbatch run)\n"
+    )
+
+
+def test_rescore_needs_a_finished_run(tmp_path, capsys):
+    run = fake_run(tmp_path, shards=1)
+    assert main(["rescore", str(run), "--set", "scores.pickscore.model=tiny"]) == 2
+    shard = run / "data" / layout.shard_file_name(0)
+    assert capsys.readouterr().err == (
+        f"genbatch: error: {shard}: missing or incomplete; rescore needs a finished run "
+        "(finish it with genbatch run first)\n"
+    )
+    assert not (run / "data").exists() or not any((run / "data").iterdir())  # nothing written
+
+
+def test_rescore_of_a_folder_without_a_run_and_bad_scores_are_one_line(tmp_path, capsys):
+    assert main(["rescore", str(tmp_path), "--set", "scores.pickscore.model=tiny"]) == 2
+    assert capsys.readouterr().err == (
+        f"genbatch: error: {tmp_path}: no job.json: not the output folder of a genbatch run\n"
+    )
+    run = fake_run(tmp_path)
+    assert main(["rescore", str(run), "--set", "scores.aesthetic.model=tiny"]) == 2
+    assert capsys.readouterr().err == f"genbatch: error: {run / 'job.json'}: missing key 'scores.aesthetic.head'\n"
+
+
+@pytest.mark.slow
+def test_a_rescored_run_is_what_a_run_with_the_scores_writes(finished_run, tmp_path):
+    config, run, _ = copy_of(finished_run, tmp_path)
+    rescore_run(str(run), NEW_SCORES)
+    sets = [part for setting in [f"output={tmp_path / 'fresh'}", *NEW_SCORES] for part in ("--set", setting)]
+    assert main(["run", str(config), "--quiet", *sets]) == 0  # scores computed by the generating actor, on Ray
+    fresh, rescored = read_output(tmp_path / "fresh"), read_output(run)
+    assert fresh.column_names == rescored.column_names
+    for name in fresh.column_names:
+        if name != C.DURATION_S:  # the one column that is a measurement
+            assert fresh.column(name).equals(rescored.column(name)), name  # same pixels, same batches: same bits
+    for index in range(SHARDS):
+        name = layout.shard_file_name(index)
+        assert (
+            read_footer(str(tmp_path / "fresh" / "data" / name)).job_key
+            == read_footer(str(run / "data" / name)).job_key
+        )
+
+
+def test_the_rescoring_actor_refuses_a_shard_of_another_job(tmp_path, model_cache):
+    from workers.errors import ShardError
+    from workers.rescoring import RescoreWorker
+    from workers.tasks import RescoreSettings, ScoreModels
+    from workers.writer import ShardFooter, write_shard
+
+    table = pa.table({"id": ["a"], C.STATUS: [C.STATUS_OK]})
+    write_shard(table, str(tmp_path), ShardFooter("another-job", 0, 1, 1, 0))
+    scores = ScoreModels(pickscore="tiny", aesthetic=None, aesthetic_head=None)
+    settings = RescoreSettings(scores, (C.PICKSCORE,), 2, "processor", str(tmp_path), "old", "new", 1, None)
+    worker = RescoreWorker(settings, 0)
+    assert worker.ready() == "cpu"
+    with pytest.raises(ShardError) as caught:
+        worker.rescore_shard(0)
+    assert (
+        str(caught.value)
+        == f"{tmp_path / 'data' / 'shard-00000.parquet'}: not a complete shard of the run being rescored"
+    )
