@@ -16,8 +16,7 @@ from jobs.report.stats import BOOTSTRAP_RESAMPLES, SEED, bootstrap_mean_ci
 ALPHA = 0.05  # the level the pages mark as "significant" after Holm's correction
 PAIRED_TEST = (
     "two-sided Wilcoxon signed-rank test on the per-id differences (zero differences dropped), as in a two-run "
-    "compare: paired by id, and it assumes no normal distribution of the differences, which CLIP-like scores "
-    "of a few hundred prompts seldom have"
+    "compare: paired by id (same prompt and seed), and valid without normally distributed differences"
 )
 CORRECTION = (
     "Holm's step-down correction over the pairs of runs of each score (controls the family-wise error rate "
