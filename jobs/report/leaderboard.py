@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from jobs.errors import UsageError
+from jobs.errors import UsageError, some_of
 from jobs.report import plots, ranking
 from jobs.report.render import CLIP_SCORE_DEFINITION, environment, write_json, write_text
 from jobs.report.runs import Run, open_run
@@ -122,8 +122,7 @@ def shared_rows(runs: list[Run]) -> list[pa.Table]:
     for run in runs[1:]:
         shared = pc.filter(shared, pc.is_in(shared, value_set=run.scored()[C.ID]))
     if len(shared) == 0:
-        names = ", ".join(run.path for run in runs)
-        raise UsageError(f"{names} share no scored ids; nothing to compare")
+        raise UsageError(f"{some_of([run.path for run in runs])} share no scored ids; nothing to compare")
     return [run.scored().filter(pc.is_in(run.scored()[C.ID], value_set=shared)).sort_by(C.ID) for run in runs]
 
 
@@ -136,7 +135,7 @@ def score_columns(entrants: list[Entrant], warnings: list[str]) -> list[str]:
             continue
         if missing:
             warnings.append(
-                f"{column} is left out: {len(missing)} of {len(entrants)} runs lack it ({', '.join(missing)})"
+                f"{column} is left out: {len(missing)} of {len(entrants)} runs lack it ({some_of(missing)})"
             )
             continue
         models = {tuple(_config_value(e.run, key) for key in SCORE_MODEL_KEYS.get(column, ())) for e in entrants}

@@ -148,8 +148,10 @@ def pareto_plot(runs: list[dict], front: list[int]) -> bytes:
             )
     points = sorted((runs[i]["images_per_s"], runs[i]["mean"]) for i in front)
     if len(points) > 1:
-        axes.plot(*zip(*points), color=ACCENT, linewidth=1.2, linestyle="--", zorder=2, label="Pareto front (named)")
-    axes.scatter([], [], color=MUTED, s=16, label="beaten on both by another run")
+        axes.plot(*zip(*points), color=ACCENT, linewidth=1.2, linestyle="--", zorder=2)
+    axes.scatter([], [], color=ACCENT, s=30, label="Pareto front (named): no other run is both faster and better")
+    if len(front) < len(runs):
+        axes.scatter([], [], color=MUTED, s=16, label="beaten on both by another run")
     axes.legend(loc="best", fontsize=8, frameon=False)
     axes.set_xlabel("images/s (steady state, from job.json)")
     axes.set_ylabel("mean clip_score")
