@@ -356,3 +356,33 @@ def test_a_score_not_in_every_run_is_left_out_with_a_warning(tmp_path):
     assert both["scores"] == [C.CLIP_SCORE, "aesthetic"]
     aesthetic = both["rankings"]["aesthetic"]
     assert aesthetic["n"] == 3 and [r["mean"] for r in aesthetic["runs"]] == pytest.approx([5.5, 5.0])
+
+
+@pytest.mark.slow  # moto's S3 server
+def test_report_on_a_sweep_prefix_on_s3(s3_server, tmp_path, capsys):
+    bucket = "genbatch-leaderboard"
+    s3_server.create_bucket(Bucket=bucket)
+    for guidance, shift in ((3.0, 0.0), (5.0, 1.0)):
+        run = make_scored_run(
+            tmp_path / f"generation.guidance_scale={guidance}",
+            {C.CLIP_SCORE: [20.0 + shift, 21.0 + shift, 22.0 - shift]},
+            settings={"generation.guidance_scale": guidance},
+        )
+        for file in run.rglob("*"):
+            if file.is_file():
+                s3_server.upload_file(str(file), bucket, f"sweep/{file.relative_to(tmp_path)}")
+    sweep = f"s3://{bucket}/sweep"
+    assert sweep_runs(sweep) == [f"{sweep}/generation.guidance_scale=3.0", f"{sweep}/generation.guidance_scale=5.0"]
+    assert main(["report", sweep]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"genbatch: leaderboard of 2 runs: {sweep}/report/leaderboard.html "
+        "(also leaderboard.md, leaderboard.json, plots)"
+    )
+    board = json.loads(s3_server.get_object(Bucket=bucket, Key="sweep/report/leaderboard.json")["Body"].read())
+    assert [r["run"] for r in board["ranking"]] == [
+        f"{sweep}/generation.guidance_scale=5.0",
+        f"{sweep}/generation.guidance_scale=3.0",
+    ]
+    assert [r["mean"] for r in board["ranking"]] == pytest.approx([64 / 3, 21.0])  # 21, 22, 21 and 20, 21, 22
+    pareto = s3_server.get_object(Bucket=bucket, Key="sweep/report/pareto.png")["Body"].read()
+    assert Image.open(io.BytesIO(pareto)).format == "PNG"
