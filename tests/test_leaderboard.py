@@ -386,3 +386,12 @@ def test_report_on_a_sweep_prefix_on_s3(s3_server, tmp_path, capsys):
     assert [r["mean"] for r in board["ranking"]] == pytest.approx([64 / 3, 21.0])  # 21, 22, 21 and 20, 21, 22
     pareto = s3_server.get_object(Bucket=bucket, Key="sweep/report/pareto.png")["Body"].read()
     assert Image.open(io.BytesIO(pareto)).format == "PNG"
+
+
+def test_rows_left_out_are_said_in_one_line(four_runs, tmp_path, caplog):
+    runs = [four_runs[g] for g in (3.0, 7.5, 10.0)]
+    with caplog.at_level("WARNING", logger="jobs.report.leaderboard"):
+        build_leaderboard(runs)
+    assert caplog.messages == [
+        "3 runs compared on the 53 ids every run scored; rows left out: 7 of g3.0, 7 of g7.5, 2 of g10.0"
+    ]

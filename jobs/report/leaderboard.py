@@ -236,6 +236,14 @@ def build_leaderboard(
     ]
     rows = shared_rows(opened)
     shared = rows[0].num_rows
+    left_out = [f"{e.run.table.num_rows - shared} of {e.label}" for e in entrants if e.run.table.num_rows > shared]
+    if left_out:
+        logger.warning(
+            "%d runs compared on the %d ids every run scored; rows left out: %s",
+            len(entrants),
+            shared,
+            some_of(left_out),
+        )
     warnings = _prompt_seed_warnings(rows, entrants) if check_prompts else []
     columns = score_columns(entrants, warnings)
     rankings = {column: score_ranking(entrants, rows, column) for column in columns}
