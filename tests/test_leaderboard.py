@@ -395,3 +395,30 @@ def test_rows_left_out_are_said_in_one_line(four_runs, tmp_path, caplog):
     assert caplog.messages == [
         "3 runs compared on the 53 ids every run scored; rows left out: 7 of g3.0, 7 of g7.5, 2 of g10.0"
     ]
+
+
+def test_set_metrics_are_asked_for_each_run_only_with_a_reference(four_runs, tmp_path, monkeypatch):
+    """The slot the set-metrics function fills: --reference, --fid-weights and --cmmd-model reach it."""
+    from jobs.report import leaderboard
+
+    asked = []
+
+    def set_metrics(runs, reference, fid_weights=None, cmmd_model=None):
+        asked.append((reference, fid_weights, cmmd_model))
+        return None if reference is None else {run.path: {"fid": 12.5, "kid_mean": None} for run in runs}
+
+    monkeypatch.setattr(leaderboard, "set_metrics", set_metrics)
+    runs = [str(four_runs[g]) for g in (3.0, 5.0, 7.5)]
+    assert main(["compare", *runs, "-o", str(tmp_path / "plain")]) == 0
+    assert json.loads((tmp_path / "plain" / "compare.json").read_text())["set_metrics"] is None
+    assert "Against the reference" not in (tmp_path / "plain" / "compare.html").read_text()
+    out = tmp_path / "ref"
+    argv = ["compare", *runs, "-o", str(out), "--reference", "ref/", "--fid-weights", "w.pth", "--cmmd-model", "tiny"]
+    assert main(argv) == 0
+    assert asked == [(None, None, None), ("ref/", "w.pth", "tiny")]
+    assert json.loads((out / "compare.json").read_text())["set_metrics"] == {
+        run: {"fid": 12.5, "kid_mean": None} for run in runs
+    }
+    html = (out / "compare.html").read_text()
+    assert f'<tr><td>{runs[0]}</td><td class="n">12.500</td><td class="n">–</td></tr>' in html
+    assert f"| {runs[1]} | 12.500 | – |" in (out / "compare.md").read_text()
