@@ -13,7 +13,7 @@ import sys
 from importlib import metadata
 
 from jobs import signals
-from jobs.errors import GenbatchError, UsageError
+from jobs.errors import GenbatchError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "runs", nargs="+", metavar="RUN", help="output folders or URIs of the runs (two: A, the baseline, then B)"
     )
-    compare.add_argument("--by", help="two runs: group by this column of run A (default: category, when present)")
+    compare.add_argument("--by", help="group by this column of the first run (default: category, when present)")
     compare.add_argument("-o", "--output", help="comparison folder (default: the last RUN/compare)")
     compare.add_argument("--reference", help="set-level metrics (FID, KID, CMMD) of each run against this image set")
     compare.add_argument("--fid-weights", help="local copy of the standard FID Inception weights (with --reference)")
@@ -254,11 +254,10 @@ def report_command(args: argparse.Namespace) -> int:
 
     runs = sweep_runs(args.run)
     if runs:  # a sweep folder: the leaderboard over its runs
-        if args.by is not None:
-            raise UsageError(f"--by {args.by!r}: a sweep's report is a leaderboard of its runs, without groups")
         out = write_leaderboard(
             runs,
             args.output or storage.join(storage.normalized(args.run), "report"),
+            by=args.by,
             reference=getattr(args, "reference", None),
             fid_weights=getattr(args, "fid_weights", None),
             cmmd_model=getattr(args, "cmmd_model", None),

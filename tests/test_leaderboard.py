@@ -18,7 +18,7 @@ from jobs.cli import main
 from jobs.jobfile import identity_key
 from jobs.report import ranking
 from jobs.report.leaderboard import build_leaderboard, sweep_runs
-from tests.test_report import make_run
+from tests.test_report import CATEGORIES, make_run
 from workers import columns as C
 from workers.writer import ShardFooter, write_shard
 
@@ -329,8 +329,8 @@ def test_leaderboard_refusals_are_one_line_and_write_nothing(tmp_path, capsys):
             "their scores are not comparable",
         ),
         (
-            ["compare", str(a), str(c), str(c), "--by", "category"],
-            "--by 'category': groups are compared between two runs only (got 3 runs)",
+            ["compare", str(a), str(c), str(c), "--by", "colour"],
+            f"{a}: --by 'colour': no such column (columns: id, prompt, clip_score, seed, scheduler, status, error)",
         ),
     ]
     for argv, message in cases:
@@ -422,3 +422,31 @@ def test_set_metrics_are_asked_for_each_run_only_with_a_reference(four_runs, tmp
     html = (out / "compare.html").read_text()
     assert f'<tr><td>{runs[0]}</td><td class="n">12.500</td><td class="n">–</td></tr>' in html
     assert f"| {runs[1]} | 12.500 | – |" in (out / "compare.md").read_text()
+
+
+def test_each_group_gets_its_own_ranking(tmp_path):
+    """Runs with a category column: per category, each run's mean over that category's shared ids."""
+    rng = np.random.default_rng(5)
+    base = rng.normal(25, 3, 45)
+    runs = []
+    for k, boost in enumerate([(0.0, 2.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.0, 1.5)]):
+        scores = [float(np.float32(s + boost[i % 3] + rng.normal(0, 0.2))) for i, s in enumerate(base)]
+        runs.append(make_run(tmp_path / f"run{k}", scores, failed={4} if k == 1 else set()))
+    data, _ = build_leaderboard(runs)
+    assert data["group_by"] == "category"
+    shared = [i for i in range(45) if i != 4]
+    overall = {r["run"]: r["rank"] for r in data["rankings"][C.CLIP_SCORE]["runs"]}
+    for k, name in enumerate(CATEGORIES):
+        ids = [f"r{i:06d}" for i in shared if i % 3 == k]
+        means = {str(run): np.mean([parquet_scores(run, C.CLIP_SCORE)[i] for i in ids]) for run in runs}
+        group = data["group_rankings"][name]
+        assert group["n"] == len(ids)
+        assert [r["run"] for r in group["runs"]] == sorted(means, key=lambda run: -means[run])
+        assert [r["mean"] for r in group["runs"]] == pytest.approx(sorted(means.values(), reverse=True), abs=1e-9)
+        assert [r["rank"] for r in group["runs"]] == [overall[r["run"]] for r in group["runs"]]
+    # each run was boosted on one category: it wins that one
+    assert [data["group_rankings"][name]["runs"][0]["run"] for name in CATEGORIES] == [
+        str(runs[1]),
+        str(runs[0]),
+        str(runs[2]),
+    ]

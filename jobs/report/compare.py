@@ -126,12 +126,10 @@ def write_comparison(
     out = str(out_dir) if out_dir else storage.join(str(runs[-1]), "compare")
     metrics = {"reference": reference, "fid_weights": fid_weights, "cmmd_model": cmmd_model}
     if len(runs) > 2:
-        if by is not None:
-            raise UsageError(f"--by {by!r}: groups are compared between two runs only (got {len(runs)} runs)")
-        return leaderboard.write_leaderboard(list(runs), out, name="compare", **metrics)
+        return leaderboard.write_leaderboard(list(runs), out, name="compare", by=by, **metrics)
     a, b = open_run(runs[0]), open_run(runs[1])
     data, visuals = build_comparison(a, b, by)
-    board, figures = leaderboard.build_leaderboard([a, b], **metrics, check_prompts=False)
+    board, figures = leaderboard.build_leaderboard([a, b], **metrics, check_prompts=False, by=by)
     data = {**data, **board}
     env = environment()
     context = {"c": data, "v": visuals, "l": data, **leaderboard.page_context(data, figures)}

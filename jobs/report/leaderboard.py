@@ -22,6 +22,7 @@ from jobs.errors import UsageError, some_of
 from jobs.report import plots, ranking
 from jobs.report.render import CLIP_SCORE_DEFINITION, environment, write_json, write_text
 from jobs.report.runs import Run, open_run
+from jobs.report.summary import pick_group_column
 from workers import columns as C
 from workers import layout, storage
 
@@ -169,6 +170,7 @@ def score_ranking(entrants: list[Entrant], rows: list[pa.Table], column: str) ->
         standings.append(
             {
                 "rank": rank + 1,
+                "run_index": index,  # the run's place in the command line (or the sweep's folder order)
                 "run": entrant.run.path,
                 "label": entrant.label,
                 # what sets the run apart, in words, for tables and plots; its label where nothing does
@@ -200,6 +202,33 @@ def score_ranking(entrants: list[Entrant], rows: list[pa.Table], column: str) ->
     }
 
 
+def group_rankings(rows: list[pa.Table], standings: list[dict], entrants: list[Entrant], column: str) -> dict:
+    """Per value of `column` (as the first run has it on the shared ids): each run's mean clip_score over
+    that value's ids, best first, with bootstrap intervals; `rank` is the run's overall rank."""
+    values = np.stack([table[C.CLIP_SCORE].to_numpy(zero_copy_only=False).astype(np.float64) for table in rows])
+    rank_of = {entry["run_index"]: entry["rank"] for entry in standings}
+    keys = rows[0][column].to_pylist()
+    groups = {}
+    for value in sorted(set(keys), key=str):
+        mask = np.array([key == value for key in keys])
+        means = values[:, mask].mean(axis=1)
+        order = sorted(range(len(entrants)), key=lambda i: -means[i])
+        groups[str(value)] = {
+            "n": int(mask.sum()),
+            "runs": [
+                {
+                    "rank": rank_of[i],
+                    "run": entrants[i].run.path,
+                    "name": standings[rank_of[i] - 1]["name"],
+                    "mean": float(means[i]),
+                    "ci95": ranking.mean_intervals(values[[i]][:, mask])[0],
+                }
+                for i in order
+            ],
+        }
+    return groups
+
+
 def _prompt_seed_warnings(rows: list[pa.Table], entrants: list[Entrant]) -> list[str]:
     warnings = []
     for name in (C.PROMPT, C.SEED):
@@ -220,11 +249,12 @@ def build_leaderboard(
     fid_weights: str | None = None,
     cmmd_model: str | None = None,
     check_prompts: bool = True,
+    by: str | None = None,
 ) -> tuple[dict, dict]:
     """The leaderboard's figures (for compare.json) and its plots (PNG bytes by file name).
 
     `check_prompts`: warn when a shared id has another prompt or seed in some run (a two-run comparison
-    says so itself)."""
+    says so itself). `by`: the column whose values get a leaderboard each (default: category, when present)."""
     opened = [run if isinstance(run, Run) else open_run(run) for run in runs]
     if len(opened) < 2:
         raise UsageError(f"a comparison needs at least two runs (got {len(opened)})")
@@ -250,6 +280,8 @@ def build_leaderboard(
     for warning in warnings:
         logger.warning(warning)
     main = rankings[C.CLIP_SCORE]["runs"]
+    group_column = pick_group_column(opened[0], by)
+    groups = group_rankings(rows, main, entrants, group_column) if group_column else {}
     front = ranking.pareto_front([r["images_per_s"] for r in main], [r["mean"] for r in main])
     data = {
         "runs_compared": len(entrants),
@@ -270,6 +302,8 @@ def build_leaderboard(
         ],
         "rankings": rankings,
         "pareto_front": [main[i]["name"] for i in front],
+        "group_by": group_column,
+        "group_rankings": groups,
         "set_metrics": set_metrics(opened, reference, fid_weights=fid_weights, cmmd_model=cmmd_model),
         "statistics": {
             "ci95": ranking.INTERVAL,
@@ -303,9 +337,10 @@ def write_leaderboard(
     reference: str | None = None,
     fid_weights: str | None = None,
     cmmd_model: str | None = None,
+    by: str | None = None,
 ) -> str:
     """Write `name`.json/.md/.html and the plots' PNG files into `out` (a local folder or an object-store prefix)."""
-    data, figures = build_leaderboard(runs, reference, fid_weights=fid_weights, cmmd_model=cmmd_model)
+    data, figures = build_leaderboard(runs, reference, fid_weights=fid_weights, cmmd_model=cmmd_model, by=by)
     data = {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **data,
