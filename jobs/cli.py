@@ -69,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a seed column derived from this base seed (default: none; the job's seed: then applies)",
     )
 
-    report = add_command("report", help="CLIP-score report of a run: report.html, report.md, report.json")
-    report.add_argument("run", help="the run's output folder or URI (s3://...)")
+    report = add_command(
+        "report", help="CLIP-score report of a run (report.html, .md, .json), or the leaderboard of a sweep folder"
+    )
+    report.add_argument("run", help="the run's output folder or URI (s3://...), or a sweep's (its runs in subfolders)")
     report.add_argument("--by", help="group by this column (default: category, when present)")
     report.add_argument("-o", "--output", help="report folder (default: RUN/report)")
 
@@ -90,11 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rescore.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local instance)")
 
-    compare = add_command("compare", help="paired comparison of two runs over their shared ids (B - A)")
-    compare.add_argument("run_a", help="output folder or URI of run A (the baseline)")
-    compare.add_argument("run_b", help="output folder or URI of run B")
-    compare.add_argument("--by", help="group by this column of run A (default: category, when present)")
-    compare.add_argument("-o", "--output", help="comparison folder (default: RUN_B/compare)")
+    compare = add_command(
+        "compare", help="paired comparison of two runs over their shared ids (B - A), and a leaderboard of N runs"
+    )
+    compare.add_argument(
+        "runs", nargs="+", metavar="RUN", help="output folders or URIs of the runs (two: A, the baseline, then B)"
+    )
+    compare.add_argument("--by", help="group by this column of the first run (default: category, when present)")
+    compare.add_argument("-o", "--output", help="comparison folder (default: the last RUN/compare)")
+    compare.add_argument("--reference", help="set-level metrics (FID, KID, CMMD) of each run against this image set")
+    compare.add_argument("--fid-weights", help="local copy of the standard FID Inception weights (with --reference)")
+    compare.add_argument("--cmmd-model", help="CLIP model for CMMD (default: the runs' clip.model; with --reference)")
     return parser
 
 
@@ -253,9 +261,25 @@ def manifest_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
+    from jobs.report.leaderboard import sweep_runs, write_leaderboard
     from jobs.report.summary import write_report
     from workers import storage
 
+    runs = sweep_runs(args.run)
+    if runs:  # a sweep folder: the leaderboard over its runs
+        out = write_leaderboard(
+            runs,
+            args.output or storage.join(storage.normalized(args.run), "report"),
+            by=args.by,
+            reference=getattr(args, "reference", None),
+            fid_weights=getattr(args, "fid_weights", None),
+            cmmd_model=getattr(args, "cmmd_model", None),
+        )
+        print(
+            f"genbatch: leaderboard of {len(runs)} runs: {storage.join(out, 'leaderboard.html')} "
+            "(also leaderboard.md, leaderboard.json, plots)"
+        )
+        return 0
     out = write_report(args.run, args.output, by=args.by)
     print(f"genbatch: report: {storage.join(out, 'report.html')} (also report.md, report.json)")
     return 0
@@ -274,8 +298,21 @@ def compare_command(args: argparse.Namespace) -> int:
     from jobs.report.compare import write_comparison
     from workers import storage
 
-    out = write_comparison(args.run_a, args.run_b, args.output, by=args.by)
-    print(f"genbatch: comparison: {storage.join(out, 'compare.html')} (also compare.md, compare.json)")
+    out = write_comparison(
+        args.runs,
+        args.output,
+        by=args.by,
+        reference=args.reference,
+        fid_weights=args.fid_weights,
+        cmmd_model=args.cmmd_model,
+    )
+    if len(args.runs) > 2:
+        print(
+            f"genbatch: leaderboard of {len(args.runs)} runs: {storage.join(out, 'compare.html')} "
+            "(also compare.md, compare.json, plots)"
+        )
+    else:
+        print(f"genbatch: comparison: {storage.join(out, 'compare.html')} (also compare.md, compare.json)")
     return 0
 
 

@@ -1,8 +1,10 @@
-"""`genbatch compare`: paired CLIP-score comparison of two runs over the same ids (B - A)."""
+"""`genbatch compare`: paired CLIP-score comparison of two runs over the same ids (B - A), or a leaderboard of
+N runs (`leaderboard`); two runs get both."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -11,7 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.errors import UsageError
-from jobs.report.render import CLIP_SCORE_DEFINITION, histogram_uri, thumbnail_uri, write_documents
+from jobs.report import leaderboard
+from jobs.report.render import CLIP_SCORE_DEFINITION, environment, histogram_uri, thumbnail_uri, write_json, write_text
 from jobs.report.runs import Run, fetch_images, open_run
 from jobs.report.stats import paired_comparison
 from jobs.report.summary import pick_group_column, run_settings
@@ -43,9 +46,10 @@ def pair_rows(a: Run, b: Run, group_column: str | None) -> pa.Table:
 
 
 def build_comparison(
-    run_a: str | Path, run_b: str | Path, by: str | None = None, shown: int = SHOWN_PAIRS
+    run_a: Run | str | Path, run_b: Run | str | Path, by: str | None = None, shown: int = SHOWN_PAIRS
 ) -> tuple[dict, dict]:
-    a, b = open_run(run_a), open_run(run_b)
+    a = run_a if isinstance(run_a, Run) else open_run(run_a)
+    b = run_b if isinstance(run_b, Run) else open_run(run_b)
     column = pick_group_column(a, by)
     pairs = pair_rows(a, b, column)
     warnings = []
@@ -104,11 +108,37 @@ def changed_settings(a: dict, b: dict) -> list[dict]:
     ]
 
 
-def write_comparison(run_a, run_b, out_dir: str | Path | None = None, by: str | None = None) -> str:
-    """Write compare.json/.md/.html into `out_dir` (default RUN_B/compare; a local folder or an object-store prefix)."""
-    data, visuals = build_comparison(run_a, run_b, by)
-    out = str(out_dir) if out_dir else storage.join(str(run_b), "compare")
-    return write_documents(out, "compare", data, visuals, "c")
+def write_comparison(
+    runs: Sequence[str | Path],
+    out_dir: str | Path | None = None,
+    by: str | None = None,
+    reference: str | None = None,
+    fid_weights: str | None = None,
+    cmmd_model: str | None = None,
+) -> str:
+    """Write compare.json/.md/.html and the leaderboard's plots into `out_dir` (default: the last run's
+    `compare` folder; a local folder or an object-store prefix).
+
+    Two runs get the paired B - A comparison with the leaderboard below it; more runs, the leaderboard.
+    `reference`, `fid_weights` and `cmmd_model` are for set-level metrics against a reference."""
+    if len(runs) < 2:
+        raise UsageError(f"compare needs at least two runs (got {len(runs)})")
+    out = str(out_dir) if out_dir else storage.join(str(runs[-1]), "compare")
+    metrics = {"reference": reference, "fid_weights": fid_weights, "cmmd_model": cmmd_model}
+    if len(runs) > 2:
+        return leaderboard.write_leaderboard(list(runs), out, name="compare", by=by, **metrics)
+    a, b = open_run(runs[0]), open_run(runs[1])
+    data, visuals = build_comparison(a, b, by)
+    board, figures = leaderboard.build_leaderboard([a, b], **metrics, check_prompts=False, by=by)
+    data = {**data, **board}
+    env = environment()
+    context = {"c": data, "v": visuals, "l": data, **leaderboard.page_context(data, figures)}
+    for file_name, png in figures.items():
+        storage.write_bytes(storage.join(out, file_name), png)
+    write_json(storage.join(out, "compare.json"), data)
+    write_text(storage.join(out, "compare.md"), env.get_template("compare.md.j2").render(context))
+    write_text(storage.join(out, "compare.html"), env.get_template("compare.html.j2").render(context))
+    return out
 
 
 def _group_deltas(pairs: pa.Table, column: str, score_a: np.ndarray, score_b: np.ndarray) -> dict:
