@@ -83,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("run_b", help="output folder or URI of run B")
     compare.add_argument("--by", help="group by this column of run A (default: category, when present)")
     compare.add_argument("-o", "--output", help="comparison folder (default: RUN_B/compare)")
+
+    export = add_command("export", help="a run's images as WebDataset tar shards or an imagefolder, for training")
+    export.add_argument("run", help="the run's output folder or URI (s3://...)")
+    export.add_argument("--format", required=True, choices=["webdataset", "imagefolder"], help="what to write")
+    export.add_argument("-o", "--output", required=True, help="destination folder or URI")
+    export.add_argument("--where", help="keep only rows where this holds, e.g. \"status == 'ok' and clip_score >= 26\"")
+    export.add_argument("--dedup", action="store_true", help="drop exact duplicate images (by image_sha256)")
+    export.add_argument("--shard-size", type=int, default=10_000, metavar="N", help="samples per shard (default 10000)")
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier export with other settings in the destination"
+    )
     return parser
 
 
@@ -119,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "report": report_command,
         "compare": compare_command,
         "status": status_command,
+        "export": export_command,
     }
     signals.install()
     try:
@@ -263,6 +275,31 @@ def compare_command(args: argparse.Namespace) -> int:
 
     out = write_comparison(args.run_a, args.run_b, args.output, by=args.by)
     print(f"genbatch: comparison: {storage.join(out, 'compare.html')} (also compare.md, compare.json)")
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from jobs.export.run import export_run
+
+    summary = export_run(
+        args.run,
+        args.output,
+        args.format,
+        where=args.where,
+        dedup=args.dedup,
+        shard_size=args.shard_size,
+        overwrite=args.overwrite,
+    )
+    left_out = f"{summary.rows_filtered} filtered, {summary.duplicates} duplicates"
+    if summary.rows_without_image:
+        left_out += f", {summary.rows_without_image} without an image"
+    resumed = f", {summary.shards_skipped} already complete" if summary.shards_skipped else ""
+    print(
+        f"genbatch: exported {summary.rows_out} of {summary.rows_in} rows ({left_out}) "
+        f"in {summary.shards} {args.format} shards{resumed}: {summary.bytes / 2**20:.1f} MiB in "
+        f"{summary.seconds:.1f}s ({summary.images_per_s:.0f} images/s)"
+    )
+    print(f"genbatch: output: {summary.dest}")
     return 0
 
 
