@@ -22,7 +22,7 @@ from jobs.jobfile import identity_key, read_job_file
 from jobs.report.runs import job_shard_files
 from workers import columns as C
 from workers import layout, storage
-from workers.writer import read_footer
+from workers.writer import FOOTER_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +80,14 @@ class RunSource:
 
     def selections(self, where: pc.Expression | None, dedup: bool, counts: ScanCounts) -> Iterator[Selection]:
         light = [f.name for f in self.schema if f.name != C.IMAGE]
+        light_schema = pa.schema([self.schema.field(name) for name in light])
         for file in self.files:
             with storage.open_input(file) as handle:
                 parquet = pq.ParquetFile(handle)
                 for group in range(parquet.num_row_groups):
                     rows = parquet.read_row_group(group, columns=light, use_threads=False)
+                    if rows.schema != light_schema:
+                        rows = _conform(rows, light_schema)
                     selection = self._select(parquet, group, rows, where, dedup, counts)
                     if selection is not None:
                         yield selection
@@ -134,13 +137,15 @@ def open_source(path: str) -> RunSource:
     if job.get("status") != "finished":
         logger.warning("%s: the run is %s: exporting its shards written so far", path, job.get("status", "unknown"))
     files = job_shard_files(path, job)
-    with storage.open_input(files[0]) as handle:
-        schema = pq.read_schema(handle).remove_metadata()
-    footers = []
+    footers, schemas = [], []
     for file in files:
-        footer = read_footer(file)
-        assert footer is not None  # job_shard_files kept only files with this job's footer
-        footers.append([storage.name(file), footer.rows, footer.ok, footer.failed])
+        with storage.open_input(file) as handle:
+            metadata = pq.read_metadata(handle)
+        footer = json.loads(metadata.metadata[FOOTER_KEY])  # job_shard_files kept only files with this job's footer
+        footers.append([storage.name(file), footer["rows"], footer["ok"], footer["failed"]])
+        schemas.append(metadata.schema.to_arrow_schema().remove_metadata())
+    # One schema for all: a column that is all null in one file (type null) has its type in another.
+    schema = pa.unify_schemas(schemas)
     fingerprint = hashlib.sha256(
         json.dumps({"job": identity_key(job["identity"]), "shards": footers}).encode()
     ).hexdigest()
@@ -153,6 +158,15 @@ def open_source(path: str) -> RunSource:
         fingerprint=fingerprint,
         image_format=image_format if image_format in EXTENSIONS else "png",
     )
+
+
+def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A row group's columns in the run's common schema (a column missing from this file is all null)."""
+    columns = [
+        rows.column(f.name).cast(f.type) if f.name in rows.column_names else pa.nulls(rows.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.table(columns, schema=schema)
 
 
 def _is_bytes(data_type: pa.DataType) -> bool:

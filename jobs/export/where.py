@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from jobs.errors import UsageError, one_line, some_of
 
 MAX_LENGTH = 10_000  # characters: a filter, not a program
+_SHOWN = 100  # characters of an unparsable filter quoted in its error
 
 _COMPARISONS = {
     ast.Eq: "==",
@@ -76,7 +77,9 @@ def parse_where(text: str, schema: pa.Schema) -> Where:
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as error:
-        raise UsageError(f"--where: not a valid expression ({error.msg}, at column {error.offset}): {text}") from None
+        shown = text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
+        at = f", at column {error.offset}" if error.offset else ""
+        raise UsageError(f"--where: not a valid expression ({error.msg}{at}): {shown}") from None
     except (RecursionError, MemoryError):
         raise UsageError("--where: nested too deeply") from None
     translator = _Translator(text.strip(), schema)
