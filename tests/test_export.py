@@ -1,0 +1,285 @@
+"""`genbatch export`: WebDataset shards and imagefolders that the real `webdataset` and `datasets` libraries
+read back, with exact keys, prompts, image bytes and metadata; filters, dedup, resume, refusals, S3."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from jobs.cli import main
+from jobs.export import webdataset as wds_format
+from jobs.export.keys import sample_key
+from jobs.jobfile import identity_key
+from tests.conftest import read_output, write_config
+from tests.test_report import png
+from workers import columns as C
+from workers.writer import ShardFooter, write_shard
+
+# ---------------------------------------------------------------- helpers
+
+
+def fake_run(path: Path, images: list[bytes], shard_size: int = 4, large: bool = False, scores=None) -> Path:
+    """A run folder with genbatch's columns, written directly (no model): one row per image, in order."""
+    image_type = pa.struct([("bytes", pa.large_binary() if large else pa.binary()), ("path", pa.string())])
+    n = len(images)
+    scores = scores if scores is not None else [20.0 + i for i in range(n)]
+    identity = {"made_by": "tests.test_export.fake_run", "rows": n, "shard_size": shard_size}
+    for index, start in enumerate(range(0, n, shard_size)):
+        rows = range(start, min(start + shard_size, n))
+        table = pa.table(
+            {
+                C.ID: [f"id.{i:03d}" for i in rows],  # a dot: keys must escape it
+                C.PROMPT: [f"prompt {i}" for i in rows],
+                "category": [["cat", "dog"][i % 2] for i in rows],
+                C.IMAGE: pa.array([{"bytes": images[i], "path": None} for i in rows], image_type),
+                C.CLIP_SCORE: pa.array([scores[i] for i in rows], pa.float32()),
+                C.SEED: pa.array(list(rows), pa.int64()),
+                C.IMAGE_INDEX: pa.array([0] * len(rows), pa.int32()),
+                C.IMAGE_SHA256: [hashlib.sha256(images[i]).hexdigest() for i in rows],
+                C.STATUS: ["ok"] * len(rows),
+                C.ERROR: pa.array([None] * len(rows), pa.string()),
+            }
+        )
+        write_shard(table, str(path), ShardFooter(identity_key(identity), index, len(rows), len(rows), 0))
+    job = {"status": "finished", "identity": identity, "shards": -(-n // shard_size), "config": {}}
+    (path / "job.json").write_text(json.dumps(job))
+    return path
+
+
+def export(*args: str) -> int:
+    return main(["export", *args])
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` (hidden ones included) by relative path, except stats.json (it has timings)."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "stats.json"
+    }
+
+
+def read_tar(path: Path) -> list[tuple[str, bytes]]:
+    with tarfile.open(path) as tar:
+        return [(member.name, tar.extractfile(member).read()) for member in tar.getmembers()]
+
+
+def metadata_of(row: dict) -> dict:
+    """What a sample's json holds: its key and every column but the image."""
+    return {"key": sample_key(row[C.ID], row.get(C.IMAGE_INDEX)), **{k: v for k, v in row.items() if k != C.IMAGE}}
+
+
+# ---------------------------------------------------------------- keys
+
+
+def test_keys_are_webdataset_safe_and_unique():
+    assert sample_key("000001", 0) == "000001_0"
+    assert sample_key("a.b/c", 2) == "a_2eb_2fc_2"
+    assert sample_key("a_b", 0) == "a_5fb_0"
+    assert sample_key("é", 1) == "_c3_a9_1"
+    assert sample_key(17, None) == "17_0"
+    tricky = ["a", "a_0", "a_5f0", "a.0", "a 0", "../x", "x/..", ".", "", "A", "a-0", "\x00", "a" * 5000, "a" * 5001]
+    keys = [sample_key(t, k) for t in tricky for k in (0, 1, 10)]
+    assert len(set(keys)) == len(keys)
+    for key in keys:
+        assert "." not in key and "/" not in key and len(key) < 200
+        assert set(key) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+# ---------------------------------------------------------------- webdataset on a fake run
+
+
+def test_webdataset_shards_hold_every_sample_in_order_with_fixed_member_metadata(tmp_path):
+    images = [png(i) for i in range(7)]
+    run = fake_run(tmp_path / "run", images, shard_size=4)
+    assert export(str(run), "--format", "webdataset", "-o", str(tmp_path / "wds"), "--shard-size", "3") == 0
+    dest = tmp_path / "wds"
+    assert sorted(p.name for p in dest.iterdir()) == [
+        ".genbatch-export",
+        "export.json",
+        *[f"shard-00000{i}.{ext}" for i in range(3) for ext in ("parquet", "tar")],
+        "stats.json",
+    ]
+    table = read_output(run)
+    rows = table.to_pylist()
+    members = [m for shard in range(3) for m in read_tar(dest / f"shard-00000{shard}.tar")]
+    expected = []
+    for row in rows:
+        key = sample_key(row[C.ID], 0)
+        expected += [
+            (f"{key}.png", row[C.IMAGE]["bytes"]),
+            (f"{key}.txt", row[C.PROMPT].encode()),
+            (f"{key}.json", json.dumps(metadata_of(row)).encode()),
+        ]
+    assert members == expected
+    with tarfile.open(dest / "shard-000000.tar") as tar:
+        for member in tar.getmembers():
+            assert (member.mtime, member.uid, member.gid, member.uname, member.gname, member.mode) == (
+                0, 0, 0, "", "", 0o644,
+            )  # fmt: skip
+    sidecar = pq.read_table(dest / "shard-000001.parquet")
+    assert sidecar.column_names == ["key", *[n for n in table.column_names if n != C.IMAGE]]
+    assert sidecar.to_pylist() == [metadata_of(row) for row in rows[3:6]]
+    stats = json.loads((dest / "stats.json").read_text())
+    assert {k: stats[k] for k in ("rows_in", "rows_filtered", "duplicates", "rows_out", "shards")} == {
+        "rows_in": 7, "rows_filtered": 0, "duplicates": 0, "rows_out": 7, "shards": 3,
+    }  # fmt: skip
+    assert stats["bytes"] == sum(p.stat().st_size for p in dest.glob("shard-*"))
+
+
+def test_dedup_keeps_the_first_of_each_image_in_run_order(tmp_path, capsys):
+    # Images 0 1 0 2 1 | 3 0 3 4: duplicates within a run shard and across shards.
+    order = [0, 1, 0, 2, 1, 3, 0, 3, 4]
+    run = fake_run(tmp_path / "run", [png(i) for i in order], shard_size=5)
+    dest = tmp_path / "wds"
+    assert export(str(run), "--format", "webdataset", "-o", str(dest), "--dedup", "--where", "clip_score >= 21") == 0
+    assert capsys.readouterr().out.startswith(
+        "genbatch: exported 5 of 9 rows (1 filtered, 3 duplicates) in 1 webdataset shards"
+    )
+    # Row 0 (score 20) is filtered out first, so image 0's first kept copy is row 2.
+    kept, seen = [], set()
+    for row, image in enumerate(order):
+        if row >= 1 and image not in seen:
+            seen.add(image)
+            kept.append(row)
+    assert kept == [1, 2, 3, 5, 8]
+    members = read_tar(dest / "shard-000000.tar")
+    assert [name for name, _ in members if name.endswith(".png")] == [f"id_2e{i:03d}_0.png" for i in kept]
+    assert [data for name, data in members if name.endswith(".png")] == [png(order[i]) for i in kept]
+    stats = json.loads((dest / "stats.json").read_text())
+    assert (stats["rows_in"], stats["rows_filtered"], stats["duplicates"], stats["rows_out"]) == (9, 1, 3, 5)
+
+
+def test_large_binary_image_columns_export_the_same_bytes(tmp_path):
+    images = [png(i) for i in range(5)]
+    small = fake_run(tmp_path / "small", images)
+    large = fake_run(tmp_path / "large", images, large=True)
+    assert pq.read_schema(large / "data" / "shard-00000.parquet").field(C.IMAGE).type[0].type == pa.large_binary()
+    assert export(str(small), "--format", "webdataset", "-o", str(tmp_path / "a")) == 0
+    assert export(str(large), "--format", "webdataset", "-o", str(tmp_path / "b")) == 0
+    assert read_tar(tmp_path / "a" / "shard-000000.tar") == read_tar(tmp_path / "b" / "shard-000000.tar")
+
+
+# ---------------------------------------------------------------- resume and refusals
+
+
+class Interrupted(KeyboardInterrupt):
+    pass
+
+
+def test_an_interrupted_export_resumes_to_the_same_bytes(tmp_path, monkeypatch, capsys):
+    # Rows 8 and 9 repeat the images of rows 0 and 1; row 4 is filtered out: 7 samples in shards of 3, 3, 1.
+    run = fake_run(tmp_path / "run", [png(i % 8) for i in range(10)], shard_size=4)
+    options = ["--format", "webdataset", "--shard-size", "3", "--where", "seed != 4", "--dedup"]
+    assert export(str(run), "-o", str(tmp_path / "whole"), *options) == 0
+    whole = tree_bytes(tmp_path / "whole")
+
+    # Stop in the middle of shard 1: shard 0 is published, shard 1's temporary tar is removed, nothing else is.
+    add = wds_format.WebDatasetShard.add
+
+    def add_then_stop(self, keys, rows, images):
+        add(self, keys, rows, images)
+        if self.shard == 1:
+            raise Interrupted
+
+    monkeypatch.setattr(wds_format.WebDatasetShard, "add", add_then_stop)
+    dest = tmp_path / "resumed"
+    assert export(str(run), "-o", str(dest), *options) == 130
+    assert "interrupted by SIGINT" in capsys.readouterr().err
+    assert sorted(p.name for p in dest.iterdir()) == [
+        ".genbatch-export", "export.json", "shard-000000.parquet", "shard-000000.tar",
+    ]  # fmt: skip
+    monkeypatch.setattr(wds_format.WebDatasetShard, "add", add)
+    # A killed run's half-written temporary file is removed by the rerun; a lost tar is redone.
+    (dest / ".shard-000002.tar.0123abcd.tmp").write_bytes(b"half a tar")
+    assert export(str(run), "-o", str(dest), *options) == 0
+    assert "1 already complete" in capsys.readouterr().out
+    assert tree_bytes(dest) == whole
+    stats = json.loads((dest / "stats.json").read_text())
+    assert (stats["shards"], stats["shards_skipped"], stats["rows_out"]) == (3, 1, 7)
+
+    # A finished export rerun rewrites nothing; a shard whose tar went missing is redone.
+    before = {p.name: p.stat().st_mtime_ns for p in dest.glob("shard-*")}
+    (dest / "shard-000001.tar").unlink()
+    assert export(str(run), "-o", str(dest), *options) == 0
+    assert tree_bytes(dest) == whole
+    after = {p.name: p.stat().st_mtime_ns for p in dest.glob("shard-*")}
+    assert [name for name in sorted(after) if after[name] != before.get(name)] == [
+        "shard-000001.parquet", "shard-000001.tar",
+    ]  # fmt: skip
+
+
+def test_another_export_to_the_same_destination_is_refused_unless_overwrite(tmp_path, capsys):
+    run = fake_run(tmp_path / "run", [png(i) for i in range(6)])
+    dest = tmp_path / "wds"
+    assert export(str(run), "--format", "webdataset", "-o", str(dest), "--where", "seed >= 1") == 0
+    capsys.readouterr()
+    assert export(str(run), "--format", "imagefolder", "-o", str(dest), "--where", "seed>=2", "--dedup") == 2
+    assert capsys.readouterr().err == (
+        f"genbatch: error: {dest}: holds an export with other settings (dedup: False -> True; "
+        "format: 'webdataset' -> 'imagefolder'; where: 'seed >= 1' -> 'seed >= 2'); "
+        "rerun with --overwrite to replace it, or choose another destination\n"
+    )
+    (dest / "notes.txt").write_text("mine")
+    assert export(str(run), "--format", "imagefolder", "-o", str(dest), "--overwrite", "--where", "seed>=2") == 0
+    assert sorted(p.name for p in dest.iterdir()) == [
+        ".genbatch-export", "export.json", "notes.txt", "shard-000000", "stats.json",
+    ]  # fmt: skip
+    assert sorted(p.name for p in (dest / "shard-000000").iterdir()) == [
+        "id_2e002_0.png", "id_2e003_0.png", "id_2e004_0.png", "id_2e005_0.png", "metadata.jsonl",
+    ]  # fmt: skip
+    lines = [json.loads(line) for line in (dest / "shard-000000" / "metadata.jsonl").read_text().splitlines()]
+    assert [(line["file_name"], line["key"], line["prompt"]) for line in lines] == [
+        (f"id_2e00{i}_0.png", f"id_2e00{i}_0", f"prompt {i}") for i in range(2, 6)
+    ]
+    rows = read_output(run).to_pylist()
+    assert lines[0] == {"file_name": "id_2e002_0.png", **metadata_of(rows[2])}
+    assert (dest / "shard-000000" / "id_2e003_0.png").read_bytes() == rows[3][C.IMAGE]["bytes"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--where", "clip > 1"], "--where: unknown column 'clip'; the run has: {columns}"),
+        (["--where", "__import__('os').system('touch x')"], "--where: function calls not allowed: {call}"),
+        (["--shard-size", "0"], "--shard-size: must be at least 1, got 0"),
+    ],
+)
+def test_bad_options_are_one_line_and_write_nothing(tmp_path, capsys, args, message):
+    run = fake_run(tmp_path / "run", [png(0)])
+    columns = ", ".join(pq.read_schema(run / "data" / "shard-00000.parquet").names)
+    dest = tmp_path / "wds"
+    assert export(str(run), "--format", "webdataset", "-o", str(dest), *args) == 2
+    call = "__import__('os').system('touch x')"
+    assert capsys.readouterr().err == "genbatch: error: " + message.format(columns=columns, call=call) + "\n"
+    assert not dest.exists()
+    assert not (Path.cwd() / "x").exists()
+
+
+def test_dedup_needs_image_sha256_and_a_destination_must_be_ours(tmp_path, capsys):
+    run = fake_run(tmp_path / "run", [png(0), png(1)])
+    table = pq.read_table(run / "data" / "shard-00000.parquet")
+    footer = ShardFooter(**json.loads(table.schema.metadata[b"genbatch"]))
+    write_shard(table.drop_columns([C.IMAGE_SHA256]).replace_schema_metadata(None), str(run), footer)
+    assert export(str(run), "--format", "webdataset", "-o", str(tmp_path / "a"), "--dedup") == 2
+    assert capsys.readouterr().err.startswith(
+        "genbatch: error: --dedup: the run has no column image_sha256; it has: id, prompt, category, image,"
+    )
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "thesis.pdf").write_bytes(b"%PDF")
+    assert export(str(run), "--format", "webdataset", "-o", str(other)) == 2
+    assert capsys.readouterr().err == (
+        f"genbatch: error: {other}: not empty and not a genbatch export (no export.json); choose another destination\n"
+    )
+    assert export(str(tmp_path / "nope"), "--format", "webdataset", "-o", str(tmp_path / "b")) == 2
+    assert capsys.readouterr().err == f"genbatch: error: {tmp_path / 'nope'}: not a genbatch run folder (no job.json)\n"
