@@ -283,3 +283,140 @@ def test_dedup_needs_image_sha256_and_a_destination_must_be_ours(tmp_path, capsy
     )
     assert export(str(tmp_path / "nope"), "--format", "webdataset", "-o", str(tmp_path / "b")) == 2
     assert capsys.readouterr().err == f"genbatch: error: {tmp_path / 'nope'}: not a genbatch run folder (no job.json)\n"
+
+
+# ---------------------------------------------------------------- a real tiny-model run, end to end
+
+STYLES = ["watercolor", "pencil"]
+OBJECTS = ["cat", "boat", "tree"]
+
+
+@pytest.fixture(scope="module")
+def synthesized(tmp_path_factory, ray_session):
+    """The issue's path: a prompt list -> `genbatch manifest` -> `genbatch run` (tiny model), 12 images.
+
+    Each prompt is listed twice: different ids, so different seeds and images, which --dedup must keep."""
+    tmp = tmp_path_factory.mktemp("synth")
+    lines = ["prompt,style,object"]
+    lines += [f"a {style} photo of a {thing},{style},{thing}" for style in STYLES for thing in OBJECTS] * 2
+    (tmp / "prompts.csv").write_text("\n".join(lines) + "\n")
+    assert main(["manifest", str(tmp / "prompts.csv"), "-o", str(tmp / "prompts.parquet"), "--seed", "7"]) == 0
+    config = write_config(tmp / "job.yaml", tmp / "prompts.parquet", tmp / "run", shard_size=5)
+    assert main(["run", str(config), "--quiet"]) == 0
+    return tmp, tmp / "run"
+
+
+def expected_samples(run: Path, keep) -> list[dict]:
+    """The run's rows that an export with this filter keeps, deduplicated by image bytes, in run order."""
+    seen, kept = set(), []
+    for row in read_output(run).to_pylist():
+        digest = hashlib.sha256(row[C.IMAGE]["bytes"]).digest()
+        if keep(row) and digest not in seen:
+            seen.add(digest)
+            kept.append(row)
+    return kept
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@pytest.mark.slow
+def test_synthesize_export_webdataset_and_load_it_with_webdataset_and_datasets(synthesized, capsys):
+    import datasets
+    import webdataset
+
+    tmp, run = synthesized
+    scores = sorted(read_output(run).column(C.CLIP_SCORE).to_pylist())
+    threshold = scores[len(scores) // 3]  # keeps about two thirds; a real float32 score, so >= is exact
+    where = f"status == 'ok' and clip_score >= {threshold!r} and style in ['watercolor', 'pencil']"
+    dest = tmp / "wds"
+    capsys.readouterr()
+    code = export(str(run), "--format", "webdataset", "-o", str(dest), "--where", where, "--dedup", "--shard-size", "3")
+    assert code == 0
+    expected = expected_samples(run, lambda r: r[C.STATUS] == "ok" and r[C.CLIP_SCORE] >= threshold)
+    assert 4 <= len(expected) < 12
+    keys = [sample_key(row[C.ID], row[C.IMAGE_INDEX]) for row in expected]
+    assert keys == [f"{row[C.ID]}_0" for row in expected]  # manifest ids are plain digits
+    tars = sorted(dest.glob("shard-*.tar"))
+    assert len(tars) == -(-len(expected) // 3)
+
+    # The real webdataset library: keys, prompt, image bytes and metadata of every sample, in order.
+    samples = list(webdataset.WebDataset([str(t) for t in tars], shardshuffle=False))
+    assert [s["__key__"] for s in samples] == keys
+    assert [s["png"] for s in samples] == [row[C.IMAGE]["bytes"] for row in expected]
+    assert [s["txt"].decode() for s in samples] == [row[C.PROMPT] for row in expected]
+    assert [json.loads(s["json"]) for s in samples] == [metadata_of(row) for row in expected]
+    assert {"style", "object", "clip_score", "seed", "image_sha256", "model"} <= set(json.loads(samples[0]["json"]))
+
+    # Hugging Face datasets' webdataset loader: the same samples, images decoded to the same pixels.
+    loaded = datasets.load_dataset(
+        "webdataset", data_files={"train": [str(t) for t in tars]}, split="train", cache_dir=str(tmp / "hf")
+    )
+    assert loaded["__key__"] == keys
+    assert loaded["txt"] == [row[C.PROMPT] for row in expected]
+    for sample, row in zip(loaded, expected):
+        assert np.array_equal(np.asarray(sample["png"].convert("RGB")), pixels(row[C.IMAGE]["bytes"]))
+        assert sample["json"]["clip_score"] == row[C.CLIP_SCORE]
+        assert (sample["json"]["seed"], sample["json"]["style"]) == (row[C.SEED], row["style"])
+
+    # The sidecars hold the same metadata, a file per tar.
+    sidecars = pa.concat_tables([pq.read_table(t.with_suffix(".parquet")) for t in tars])
+    assert sidecars.to_pylist() == [metadata_of(row) for row in expected]
+    stats = json.loads((dest / "stats.json").read_text())
+    assert (stats["rows_in"], stats["rows_out"], stats["duplicates"]) == (12, len(expected), 0)
+    assert stats["rows_filtered"] == 12 - len(expected)
+
+
+@pytest.mark.slow
+def test_an_imagefolder_export_loads_with_datasets(synthesized):
+    import datasets
+
+    tmp, run = synthesized
+    dest = tmp / "folder"
+    assert (
+        export(str(run), "--format", "imagefolder", "-o", str(dest), "--where", "object != 'boat'", "--shard-size", "5")
+        == 0
+    )
+    expected = expected_samples(run, lambda r: r["object"] != "boat")
+    assert len(expected) == 8
+    assert sorted(p.name for p in dest.glob("shard-*")) == ["shard-000000", "shard-000001"]
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(dest), split="train", cache_dir=str(tmp / "hf"))
+    # datasets does not promise the folders' order: compare by key.
+    by_key = {sample["key"]: sample for sample in loaded}
+    assert sorted(by_key) == sorted(sample_key(row[C.ID], 0) for row in expected)
+    for row in expected:
+        sample = by_key[sample_key(row[C.ID], 0)]
+        assert np.array_equal(np.asarray(sample["image"].convert("RGB")), pixels(row[C.IMAGE]["bytes"]))
+        assert (sample["prompt"], sample["object"], sample["seed"]) == (row[C.PROMPT], row["object"], row[C.SEED])
+        assert sample["clip_score"] == pytest.approx(row[C.CLIP_SCORE], abs=0)
+
+
+# ---------------------------------------------------------------- object stores
+
+BUCKET = "genbatch-export"
+
+
+@pytest.mark.slow
+def test_a_run_on_s3_exports_to_s3_with_the_bytes_of_a_local_export(s3_server, tmp_path, capsys):
+    s3 = s3_server
+    s3.create_bucket(Bucket=BUCKET)
+    run = fake_run(tmp_path / "run", [png(i % 5) for i in range(7)], shard_size=3)
+    for path in sorted(run.rglob("*")):
+        if path.is_file():
+            s3.upload_file(str(path), BUCKET, f"runs/a/{path.relative_to(run).as_posix()}")
+    options = ["--format", "webdataset", "--shard-size", "2", "--dedup", "--where", "category == 'cat' or seed > 3"]
+    assert export(str(run), "-o", str(tmp_path / "local"), *options) == 0
+    assert export(f"s3://{BUCKET}/runs/a", "-o", f"s3://{BUCKET}/exports/a/", *options) == 0
+    local = tree_bytes(tmp_path / "local")
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="exports/a/")["Contents"]
+    keys = sorted(item["Key"] for item in listed if not item["Key"].endswith("/"))
+    assert keys == sorted(f"exports/a/{name}" for name in [*local, "stats.json"])
+    for name, data in local.items():
+        assert s3.get_object(Bucket=BUCKET, Key=f"exports/a/{name}")["Body"].read() == data, name
+    # A rerun finds every shard complete on the bucket and rewrites none.
+    capsys.readouterr()
+    assert export(f"s3://{BUCKET}/runs/a", "-o", f"s3://{BUCKET}/exports/a", *options) == 0
+    assert (
+        "4 of 7 rows (2 filtered, 1 duplicates) in 2 webdataset shards, 2 already complete" in capsys.readouterr().out
+    )

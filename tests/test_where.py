@@ -20,12 +20,16 @@ SCHEMA = pa.schema(
         ("image", pa.struct([("bytes", pa.large_binary()), ("path", pa.string())])),
     ]
 )
+NAMES = ("id", "status", "clip_score", "aesthetic", "seed", "steps", "prompt_truncated")
 ROWS = [
-    {"id": "a", "status": "ok", "clip_score": 30.0, "aesthetic": 6.0, "seed": 1, "steps": 4, "prompt_truncated": True},
-    {"id": "b", "status": "ok", "clip_score": 20.0, "aesthetic": 5.0, "seed": 2, "steps": 8, "prompt_truncated": False},
-    {"id": "c", "status": "error", "clip_score": None, "aesthetic": None, "seed": 3, "steps": 4, "prompt_truncated": None},
-    {"id": "d", "status": "ok", "clip_score": 26.0, "aesthetic": 4.5, "seed": -4, "steps": 4, "prompt_truncated": False},
-    {"id": "e", "status": "ok", "clip_score": 27.5, "aesthetic": 5.5, "seed": 5, "steps": 2, "prompt_truncated": False},
+    dict(zip(NAMES, values))
+    for values in [
+        ("a", "ok", 30.0, 6.0, 1, 4, True),
+        ("b", "ok", 20.0, 5.0, 2, 8, False),
+        ("c", "error", None, None, 3, 4, None),
+        ("d", "ok", 26.0, 4.5, -4, 4, False),
+        ("e", "ok", 27.5, 5.5, 5, 2, False),
+    ]
 ]
 TABLE = pa.Table.from_pylist([{**row, "image": None} for row in ROWS], schema=SCHEMA)
 
@@ -61,7 +65,10 @@ def known(*values) -> bool:
         ("prompt_truncated", lambda r: r["prompt_truncated"] is True),
         ("not prompt_truncated", lambda r: r["prompt_truncated"] is False),
         ("prompt_truncated == False", lambda r: r["prompt_truncated"] is False),
-        ("(status == 'error' or aesthetic > 5.5) and seed != 3", lambda r: known(r["aesthetic"]) and r["aesthetic"] > 5.5),
+        (
+            "(status == 'error' or aesthetic > 5.5) and seed != 3",
+            lambda r: known(r["aesthetic"]) and r["aesthetic"] > 5.5,
+        ),
         ("clip_score >= +27.5", lambda r: known(r["clip_score"]) and r["clip_score"] >= 27.5),
         ("aesthetic < clip_score", lambda r: known(r["aesthetic"]) and r["aesthetic"] < r["clip_score"]),
     ],
@@ -79,7 +86,10 @@ def test_the_canonical_text_ignores_spacing_and_quotes():
     ("text", "message"),
     [
         ("__import__('os')", "--where: function calls not allowed: __import__('os')"),
-        ("__import__('os').system('true') == 0", "--where: function calls not allowed: __import__('os').system('true')"),
+        (
+            "__import__('os').system('true') == 0",
+            "--where: function calls not allowed: __import__('os').system('true')",
+        ),
         ("status.upper() == 'OK'", "--where: function calls not allowed: status.upper()"),
         ("clip_score.real > 1", "--where: attribute access not allowed: clip_score.real"),
         ("().__class__ == 1", "--where: attribute access not allowed: ().__class__"),
@@ -100,7 +110,10 @@ def test_the_canonical_text_ignores_spacing_and_quotes():
         ("status == 1", "--where: column 'status' is string, cannot compare it with 1"),
         ("seed in ['1']", "--where: column 'seed' is int64, cannot compare it with '1'"),
         ("status", "--where: column 'status' is string, not bool: compare it with a value"),
-        ("status == seed", "--where: status == seed: Function 'equal' has no kernel matching input types (string, int64)"),
+        (
+            "status == seed",
+            "--where: status == seed: Function 'equal' has no kernel matching input types (string, int64)",
+        ),
         ("status == 'ok' and", "--where: not a valid expression (invalid syntax): status == 'ok' and"),
         ("", "--where: empty expression"),
         ("seed > 1" + " and seed > 1" * 2000, "--where: longer than 10,000 characters"),
