@@ -27,17 +27,18 @@ from workers.writer import ShardFooter, write_shard
 # ---------------------------------------------------------------- helpers
 
 
-def fake_run(path: Path, images: list[bytes], shard_size: int = 4, large: bool = False, scores=None) -> Path:
+def fake_run(path: Path, images: list[bytes], shard_size: int = 4, large: bool = False, scores=None, ids=None) -> Path:
     """A run folder with genbatch's columns, written directly (no model): one row per image, in order."""
     image_type = pa.struct([("bytes", pa.large_binary() if large else pa.binary()), ("path", pa.string())])
     n = len(images)
     scores = scores if scores is not None else [20.0 + i for i in range(n)]
+    ids = ids if ids is not None else [f"id.{i:03d}" for i in range(n)]  # a dot: keys must escape it
     identity = {"made_by": "tests.test_export.fake_run", "rows": n, "shard_size": shard_size}
     for index, start in enumerate(range(0, n, shard_size)):
         rows = range(start, min(start + shard_size, n))
         table = pa.table(
             {
-                C.ID: [f"id.{i:03d}" for i in rows],  # a dot: keys must escape it
+                C.ID: [ids[i] for i in rows],
                 C.PROMPT: [f"prompt {i}" for i in rows],
                 "category": [["cat", "dog"][i % 2] for i in rows],
                 C.IMAGE: pa.array([{"bytes": images[i], "path": None} for i in rows], image_type),
@@ -121,6 +122,15 @@ def test_webdataset_shards_hold_every_sample_in_order_with_fixed_member_metadata
             (f"{key}.json", json.dumps(metadata_of(row)).encode()),
         ]
     assert members == expected
+    # The bytes are those of Python's own tarfile writing the same members (and so the same each time).
+    for shard in range(3):
+        reference = io.BytesIO()
+        with tarfile.open(fileobj=reference, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for name, data in read_tar(dest / f"shard-00000{shard}.tar"):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "", ""
+                tar.addfile(info, io.BytesIO(data))
+        assert (dest / f"shard-00000{shard}.tar").read_bytes() == reference.getvalue()
     with tarfile.open(dest / "shard-000000.tar") as tar:
         for member in tar.getmembers():
             assert (member.mtime, member.uid, member.gid, member.uname, member.gname, member.mode) == (
@@ -167,6 +177,18 @@ def test_large_binary_image_columns_export_the_same_bytes(tmp_path):
     assert export(str(small), "--format", "webdataset", "-o", str(tmp_path / "a")) == 0
     assert export(str(large), "--format", "webdataset", "-o", str(tmp_path / "b")) == 0
     assert read_tar(tmp_path / "a" / "shard-000000.tar") == read_tar(tmp_path / "b" / "shard-000000.tar")
+
+
+def test_long_and_unusual_ids_give_keys_that_webdataset_reads_back(tmp_path):
+    import webdataset
+
+    ids = ["x" * 150, "a.b.c", "dir/../name", "émoji 🙂", "x" * 151]
+    run = fake_run(tmp_path / "run", [png(i) for i in range(5)], ids=ids)
+    assert export(str(run), "--format", "webdataset", "-o", str(tmp_path / "wds")) == 0
+    samples = list(webdataset.WebDataset(str(tmp_path / "wds" / "shard-000000.tar"), shardshuffle=False))
+    assert [s["__key__"] for s in samples] == [sample_key(i, 0) for i in ids]
+    assert [json.loads(s["json"])["id"] for s in samples] == ids
+    assert [s["png"] for s in samples] == [png(i) for i in range(5)]
 
 
 # ---------------------------------------------------------------- resume and refusals

@@ -2,12 +2,13 @@
 order, and beside each tar a sidecar `shard-NNNNNN.parquet` with the same metadata (img2dataset's layout).
 
 Tar members carry fixed metadata (mtime 0, uid/gid 0, no user names, mode 0o644, PAX format), so the same
-export gives the same bytes. The tar is streamed to its temporary name, never held in memory.
+export gives the same bytes. The tar is streamed to its temporary name, never held in memory. Its bytes are
+those `tarfile.open(mode="w|", format=PAX_FORMAT)` with `addfile` writes (the headers come from tarfile's
+own `TarInfo.tobuf`), without `TarFile`'s per-member copy and its list of every member written so far.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 
@@ -44,7 +45,6 @@ class WebDatasetShard:
         self._extension = extension
         self._columns = metadata_columns
         self._file = AtomicFile(storage.join(dest, tar_name(shard)))
-        self._tar = tarfile.open(fileobj=self._file, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
         self._sidecar: list[pa.Table] = []
 
     def add(self, keys: list[str], rows: pa.Table, images: list[bytes]) -> None:
@@ -64,11 +64,17 @@ class WebDatasetShard:
         info.mode = 0o644
         info.uid = info.gid = 0
         info.uname = info.gname = ""
-        self._tar.addfile(info, io.BytesIO(data))
+        self._file.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        self._file.write(data)
+        if len(data) % tarfile.BLOCKSIZE:
+            self._file.write(tarfile.NUL * (tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE))
 
     def commit(self) -> dict[str, int]:
         """Publish the tar and its sidecar; returns their names and sizes."""
-        self._tar.close()
+        # The end of the archive, as TarFile.close writes it: two empty blocks, then padding to a whole record.
+        self._file.write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+        if self._file.bytes % tarfile.RECORDSIZE:
+            self._file.write(tarfile.NUL * (tarfile.RECORDSIZE - self._file.bytes % tarfile.RECORDSIZE))
         self._file.commit()
         buffer = pa.BufferOutputStream()
         pq.write_table(pa.concat_tables(self._sidecar), buffer, compression="zstd")
