@@ -97,7 +97,9 @@ def export_run(
     if shard_size < 1:
         raise UsageError(f"--shard-size: must be at least 1, got {shard_size}")
     source = open_source(run)
-    parsed = parse_where(where, source.schema) if where is not None else None
+    # Over the light columns: the filter runs before any image is read.
+    light = pa.schema([f for f in source.schema if f.name != C.IMAGE])
+    parsed = parse_where(where, light) if where is not None else None
     if dedup:
         check_columns(source.schema, [C.IMAGE_SHA256], "--dedup")
     check_columns(source.schema, [C.ID], "export")
