@@ -443,3 +443,20 @@ def test_a_run_on_s3_exports_to_s3_with_the_bytes_of_a_local_export(s3_server, t
     assert (
         "4 of 7 rows (2 filtered, 1 duplicates) in 2 webdataset shards, 2 already complete" in capsys.readouterr().out
     )
+
+
+def test_the_digest_set_keeps_exactly_the_first_of_each_digest():
+    from jobs.export.digests import DigestSet
+
+    rng = np.random.default_rng(5)
+    pool = [rng.bytes(32) for _ in range(300)] + [b"\x00" * 32, b"\x00" * 31 + b"\x01", b"\x01" + b"\x00" * 31]
+    stream = [pool[i] for i in rng.integers(0, len(pool), 2000)]
+    digests, seen, expected = DigestSet(flush_at=37), set(), []
+    got = []
+    for start in range(0, len(stream), 64):
+        got += digests.first_seen(stream[start : start + 64])
+    for digest in stream:
+        expected.append(digest not in seen)
+        seen.add(digest)
+    assert got == expected
+    assert len(digests) == len(seen)

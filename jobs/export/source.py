@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.errors import OutputError, one_line
+from jobs.export.digests import DigestSet
 from jobs.jobfile import identity_key, read_job_file
 from jobs.report.runs import job_shard_files
 from workers import columns as C
@@ -71,7 +72,7 @@ class RunSource:
     schema: pa.Schema
     fingerprint: str  # changes when any shard file is added, rewritten or retried
     image_format: str
-    _seen: set[bytes] = field(default_factory=set)
+    _seen: DigestSet = field(default_factory=DigestSet)
 
     @property
     def metadata_columns(self) -> list[str]:
@@ -105,11 +106,7 @@ class RunSource:
         counts.without_image += rows.num_rows - pc.sum(has_image).as_py() if rows.num_rows else 0
         rows = rows.filter(has_image)
         if dedup and rows.num_rows:
-            first = []
-            for digest in rows.column(C.IMAGE_SHA256).to_pylist():
-                raw = bytes.fromhex(digest)
-                first.append(raw not in self._seen)
-                self._seen.add(raw)
+            first = self._seen.first_seen([bytes.fromhex(d) for d in rows.column(C.IMAGE_SHA256).to_pylist()])
             counts.duplicates += first.count(False)
             rows = rows.filter(pa.array(first, pa.bool_()))
         if rows.num_rows == 0:
