@@ -14,12 +14,14 @@ rest, byte for byte what an uninterrupted export writes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Literal, Protocol
 
@@ -145,8 +147,18 @@ def export_run(
         seconds=time.perf_counter() - started,
     )
     record = {**summary.as_dict(), "run": source.path, "where": identity["where"], "dedup": dedup}
-    publish_bytes(storage.join(dest, STATS_FILE), (json.dumps(record, indent=2) + "\n").encode())
+    with _writing(dest):
+        publish_bytes(storage.join(dest, STATS_FILE), (json.dumps(record, indent=2) + "\n").encode())
     return summary
+
+
+@contextlib.contextmanager
+def _writing(dest: str) -> Iterator[None]:
+    """A write that fails (disk full, no permission, a bucket gone) is one line naming the destination."""
+    try:
+        yield
+    except OSError as error:
+        raise OutputError(f"{dest}: cannot write ({error.strerror or one_line(error)})") from None
 
 
 def _write_shards(
@@ -181,16 +193,20 @@ def _write_shards(
                 shard = (sample + offset) // shard_size
                 take = min(rows.num_rows - offset, (shard + 1) * shard_size - (sample + offset))
                 if shard not in complete:
-                    if writer is None:
-                        writer = _open_writer(format, dest, shard, extension, source.metadata_columns)
-                    writer.add(keys[offset : offset + take], rows.slice(offset, take), images[offset : offset + take])
-                    if writer.rows == shard_size:
-                        files[shard] = _finish(dest, writer, key)
-                        writer = None
+                    with _writing(dest):
+                        if writer is None:
+                            writer = _open_writer(format, dest, shard, extension, source.metadata_columns)
+                        writer.add(
+                            keys[offset : offset + take], rows.slice(offset, take), images[offset : offset + take]
+                        )
+                        if writer.rows == shard_size:
+                            files[shard] = _finish(dest, writer, key)
+                            writer = None
                 offset += take
             sample += rows.num_rows
         if writer is not None:
-            files[writer.shard] = _finish(dest, writer, key)
+            with _writing(dest):
+                files[writer.shard] = _finish(dest, writer, key)
             writer = None
     except BaseException:
         if writer is not None:
@@ -207,10 +223,7 @@ def _open_writer(format: Format, dest: str, shard: int, extension: str, columns:
 
 def _finish(dest: str, writer: ShardWriter, key: str) -> dict[str, int]:
     """Publish a shard's files, then its marker: from then on a rerun skips it."""
-    try:
-        written = writer.commit()
-    except OSError as error:
-        raise OutputError(f"{dest}: cannot write shard {writer.shard} ({error.strerror or one_line(error)})") from None
+    written = writer.commit()
     marker = {"export_key": key, "shard": writer.shard, "rows": writer.rows, "files": written}
     publish_bytes(marker_path(dest, writer.shard), json.dumps(marker).encode())
     logger.info("%s: shard %d written (%d samples, %d bytes)", dest, writer.shard, writer.rows, sum(written.values()))

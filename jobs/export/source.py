@@ -7,6 +7,7 @@ them, are the kept rows' image bytes read. Rows come in run order: shard files i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -49,9 +50,12 @@ class Selection:
     group: int
     positions: pa.Array  # of the kept rows within the row group
 
+    file: str = ""
+
     def images(self) -> list[bytes]:
         """The kept rows' image bytes, in order (read now, from this row group only)."""
-        table = self.parquet.read_row_group(self.group, columns=[C.IMAGE], use_threads=False)
+        with _reading(self.file):
+            table = self.parquet.read_row_group(self.group, columns=[C.IMAGE], use_threads=False)
         return image_bytes(table.column(C.IMAGE)).take(self.positions).to_pylist()
 
 
@@ -83,7 +87,7 @@ class RunSource:
         light = [f.name for f in self.schema if f.name != C.IMAGE]
         light_schema = pa.schema([self.schema.field(name) for name in light])
         for file in self.files:
-            with storage.open_input(file) as handle:
+            with _reading(file), storage.open_input(file) as handle:
                 parquet = pq.ParquetFile(handle)
                 for group in range(parquet.num_row_groups):
                     rows = parquet.read_row_group(group, columns=light, use_threads=False)
@@ -91,6 +95,7 @@ class RunSource:
                         rows = _conform(rows, light_schema)
                     selection = self._select(parquet, group, rows, where, dedup, counts)
                     if selection is not None:
+                        selection.file = file
                         yield selection
 
     def _select(
@@ -155,6 +160,15 @@ def open_source(path: str) -> RunSource:
         fingerprint=fingerprint,
         image_format=image_format if image_format in EXTENSIONS else "png",
     )
+
+
+@contextlib.contextmanager
+def _reading(file: str) -> Iterator[None]:
+    """A shard file that cannot be read (gone, truncated, a network error) is one line naming it."""
+    try:
+        yield
+    except (OSError, pa.ArrowException) as error:
+        raise OutputError(f"{file}: cannot read ({one_line(error)})") from None
 
 
 def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
