@@ -399,6 +399,10 @@ def export_section(rows: int) -> None:
         for format in ("webdataset", "imagefolder"):
             print(f"exporting to {format} (fresh process) ...", flush=True)
             results[format] = run_phase("export", str(run), str(Path(tmp) / format), format)
+        print_export_table(rows, results)  # before the clean-up: deleting 100,000s of files can take minutes
+
+
+def print_export_table(rows: int, results: dict) -> None:
     print(f'\nexport of {rows:,} images, --where "{EXPORT_WHERE}" --dedup, 10,000 samples per shard')
     lines = [("format", "rows in / out", "filtered", "duplicates", "shards", "MB", "s", "images/s", "peak RSS MB")]
     for format, r in results.items():

@@ -460,3 +460,23 @@ def test_the_digest_set_keeps_exactly_the_first_of_each_digest():
         seen.add(digest)
     assert got == expected
     assert len(digests) == len(seen)
+
+
+def test_images_are_read_only_for_kept_rows_of_shards_still_to_write(tmp_path, monkeypatch):
+    from jobs.export import source
+
+    run = fake_run(tmp_path / "run", [png(i) for i in range(12)], shard_size=4)  # 3 files, a row group each
+    read = []
+    images = source.Selection.images
+
+    def counted(self):
+        read.append((Path(self.file).name, self.group, self.positions.to_pylist()))
+        return images(self)
+
+    monkeypatch.setattr(source.Selection, "images", counted)
+    dest = str(tmp_path / "wds")
+    assert export(str(run), "--format", "webdataset", "-o", dest, "--where", "seed >= 9 or seed == 1") == 0
+    assert read == [("shard-00000.parquet", 0, [1]), ("shard-00002.parquet", 0, [1, 2, 3])]
+    read.clear()
+    assert export(str(run), "--format", "webdataset", "-o", dest, "--where", "seed >= 9 or seed == 1") == 0
+    assert read == []  # every shard is complete: no image is read again
