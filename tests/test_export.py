@@ -27,7 +27,9 @@ from workers.writer import ShardFooter, write_shard
 # ---------------------------------------------------------------- helpers
 
 
-def fake_run(path: Path, images: list[bytes], shard_size: int = 4, large: bool = False, scores=None, ids=None) -> Path:
+def fake_run(
+    path: Path, images: list[bytes], shard_size: int = 4, large: bool = False, scores=None, ids=None, image_format=None
+) -> Path:
     """A run folder with genbatch's columns, written directly (no model): one row per image, in order."""
     image_type = pa.struct([("bytes", pa.large_binary() if large else pa.binary()), ("path", pa.string())])
     n = len(images)
@@ -51,7 +53,8 @@ def fake_run(path: Path, images: list[bytes], shard_size: int = 4, large: bool =
             }
         )
         write_shard(table, str(path), ShardFooter(identity_key(identity), index, len(rows), len(rows), 0))
-    job = {"status": "finished", "identity": identity, "shards": -(-n // shard_size), "config": {}}
+    config = {} if image_format is None else {"output": {"image_format": image_format}}
+    job = {"status": "finished", "identity": identity, "shards": -(-n // shard_size), "config": config}
     (path / "job.json").write_text(json.dumps(job))
     return path
 
@@ -191,6 +194,23 @@ def test_long_and_unusual_ids_give_keys_that_webdataset_reads_back(tmp_path):
     assert [s["png"] for s in samples] == [png(i) for i in range(5)]
 
 
+@pytest.mark.parametrize(("image_format", "extension"), [("webp", "webp"), ("jpeg", "jpg")])
+def test_members_take_the_runs_image_format(tmp_path, image_format, extension):
+    def encoded(seed: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(png(seed))).save(buffer, format=image_format.upper())
+        return buffer.getvalue()
+
+    run = fake_run(tmp_path / "run", [encoded(0), encoded(1)], image_format=image_format)
+    assert export(str(run), "--format", "webdataset", "-o", str(tmp_path / "wds")) == 0
+    assert [name for name, _ in read_tar(tmp_path / "wds" / "shard-000000.tar")][::3] == [
+        f"id_2e000_0.{extension}",
+        f"id_2e001_0.{extension}",
+    ]
+    assert export(str(run), "--format", "imagefolder", "-o", str(tmp_path / "folder")) == 0
+    assert (tmp_path / "folder" / "shard-000000" / f"id_2e001_0.{extension}").read_bytes() == encoded(1)
+
+
 # ---------------------------------------------------------------- resume and refusals
 
 
@@ -304,6 +324,9 @@ def test_dedup_needs_image_sha256_and_a_destination_must_be_ours(tmp_path, capsy
     assert capsys.readouterr().err == (
         f"genbatch: error: {other}: not empty and not a genbatch export (no export.json); choose another destination\n"
     )
+    (tmp_path / "a-file").write_text("x")
+    assert export(str(run), "--format", "webdataset", "-o", str(tmp_path / "a-file")) == 2
+    assert capsys.readouterr().err.startswith(f"genbatch: error: {tmp_path / 'a-file'}: cannot use the destination (")
     assert export(str(tmp_path / "nope"), "--format", "webdataset", "-o", str(tmp_path / "b")) == 2
     assert capsys.readouterr().err == f"genbatch: error: {tmp_path / 'nope'}: not a genbatch run folder (no job.json)\n"
 
