@@ -211,15 +211,22 @@ def main() -> None:
         "--row-group-rows", type=int, default=4096, help="Parquet row group size of the generated manifest"
     )
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs of the local Ray instance")
+    parser.add_argument("--export-rows", type=int, default=100_000, help="images of the export benchmark (0: skip it)")
+    parser.add_argument("--export-only", action="store_true", help="run only the export benchmark")
     parser.add_argument("--phase", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
         name, *rest = args.phase
         if name == "plan":
             result = phase_plan(rest[0], int(rest[1]))
+        elif name == "export":
+            result = phase_export(*rest)
         else:
             result = phase_dispatch(rest[0], rest[1], *(int(value) for value in rest[2:]))
         print(json.dumps(result))
+        return
+    if args.export_only:
+        export_section(args.export_rows)
         return
 
     with tempfile.TemporaryDirectory(prefix="driver-scale-") as tmp:
@@ -246,6 +253,8 @@ def main() -> None:
             str(args.cpus),
         )
     print_table(args, generate_seconds, plan, dispatch)
+    if args.export_rows:
+        export_section(args.export_rows)
 
 
 def print_table(args, generate_seconds: float, plan: dict, dispatch: dict) -> None:
@@ -302,6 +311,117 @@ def print_table(args, generate_seconds: float, plan: dict, dispatch: dict) -> No
         print(
             f"\nPlanning used all {plan['rows']:,} rows; dispatch ran on the first files ({dispatch['rows']:,} rows)."
         )
+
+
+# ---------------------------------------------------------------- export: `genbatch export` of a large run
+# A fake run (the run's own schema, stub PNGs of 16x16 px, 1% exact duplicates, 5% failed rows) is written
+# directly as shard files; each export runs in a fresh process so that its peak RSS is its own.
+
+EXPORT_SHARD_ROWS = 256  # rows per run shard, as a job's default shard_size
+EXPORT_WHERE = "status == 'ok' and clip_score >= 20"
+
+
+def make_stub_run(folder: Path, rows: int) -> Path:
+    """A finished run of `rows` images with every column genbatch writes, one shard file at a time."""
+    import hashlib
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from jobs.jobfile import identity_key
+    from workers import columns as C
+    from workers.writer import ShardFooter, write_shard
+
+    identity = {"made_by": "benchmarks.driver_scale.make_stub_run", "rows": rows}
+    rng = np.random.default_rng(0)
+    shards = math.ceil(rows / EXPORT_SHARD_ROWS)
+    for index in range(shards):
+        span = range(index * EXPORT_SHARD_ROWS, min((index + 1) * EXPORT_SHARD_ROWS, rows))
+        images, failed = [], [i % 20 == 7 for i in span]
+        for i, bad in zip(span, failed):
+            buffer = io.BytesIO()
+            source = i - 1 if i % 100 == 99 else i  # every 100th image repeats the one before it
+            pixels = np.random.default_rng(source).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+            images.append(None if bad else buffer.getvalue())
+        n = len(span)
+        arrays = {
+            C.ID: pa.array([f"img-{i:010d}" for i in span]),
+            C.PROMPT: [f"a photo of object number {i}, {_CATEGORIES[i % 8]} style, detailed" for i in span],
+            "category": [_CATEGORIES[i % 8] for i in span],
+            C.IMAGE: [None if b is None else {"bytes": b, "path": None} for b in images],
+            C.CLIP_SCORE: [None if b is None else float(x) for b, x in zip(images, rng.normal(25, 4, n))],
+            C.CLIP_COSINE: [None if b is None else 0.25 for b in images],
+            C.PROMPT_TRUNCATED: [False] * n,
+            C.SEED: list(span),
+            C.IMAGE_INDEX: [0] * n,
+            C.STEPS: [30] * n,
+            C.GUIDANCE_SCALE: [7.5] * n,
+            C.WIDTH: [512] * n,
+            C.HEIGHT: [512] * n,
+            C.STRENGTH: [None] * n,
+            C.SCHEDULER: ["DDIMScheduler"] * n,
+            C.MODEL: ["tiny"] * n,
+            C.CLIP_MODEL: ["tiny"] * n,
+            C.WORKER: ["worker-0@bench"] * n,
+            C.DURATION_S: [0.1] * n,
+            C.IMAGE_SHA256: [None if b is None else hashlib.sha256(b).hexdigest() for b in images],
+            C.STATUS: [C.STATUS_ERROR if bad else C.STATUS_OK for bad in failed],
+            C.ERROR: ["RuntimeError: stub" if bad else None for bad in failed],
+        }
+        types = {C.ID: pa.string(), C.PROMPT: pa.string(), "category": pa.string(), **C.GENERATED}
+        table = pa.table({name: pa.array(values, types[name]) for name, values in arrays.items()})
+        footer = ShardFooter(identity_key(identity), index, n, n - sum(failed), sum(failed))
+        write_shard(table, str(folder), footer)
+    job = {"status": "finished", "identity": identity, "shards": shards, "config": {"output": {"image_format": "png"}}}
+    (folder / "job.json").write_text(json.dumps(job))
+    return folder
+
+
+def phase_export(run: str, dest: str, format: str) -> dict:
+    """Runs in a fresh process: one `genbatch export` with --where and --dedup."""
+    from jobs.export.run import export_run
+
+    baseline = rss_mb()
+    summary = export_run(run, dest, format, where=EXPORT_WHERE, dedup=True)  # type: ignore[arg-type]
+    return {**summary.as_dict(), "baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb()}
+
+
+def export_section(rows: int) -> None:
+    """Export throughput and peak RSS for a run of `rows` stub images, to WebDataset and to an imagefolder."""
+    with tempfile.TemporaryDirectory(prefix="export-scale-") as tmp:
+        started = time.perf_counter()
+        run = make_stub_run(Path(tmp) / "run", rows)
+        size_mb = sum(p.stat().st_size for p in (run / "data").glob("*.parquet")) / 2**20
+        print(f"\nwrote a stub run of {rows:,} images ({size_mb:,.0f} MB) in {time.perf_counter() - started:.1f}s")
+        results = {}
+        for format in ("webdataset", "imagefolder"):
+            print(f"exporting to {format} (fresh process) ...", flush=True)
+            results[format] = run_phase("export", str(run), str(Path(tmp) / format), format)
+        print_export_table(rows, results)  # before the clean-up: deleting 100,000s of files can take minutes
+
+
+def print_export_table(rows: int, results: dict) -> None:
+    print(f'\nexport of {rows:,} images, --where "{EXPORT_WHERE}" --dedup, 10,000 samples per shard')
+    lines = [("format", "rows in / out", "filtered", "duplicates", "shards", "MB", "s", "images/s", "peak RSS MB")]
+    for format, r in results.items():
+        lines.append(
+            (
+                format,
+                f"{r['rows_in']:,} / {r['rows_out']:,}",
+                f"{r['rows_filtered'] + r['rows_without_image']:,}",
+                f"{r['duplicates']:,}",
+                f"{r['shards']}",
+                f"{r['bytes'] / 2**20:,.0f}",
+                f"{r['seconds']:.1f}",
+                f"{r['images_per_s']:,.0f}",
+                f"{r['peak_rss_mb']:,.0f} (after imports {r['baseline_rss_mb']:,.0f})",
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for line in lines:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
 
 
 if __name__ == "__main__":

@@ -103,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--reference", help="set-level metrics (FID, KID, CMMD) of each run against this image set")
     compare.add_argument("--fid-weights", help="local copy of the standard FID Inception weights (with --reference)")
     compare.add_argument("--cmmd-model", help="CLIP model for CMMD (default: the runs' clip.model; with --reference)")
+    export = add_command("export", help="a run's images as WebDataset tar shards or an imagefolder, for training")
+    export.add_argument("run", help="the run's output folder or URI (s3://...)")
+    export.add_argument("--format", required=True, choices=["webdataset", "imagefolder"], help="what to write")
+    export.add_argument("-o", "--output", required=True, help="destination folder or URI")
+    export.add_argument("--where", help="keep only rows where this holds, e.g. \"status == 'ok' and clip_score >= 26\"")
+    export.add_argument("--dedup", action="store_true", help="drop exact duplicate images (by image_sha256)")
+    export.add_argument("--shard-size", type=int, default=10_000, metavar="N", help="samples per shard (default 10000)")
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier export with other settings in the destination"
+    )
     return parser
 
 
@@ -140,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "compare": compare_command,
         "status": status_command,
         "rescore": rescore_command,
+        "export": export_command,
     }
     signals.install()
     try:
@@ -329,6 +340,31 @@ def rescore_command(args: argparse.Namespace) -> int:
             f"{summary.images_scored} images scored; columns: {changed}) in {summary.seconds:.1f}s"
         )
     print(f"genbatch: output: {summary.output}")
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from jobs.export.run import export_run
+
+    summary = export_run(
+        args.run,
+        args.output,
+        args.format,
+        where=args.where,
+        dedup=args.dedup,
+        shard_size=args.shard_size,
+        overwrite=args.overwrite,
+    )
+    left_out = f"{summary.rows_filtered} filtered, {summary.duplicates} duplicates"
+    if summary.rows_without_image:
+        left_out += f", {summary.rows_without_image} without an image"
+    resumed = f", {summary.shards_skipped} already complete" if summary.shards_skipped else ""
+    print(
+        f"genbatch: exported {summary.rows_out} of {summary.rows_in} rows ({left_out}) "
+        f"in {summary.shards} {args.format} shards{resumed}: {summary.bytes / 2**20:.1f} MiB in "
+        f"{summary.seconds:.1f}s ({summary.images_per_s:.0f} images/s)"
+    )
+    print(f"genbatch: output: {summary.dest}")
     return 0
 
 

@@ -1,0 +1,56 @@
+"""Hugging Face imagefolder: `shard-NNNNNN/{key}.png` ... and `shard-NNNNNN/metadata.jsonl` per shard.
+
+`datasets.load_dataset("imagefolder", data_dir=DEST)` reads every shard folder's `metadata.jsonl`
+(`file_name` relative to it, `key`, then the run's metadata columns). A shard's images are published one
+by one and its `metadata.jsonl` last; a shard that was cut short is rewritten whole by the rerun (same
+names, same bytes).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from jobs.export.publish import publish_bytes
+from workers import storage
+
+METADATA_FILE = "metadata.jsonl"
+FILE_NAME = "file_name"
+KEY = "key"
+
+
+def folder_name(shard: int) -> str:
+    return f"shard-{shard:06d}"
+
+
+class ImageFolderShard:
+    """One shard folder being written; `commit()` publishes its `metadata.jsonl`."""
+
+    def __init__(self, dest: str, shard: int, extension: str, metadata_columns: list[str]):
+        self.shard = shard
+        self.rows = 0
+        self._folder = storage.join(dest, folder_name(shard))
+        self._extension = extension
+        self._columns = metadata_columns
+        self._lines: list[bytes] = []
+        self._bytes = 0
+        storage.remove_temp_files(self._folder)
+
+    def add(self, keys: list[str], rows: pa.Table, images: list[bytes]) -> None:
+        for key, image, record in zip(keys, images, rows.select(self._columns).to_pylist()):
+            name = f"{key}.{self._extension}"
+            # Not synced one by one (thousands of small files); metadata.jsonl, published last, is.
+            self._bytes += publish_bytes(storage.join(self._folder, name), image, sync=False)
+            line = {FILE_NAME: name, KEY: key, **record}
+            self._lines.append(json.dumps(line, ensure_ascii=False, default=str).encode() + b"\n")
+        self.rows += rows.num_rows
+
+    def commit(self) -> dict[str, int]:
+        metadata = b"".join(self._lines)
+        publish_bytes(storage.join(self._folder, METADATA_FILE), metadata)
+        prefix = folder_name(self.shard)
+        return {f"{prefix}/": self._bytes, f"{prefix}/{METADATA_FILE}": len(metadata)}
+
+    def discard(self) -> None:
+        """The images written so far stay; without `metadata.jsonl` the shard is incomplete and redone."""
