@@ -68,7 +68,9 @@ def parse_template(text: str) -> Template:
     try:
         parsed = list(string.Formatter().parse(text))
     except ValueError as error:
-        raise ManifestError(f"--template {text!r}: braces do not parse ({error}); write {{{{ or }}}} for a brace") from None
+        raise ManifestError(
+            f"--template {text!r}: braces do not parse ({error}); write {{{{ or }}}} for a brace"
+        ) from None
     for literal, name, spec, conversion in parsed:
         pending += literal
         if name is None:
