@@ -38,7 +38,11 @@ STATUS_ERROR = "error"
 # Manifest columns that set how a row is generated; a null value falls back to the job config.
 ROW_OVERRIDES = (STEPS, GUIDANCE_SCALE, WIDTH, HEIGHT)
 
-IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+# 64-bit offsets (`large_binary`): a shard's image bytes may exceed 2 GiB (1024 px PNGs x large shards x
+# images_per_prompt), past what `binary`'s 32-bit offsets can address. Shards written before took `binary`
+# (LEGACY_IMAGE_TYPE); everything that reads a run accepts both.
+IMAGE_TYPE = pa.struct([("bytes", pa.large_binary()), ("path", pa.string())])
+LEGACY_IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 # Columns genbatch writes after the manifest's own, in this order, with these types. `id` is written
 # first and keeps the manifest's type (string or integer).
@@ -77,3 +81,10 @@ REPLACED_INPUTS = frozenset({ID, SEED, STRENGTH, *ROW_OVERRIDES})
 
 # A manifest may not carry these: they would be silently overwritten by genbatch's own output.
 RESERVED = (frozenset(GENERATED) | frozenset(RECONSTRUCTION)) - REPLACED_INPUTS
+
+
+def with_wide_offsets(table: pa.Table) -> pa.Table:
+    """`table` with its `binary` columns (init images passed through) as `large_binary`: repeated once per image
+    of the row, or gathered into a large shard, they could pass 2 GiB, as the images could."""
+    schema = pa.schema([f.with_type(pa.large_binary()) if pa.types.is_binary(f.type) else f for f in table.schema])
+    return table if schema.equals(table.schema) else table.cast(schema)

@@ -49,6 +49,7 @@ def build_output_table(
     then, when `reconstruct`, the round-trip measurements."""
     passthrough = [name for name in manifest.column_names if name not in C.REPLACED_INPUTS]
     arrays = {C.ID: ids}
+    manifest = C.with_wide_offsets(manifest)
     arrays.update({name: manifest.column(name) for name in passthrough})
     generated = {
         C.IMAGE: [None if out.image_bytes is None else {"bytes": out.image_bytes, "path": None} for out in outputs],

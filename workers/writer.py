@@ -50,7 +50,17 @@ def write_shard(
     if features is not None:
         metadata[HF_KEY] = json.dumps({"info": {"features": features}}).encode()
     buffer = pa.BufferOutputStream()
-    pq.write_table(table.replace_schema_metadata(metadata), buffer, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+    pq.write_table(
+        table.replace_schema_metadata(metadata),
+        buffer,
+        compression="zstd",
+        row_group_size=ROW_GROUP_ROWS,
+        use_dictionary=dictionary_columns(table.schema),
+        write_statistics=dictionary_columns(table.schema),  # min/max of every image's bytes would be wasted work
+        # Pages are cut between write batches: one value at a time keeps a page to about one image, where
+        # Parquet's 32-bit page sizes cannot overflow (pages of small columns still fill up to 1 MB).
+        write_batch_size=1,
+    )
     try:
         storage.write_bytes(final, buffer.getvalue(), before_publish)
     except FencedOut:
@@ -58,6 +68,20 @@ def write_shard(
     except OSError as error:
         raise ShardWriteError(f"cannot write {final}: {error.strerror or one_line(error)}") from error
     return final
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Every leaf column but raw bytes (images), for dictionaries and statistics: PNGs never repeat, nobody
+    filters on their min/max, and a dictionary of a shard's images is one `binary` array, which cannot pass
+    2 GiB whatever the column's own type."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), buffer)
+    parquet = pq.read_metadata(pa.BufferReader(buffer.getvalue())).schema
+    return [
+        parquet.column(i).path
+        for i in range(len(parquet))
+        if not (parquet.column(i).physical_type == "BYTE_ARRAY" and parquet.column(i).logical_type.type == "NONE")
+    ]
 
 
 def read_footer(location: str) -> ShardFooter | None:

@@ -1,0 +1,158 @@
+"""Image bytes use 64-bit offsets (`large_binary`), so a shard may hold more than 2 GiB of them; runs written
+before, with `binary`, still resume, report, show their status and load in `datasets`."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from jobs.cli import main
+from tests.conftest import read_output, write_config, write_manifest
+from workers import columns as C
+from workers.output import RowOutput, RunLabels, build_output_table, merge_retried
+from workers.rows import RowSpec, expand_images
+from workers.writer import FOOTER_KEY, ShardFooter, read_footer, write_shard
+
+LABELS = RunLabels(model="tiny", clip_model=None, scheduler="ddim", worker="worker-0@test")
+
+
+def spec(row_id: str) -> RowSpec:
+    return RowSpec(row_id, "a prompt", "", 1, 2, 7.5, 32, 32)
+
+
+@pytest.mark.slow  # 2.2 GB through the writer and back: ~10 s and ~5 GB of memory at peak on the 2-core machine
+def test_a_shard_with_more_than_2_gib_of_image_bytes_is_written_and_read_back(tmp_path):
+    size, rows = 720 * 2**20, 3  # 3 x 720 MiB: past 2**31 - 1, the most `binary` offsets address
+    assert size * rows > 2**31
+    # The output table as a worker builds it, then its images swapped for big ones, made without Python bytes.
+    table = shard_table([f"r{i}" for i in range(rows)])
+    data = pa.allocate_buffer(size * rows)
+    for i in range(rows):
+        np.frombuffer(data, dtype=np.uint8)[i * size : (i + 1) * size] = i + 1
+    offsets = pa.py_buffer(np.arange(rows + 1, dtype=np.int64) * size)
+    big = pa.Array.from_buffers(pa.large_binary(), rows, [None, offsets, data])
+    images = pa.StructArray.from_arrays([big, pa.nulls(rows, pa.string())], fields=list(C.IMAGE_TYPE))
+    table = table.set_column(table.schema.get_field_index(C.IMAGE), C.IMAGE, images)
+    footer = ShardFooter(job_key="k", shard=0, rows=rows, ok=rows, failed=0)
+    path = write_shard(table, str(tmp_path), footer)
+    del table, images, big, data
+
+    assert read_footer(path) == footer  # what a resume checks
+    assert pq.read_schema(path).field(C.IMAGE).type == C.IMAGE_TYPE
+    column = pq.read_table(path, columns=[C.IMAGE]).column(C.IMAGE)
+    assert column.num_chunks == 1  # one row group
+    back = column.chunk(0).field("bytes")
+    assert back.type == pa.large_binary() and len(back) == rows
+    starts = np.frombuffer(back.buffers()[1], dtype=np.int64)[back.offset : back.offset + rows + 1]
+    assert (starts - starts[0]).tolist() == [i * size for i in range(rows + 1)]
+    values = np.frombuffer(back.buffers()[2], dtype=np.uint8)[starts[0] :]
+    for i in range(rows):  # every byte where it belongs
+        assert (values[i * size : (i + 1) * size] == i + 1).all()
+
+
+def png(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), value, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def legacy(table: pa.Table) -> pa.Table:
+    """A shard table as genbatch wrote it before large_binary: the image column with 32-bit offsets."""
+    index = table.schema.get_field_index(C.IMAGE)
+    return table.set_column(index, pa.field(C.IMAGE, C.LEGACY_IMAGE_TYPE), table.column(C.IMAGE).cast(C.LEGACY_IMAGE_TYPE))
+
+
+def shard_table(ids: list[str], error_at: int | None = None) -> pa.Table:
+    outputs = [
+        RowOutput(error="RuntimeError: boom") if i == error_at else RowOutput(png(10 * i), f"sha{i}", 0.25)
+        for i in range(len(ids))
+    ]
+    manifest = pa.table({C.ID: ids, C.PROMPT: [f"prompt {i}" for i in ids]})
+    return build_output_table(manifest, manifest.column(C.ID), [spec(i) for i in ids], outputs, LABELS)
+
+
+def test_retrying_rows_of_an_old_shard_keeps_its_type_and_replaces_only_those_rows():
+    previous = legacy(shard_table(["a", "b", "c"], error_at=1))
+    fresh = shard_table(["b"])
+    merged = merge_retried(previous, fresh, [1])
+    assert merged.schema.equals(previous.schema)
+    assert merged.column(C.IMAGE).to_pylist() == [
+        {"bytes": png(0), "path": None},
+        {"bytes": png(0), "path": None},  # fresh's row 0 image
+        {"bytes": png(20), "path": None},
+    ]
+    assert merged.column(C.STATUS).to_pylist() == ["ok", "ok", "ok"]
+
+
+def test_passed_through_init_images_get_64_bit_offsets_too():
+    table = pa.table({C.ID: ["a", "b"], C.INIT_IMAGE: pa.array([b"x" * 3, b"y"], pa.binary())})
+    rows = [spec("a"), spec("b")]
+    expanded, ids, specs = expand_images(table, table.column(C.ID), rows, 2)
+    assert expanded.schema.field(C.INIT_IMAGE).type == pa.large_binary()
+    assert expanded.column(C.INIT_IMAGE).to_pylist() == [b"xxx", b"xxx", b"y", b"y"]
+    output = build_output_table(table, table.column(C.ID), rows, [RowOutput(png(1), "s", 0.1)] * 2, LABELS)
+    assert output.schema.field(C.INIT_IMAGE).type == pa.large_binary()
+    assert output.column(C.INIT_IMAGE).to_pylist() == [b"xxx", b"y"]
+
+
+def test_old_and_new_shards_load_together_in_datasets(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    old = write_shard(legacy(shard_table(["a", "b"])), str(tmp_path), ShardFooter("k", 0, 2, 2, 0))
+    new = write_shard(shard_table(["c", "d"]), str(tmp_path), ShardFooter("k", 1, 2, 2, 0))
+    assert pq.read_schema(old).field(C.IMAGE).type == C.LEGACY_IMAGE_TYPE
+    assert pq.read_schema(new).field(C.IMAGE).type == C.IMAGE_TYPE
+    for path in (old, new):  # both say `image` is an Image feature
+        features = json.loads(pq.read_schema(path).metadata[b"huggingface"])["info"]["features"]
+        assert features[C.IMAGE] == {"_type": "Image"}
+    dataset = datasets.load_dataset(
+        "parquet", data_files=[old, new], split="train", cache_dir=str(tmp_path / "hf-cache")
+    )
+    assert isinstance(dataset.features[C.IMAGE], datasets.Image)
+    assert dataset[C.ID] == ["a", "b", "c", "d"]
+    pixels = [np.asarray(image)[0, 0, 0] for image in dataset[C.IMAGE]]
+    assert pixels == [0, 10, 0, 10]
+
+
+@pytest.mark.slow  # two whole jobs
+def test_an_old_binary_run_resumes_and_reports_with_its_new_shards(tmp_path, ray_session, capsys):
+    manifest = write_manifest(tmp_path / "m.parquet", {C.ID: [f"p{i}" for i in range(6)], C.PROMPT: list("abcdef")})
+    output = tmp_path / "out"
+    config = write_config(tmp_path / "c.yaml", manifest, output, shard_size=3)
+    assert main(["run", str(config), "--quiet"]) == 0
+    expected = read_output(output)
+    # Make it a run of an older genbatch: shard 0 with `binary` images (same footer), shard 1 lost.
+    shard_0, shard_1 = output / "data" / "shard-00000.parquet", output / "data" / "shard-00001.parquet"
+    old = pq.read_table(shard_0)
+    pq.write_table(legacy(old).replace_schema_metadata(old.schema.metadata), shard_0, row_group_size=64)
+    shard_1.unlink()
+    (output / "stats" / "shard-00001.json").unlink()
+    old_bytes = shard_0.read_bytes()
+
+    assert main(["run", str(config), "--quiet"]) == 0
+    assert shard_0.read_bytes() == old_bytes  # verified from its footer and kept
+    assert pq.read_schema(shard_0).field(C.IMAGE).type == C.LEGACY_IMAGE_TYPE
+    assert pq.read_schema(shard_1).field(C.IMAGE).type == C.IMAGE_TYPE
+    assert json.loads(pq.read_schema(shard_1).metadata[FOOTER_KEY])["rows"] == 3
+    resumed = pq.read_table(output / "data")  # a folder of both kinds reads as one table
+    assert resumed.column(C.IMAGE_SHA256).to_pylist() == expected.column(C.IMAGE_SHA256).to_pylist()
+    assert [r["bytes"] for r in resumed.column(C.IMAGE).to_pylist()] == [
+        r["bytes"] for r in expected.column(C.IMAGE).to_pylist()
+    ]
+
+    capsys.readouterr()
+    assert main(["status", str(output), "--log-format", "json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["state"], status["rows_done"], status["ok"], status["shards_done"]) == ("finished", 6, 6, 2)
+    assert main(["report", str(output)]) == 0
+    report = json.loads((output / "report" / "report.json").read_text())
+    assert (report["rows"], report["ok"], report["clip_score"]["n"]) == (6, 6, 6)
+    html = (output / "report" / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 6  # thumbnails from both kinds of shard
