@@ -391,7 +391,6 @@ def print_scale_table(results: dict) -> None:
         print(f"{name:<{width}}  {value}")
 
 
-
 def run_phase(*args: str) -> dict:
     """Run this script's `--phase ...` in a fresh interpreter; its last stdout line is the JSON result."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))

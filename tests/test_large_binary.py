@@ -155,4 +155,4 @@ def test_an_old_binary_run_resumes_and_reports_with_its_new_shards(tmp_path, ray
     report = json.loads((output / "report" / "report.json").read_text())
     assert (report["rows"], report["ok"], report["clip_score"]["n"]) == (6, 6, 6)
     html = (output / "report" / "report.html").read_text()
-    assert html.count('src="data:image/png;base64,') == 6  # thumbnails from both kinds of shard
+    assert html.count('src="data:image/jpeg;base64,') == 6  # thumbnails from both kinds of shard
