@@ -65,7 +65,9 @@ def png(value: int) -> bytes:
 def legacy(table: pa.Table) -> pa.Table:
     """A shard table as genbatch wrote it before large_binary: the image column with 32-bit offsets."""
     index = table.schema.get_field_index(C.IMAGE)
-    return table.set_column(index, pa.field(C.IMAGE, C.LEGACY_IMAGE_TYPE), table.column(C.IMAGE).cast(C.LEGACY_IMAGE_TYPE))
+    return table.set_column(
+        index, pa.field(C.IMAGE, C.LEGACY_IMAGE_TYPE), table.column(C.IMAGE).cast(C.LEGACY_IMAGE_TYPE)
+    )
 
 
 def shard_table(ids: list[str], error_at: int | None = None) -> pa.Table:
@@ -94,6 +96,7 @@ def test_passed_through_init_images_get_64_bit_offsets_too():
     table = pa.table({C.ID: ["a", "b"], C.INIT_IMAGE: pa.array([b"x" * 3, b"y"], pa.binary())})
     rows = [spec("a"), spec("b")]
     expanded, ids, specs = expand_images(table, table.column(C.ID), rows, 2)
+    assert ids.to_pylist() == ["a", "a", "b", "b"] and [s.image_index for s in specs] == [0, 1, 0, 1]
     assert expanded.schema.field(C.INIT_IMAGE).type == pa.large_binary()
     assert expanded.column(C.INIT_IMAGE).to_pylist() == [b"xxx", b"xxx", b"y", b"y"]
     output = build_output_table(table, table.column(C.ID), rows, [RowOutput(png(1), "s", 0.1)] * 2, LABELS)
