@@ -1,5 +1,5 @@
-"""Image bytes use 64-bit offsets (`large_binary`), so a shard may hold more than 2 GiB of them; runs written
-before, with `binary`, still resume, report, show their status and load in `datasets`."""
+"""Image bytes have 64-bit offsets (`large_binary`) in memory and are stored a row group at a time as `binary`, so a
+shard may hold more than 2 GiB of them while its files keep the type of earlier runs and of `datasets`' Image."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from PIL import Image
 from jobs.cli import main
 from tests.conftest import read_output, write_config, write_manifest
 from workers import columns as C
-from workers.output import RowOutput, RunLabels, build_output_table, merge_retried
+from workers.output import RowOutput, RunLabels, build_output_table, merge_retried, read_previous
 from workers.rows import RowSpec, expand_images
+from workers.tasks import ShardTask
 from workers.writer import FOOTER_KEY, ShardFooter, read_footer, write_shard
 
 LABELS = RunLabels(model="tiny", clip_model=None, scheduler="ddim", worker="worker-0@test")
@@ -44,16 +45,14 @@ def test_a_shard_with_more_than_2_gib_of_image_bytes_is_written_and_read_back(tm
     del table, images, big, data
 
     assert read_footer(path) == footer  # what a resume checks
-    assert pq.read_schema(path).field(C.IMAGE).type == C.IMAGE_TYPE
+    assert pq.read_schema(path).field(C.IMAGE).type == C.STORED_IMAGE_TYPE
+    assert pq.read_metadata(path).num_row_groups == 3  # a row group per image where 64 would pass 1 GiB
     column = pq.read_table(path, columns=[C.IMAGE]).column(C.IMAGE)
-    assert column.num_chunks == 1  # one row group
-    back = column.chunk(0).field("bytes")
-    assert back.type == pa.large_binary() and len(back) == rows
-    starts = np.frombuffer(back.buffers()[1], dtype=np.int64)[back.offset : back.offset + rows + 1]
-    assert (starts - starts[0]).tolist() == [i * size for i in range(rows + 1)]
-    values = np.frombuffer(back.buffers()[2], dtype=np.uint8)[starts[0] :]
-    for i in range(rows):  # every byte where it belongs
-        assert (values[i * size : (i + 1) * size] == i + 1).all()
+    assert column.num_chunks == 3
+    values = [value for chunk in column.chunks for value in chunk.field("bytes")]
+    assert len(values) == rows
+    for i, value in enumerate(values):  # every byte where it belongs, read without copying
+        assert (np.frombuffer(value.as_buffer(), dtype=np.uint8) == i + 1).all() and len(value.as_buffer()) == size
 
 
 def png(value: int) -> bytes:
@@ -63,11 +62,10 @@ def png(value: int) -> bytes:
 
 
 def legacy(table: pa.Table) -> pa.Table:
-    """A shard table as genbatch wrote it before large_binary: the image column with 32-bit offsets."""
+    """A shard table as genbatch built it before large_binary: the image column with 32-bit offsets."""
     index = table.schema.get_field_index(C.IMAGE)
-    return table.set_column(
-        index, pa.field(C.IMAGE, C.LEGACY_IMAGE_TYPE), table.column(C.IMAGE).cast(C.LEGACY_IMAGE_TYPE)
-    )
+    image = table.column(C.IMAGE).cast(C.STORED_IMAGE_TYPE)
+    return table.set_column(index, pa.field(C.IMAGE, C.STORED_IMAGE_TYPE), image)
 
 
 def shard_table(ids: list[str], error_at: int | None = None) -> pa.Table:
@@ -79,11 +77,13 @@ def shard_table(ids: list[str], error_at: int | None = None) -> pa.Table:
     return build_output_table(manifest, manifest.column(C.ID), [spec(i) for i in ids], outputs, LABELS)
 
 
-def test_retrying_rows_of_an_old_shard_keeps_its_type_and_replaces_only_those_rows():
-    previous = legacy(shard_table(["a", "b", "c"], error_at=1))
-    fresh = shard_table(["b"])
-    merged = merge_retried(previous, fresh, [1])
-    assert merged.schema.equals(previous.schema)
+def test_retrying_rows_of_a_shard_replaces_only_those_rows_with_wide_offsets(tmp_path):
+    path = write_shard(shard_table(["a", "b", "c"], error_at=1), str(tmp_path), ShardFooter("k", 2, 3, 2, 1))
+    previous = read_previous(str(tmp_path), ShardTask(2, "m.parquet", 0, 3, 0, True))
+    assert pq.read_schema(path).field(C.IMAGE).type == C.STORED_IMAGE_TYPE
+    assert previous.schema.field(C.IMAGE).type == C.IMAGE_TYPE
+    merged = merge_retried(previous, shard_table(["b"]), [1])
+    assert merged.schema.field(C.IMAGE).type == C.IMAGE_TYPE
     assert merged.column(C.IMAGE).to_pylist() == [
         {"bytes": png(0), "path": None},
         {"bytes": png(0), "path": None},  # fresh's row 0 image
@@ -102,16 +102,18 @@ def test_passed_through_init_images_get_64_bit_offsets_too():
     output = build_output_table(table, table.column(C.ID), rows, [RowOutput(png(1), "s", 0.1)] * 2, LABELS)
     assert output.schema.field(C.INIT_IMAGE).type == pa.large_binary()
     assert output.column(C.INIT_IMAGE).to_pylist() == [b"xxx", b"y"]
+    schema, groups = C.stored_row_groups(output, 1)  # as a file holds it: binary, a row group per row here
+    assert schema.field(C.INIT_IMAGE).type == pa.binary() and schema.field(C.IMAGE).type == C.STORED_IMAGE_TYPE
+    assert [g.column(C.INIT_IMAGE).to_pylist() for g in groups] == [[b"xxx"], [b"y"]]
 
 
-def test_old_and_new_shards_load_together_in_datasets(tmp_path, monkeypatch):
+def test_shards_from_before_and_after_load_together_in_datasets_as_images(tmp_path, monkeypatch):
     import datasets
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     old = write_shard(legacy(shard_table(["a", "b"])), str(tmp_path), ShardFooter("k", 0, 2, 2, 0))
     new = write_shard(shard_table(["c", "d"]), str(tmp_path), ShardFooter("k", 1, 2, 2, 0))
-    assert pq.read_schema(old).field(C.IMAGE).type == C.LEGACY_IMAGE_TYPE
-    assert pq.read_schema(new).field(C.IMAGE).type == C.IMAGE_TYPE
+    assert pq.read_schema(old).field(C.IMAGE).type == pq.read_schema(new).field(C.IMAGE).type == C.STORED_IMAGE_TYPE
     for path in (old, new):  # both say `image` is an Image feature
         features = json.loads(pq.read_schema(path).metadata[b"huggingface"])["info"]["features"]
         assert features[C.IMAGE] == {"_type": "Image"}
@@ -141,8 +143,7 @@ def test_an_old_binary_run_resumes_and_reports_with_its_new_shards(tmp_path, ray
 
     assert main(["run", str(config), "--quiet"]) == 0
     assert shard_0.read_bytes() == old_bytes  # verified from its footer and kept
-    assert pq.read_schema(shard_0).field(C.IMAGE).type == C.LEGACY_IMAGE_TYPE
-    assert pq.read_schema(shard_1).field(C.IMAGE).type == C.IMAGE_TYPE
+    assert pq.read_schema(shard_0).field(C.IMAGE).type == pq.read_schema(shard_1).field(C.IMAGE).type
     assert json.loads(pq.read_schema(shard_1).metadata[FOOTER_KEY])["rows"] == 3
     resumed = pq.read_table(output / "data")  # a folder of both kinds reads as one table
     assert resumed.column(C.IMAGE_SHA256).to_pylist() == expected.column(C.IMAGE_SHA256).to_pylist()

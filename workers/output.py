@@ -88,7 +88,7 @@ def read_previous(output_dir: str, task: ShardTask) -> pa.Table | None:
         return None
     with storage.open_input(path) as handle:
         table = pq.read_table(handle)
-    return table.replace_schema_metadata(None)
+    return C.with_wide_offsets(table.replace_schema_metadata(None))  # as build_output_table's, for merge_retried
 
 
 def failed_positions(previous: pa.Table) -> list[int]:

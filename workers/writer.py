@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from workers import columns as C
 from workers import layout, storage
 from workers.errors import FencedOut, ShardWriteError, one_line
 from workers.hf_features import HF_KEY, hf_features
@@ -46,21 +47,25 @@ def write_shard(
     final = layout.shard_path(output_dir, footer.shard)
     metadata = dict(table.schema.metadata or {})
     metadata[FOOTER_KEY] = json.dumps(vars(footer)).encode()
-    features = hf_features(table.schema)
+    schema, groups = C.stored_row_groups(table.replace_schema_metadata(metadata), ROW_GROUP_ROWS)
+    features = hf_features(schema)
     if features is not None:
         metadata[HF_KEY] = json.dumps({"info": {"features": features}}).encode()
+        schema = schema.with_metadata(metadata)
+    raw = dictionary_columns(schema)
     buffer = pa.BufferOutputStream()
-    pq.write_table(
-        table.replace_schema_metadata(metadata),
+    with pq.ParquetWriter(
         buffer,
+        schema,
         compression="zstd",
-        row_group_size=ROW_GROUP_ROWS,
-        use_dictionary=dictionary_columns(table.schema),
-        write_statistics=dictionary_columns(table.schema),  # min/max of every image's bytes would be wasted work
+        use_dictionary=raw,
+        write_statistics=raw,  # min/max of every image's bytes would be wasted work
         # Pages are cut between write batches: one value at a time keeps a page to about one image, where
         # Parquet's 32-bit page sizes cannot overflow (pages of small columns still fill up to 1 MB).
         write_batch_size=1,
-    )
+    ) as parquet:
+        for group in groups:  # one row group each
+            parquet.write_table(group.replace_schema_metadata(metadata), row_group_size=ROW_GROUP_ROWS)
     try:
         storage.write_bytes(final, buffer.getvalue(), before_publish)
     except FencedOut:

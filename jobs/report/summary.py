@@ -70,7 +70,8 @@ def build_report(run_dir: str | Path, by: str | None = None, shown: int = SHOWN_
     tally = RunTally(column, reconstruct=C.RECON_MSE in run.columns)
     for batch in scan(run, tally.columns):
         tally.add(batch)
-    scores = tally.scores()
+    tally.finish()
+    scores = tally.scores
     data = {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "rows": tally.rows,
@@ -87,7 +88,7 @@ def build_report(run_dir: str | Path, by: str | None = None, shown: int = SHOWN_
         data["reconstruction"] = tally.reconstruction_stats()
     shown = min(shown, max(1, len(scores) // 2))  # small runs: best and worst do not overlap
     order = np.argsort(scores, kind="stable")
-    positions = tally.scored_positions()
+    positions = tally.positions
     best, worst = positions[order[::-1][:shown]].tolist(), positions[order[:shown]].tolist()
     rows = fetch_rows(run, tally.failed_positions + best + worst, [C.ID, C.PROMPT, C.ERROR, C.CLIP_SCORE])
     failed = [rows[p] for p in tally.failed_positions]
@@ -109,6 +110,7 @@ class RunTally:
         self.columns = [C.STATUS, C.CLIP_SCORE, C.SCHEDULER] + ([group_column] if group_column else [])
         self.columns += list(C.RECONSTRUCTION) if reconstruct else []
         self.rows = self.ok = self.failed = 0
+        self.scores, self.positions, self.codes = np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
         self.failed_positions: list[int] = []  # the first MAX_FAILED_LISTED
         self.schedulers: set = set()
         self._scores: list[np.ndarray] = []
@@ -134,7 +136,7 @@ class RunTally:
             codes = self._group_codes(batch.column(self.group_column))
             self._counts = np.pad(self._counts, (0, len(self._values) - len(self._counts)))
             self._counts += np.bincount(codes, minlength=len(self._values))
-            self._codes.append(codes[scored])
+            self._codes.append(codes[scored].astype(np.int32))
         if self.reconstruct:
             done = pc.is_valid(batch.column(C.RECON_MSE))
             for name in C.RECONSTRUCTION:
@@ -152,17 +154,18 @@ class RunTally:
         indices = pc.fill_null(encoded.indices, len(local)).to_numpy()
         return np.array([*local, null], dtype=np.int64)[indices]
 
-    def scores(self) -> np.ndarray:
-        return np.concatenate(self._scores) if self._scores else np.zeros(0)
-
-    def scored_positions(self) -> np.ndarray:
-        return np.concatenate(self._positions) if self._positions else np.zeros(0, dtype=np.int64)
+    def finish(self) -> None:
+        """After the last batch: the scored rows' scores, positions and group codes as single arrays."""
+        self.scores = np.concatenate(self._scores) if self._scores else np.zeros(0)
+        self.positions = np.concatenate(self._positions) if self._positions else np.zeros(0, dtype=np.int64)
+        self.codes = np.concatenate(self._codes) if self._codes else np.zeros(0, dtype=np.int32)
+        self._scores, self._positions, self._codes = [], [], []  # each row is held once, not twice
 
     def group_stats(self) -> dict:
         """Per value of the group column: rows, and the mean, median and bootstrap interval of its scores."""
-        scores, codes = self.scores(), np.concatenate(self._codes) if self._codes else np.zeros(0, dtype=np.int64)
+        scores, codes = self.scores, self.codes
         order = np.argsort(codes, kind="stable")  # each group's scores keep their row order
-        bounds = np.searchsorted(codes[order], np.arange(len(self._values) + 1))
+        bounds = np.searchsorted(codes, np.arange(len(self._values) + 1), sorter=order)
         groups = {}
         for value, code in sorted(self._values.items(), key=lambda item: str(item[0])):
             if not self._counts[code]:
