@@ -41,7 +41,7 @@ ROW_OVERRIDES = (STEPS, GUIDANCE_SCALE, WIDTH, HEIGHT)
 # In memory, image bytes have 64-bit offsets (`large_binary`): a shard's images may pass 2 GiB (1024 px PNGs x
 # large shards x images_per_prompt), more than `binary`'s 32-bit offsets address. In the file they are stored as
 # `binary` (STORED_IMAGE_TYPE, the type of `datasets`' Image feature and of every earlier shard), a row group at a
-# time (see `stored_form`); Parquet itself has no such limit, and pyarrow splits what it reads into chunks.
+# time (see `stored_row_groups`); Parquet itself has no such limit, and pyarrow reads a chunk per row group.
 IMAGE_TYPE = pa.struct([("bytes", pa.large_binary()), ("path", pa.string())])
 STORED_IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
