@@ -15,8 +15,14 @@ fresh process so that its peak RSS (VmHWM) is its own:
 ~0.25 s of actor CPU: harmless next to a GPU's 25 s per 256-row shard, but on a small machine it would
 measure the stub actors, not the driver. The manifest is therefore written with small row groups.
 
+3. template: `genbatch manifest --template` writing a `--rows`-row Cartesian product (three lists);
+4. status and report: `genbatch status` and `genbatch report` (its `build_report`, figures and thumbnails) of a
+   finished run of that manifest, faked with stub images (one 8x8 PNG, unique ids, shas and scores) and written
+   through the real shard writer, footers, stats files and job.json included.
+
     python benchmarks/driver_scale.py [--rows 10_000_000] [--files 10] [--shard-size 256] [--workers 8]
         [--id-kind int|string] [--row-group-rows 4096] [--dispatch-rows N] [--cpus N]
+        [--phases plan,dispatch,template,status,report] [--run-shard-size 1024]
 """
 
 from __future__ import annotations
@@ -185,6 +191,213 @@ def phase_dispatch(manifest: str, output: str, shard_size: int, workers: int, cp
     }
 
 
+# Templates, status and report at scale (issue 16 section 3): a template manifest of `--rows` rows, then a
+# finished run of it faked with stub images, read back as `genbatch status` and `genbatch report` read it.
+
+_STUB_RUN_SHARD_SIZE = 1024
+
+
+def template_lists(folder: Path, rows: int) -> tuple[str, list[str]]:
+    """A template and its --var flags whose product has exactly `rows` rows: 10 styles x 100 lightings x the rest."""
+    if rows % 1000:
+        raise SystemExit(f"--rows {rows}: the template benchmark needs a multiple of 1,000")
+    folder.mkdir(parents=True)
+    sizes = {"style": 10, "lighting": 100, "object": rows // 1000}
+    flags = []
+    for name, count in sizes.items():
+        (folder / f"{name}.txt").write_text("".join(f"{name} number {i}\n" for i in range(count)))
+        flags.append(f"{name}={folder / f'{name}.txt'}")
+    return "a {style} photo of a {object}, {lighting}, highly detailed", flags
+
+
+def phase_template(folder: str, rows: int, output: str) -> dict:
+    """Runs in a fresh process: `genbatch manifest --template ... --yes` for a `rows`-row product."""
+    from jobs.templates import write_template_manifest
+
+    template, flags = template_lists(Path(folder), rows)
+    baseline = rss_mb()
+    started = time.perf_counter()
+    summary = write_template_manifest(template, flags, output, yes=True)
+    seconds = time.perf_counter() - started
+    return {
+        "rows": summary.rows,
+        "seconds": seconds,
+        "rows_per_s": summary.rows / seconds,
+        "file_mb": os.path.getsize(output) / 2**20,
+        "row_groups": pq.ParquetFile(output).metadata.num_row_groups,
+        "baseline_rss_mb": baseline,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def stub_png() -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), 127, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_stub_run(manifest: str, output: str, shard_size: int) -> dict:
+    """Runs in a fresh process: a finished run of `manifest` as genbatch writes it, without a model.
+
+    Every row is `ok` but one in 1,000 (`error`); ids, prompts and the manifest's columns are the manifest's, each
+    image is the same 8x8 PNG, shas are unique, CLIP scores are random. Shards go through `write_shard` (footers
+    and `datasets` metadata), stats through `write_shard_stats`, and job.json through `write_job_file`.
+
+    One difference: row groups of `shard_size` rows, not 64 (`ROW_GROUP_ROWS`), which would take half an hour
+    to write 10M rows on a small machine; the report reads light columns in batches whatever the row groups,
+    and only the 24 shown rows' groups of images (larger here, so its figure is if anything pessimistic)."""
+    import numpy as np
+
+    from jobs.jobfile import identity_key, write_job_file
+    from workers import columns as C
+    from workers import writer
+    from workers.shard_stats import ShardStats, write_shard_stats
+    from workers.writer import ShardFooter, write_shard
+
+    writer.ROW_GROUP_ROWS = shard_size
+
+    started = time.perf_counter()
+    parquet = pq.ParquetFile(manifest)
+    rows = parquet.metadata.num_rows
+    identity = {"made_by": "benchmarks/driver_scale.py", "manifest_rows": rows, "shard_size": shard_size}
+    key, image = identity_key(identity), stub_png()
+    rng = np.random.default_rng(0)
+    shards, ok_total, first = 0, 0, 0
+    for batch in parquet.iter_batches(batch_size=shard_size):
+        n = batch.num_rows
+        positions = np.arange(first, first + n)
+        failed = positions % 1000 == 999
+        status = np.where(failed, C.STATUS_OK if False else C.STATUS_ERROR, C.STATUS_OK)
+        scores = np.where(failed, np.nan, rng.normal(26, 3, n)).astype(np.float32)
+        images = pa.array([None if bad else {"bytes": image, "path": None} for bad in failed], C.IMAGE_TYPE)
+        table = pa.Table.from_batches([batch]).drop_columns([C.ID])
+        generated = {
+            C.IMAGE: images,
+            C.CLIP_SCORE: pa.array(scores, C.GENERATED[C.CLIP_SCORE], from_pandas=True),
+            C.CLIP_COSINE: pa.array(scores / 100, C.GENERATED[C.CLIP_COSINE], from_pandas=True),
+            C.PROMPT_TRUNCATED: pa.array(np.zeros(n, dtype=bool)),
+            C.SEED: pa.array(positions, pa.int64()),
+            C.IMAGE_INDEX: pa.array(np.zeros(n, dtype=np.int32)),
+            C.STEPS: pa.array(np.full(n, 30, dtype=np.int32)),
+            C.GUIDANCE_SCALE: pa.array(np.full(n, 7.5, dtype=np.float32)),
+            C.WIDTH: pa.array(np.full(n, 512, dtype=np.int32)),
+            C.HEIGHT: pa.array(np.full(n, 512, dtype=np.int32)),
+            C.STRENGTH: pa.nulls(n, pa.float32()),
+            C.SCHEDULER: pa.array(["ddim"] * n),
+            C.MODEL: pa.array(["stub"] * n),
+            C.CLIP_MODEL: pa.array(["stub-clip"] * n),
+            C.WORKER: pa.array([f"worker-{shards % 100}@stub"] * n),
+            C.DURATION_S: pa.array(np.full(n, 0.1, dtype=np.float32)),
+            C.IMAGE_SHA256: pa.compute.utf8_lpad(pa.array(positions).cast(pa.string()), 64, "0"),
+            C.STATUS: pa.array(status.tolist(), pa.string()),
+            C.ERROR: pa.array(["RuntimeError: stub" if bad else None for bad in failed], pa.string()),
+        }
+        table = pa.table({C.ID: batch.column(C.ID), **{n_: table[n_] for n_ in table.column_names}, **generated})
+        ok = n - int(failed.sum())
+        write_shard(table, output, ShardFooter(key, shards, n, ok, n - ok))
+        stats = ShardStats(shards, n, ok, n - ok, n, 25.6, n / 25.6, f"worker-{shards % 100}@stub", "node", "10.0.0.1",
+                           1, "2026-12-01T00:00:00+00:00", key)  # fmt: skip
+        write_shard_stats(output, stats)
+        shards, ok_total, first = shards + 1, ok_total + ok, first + n
+    write_job_file(
+        output,
+        {
+            "status": "finished",
+            "identity": identity,
+            "shards": shards,
+            "manifest": {"rows": rows, "files": [manifest]},
+            "config": {
+                "model": {"id": "stub", "scheduler": "ddim", "dtype": "bfloat16"},
+                "generation": {"steps": 30, "guidance_scale": 7.5, "width": 512, "height": 512},
+                "clip": {"model": "stub-clip"},
+                "seed": 0,
+            },
+            "counts": {"ok": ok_total, "failed": rows - ok_total},
+            "started_at": "2026-11-30T00:00:00+00:00",
+            "finished_at": "2026-12-01T00:00:00+00:00",
+            "images_per_s": 1000.0,
+            "seconds": rows / 1000.0,
+        },
+    )
+    data_mb = sum(f.stat().st_size for f in (Path(output) / "data").iterdir()) / 2**20
+    return {"rows": rows, "shards": shards, "seconds": time.perf_counter() - started, "data_mb": data_mb}
+
+
+def phase_status(output: str) -> dict:
+    """Runs in a fresh process: `genbatch status` of the stub run (job.json and every stats file)."""
+    from jobs.status import format_status, job_status
+
+    baseline = rss_mb()
+    started = time.perf_counter()
+    status = job_status(output)
+    text = format_status(status)
+    seconds = time.perf_counter() - started
+    if status.rows_done != status.rows:
+        raise RuntimeError(f"status of the stub run: {text}")
+    return {"rows": status.rows, "shards": status.shards_done, "seconds": seconds, "baseline_rss_mb": baseline,
+            "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+
+
+def phase_report(output: str, by: str) -> dict:
+    """Runs in a fresh process: `genbatch report --by BY` of the stub run (report.json, .md and .html)."""
+    from jobs.report.summary import write_report
+
+    baseline = rss_mb()
+    started = time.perf_counter()
+    folder = write_report(output, by=by)
+    seconds = time.perf_counter() - started
+    report = json.loads((Path(folder) / "report.json").read_text())
+    return {"rows": report["rows"], "ok": report["ok"], "groups": len(report["groups"][by]), "seconds": seconds,
+            "baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+
+
+def run_scale_phases(args, tmp: Path) -> dict:
+    """The template, status and report phases, each in a fresh process."""
+    results: dict = {}
+    manifest = tmp / "template.parquet"
+    print(f"template manifest of {args.rows:,} rows (fresh process) ...", flush=True)
+    results["template"] = run_phase("template", str(tmp / "lists"), str(args.rows), str(manifest))
+    if {"status", "report"} & set(args.phases):
+        print(f"faking a finished run of it, {args.run_shard_size} rows per shard (fresh process) ...", flush=True)
+        results["run"] = run_phase("stub-run", str(manifest), str(tmp / "run"), str(args.run_shard_size))
+    if "status" in args.phases:
+        print("status (fresh process) ...", flush=True)
+        results["status"] = run_phase("status", str(tmp / "run"))
+    if "report" in args.phases:
+        print("report (fresh process) ...", flush=True)
+        results["report"] = run_phase("report", str(tmp / "run"), "style")
+    return results
+
+
+def print_scale_table(results: dict) -> None:
+    template = results["template"]
+    lines = [
+        ("template manifest rows", f"{template['rows']:,} ({template['row_groups']:,} row groups, "
+         f"{template['file_mb']:,.0f} MB)"),
+        ("template s, rows/s", f"{template['seconds']:.1f}, {template['rows_per_s']:,.0f}"),
+        ("template peak RSS MB", f"{template['peak_rss_mb']:,.0f} (after imports: {template['baseline_rss_mb']:,.0f})"),
+    ]  # fmt: skip
+    if "run" in results:
+        run = results["run"]
+        lines.append(("stub run", f"{run['rows']:,} rows, {run['shards']:,} shards, {run['data_mb']:,.0f} MB, "
+                      f"faked in {run['seconds']:.0f}s"))  # fmt: skip
+    for name in ("status", "report"):
+        if name in results:
+            phase = results[name]
+            lines.append((f"{name} s", f"{phase['seconds']:.1f}"))
+            lines.append((f"{name} peak RSS MB", f"{phase['peak_rss_mb']:,.0f} (after imports: "
+                          f"{phase['baseline_rss_mb']:,.0f})"))  # fmt: skip
+    width = max(len(name) for name, _ in lines)
+    print()
+    for name, value in lines:
+        print(f"{name:<{width}}  {value}")
+
+
 def run_phase(*args: str) -> dict:
     """Run this script's `--phase ...` in a fresh interpreter; its last stdout line is the JSON result."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
@@ -213,6 +426,15 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs of the local Ray instance")
     parser.add_argument("--export-rows", type=int, default=100_000, help="images of the export benchmark (0: skip it)")
     parser.add_argument("--export-only", action="store_true", help="run only the export benchmark")
+    parser.add_argument(
+        "--phases",
+        type=lambda text: text.split(","),
+        default=["plan", "dispatch"],
+        help="comma-separated: plan,dispatch (together), template, status, report (default: plan,dispatch)",
+    )
+    parser.add_argument(
+        "--run-shard-size", type=int, default=_STUB_RUN_SHARD_SIZE, help="rows per shard of the stub run"
+    )
     parser.add_argument("--phase", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
@@ -221,6 +443,14 @@ def main() -> None:
             result = phase_plan(rest[0], int(rest[1]))
         elif name == "export":
             result = phase_export(*rest)
+        elif name == "template":
+            result = phase_template(rest[0], int(rest[1]), rest[2])
+        elif name == "stub-run":
+            result = make_stub_run(rest[0], rest[1], int(rest[2]))
+        elif name == "status":
+            result = phase_status(rest[0])
+        elif name == "report":
+            result = phase_report(rest[0], rest[1])
         else:
             result = phase_dispatch(rest[0], rest[1], *(int(value) for value in rest[2:]))
         print(json.dumps(result))
@@ -229,6 +459,11 @@ def main() -> None:
         export_section(args.export_rows)
         return
 
+    if {"template", "status", "report"} & set(args.phases):
+        with tempfile.TemporaryDirectory(prefix="driver-scale-") as tmp:
+            print_scale_table(run_scale_phases(args, Path(tmp)))
+    if not {"plan", "dispatch"} & set(args.phases):
+        return
     with tempfile.TemporaryDirectory(prefix="driver-scale-") as tmp:
         # 1. Generate the manifest.
         started = time.perf_counter()
@@ -321,7 +556,7 @@ EXPORT_SHARD_ROWS = 256  # rows per run shard, as a job's default shard_size
 EXPORT_WHERE = "status == 'ok' and clip_score >= 20"
 
 
-def make_stub_run(folder: Path, rows: int) -> Path:
+def make_export_run(folder: Path, rows: int) -> Path:
     """A finished run of `rows` images with every column genbatch writes, one shard file at a time."""
     import hashlib
     import io
@@ -333,7 +568,7 @@ def make_stub_run(folder: Path, rows: int) -> Path:
     from workers import columns as C
     from workers.writer import ShardFooter, write_shard
 
-    identity = {"made_by": "benchmarks.driver_scale.make_stub_run", "rows": rows}
+    identity = {"made_by": "benchmarks.driver_scale.make_export_run", "rows": rows}
     rng = np.random.default_rng(0)
     shards = math.ceil(rows / EXPORT_SHARD_ROWS)
     for index in range(shards):
@@ -392,7 +627,7 @@ def export_section(rows: int) -> None:
     """Export throughput and peak RSS for a run of `rows` stub images, to WebDataset and to an imagefolder."""
     with tempfile.TemporaryDirectory(prefix="export-scale-") as tmp:
         started = time.perf_counter()
-        run = make_stub_run(Path(tmp) / "run", rows)
+        run = make_export_run(Path(tmp) / "run", rows)
         size_mb = sum(p.stat().st_size for p in (run / "data").glob("*.parquet")) / 2**20
         print(f"\nwrote a stub run of {rows:,} images ({size_mb:,.0f} MB) in {time.perf_counter() - started:.1f}s")
         results = {}

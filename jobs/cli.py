@@ -13,7 +13,7 @@ import sys
 from importlib import metadata
 
 from jobs import signals
-from jobs.errors import GenbatchError
+from jobs.errors import GenbatchError, UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,8 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume although torch/diffusers/transformers/genbatch versions changed (job.json records both)",
     )
 
-    manifest = add_command("manifest", help="turn a .txt/.csv/.tsv/.jsonl prompt list into a manifest")
-    manifest.add_argument("input", help="prompt list: .txt (one prompt per line), .csv, .tsv or .jsonl")
+    manifest = add_command(
+        "manifest", help="turn a .txt/.csv/.tsv/.jsonl prompt list, or a prompt template, into a manifest"
+    )
+    manifest.add_argument(
+        "input", nargs="?", help="prompt list: .txt (one prompt per line), .csv, .tsv or .jsonl (or use --template)"
+    )
     manifest.add_argument("-o", "--output", required=True, help="manifest to write (.parquet)")
     manifest.add_argument("--prompt-column", help="column holding the prompt (default: prompt, else Prompt)")
     manifest.add_argument("--id-column", help="column holding unique ids (default: ids from the record number)")
@@ -66,7 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
     manifest.add_argument(
         "--seed",
         type=int,
-        help="write a seed column derived from this base seed (default: none; the job's seed: then applies)",
+        help="write a seed column derived from this base seed (default: none; the job's seed: then applies); "
+        "with --sample it also decides the sample",
+    )
+    manifest.add_argument(
+        "--template", help='prompt template instead of an INPUT list, e.g. "a {style} photo of a {object}"'
+    )
+    manifest.add_argument(
+        "--var",
+        dest="variables",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="the values of {NAME} in --template, one per line (repeatable, one per variable)",
+    )
+    manifest.add_argument(
+        "--sample", type=int, metavar="N", help="N combinations drawn without replacement (seed: --seed, else 0)"
+    )
+    manifest.add_argument(
+        "--yes", action="store_true", help="write a template's rows even when there are more than 1,000,000"
     )
 
     report = add_command(
@@ -255,7 +277,29 @@ def run_command(args: argparse.Namespace) -> int:
 
 def manifest_command(args: argparse.Namespace) -> int:
     from jobs.prompt_import import import_prompts
+    from jobs.templates import write_template_manifest
 
+    if args.template is not None:
+        if args.input is not None or args.prompt_column or args.id_column:
+            raise UsageError("manifest: --template makes the prompts; drop INPUT, --prompt-column and --id-column")
+        summary = write_template_manifest(
+            args.template,
+            args.variables,
+            args.output,
+            images_per_prompt=args.images_per_prompt,
+            seed=args.seed,
+            sample=args.sample,
+            yes=args.yes,
+        )
+        print(
+            f"genbatch: wrote {summary.rows} rows ({summary.prompts} combinations) to {summary.output}; "
+            f"columns: {', '.join(summary.columns)}"
+        )
+        return 0
+    if args.input is None:
+        raise UsageError("manifest: give a prompt list (INPUT) or --template with --var NAME=FILE")
+    if args.variables or args.sample is not None or args.yes:
+        raise UsageError("manifest: --var, --sample and --yes go with --template")
     summary = import_prompts(
         args.input,
         args.output,

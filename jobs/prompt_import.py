@@ -7,6 +7,7 @@ import glob
 import json
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -290,18 +291,24 @@ def _parse_override(value: object, kind: type) -> int | float | None:
 
 
 def _write_atomically(table: pa.Table, input_path: str, output_path: str) -> None:
-    """A failed import leaves no output and never a half-written one; an existing output is replaced whole."""
+    write_manifest_atomically(lambda path: pq.write_table(table, path), input_path, output_path)
+
+
+def write_manifest_atomically(write: Callable[[str], None], input_label: str, output_path: str) -> None:
+    """`write(path)` writes the manifest; it is checked by genbatch's own manifest rules, then moved into place.
+
+    A failed import leaves no output and never a half-written one; an existing output is replaced whole."""
     folder = os.path.dirname(os.path.abspath(output_path))
     # A name of our own rather than mkstemp's: the file then gets the umask's permissions, not 0600.
     temporary = os.path.join(folder, layout.temp_name(os.path.basename(output_path)))
     try:
         os.makedirs(folder, exist_ok=True)
-        pq.write_table(table, temporary)
+        write(temporary)
         read_manifest(glob.escape(temporary))
         os.replace(temporary, output_path)
     except ManifestError as error:
         # Only per-row settings can fail here (e.g. a width that is no multiple of 8); name the input, not the temp.
-        raise ManifestError(str(error).replace(temporary, input_path)) from None
+        raise ManifestError(str(error).replace(temporary, input_label)) from None
     except OSError as error:
         raise ManifestError(f"{output_path}: cannot write ({error.strerror or error})") from None
     finally:

@@ -40,7 +40,12 @@ STATUS_ERROR = "error"
 # Manifest columns that set how a row is generated; a null value falls back to the job config.
 ROW_OVERRIDES = (STEPS, GUIDANCE_SCALE, WIDTH, HEIGHT)
 
-IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+# In memory, image bytes have 64-bit offsets (`large_binary`): a shard's images may pass 2 GiB (1024 px PNGs x
+# large shards x images_per_prompt), more than `binary`'s 32-bit offsets address. In the file they are stored as
+# `binary` (STORED_IMAGE_TYPE, the type of `datasets`' Image feature and of every earlier shard), a row group at a
+# time (see `stored_row_groups`); Parquet itself has no such limit, and pyarrow reads a chunk per row group.
+IMAGE_TYPE = pa.struct([("bytes", pa.large_binary()), ("path", pa.string())])
+STORED_IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 # Columns genbatch writes after the manifest's own, in this order, with these types. `id` is written
 # first and keeps the manifest's type (string or integer).
@@ -85,3 +90,35 @@ REPLACED_INPUTS = frozenset({ID, SEED, STRENGTH, *ROW_OVERRIDES})
 
 # A manifest may not carry these: they would be silently overwritten by genbatch's own output.
 RESERVED = (frozenset(GENERATED) | frozenset(RECONSTRUCTION) | frozenset(SCORES)) - REPLACED_INPUTS
+
+
+def with_wide_offsets(table: pa.Table) -> pa.Table:
+    """`table` with `binary` (at any depth: the image struct, init images passed through) as `large_binary`:
+    repeated once per image of a row, or gathered into a large shard, the bytes could pass 2 GiB."""
+    schema = pa.schema([field.with_type(_swap(field.type, pa.binary(), pa.large_binary())) for field in table.schema])
+    return table if schema.equals(table.schema) else table.cast(schema)
+
+
+_GROUP_BYTES = 2**30  # a row group's bytes, well under what 32-bit offsets address
+
+
+def stored_row_groups(table: pa.Table, rows: int) -> tuple[pa.Schema, list[pa.Table]]:
+    """What a shard file stores: `table` with `large_binary` as `binary`, cut into row groups of `rows` rows, or of
+    one row where those would pass 1 GiB, each with offsets of its own. Raises pyarrow.ArrowInvalid only for a
+    single row of more than 2 GiB."""
+    schema = pa.schema([field.with_type(_swap(field.type, pa.large_binary(), pa.binary())) for field in table.schema])
+    schema = schema.with_metadata(table.schema.metadata)
+    groups = []
+    for batch in table.to_batches(max_chunksize=rows):
+        parts = [batch] if batch.nbytes <= _GROUP_BYTES else [batch.slice(i, 1) for i in range(batch.num_rows)]
+        # take: a compact copy whose offsets start at 0, which the cast to 32-bit offsets needs
+        groups += [pa.Table.from_batches([part.take(pa.array(range(part.num_rows)))]).cast(schema) for part in parts]
+    return schema, groups
+
+
+def _swap(data_type: pa.DataType, old: pa.DataType, new: pa.DataType) -> pa.DataType:
+    if data_type == old:
+        return new
+    if pa.types.is_struct(data_type):
+        return pa.struct([field.with_type(_swap(field.type, old, new)) for field in data_type])
+    return data_type

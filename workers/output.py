@@ -51,6 +51,7 @@ def build_output_table(
     then, when `reconstruct`, the round-trip measurements, then the `scores` columns (columns.SCORES)."""
     passthrough = [name for name in manifest.column_names if name not in C.REPLACED_INPUTS]
     arrays = {C.ID: ids}
+    manifest = C.with_wide_offsets(manifest)
     arrays.update({name: manifest.column(name) for name in passthrough})
     generated = {
         C.IMAGE: [None if out.image_bytes is None else {"bytes": out.image_bytes, "path": None} for out in outputs],
@@ -91,7 +92,7 @@ def read_previous(output_dir: str, task: ShardTask) -> pa.Table | None:
         return None
     with storage.open_input(path) as handle:
         table = pq.read_table(handle)
-    return table.replace_schema_metadata(None)
+    return C.with_wide_offsets(table.replace_schema_metadata(None))  # as build_output_table's, for merge_retried
 
 
 def failed_positions(previous: pa.Table) -> list[int]:

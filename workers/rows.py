@@ -113,7 +113,7 @@ def expand_images(table: pa.Table, ids: pa.Array, rows: list[RowSpec], count: in
         for row in rows
         for k in range(count)
     ]
-    return table.take(positions), ids.take(positions), expanded
+    return C.with_wide_offsets(table).take(positions), ids.take(positions), expanded
 
 
 def _default(value, fallback):

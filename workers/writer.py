@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from workers import columns as C
 from workers import layout, storage
 from workers.errors import FencedOut, ShardWriteError, one_line
 from workers.hf_features import HF_KEY, hf_features
@@ -46,11 +47,25 @@ def write_shard(
     final = layout.shard_path(output_dir, footer.shard)
     metadata = dict(table.schema.metadata or {})
     metadata[FOOTER_KEY] = json.dumps(vars(footer)).encode()
-    features = hf_features(table.schema)
+    schema, groups = C.stored_row_groups(table.replace_schema_metadata(metadata), ROW_GROUP_ROWS)
+    features = hf_features(schema)
     if features is not None:
         metadata[HF_KEY] = json.dumps({"info": {"features": features}}).encode()
+        schema = schema.with_metadata(metadata)
+    raw = dictionary_columns(schema)
     buffer = pa.BufferOutputStream()
-    pq.write_table(table.replace_schema_metadata(metadata), buffer, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+    with pq.ParquetWriter(
+        buffer,
+        schema,
+        compression="zstd",
+        use_dictionary=raw,
+        write_statistics=raw,  # min/max of every image's bytes would be wasted work
+        # Pages are cut between write batches: one value at a time keeps a page to about one image, where
+        # Parquet's 32-bit page sizes cannot overflow (pages of small columns still fill up to 1 MB).
+        write_batch_size=1,
+    ) as parquet:
+        for group in groups:  # one row group each
+            parquet.write_table(group.replace_schema_metadata(metadata), row_group_size=ROW_GROUP_ROWS)
     try:
         storage.write_bytes(final, buffer.getvalue(), before_publish)
     except FencedOut:
@@ -58,6 +73,20 @@ def write_shard(
     except OSError as error:
         raise ShardWriteError(f"cannot write {final}: {error.strerror or one_line(error)}") from error
     return final
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Every leaf column but raw bytes (images), for dictionaries and statistics: PNGs never repeat, nobody
+    filters on their min/max, and a dictionary of a shard's images is one `binary` array, which cannot pass
+    2 GiB whatever the column's own type."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), buffer)
+    parquet = pq.read_metadata(pa.BufferReader(buffer.getvalue())).schema
+    return [
+        parquet.column(i).path
+        for i in range(len(parquet))
+        if not (parquet.column(i).physical_type == "BYTE_ARRAY" and parquet.column(i).logical_type.type == "NONE")
+    ]
 
 
 def read_footer(location: str) -> ShardFooter | None:

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 
 from jobs.errors import UsageError
 from jobs.report.render import CLIP_SCORE_DEFINITION, histogram_uri, thumbnail_uri, write_documents
-from jobs.report.runs import Run, fetch_images, open_run
+from jobs.report.runs import Run, RunFiles, fetch_rows, locate_run, scan
 from jobs.report.stats import bootstrap_mean_ci, summarize_scores
 from workers import columns as C
 from workers import storage
@@ -21,42 +21,28 @@ SHOWN_ROWS = 12
 MAX_FAILED_LISTED = 100
 
 
-def pick_group_column(run: Run, by: str | None) -> str | None:
+def pick_group_column(run: RunFiles, by: str | None) -> str | None:
     """`--by`, else `category` when the run has it; a named column that is missing is an error."""
     if by is None:
-        return DEFAULT_GROUP_COLUMN if DEFAULT_GROUP_COLUMN in run.table.column_names else None
-    if by not in run.table.column_names:
-        raise UsageError(f"{run.path}: --by {by!r}: no such column (columns: {', '.join(run.table.column_names)})")
+        return DEFAULT_GROUP_COLUMN if DEFAULT_GROUP_COLUMN in run.columns else None
+    if by not in run.columns:
+        raise UsageError(f"{run.path}: --by {by!r}: no such column (columns: {', '.join(run.columns)})")
     return by
 
 
-def group_stats(table: pa.Table, scored: pa.Table, column: str) -> dict:
-    """Per value of `column`: rows, and the mean, median and bootstrap interval of its scores."""
-    groups = {}
-    counts = pc.value_counts(table[column]).to_pylist()
-    for entry in sorted(counts, key=lambda e: str(e["values"])):
-        value = entry["values"]
-        mask = pc.is_null(scored[column]) if value is None else pc.equal(scored[column], value)
-        scores = scored.filter(pc.fill_null(mask, False))[C.CLIP_SCORE].to_numpy().astype(np.float64)
-        groups[str(value)] = {
-            "rows": entry["counts"],
-            "scored": len(scores),
-            "mean": float(scores.mean()) if len(scores) else None,
-            "median": float(np.median(scores)) if len(scores) else None,
-            "ci95": bootstrap_mean_ci(scores),
-        }
-    return groups
-
-
-def run_settings(run: Run) -> dict:
+def run_settings(run: RunFiles, schedulers: set | None = None) -> dict:
     """The run's settings, with dtype and scheduler as its workers resolved them (`auto` -> `float32` on CPU).
 
-    job.json's `workers` (recorded when the job ends) and the output's `scheduler` column hold the resolved
-    values; a run without either shows the configured ones."""
+    job.json's `workers` (recorded when the job ends) and the output's `scheduler` column (its distinct values:
+    `schedulers`, else read from a `Run`'s table) hold the resolved values; a run without either shows the
+    configured ones."""
     config = run.job.get("config") or {}
     generation, model = config.get("generation", {}), config.get("model", {})
     workers = run.job.get("workers") or []
-    schedulers = set(pc.unique(run.table[C.SCHEDULER]).to_pylist()) | {w.get("scheduler") for w in workers}
+    if schedulers is None:
+        assert isinstance(run, Run)
+        schedulers = set(pc.unique(run.table[C.SCHEDULER]).to_pylist())
+    schedulers = set(schedulers) | {w.get("scheduler") for w in workers}
     dtypes = {w.get("dtype") for w in workers}
     return {
         "run": str(run.path),
@@ -75,60 +61,146 @@ def run_settings(run: Run) -> dict:
 
 
 def build_report(run_dir: str | Path, by: str | None = None, shown: int = SHOWN_ROWS) -> tuple[dict, dict]:
-    """The report's figures (report.json) and what only the HTML needs (thumbnails, histogram)."""
-    run = open_run(run_dir)
+    """The report's figures (report.json) and what only the HTML needs (thumbnails, histogram).
+
+    One pass over the few columns the figures need, a batch at a time (`RunTally`), then the rows shown
+    (failed rows, best and worst images) fetched by position: memory stays flat whatever the run's size."""
+    run = locate_run(run_dir)
     column = pick_group_column(run, by)
-    table, scored = run.table, run.scored()
-    scores = scored[C.CLIP_SCORE].to_numpy().astype(np.float64)
-    ok = pc.sum(pc.equal(table[C.STATUS], C.STATUS_OK)).as_py() or 0
-    failed_rows = table.filter(pc.equal(table[C.STATUS], C.STATUS_ERROR))
+    tally = RunTally(column, reconstruct=C.RECON_MSE in run.columns)
+    for batch in scan(run, tally.columns):
+        tally.add(batch)
+    tally.finish()
+    scores = tally.scores
     data = {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "rows": table.num_rows,
-        "ok": ok,
-        "failed": failed_rows.num_rows,
+        "rows": tally.rows,
+        "ok": tally.ok,
+        "failed": tally.failed,
         "clip_score": summarize_scores(scores),
         "clip_score_definition": CLIP_SCORE_DEFINITION,
         "group_by": column,
-        "groups": {column: group_stats(table, scored, column)} if column else {},
-        "settings": run_settings(run),
-        "failed_rows": [
-            {"id": r[C.ID], "prompt": r.get(C.PROMPT), "error": r[C.ERROR]}
-            for r in failed_rows.select(_present(failed_rows, C.ID, C.PROMPT, C.ERROR))
-            .slice(0, MAX_FAILED_LISTED)
-            .to_pylist()
-        ],
+        "groups": {column: tally.group_stats()} if column else {},
+        "settings": run_settings(run, tally.schedulers),
+        "failed_rows": [],
     }
-    if C.RECON_MSE in table.column_names:
-        data["reconstruction"] = reconstruction_stats(table)
+    if tally.reconstruct:
+        data["reconstruction"] = tally.reconstruction_stats()
     shown = min(shown, max(1, len(scores) // 2))  # small runs: best and worst do not overlap
     order = np.argsort(scores, kind="stable")
-    best = scored.take(order[::-1][:shown]) if len(order) else scored
-    worst = scored.take(order[:shown]) if len(order) else scored
-    images = fetch_images(run, best[C.ID].to_pylist() + worst[C.ID].to_pylist())
+    positions = tally.positions
+    best, worst = positions[order[::-1][:shown]].tolist(), positions[order[:shown]].tolist()
+    rows = fetch_rows(run, tally.failed_positions + best + worst, [C.ID, C.PROMPT, C.ERROR, C.CLIP_SCORE])
+    failed = [rows[p] for p in tally.failed_positions]
+    data["failed_rows"] = [{"id": r[C.ID], "prompt": r.get(C.PROMPT), "error": r[C.ERROR]} for r in failed]
+    images = fetch_rows(run, best + worst, [C.IMAGE])
     visuals = {
         "histogram": histogram_uri(scores),
-        "best": _tiles(best, images),
-        "worst": _tiles(worst, images),
+        "best": [_tile(rows[p], images[p]) for p in best],
+        "worst": [_tile(rows[p], images[p]) for p in worst],
     }
     return data, visuals
 
 
-def reconstruction_stats(table: pa.Table) -> dict:
-    """`mode: reconstruct` runs: how much the VAE round trip lost, over the rows that have a reconstruction."""
-    done = table.filter(pc.is_valid(table[C.RECON_MSE]))
-    psnr = done[C.RECON_PSNR].to_numpy().astype(np.float64)
+class RunTally:
+    """What a report needs from every row, added a batch at a time: counts, scores, groups, schedulers."""
+
+    def __init__(self, group_column: str | None, reconstruct: bool):
+        self.group_column, self.reconstruct = group_column, reconstruct
+        self.columns = [C.STATUS, C.CLIP_SCORE, C.SCHEDULER] + ([group_column] if group_column else [])
+        self.columns += list(C.RECONSTRUCTION) if reconstruct else []
+        self.rows = self.ok = self.failed = 0
+        self.scores, self.positions, self.codes = np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
+        self.failed_positions: list[int] = []  # the first MAX_FAILED_LISTED
+        self.schedulers: set = set()
+        self._scores: list[np.ndarray] = []
+        self._positions: list[np.ndarray] = []  # of the scored rows
+        self._codes: list[np.ndarray] = []  # group value code of each scored row
+        self._values: dict = {}  # group value -> code
+        self._counts = np.zeros(0, dtype=np.int64)  # rows per group code, all rows
+        self._reconstruction: dict[str, list[np.ndarray]] = {name: [] for name in C.RECONSTRUCTION}
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        status = batch.column(C.STATUS)
+        ok = pc.fill_null(pc.equal(status, C.STATUS_OK), False).to_numpy(zero_copy_only=False)
+        failed = pc.fill_null(pc.equal(status, C.STATUS_ERROR), False).to_numpy(zero_copy_only=False)
+        positions = np.arange(self.rows, self.rows + batch.num_rows, dtype=np.int64)
+        room = MAX_FAILED_LISTED - len(self.failed_positions)
+        self.failed_positions += positions[failed][:room].tolist() if room > 0 else []
+        score = batch.column(C.CLIP_SCORE)
+        scored = ok & pc.is_valid(score).to_numpy(zero_copy_only=False)
+        self._scores.append(score.filter(pa.array(scored)).to_numpy().astype(np.float64))
+        self._positions.append(positions[scored])
+        self.schedulers |= set(pc.unique(batch.column(C.SCHEDULER)).to_pylist())
+        if self.group_column:
+            codes = self._group_codes(batch.column(self.group_column))
+            self._counts = np.pad(self._counts, (0, len(self._values) - len(self._counts)))
+            self._counts += np.bincount(codes, minlength=len(self._values))
+            self._codes.append(codes[scored].astype(np.int32))
+        if self.reconstruct:
+            done = pc.is_valid(batch.column(C.RECON_MSE))
+            for name in C.RECONSTRUCTION:
+                values = batch.column(name).filter(done).to_numpy(zero_copy_only=False)
+                self._reconstruction[name].append(values.astype(np.float64))
+        self.rows += batch.num_rows
+        self.ok += int(ok.sum())
+        self.failed += int(failed.sum())
+
+    def _group_codes(self, values: pa.Array) -> np.ndarray:
+        """A code per row for its group value (null included), stable across batches."""
+        encoded = pc.dictionary_encode(values)
+        local = [self._values.setdefault(v, len(self._values)) for v in encoded.dictionary.to_pylist()]
+        null = self._values.setdefault(None, len(self._values)) if encoded.null_count else -1
+        indices = pc.fill_null(encoded.indices, len(local)).to_numpy()
+        return np.array([*local, null], dtype=np.int64)[indices]
+
+    def finish(self) -> None:
+        """After the last batch: the scored rows' scores, positions and group codes as single arrays."""
+        self.scores = np.concatenate(self._scores) if self._scores else np.zeros(0)
+        self.positions = np.concatenate(self._positions) if self._positions else np.zeros(0, dtype=np.int64)
+        self.codes = np.concatenate(self._codes) if self._codes else np.zeros(0, dtype=np.int32)
+        self._scores, self._positions, self._codes = [], [], []  # each row is held once, not twice
+
+    def group_stats(self) -> dict:
+        """Per value of the group column: rows, and the mean, median and bootstrap interval of its scores."""
+        scores, codes = self.scores, self.codes
+        order = np.argsort(codes, kind="stable")  # each group's scores keep their row order
+        bounds = np.searchsorted(codes, np.arange(len(self._values) + 1), sorter=order)
+        groups = {}
+        for value, code in sorted(self._values.items(), key=lambda item: str(item[0])):
+            if not self._counts[code]:
+                continue
+            group = scores[order[bounds[code] : bounds[code + 1]]]
+            groups[str(value)] = {
+                "rows": int(self._counts[code]),
+                "scored": len(group),
+                "mean": float(group.mean()) if len(group) else None,
+                "median": float(np.median(group)) if len(group) else None,
+                "ci95": bootstrap_mean_ci(group),
+            }
+        return groups
+
+    def reconstruction_stats(self) -> dict:
+        """`mode: reconstruct` runs: how much the VAE round trip lost, over the rows that have a reconstruction."""
+        done = {name: np.concatenate(chunks) for name, chunks in self._reconstruction.items()}
+        psnr = done[C.RECON_PSNR]
+        return {
+            "mse": summarize_scores(done[C.RECON_MSE]),
+            "psnr_db": summarize_scores(psnr[np.isfinite(psnr)]),
+            "exact": int((~np.isfinite(psnr)).sum()),  # round trips with MSE 0 (infinite PSNR)
+            "latent_mean": summarize_scores(done[C.LATENT_MEAN]),
+            "latent_std": summarize_scores(done[C.LATENT_STD]),
+        }
+
+
+def _tile(row: dict, image: dict) -> dict:
+    picture = image.get(C.IMAGE)
     return {
-        "mse": summarize_scores(done[C.RECON_MSE].to_numpy().astype(np.float64)),
-        "psnr_db": summarize_scores(psnr[np.isfinite(psnr)]),
-        "exact": int((~np.isfinite(psnr)).sum()),  # round trips with MSE 0 (infinite PSNR)
-        "latent_mean": summarize_scores(done[C.LATENT_MEAN].to_numpy().astype(np.float64)),
-        "latent_std": summarize_scores(done[C.LATENT_STD].to_numpy().astype(np.float64)),
+        "id": row[C.ID],
+        "prompt": row.get(C.PROMPT),
+        "score": row[C.CLIP_SCORE],
+        "src": thumbnail_uri(None if picture is None else picture["bytes"]),
     }
-
-
-def _present(table: pa.Table, *names: str) -> list[str]:
-    return [name for name in names if name in table.column_names]
 
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, by: str | None = None) -> str:
@@ -136,10 +208,3 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, by: str
     data, visuals = build_report(run_dir, by)
     out = str(out_dir) if out_dir else storage.join(str(run_dir), "report")
     return write_documents(out, "report", data, visuals, "r")
-
-
-def _tiles(rows: pa.Table, images: dict) -> list[dict]:
-    return [
-        {"id": r[C.ID], "prompt": r.get(C.PROMPT), "score": r[C.CLIP_SCORE], "src": thumbnail_uri(images.get(r[C.ID]))}
-        for r in rows.select(_present(rows, C.ID, C.PROMPT, C.CLIP_SCORE)).to_pylist()
-    ]
