@@ -339,14 +339,16 @@ OBJECTS = ["cat", "boat", "tree"]
 
 @pytest.fixture(scope="module")
 def synthesized(tmp_path_factory, ray_session):
-    """The issue's path: a prompt list -> `genbatch manifest` -> `genbatch run` (tiny model), 12 images.
+    """The issue's path: a template -> `genbatch manifest` -> `genbatch run` (tiny model), 12 images.
 
-    Each prompt is listed twice: different ids, so different seeds and images, which --dedup must keep."""
+    Two images per prompt: different ids, so different seeds and images, which --dedup must keep."""
     tmp = tmp_path_factory.mktemp("synth")
-    lines = ["prompt,style,object"]
-    lines += [f"a {style} photo of a {thing},{style},{thing}" for style in STYLES for thing in OBJECTS] * 2
-    (tmp / "prompts.csv").write_text("\n".join(lines) + "\n")
-    assert main(["manifest", str(tmp / "prompts.csv"), "-o", str(tmp / "prompts.parquet"), "--seed", "7"]) == 0
+    (tmp / "styles.txt").write_text("\n".join(STYLES) + "\n")
+    (tmp / "objects.txt").write_text("\n".join(OBJECTS) + "\n")
+    template = ["--template", "a {style} photo of a {object}"]
+    variables = ["--var", f"style={tmp / 'styles.txt'}", "--var", f"object={tmp / 'objects.txt'}"]
+    out = ["-o", str(tmp / "prompts.parquet"), "--images-per-prompt", "2", "--seed", "7"]
+    assert main(["manifest", *template, *variables, *out]) == 0
     config = write_config(tmp / "job.yaml", tmp / "prompts.parquet", tmp / "run", shard_size=5)
     assert main(["run", str(config), "--quiet"]) == 0
     return tmp, tmp / "run"
@@ -383,7 +385,7 @@ def test_synthesize_export_webdataset_and_load_it_with_webdataset_and_datasets(s
     expected = expected_samples(run, lambda r: r[C.STATUS] == "ok" and r[C.CLIP_SCORE] >= threshold)
     assert 4 <= len(expected) < 12
     keys = [sample_key(row[C.ID], row[C.IMAGE_INDEX]) for row in expected]
-    assert keys == [f"{row[C.ID]}_0" for row in expected]  # manifest ids are plain digits
+    assert keys == [f"{row[C.ID]}_0" for row in expected]  # template ids are hex digits and a dash: kept as they are
     tars = sorted(dest.glob("shard-*.tar"))
     assert len(tars) == -(-len(expected) // 3)
 
