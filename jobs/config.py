@@ -181,6 +181,11 @@ class PerformanceConfig(_Section):
         "null: $GENBATCH_CACHE/compile (default ~/.cache/genbatch/compile) on each node.",
     )
     channels_last: bool | Literal["auto"] = Field("auto", description="channels_last UNet/VAE; auto: on GPU only.")
+    quantize: Literal["none", "fp8", "int8"] = Field(
+        "none",
+        description="Quantize the UNet's large Linear layers (torchao; changes pixels, so part of the job's "
+        "identity): fp8 on CUDA GPUs of compute capability >= 8.9 with model.dtype bf16/auto; int8 anywhere.",
+    )
     vae_slicing: bool | Literal["auto"] = Field(
         "auto", description="Decode one image at a time; auto: when a batch's decode would not fit in free GPU memory."
     )

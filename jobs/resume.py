@@ -16,10 +16,15 @@ from workers.writer import ShardFooter, read_footer, remove_temp_files
 logger = logging.getLogger(__name__)
 
 
+# Identity entries added after jobs were first recorded, with the value that earlier jobs had: an
+# entry at that value is left out of the identity (so their job keys, and shard footers, stay valid).
+_LATER_ENTRIES = {"performance": {"quantize": "none"}}
+
+
 def job_identity(config: JobConfig, manifest: Manifest) -> dict:
     """Everything that changes a job's images or scores. Workers, batch size, fast paths and paths are not:
-    they change pixels by at most float rounding (see README)."""
-    return {
+    they change pixels by at most float rounding (see README); quantizing the UNet is the exception."""
+    identity = {
         "mode": config.mode,
         "model": config.model.model_dump(mode="json"),
         "generation": config.generation.model_dump(mode="json"),
@@ -29,6 +34,10 @@ def job_identity(config: JobConfig, manifest: Manifest) -> dict:
         "shard_size": config.shard_size,
         "manifest": {"rows": manifest.rows, "fingerprint": manifest.fingerprint},
     }
+    performance = {"quantize": config.performance.quantize}
+    if performance != _LATER_ENTRIES["performance"]:
+        identity["performance"] = performance
+    return identity
 
 
 def check_same_job(output_dir: str, previous: dict, identity: dict) -> None:
@@ -36,7 +45,7 @@ def check_same_job(output_dir: str, previous: dict, identity: dict) -> None:
     before = previous.get("identity")
     if before is None:
         raise OutputError(f"{output_dir}: holds output of an unknown job; rerun with --overwrite to replace it")
-    changes = _differences(before, identity)
+    changes = _differences({**_LATER_ENTRIES, **before}, {**_LATER_ENTRIES, **identity})
     if changes:
         raise OutputError(
             f"{output_dir}: holds a job with other settings ({'; '.join(changes)}); "

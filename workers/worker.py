@@ -55,6 +55,7 @@ class GenerationWorker:
         from workers.fastpaths import apply_fast_paths, choose_compile
         from workers.images import ImageEncoder
         from workers.loading import load_clip, load_pipeline, pick_device, pick_dtype
+        from workers.quantize import check_device
 
         started = time.perf_counter()
         settings = self.settings
@@ -62,6 +63,7 @@ class GenerationWorker:
             torch.set_num_threads(min(settings.num_threads, os.cpu_count() or 1))
         self.device = pick_device()
         dtype = pick_dtype(settings.dtype, self.device)
+        check_device(settings.fast.quantize, self.device, dtype)  # before spending time on the weights
         self.pipeline = load_pipeline(
             settings.model, settings.revision, settings.scheduler, self.device, dtype, settings.variant
         )
@@ -111,6 +113,7 @@ class GenerationWorker:
             compile=self.compile.on,
             compile_reason=self.compile.reason,
             compile_cache_hit=cache_hit,
+            quantize=next((name.removeprefix("quantize ") for name in applied if name.startswith("quantize ")), "none"),
         )
         logger.info(
             "%s ready on %s in %.1fs (pid %d)", self.info.name, self.device, self.info.load_seconds, os.getpid()
