@@ -66,7 +66,8 @@ def test_fp8_is_refused_before_any_actor_starts_where_the_config_shows_it_cannot
         "performance.quantize: fp8 needs model.dtype bf16 or auto (torchao's per-row fp8 scales are made from "
         "bf16 weights), got fp16"
     )
-    for fine in ({**raw, "resources": {"gpus_per_worker": 1}}, small_config(manifest, "o", performance={"quantize": "int8"})):
+    int8 = small_config(manifest, "o", performance={"quantize": "int8"})
+    for fine in ({**raw, "resources": {"gpus_per_worker": 1}}, int8):
         check_quantize(JobConfig.model_validate(fine))
 
 
