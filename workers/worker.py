@@ -262,6 +262,10 @@ def _quiet_libraries() -> None:
     from workers.loading import quiet_hub
 
     quiet_hub()
+    # diffusers imports torchao where it is installed (performance.quantize): torchao then warns about each
+    # optional CUDA extension a build lacks, and torch about each enum torchao registers.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     import diffusers
     import transformers
 
