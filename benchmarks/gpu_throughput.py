@@ -1,19 +1,28 @@
-"""GPU throughput of genbatch against a plain diffusers loop, on an SD1.5-sized model, in images/s and TFLOP/s.
+"""GPU throughput of genbatch against a plain diffusers loop, on SD1.5- or SDXL-sized models, in images/s and TFLOP/s.
 
 Both runners do the same work for the same rows, at the same batch size, on one GPU: generate with
-classifier-free guidance (7.5), CLIP-score, PNG-encode (zlib level 1) and write Parquet. The models
-have the sizes of Stable Diffusion 1.5 and CLIP ViT-L/14 (their public configs, written out below)
-with random weights: they are built in code once, saved with save_pretrained to --model-dir, and
-loaded by both runners through the ordinary from_pretrained path. Nothing is downloaded.
+classifier-free guidance, CLIP-score, PNG-encode (zlib level 1) and write Parquet. The models have
+the sizes of Stable Diffusion 1.5 or SDXL base (two text encoders, 1024 px) and CLIP ViT-L/14 (their
+public configs, written out below) with random weights: they are built in code once, saved with
+save_pretrained to --model-dir (a second call reuses them), and loaded by both runners through the
+ordinary from_pretrained path. Nothing is downloaded.
 
 Start-up (model loading, actor start, compilation, first micro-batch) is timed apart from the steady
 state, which runs from the end of the first micro-batch to the end of the last. FLOP per image is
 counted with torch.utils.flop_counter on the meta device (matrix products, convolutions, attention:
-the usual convention for achieved TFLOP/s), so it follows --steps and --size.
+the usual convention for achieved TFLOP/s), so it follows --steps and --size, and needs no GPU.
+
+Each --quantize option (performance.quantize) gets rows of its own, and genbatch's rows say how far
+their images drift from the unquantized (bf16) ones of the same ids and seeds: mean |delta CLIP
+score| and PSNR. The unquantized images are kept under --model-dir, so a later call that measures
+only fp8 still has them to compare with. Ctrl-C or SIGTERM stops the run and prints (and appends to
+--results) the table of what was measured so far.
 
     python benchmarks/gpu_throughput.py --results benchmarks/RESULTS.md         # all batch sizes, compile off and on
-    python benchmarks/gpu_throughput.py --compile off --batch-sizes 1 8         # a part, to keep one command short
+    python benchmarks/gpu_throughput.py --batch-sizes 16 --compile on --quantize none fp8   # a part, for a short slot
+    python benchmarks/gpu_throughput.py --model sdxl-sized --batch-sizes 8 --runners genbatch   # SDXL at 1024 px
     python benchmarks/gpu_throughput.py --build-only                            # build the models, count FLOP; no GPU
+    python benchmarks/gpu_throughput.py --flop-only --model sdxl-sized          # count FLOP only (meta device, seconds)
     python benchmarks/gpu_throughput.py --smoke      # tiny models, 64 px, 2 steps, on the CPU: checks the script only
 """
 
@@ -26,6 +35,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -46,11 +56,14 @@ from throughput import make_manifest
 
 logger = logging.getLogger("gpu_throughput")
 
-GUIDANCE_SCALE = 7.5
 PNG_COMPRESS_LEVEL = 1
 BUILD_VERSION = "1"  # bump when a config or seed below changes, so cached folders are rebuilt
 # The issue's figure for SD1.5 at 512x512, 50 steps with CFG, plus CLIP ViT-L/14; shown beside the count.
 ISSUE_TFLOP_PER_IMAGE = 83.0
+# MLPerf Inference's SDXL offline result, the number to put beside ours: about 2.0 images/s per H100
+# (TensorRT, 1024x1024, 20 Euler steps, CFG 8), as quoted in the issue.
+MLPERF_SDXL_IMAGES_PER_S = 2.0
+QUANTIZE_OPTIONS = ("none", "fp8", "int8")
 
 # --- Model configs -----------------------------------------------------------------------------------
 
@@ -122,6 +135,60 @@ SD15_SCHEDULER = {
     "steps_offset": 1,
 }
 
+# stabilityai/stable-diffusion-xl-base-1.0 unet/config.json: three levels, 10 transformer blocks deep at
+# the lowest, cross-attention on both text encoders' hidden states (768 + 1280 = 2048), and the pooled
+# text embedding plus six size/crop conditioning numbers as an added embedding (1280 + 6 x 256 = 2816).
+SDXL_UNET = {
+    "act_fn": "silu",
+    "addition_embed_type": "text_time",
+    "addition_embed_type_num_heads": 64,
+    "addition_time_embed_dim": 256,
+    "attention_head_dim": (5, 10, 20),
+    "block_out_channels": (320, 640, 1280),
+    "center_input_sample": False,
+    "cross_attention_dim": 2048,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-5,
+    "norm_num_groups": 32,
+    "out_channels": 4,
+    "projection_class_embeddings_input_dim": 2816,
+    "sample_size": 128,
+    "transformer_layers_per_block": (1, 2, 10),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "use_linear_projection": True,
+}
+# vae/config.json: SD's VAE at 1024 px with SDXL's latent scaling.
+SDXL_VAE = {**SD15_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}
+# text_encoder_2/config.json: the text tower of OpenCLIP ViT-bigG/14, with its projection (the pooled embedding).
+BIGG_TEXT = {
+    "vocab_size": 49408,
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 20,
+    "max_position_embeddings": 77,
+    "hidden_act": "gelu",
+    "projection_dim": 1280,
+}
+# scheduler/scheduler_config.json: Euler, one UNet evaluation per step.
+SDXL_SCHEDULER = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "interpolation_type": "linear",
+    "prediction_type": "epsilon",
+    "use_karras_sigmas": False,
+}
+
 # --smoke: the same architecture (four UNet and VAE levels, cross-attention, CLIP towers), shrunk
 # until a CPU runs the whole benchmark in about a minute.
 SMOKE_UNET = {
@@ -159,21 +226,76 @@ SMOKE_VISION = {
     "num_attention_heads": 4,
     "projection_dim": 32,
 }
+# --smoke --model sdxl-sized: SDXL's shape (three levels, two text encoders, the added embedding), shrunk.
+SMOKE_SDXL_UNET = {
+    **SDXL_UNET,
+    "addition_time_embed_dim": 8,
+    "attention_head_dim": (1, 2, 4),
+    "block_out_channels": (16, 32, 32),
+    "cross_attention_dim": 64,  # 32 + 32: both smoke text encoders
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "projection_class_embeddings_input_dim": 32 + 6 * 8,
+    "sample_size": 8,
+    "transformer_layers_per_block": (1, 1, 2),
+}
+SMOKE_SDXL_VAE = {**SMOKE_VAE, "scaling_factor": 0.13025, "force_upcast": False}
+SMOKE_TEXT_2 = {**SMOKE_TEXT, "hidden_act": "gelu"}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
+    folder: str  # the default --model-dir is bench-FOLDER-vBUILD_VERSION under the genbatch cache
     unet: dict
     vae: dict
     text: dict
     vision: dict
+    text_2: dict | None = None  # SDXL's second text encoder (with projection); None: one text encoder
+    scheduler: str = "PNDMScheduler"
+    scheduler_config: dict = field(default_factory=lambda: SD15_SCHEDULER)
+    weights_dtype: str = "fp32"  # what the built folders store
+
+    @property
+    def sdxl(self) -> bool:
+        return self.text_2 is not None
 
 
 SD15_SIZED = ModelSpec(
-    "SD1.5-sized UNet/VAE/text encoder + CLIP ViT-L/14", SD15_UNET, SD15_VAE, VIT_L14_TEXT, VIT_L14_VISION
+    "SD1.5-sized UNet/VAE/text encoder + CLIP ViT-L/14",
+    "sd15-sized",
+    SD15_UNET,
+    SD15_VAE,
+    VIT_L14_TEXT,
+    VIT_L14_VISION,
 )
-SMOKE = ModelSpec("smoke-sized (tiny channels, same architecture)", SMOKE_UNET, SMOKE_VAE, SMOKE_TEXT, SMOKE_VISION)
+# Stored in bf16, the dtype it runs in: 7 GB instead of 14 GB of random weights to write and read.
+SDXL_SIZED = ModelSpec(
+    "SDXL-sized UNet/VAE/2 text encoders (CLIP ViT-L/14 + OpenCLIP ViT-bigG/14) + CLIP ViT-L/14 scorer",
+    "sdxl-sized",
+    SDXL_UNET,
+    SDXL_VAE,
+    VIT_L14_TEXT,
+    VIT_L14_VISION,
+    text_2=BIGG_TEXT,
+    scheduler="EulerDiscreteScheduler",
+    scheduler_config=SDXL_SCHEDULER,
+    weights_dtype="bf16",
+)
+SMOKE = ModelSpec(
+    "smoke-sized (tiny channels, same architecture)", "smoke", SMOKE_UNET, SMOKE_VAE, SMOKE_TEXT, SMOKE_VISION
+)
+SMOKE_SDXL = ModelSpec(
+    "smoke-sized SDXL (tiny channels, SDXL's architecture, 2 text encoders)",
+    "smoke-sdxl",
+    SMOKE_SDXL_UNET,
+    SMOKE_SDXL_VAE,
+    SMOKE_TEXT,
+    SMOKE_VISION,
+    text_2=SMOKE_TEXT_2,
+    scheduler="EulerDiscreteScheduler",
+    scheduler_config=SDXL_SCHEDULER,
+)
 
 
 @dataclass(frozen=True)
@@ -185,14 +307,24 @@ class Mode:
     dtype: str  # genbatch's model.dtype
     steps: int
     size: int
+    guidance: float
     batch_sizes: tuple[int, ...]
     compile: tuple[bool, ...]
     min_rows: int  # rows per measurement: max(4 x batch, min_rows), so several batches follow the first
     shard_rows: int
 
+    @property
+    def smoke(self) -> bool:
+        return self.device == "cpu"
 
-GPU_MODE = Mode(SD15_SIZED, "cuda", "bf16", 50, 512, (1, 8, 16, 32), (False, True), min_rows=64, shard_rows=64)
-SMOKE_MODE = Mode(SMOKE, "cpu", "fp32", 2, 64, (1, 2), (False,), min_rows=8, shard_rows=4)
+
+# SDXL as MLPerf runs it: 1024 px, 20 Euler steps, CFG 8.
+MODES = {
+    ("sd15-sized", False): Mode(SD15_SIZED, "cuda", "bf16", 50, 512, 7.5, (1, 8, 16, 32), (False, True), 64, 64),
+    ("sdxl-sized", False): Mode(SDXL_SIZED, "cuda", "bf16", 20, 1024, 8.0, (1, 4, 8), (False, True), 16, 16),
+    ("sd15-sized", True): Mode(SMOKE, "cpu", "fp32", 2, 64, 7.5, (1, 2), (False,), min_rows=8, shard_rows=4),
+    ("sdxl-sized", True): Mode(SMOKE_SDXL, "cpu", "fp32", 2, 64, 8.0, (1, 2), (False,), min_rows=8, shard_rows=4),
+}
 
 # --- Building the models -------------------------------------------------------------------------------
 
@@ -205,54 +337,83 @@ def _tokenizer():
     return build_tokenizer()
 
 
-def _text_config(spec: ModelSpec, tokenizer):
+def _text_config(text: dict, tokenizer):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        **{**spec.text, "vocab_size": max(spec.text["vocab_size"], len(tokenizer))},
+        **{**text, "vocab_size": max(text["vocab_size"], len(tokenizer))},
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
 
 
+def _scheduler(spec: ModelSpec):
+    import diffusers
+
+    return getattr(diffusers, spec.scheduler)(**spec.scheduler_config)
+
+
 def build_models(spec: ModelSpec, folder: Path) -> tuple[Path, Path]:
-    """The pipeline and CLIP folders under `folder`, built with random weights on first use."""
+    """The pipeline and CLIP folders under `folder`, built with random weights on first use. The BUILT
+    marker is written last, so an interrupted build is redone and a finished one is never rebuilt."""
     sd_dir, clip_dir = folder / "sd", folder / "clip"
     marker = folder / "BUILT"
     if marker.is_file() and marker.read_text() == BUILD_VERSION:
         logger.info("reusing models in %s", folder)
         return sd_dir, clip_dir
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+    )
 
     logger.info("building %s with random weights in %s (once)", spec.name, folder)
     started = time.perf_counter()
     shutil.rmtree(folder, ignore_errors=True)
     tokenizer = _tokenizer()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec.weights_dtype]
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**spec.unet)
+    unet = UNet2DConditionModel(**spec.unet).to(dtype)
     torch.manual_seed(0)
-    vae = AutoencoderKL(**spec.vae)
+    vae = AutoencoderKL(**spec.vae).to(dtype)
     torch.manual_seed(0)
-    text_encoder = CLIPTextModel(_text_config(spec, tokenizer))
-    pipeline = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=PNDMScheduler(**SD15_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    text_encoder = CLIPTextModel(_text_config(spec.text, tokenizer)).to(dtype)
+    if spec.text_2 is not None:
+        torch.manual_seed(2)
+        text_encoder_2 = CLIPTextModelWithProjection(_text_config(spec.text_2, tokenizer)).to(dtype)
+        pipeline = StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=_tokenizer(),
+            unet=unet,
+            scheduler=_scheduler(spec),
+            add_watermarker=False,
+        )
+    else:
+        pipeline = StableDiffusionPipeline(
+            unet=unet,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            scheduler=_scheduler(spec),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     pipeline.save_pretrained(sd_dir, safe_serialization=True)
     del pipeline, unet, vae, text_encoder
 
     image_size = spec.vision["image_size"]
     config = CLIPConfig(
-        text_config=_text_config(spec, tokenizer).to_dict(),
+        text_config=_text_config(spec.text, tokenizer).to_dict(),
         vision_config=spec.vision,
         projection_dim=spec.vision["projection_dim"],
     )
@@ -285,24 +446,26 @@ class FlopCount:
 
 
 def count_flop_per_image(spec: ModelSpec, steps: int, size: int, prompt: str) -> FlopCount:
-    """FLOP per image by part, counted on meta tensors (shapes only: instant, and no memory)."""
+    """FLOP per image by part, counted on meta tensors (shapes only: seconds, no memory, no GPU)."""
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
-    from transformers import CLIPConfig, CLIPModel, CLIPTextModel
+    from transformers import CLIPConfig, CLIPModel, CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = _tokenizer()
-    text_config = _text_config(spec, tokenizer)
+    text_config = _text_config(spec.text, tokenizer)
     tokens = spec.text["max_position_embeddings"]
     prompt_tokens = len(tokenizer(prompt, truncation=True, max_length=tokens)["input_ids"])
     latent = size // 8
-    scheduler = PNDMScheduler(**SD15_SCHEDULER)
+    scheduler = _scheduler(spec)
     scheduler.set_timesteps(steps)
     evaluations = len(scheduler.timesteps)
     with torch.device("meta"):
         unet = UNet2DConditionModel(**spec.unet)
         vae = AutoencoderKL(**spec.vae)
-        text_encoder = CLIPTextModel(text_config)
+        text_encoders = [CLIPTextModel(text_config)]
+        if spec.text_2 is not None:
+            text_encoders.append(CLIPTextModelWithProjection(_text_config(spec.text_2, tokenizer)))
         clip = CLIPModel(
             CLIPConfig(
                 text_config=text_config.to_dict(),
@@ -319,6 +482,12 @@ def count_flop_per_image(spec: ModelSpec, steps: int, size: int, prompt: str) ->
     def zeros(*shape, dtype=torch.float32):
         return torch.zeros(*shape, device="meta", dtype=dtype)
 
+    # SDXL's UNet also takes the pooled text embedding and six size/crop numbers per image.
+    added = (
+        {"text_embeds": zeros(2, spec.text_2["projection_dim"]), "time_ids": zeros(2, 6)}
+        if spec.text_2 is not None
+        else None
+    )
     image = spec.vision["image_size"]
     parts = {
         # CFG: each step runs the UNet on the prompt and the negative prompt, as one batch of 2.
@@ -328,9 +497,10 @@ def count_flop_per_image(spec: ModelSpec, steps: int, size: int, prompt: str) ->
                 zeros(2, 4, latent, latent),
                 zeros(2),
                 encoder_hidden_states=zeros(2, tokens, unet.config.cross_attention_dim),
+                added_cond_kwargs=added,
             )
         ),
-        "text encoder": flop(lambda: text_encoder(zeros(2, tokens, dtype=torch.long))),
+        "text encoder": sum(flop(lambda e=e: e(zeros(2, tokens, dtype=torch.long))) for e in text_encoders),
         "vae decode": flop(lambda: vae.decode(zeros(1, 4, latent, latent))),
         "clip": flop(lambda: clip.get_image_features(pixel_values=zeros(1, 3, image, image)))
         + flop(lambda: clip.get_text_features(input_ids=zeros(1, prompt_tokens, dtype=torch.long))),
