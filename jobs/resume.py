@@ -34,9 +34,12 @@ def job_identity(config: JobConfig, manifest: Manifest) -> dict:
         "shard_size": config.shard_size,
         "manifest": {"rows": manifest.rows, "fingerprint": manifest.fingerprint},
     }
-    performance = {"quantize": config.performance.quantize}
-    if performance != _LATER_ENTRIES["performance"]:
-        identity["performance"] = performance
+    performance = config.performance
+    if performance.quantize != "none":  # which layers are quantized changes pixels too
+        identity["performance"] = {
+            "quantize": performance.quantize,
+            "quantize_min_features": performance.quantize_min_features,
+        }
     return identity
 
 

@@ -22,7 +22,7 @@ from jobs.preflight import check_quantize
 from jobs.resume import check_same_job, job_identity
 from tests.conftest import small_config, worker_settings_for, write_config
 from workers import quantize
-from workers.compile_cache import CompileKey
+from workers.compile_cache import CompileKey, quantize_label
 from workers.errors import WorkerLoadError
 from workers.tasks import ShardTask
 
@@ -178,19 +178,19 @@ def test_the_int8_unet_stays_close_to_fp32(tiny_unet):
     assert 1e-4 < drift < 0.02 * exact.abs().max().item()
 
 
-def test_an_actor_with_int8_makes_images_close_to_unquantized_ones(tmp_path, tiny_dirs, monkeypatch):
+def test_an_actor_with_int8_makes_images_close_to_unquantized_ones(tmp_path, tiny_dirs):
     from PIL import Image
 
     from workers.worker import GenerationWorker
 
-    monkeypatch.setattr(quantize, "MIN_FEATURES", 16)  # so that the tiny UNet has layers to quantize
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.table({"prompt": ["a red cube", "a blue ball"]}), manifest)
     task = ShardTask(0, str(manifest), 0, 2, 0, has_id_column=False)
     images, infos = {}, {}
     for option in ("none", "int8"):
         base = worker_settings_for(tmp_path / option, resources={"batch_size": 2})
-        worker = GenerationWorker(replace(base, fast=replace(base.fast, quantize=option)), 0)
+        # 16 features: the tiny UNet has no layer as wide as the default's
+        worker = GenerationWorker(replace(base, fast=replace(base.fast, quantize=option, quantize_min_features=16)), 0)
         infos[option] = worker.ready().quantize
         table = pq.read_table(list(worker.run_shard(task))[-1].file)
         assert table.column("status").to_pylist() == ["ok", "ok"]
@@ -216,15 +216,25 @@ def test_quantize_is_part_of_the_job_identity_and_a_resume_with_another_is_refus
         for p in ({}, {"quantize": "int8"})
     )
     assert "performance" not in plain  # jobs recorded before the option keep their identity (and job key)
-    assert int8 == {**plain, "performance": {"quantize": "int8"}}
-    for before, after, change in ((plain, int8, "'none' -> 'int8'"), (int8, plain, "'int8' -> 'none'")):
+    assert int8 == {**plain, "performance": {"quantize": "int8", "quantize_min_features": 512}}
+    wider = {**plain, "performance": {"quantize": "int8", "quantize_min_features": 1024}}
+    for before, after, change in (
+        (plain, int8, "performance.quantize: 'none' -> 'int8'; performance.quantize_min_features: None -> 512"),
+        (int8, plain, "performance.quantize: 'int8' -> 'none'; performance.quantize_min_features: 512 -> None"),
+        (int8, wider, "performance.quantize_min_features: 512 -> 1024"),
+    ):
         with pytest.raises(OutputError) as refused:
             check_same_job("OUT", {"identity": before}, after)
         assert str(refused.value) == (
-            f"OUT: holds a job with other settings (performance.quantize: {change}); "
+            f"OUT: holds a job with other settings ({change}); "
             "rerun with --overwrite to replace it, or choose another output folder"
         )
     check_same_job("OUT", {"identity": int8}, dict(int8))
+    # Without quantizing, the threshold decides nothing.
+    unused = JobConfig.model_validate(
+        small_config(tmp_path / "m.parquet", "o", performance={"quantize_min_features": 8})
+    )
+    assert job_identity(unused, manifest) == plain
 
 
 def test_a_parked_actor_is_not_reused_by_a_job_with_other_quantization(tmp_path):
@@ -243,8 +253,9 @@ def test_a_quantized_unet_has_compile_cache_files_of_its_own():
     del fields["quantize"]
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     assert key.file_name() == f"torch-2.13.0-cpu-tiny-float32-b2-cfg-32x32-{digest}.torch-cache"  # as before
-    int8 = replace(key, quantize="int8").file_name()
-    assert int8.startswith("torch-2.13.0-cpu-tiny-float32-int8-b2-cfg-32x32-") and not int8.endswith(digest)
+    int8 = replace(key, quantize=quantize_label("int8", 512)).file_name()
+    assert int8.startswith("torch-2.13.0-cpu-tiny-float32-int8-min512-b2-cfg-32x32-") and digest not in int8
+    assert replace(key, quantize=quantize_label("int8", 16)).file_name() != int8
 
 
 # --- Whole jobs ------------------------------------------------------------------------------------------------
@@ -259,19 +270,21 @@ def test_an_int8_job_runs_on_the_cpu_records_its_quantization_and_cannot_be_resu
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.table({"prompt": ["a red cube", "a blue ball", "a green cone"]}), manifest)
     output = tmp_path / "out"
-    config = write_config(tmp_path / "job.yaml", manifest, output, performance={"quantize": "int8"})
+    # 16 features: the tiny UNet has no layer as wide as the default's
+    performance = {"quantize": "int8", "quantize_min_features": 16}
+    config = write_config(tmp_path / "job.yaml", manifest, output, performance=performance)
     assert main(["run", str(config), "--quiet"]) == 0
     record = json.loads((output / "job.json").read_text())
-    assert record["identity"]["performance"] == {"quantize": "int8"}
-    assert record["config"]["performance"]["quantize"] == "int8"
-    # The tiny UNet has no layer as wide as MIN_FEATURES: the actor says so rather than pretending.
-    assert [w["quantize"] for w in record["workers"]] == ["int8: 0 of 50 Linear layers"]
+    assert record["identity"]["performance"] == performance
+    assert {k: record["config"]["performance"][k] for k in performance} == performance
+    assert [w["quantize"] for w in record["workers"]] == ["int8: 40 of 50 Linear layers"]
     assert record["counts"]["ok"] == 3
     capsys.readouterr()
     assert main(["run", str(config), "--quiet", "--set", "performance.quantize=none"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"genbatch: error: {output}: holds a job with other settings (performance.quantize: 'int8' -> 'none'); "
-        "rerun with --overwrite to replace it, or choose another output folder"
+        f"genbatch: error: {output}: holds a job with other settings (performance.quantize: 'int8' -> 'none'; "
+        "performance.quantize_min_features: 16 -> None); rerun with --overwrite to replace it, or choose another "
+        "output folder"
     )
 
 

@@ -81,8 +81,13 @@ def compile_key(settings: WorkerSettings, device, dtype) -> CompileKey:
         width=settings.defaults.width,
         height=settings.defaults.height,
         guidance=settings.defaults.guidance_scale > 1,
-        quantize=settings.fast.quantize,
+        quantize=quantize_label(settings.fast.quantize, settings.fast.quantize_min_features),
     )
+
+
+def quantize_label(option: str, min_features: int) -> str:
+    """`none`, or the option with the threshold that decides which layers it changed: `int8-min512`."""
+    return option if option == "none" else f"{option}-min{min_features}"
 
 
 def cache_location(setting: str | None) -> str:

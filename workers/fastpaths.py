@@ -76,7 +76,8 @@ def apply_fast_paths(pipeline, fast: FastPaths, device, batch_size: int, default
         enabled.append("vae_slicing")
     if fast.quantize != "none":
         # After channels_last (which only moves convolutions' weights), before compiling the quantized UNet.
-        enabled.append(f"quantize {quantize_unet(pipeline.unet, fast.quantize).describe()}")
+        quantized = quantize_unet(pipeline.unet, fast.quantize, fast.quantize_min_features)
+        enabled.append(f"quantize {quantized.describe()}")
     if choose_compile(fast.compile, device, images_per_worker=None).on:  # the actor passes its choice resolved
         # Shapes never change mid-job: micro-batches are padded to batch_size (see generation.generate).
         pipeline.unet = torch.compile(pipeline.unet, dynamic=False)

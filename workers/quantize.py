@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 QUANTIZE_OPTIONS = ("none", "fp8", "int8")
 
-# A Linear layer is quantized only when both its in- and out-features reach this. Dynamic quantization
+# A Linear layer is quantized only when both its in- and out-features reach this (the default of
+# performance.quantize_min_features). Dynamic quantization
 # adds a pass over each activation (a max per token, a scale, a cast) and a rescale of each output,
 # costs that grow with the layer's inputs and outputs while the saving grows with their product: on
 # narrow layers the extra passes cost more than the faster matrix product saves. diffusers' fast-
@@ -104,7 +105,7 @@ def import_torchao(option: str):
 
 
 def is_quantizable(module, name: str, option: str, min_features: int) -> bool:
-    """A Linear layer wide enough to gain (MIN_FEATURES), with dimensions the fast kernels accept. The
+    """A Linear layer wide enough to gain (see MIN_FEATURES), with dimensions the fast kernels accept. The
     time-embedding layers are left out whatever their width: they see one row per image, not one per
     latent pixel, so there is nothing to gain."""
     import torch
@@ -115,13 +116,10 @@ def is_quantizable(module, name: str, option: str, min_features: int) -> bool:
     return min(dims) >= min_features and all(dim % _ALIGNMENT[option] == 0 for dim in dims)
 
 
-def quantize_unet(unet, option: str, min_features: int | None = None) -> QuantizedLayers:
-    """Quantize `unet`'s large Linear layers in place (weights where they are, on the actor's device);
-    `min_features`: MIN_FEATURES unless given."""
+def quantize_unet(unet, option: str, min_features: int = MIN_FEATURES) -> QuantizedLayers:
+    """Quantize `unet`'s Linear layers of at least `min_features` in and out, in place (weights where they
+    are, on the actor's device)."""
     import torch
-
-    if min_features is None:
-        min_features = MIN_FEATURES
 
     linear = sum(isinstance(module, torch.nn.Linear) for module in unet.modules())
     if option == "none":

@@ -44,6 +44,7 @@ class FastPaths:
     compile_cache: str | None  # folder or URI of shared compiled kernels; None: under the genbatch cache
     channels_last: bool | str
     quantize: str  # none, fp8 or int8 (workers.quantize): the one option here that changes pixels
+    quantize_min_features: int  # the narrowest Linear layer quantized
     vae_slicing: bool | str
     vae_tiling: bool
     clip_preprocess: str  # device, processor or auto
