@@ -520,6 +520,7 @@ class Run:
     size: int
     threads: int
     rows: int | None  # fixed rows per measurement, else max(4 x batch, mode.min_rows)
+    min_features: int  # performance.quantize_min_features
 
     def rows_for(self, batch: int) -> int:
         rows = self.rows or max(4 * batch, self.mode.min_rows)
@@ -590,7 +591,7 @@ def plain_loop(
     if quantize != "none":
         from workers.quantize import quantize_unet
 
-        quantize_unet(pipe.unet, quantize)  # the same layers as genbatch's, before compiling
+        quantize_unet(pipe.unet, quantize, run.min_features)  # the same layers as genbatch's, before compiling
     if compile:
         # The UNet is where the time goes; channels_last plus torch.compile is diffusers' own advice.
         # Default mode: max-autotune would take several minutes of tuning per batch size.
@@ -675,7 +676,12 @@ def genbatch_job(
                 "batch_size": batch,
             },
             # A compile cache of this run's own: start-up is measured cold, as the plain loop's is.
-            "performance": {"compile": compile, "compile_cache": f"{out}-compile-cache", "quantize": quantize},
+            "performance": {
+                "compile": compile,
+                "compile_cache": f"{out}-compile-cache",
+                "quantize": quantize,
+                "quantize_min_features": run.min_features,
+            },
         }
     )
     marks: list[float] = []
@@ -880,7 +886,8 @@ def render_table(
         + f"; steady state after the first micro-batch; median of {args.repeats} alternating run(s)",
         "- start-up: from the runner's start to the end of its first micro-batch (loading, actor, compiling); "
         "total: the whole run, start-up included",
-        "- quantize: performance.quantize of the UNet's wide Linear layers (workers/quantize.py); drift: genbatch's "
+        f"- quantize: performance.quantize of the UNet's Linear layers at least {run.min_features} wide "
+        "(quantize_min_features; workers/quantize.py); drift: genbatch's "
         "images against its unquantized ones of the same ids and seeds, mean |Δ CLIP score| and PSNR over their "
         f"pixels (baseline: {baseline or 'none'})",
     ]
@@ -949,6 +956,11 @@ def parse_args(argv=None):
         "--quantize", choices=QUANTIZE_OPTIONS, nargs="+", default=["none"], help="performance.quantize; default none"
     )
     parser.add_argument(
+        "--quantize-min-features",
+        type=int,
+        help="performance.quantize_min_features; default genbatch's (512); smoke: 16, so its tiny layers are quantized",
+    )
+    parser.add_argument(
         "--runners",
         choices=tuple(RUNNERS),
         nargs="+",
@@ -972,6 +984,10 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # diffusers imports torchao: its warnings about CUDA extensions a CPU build lacks, and torch's about
+    # the enums torchao registers, say nothing about the measurement.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     import diffusers
     import torch
     import transformers
@@ -985,8 +1001,15 @@ def main(argv=None) -> int:
     measuring = not (args.build_only or args.flop_only)
     if mode.device == "cuda" and measuring and not torch.cuda.is_available():
         sys.exit("gpu_throughput.py: no CUDA GPU is visible; this measures GPU throughput (--smoke checks it on a CPU)")
+    from workers.quantize import MIN_FEATURES
+
     run = Run(
-        mode=mode, steps=args.steps or mode.steps, size=args.size or mode.size, threads=args.threads, rows=args.rows
+        mode=mode,
+        steps=args.steps or mode.steps,
+        size=args.size or mode.size,
+        threads=args.threads,
+        rows=args.rows,
+        min_features=args.quantize_min_features or (16 if mode.smoke else MIN_FEATURES),
     )
     batch_sizes = tuple(args.batch_sizes or mode.batch_sizes)
     compiles = {"off": (False,), "on": (True,), "both": (False, True), None: mode.compile}[args.compile]
