@@ -558,20 +558,25 @@ class Drift:
 
 
 class StopRequested(Interrupted):
-    """SIGINT or SIGTERM: stop measuring, print what was measured. An `Interrupted`, so that run_job,
-    which stops cleanly on one, records which signal it was."""
+    """SIGINT or SIGTERM: stop measuring, print what was measured. An `Interrupted`, so that run_job
+    stops cleanly on it."""
+
+
+# The stop signal received, kept here: on its way out of Ray's calls the exception it raised may come
+# back as a plain KeyboardInterrupt.
+_received: list[int] = []
 
 
 def _stop_on_signal(signum, frame) -> None:
+    _received.append(signum)
     # Once: a second signal while the run winds down (Ray stopping its actors) is only noted.
     for stop in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop, lambda s, f: logger.warning("%s: already stopping", signal.Signals(s).name))
     raise StopRequested(signum)
 
 
-def _reraise_interrupt(signal_name: str | None) -> None:
-    number = signal.Signals[signal_name or "SIGINT"].value
-    raise StopRequested(number)
+def _stop_signal() -> int:
+    return _received[0] if _received else signal.SIGINT
 
 
 def plain_loop(
@@ -690,7 +695,7 @@ def genbatch_job(
     summary = run_job(config, progress="off", hooks=hooks)
     wall = time.perf_counter() - started
     if summary.interrupted:  # run_job stops cleanly on a signal and says so; the benchmark stops too
-        _reraise_interrupt(summary.signal)
+        raise StopRequested(_stop_signal())
     if summary.ok != rows:
         # Failed rows skip scoring and encoding: the two runners would not be doing the same work.
         raise RuntimeError(f"genbatch finished {summary.ok} of {rows} rows ({summary.failed} failed); see {out}")
@@ -1053,15 +1058,15 @@ def main(argv=None) -> int:
     points = [(b, c, q) for b in batch_sizes for c in compiles for q in args.quantize]
     runners = tuple(name for name in RUNNERS if name in args.runners)
     results: list[Measurement] = []
-    stopped: StopRequested | None = None
+    stopped: str | None = None
     try:
         with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
             for done, point in enumerate(points):
                 try:
                     measure(run, sd_dir, clip_dir, Path(tmp), point, args.repeats, runners, results)
-                except StopRequested as stop:
-                    stopped = stop
-                    logger.warning("%s: stopped after %d of %d measurements", stop, done, len(points))
+                except KeyboardInterrupt:
+                    stopped = signal.Signals(_stop_signal()).name
+                    logger.warning("%s: stopped after %d of %d measurements", stopped, done, len(points))
                     break
                 finally:
                     for m in results:
@@ -1083,7 +1088,7 @@ def main(argv=None) -> int:
         with args.results.open("a", encoding="utf-8") as file:
             file.write("\n" + table)
         logger.info("appended the table to %s", args.results)
-    return 0 if stopped is None else 128 + stopped.signum
+    return 0 if stopped is None else 128 + _stop_signal()
 
 
 if __name__ == "__main__":

@@ -100,12 +100,17 @@ def test_the_actor_refuses_fp8_on_a_cpu_or_on_a_gpu_older_than_ada(monkeypatch):
 
 def test_without_torchao_the_actor_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchao", None)  # what `import torchao` meets when it is not installed
-    with pytest.raises(WorkerLoadError) as refused:
-        quantize.quantize_unet(torch.nn.Sequential(torch.nn.Linear(512, 512)), "int8")
-    assert str(refused.value) == (
-        "performance.quantize: int8 needs torchao, which cannot be imported here (import of torchao halted; None in "
-        "sys.modules): pip install 'genbatch[quantize]' (torchao 0.18.0, pinned with torch 2.13)"
-    )
+    for refuse in (
+        lambda: quantize.check_device("int8", CPU, torch.float32),  # at load time, before the weights
+        lambda: quantize.quantize_unet(torch.nn.Sequential(torch.nn.Linear(512, 512)), "int8"),
+    ):
+        with pytest.raises(WorkerLoadError) as refused:
+            refuse()
+        assert str(refused.value) == (
+            "performance.quantize: int8 needs torchao, which cannot be imported here (import of torchao halted; "
+            "None in sys.modules): pip install 'genbatch[quantize]' (torchao 0.18.0, pinned with torch 2.13)"
+        )
+    quantize.check_device("none", CPU, torch.float32)
 
 
 # --- What int8 does ----------------------------------------------------------------------------------------

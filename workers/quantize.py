@@ -59,7 +59,11 @@ class QuantizedLayers:
 
 
 def check_device(option: str, device, dtype) -> None:
-    """Refuse, before the weights are loaded, a quantization this actor's device (or dtype) cannot run."""
+    """Refuse, before the weights are loaded, a quantization this actor cannot run: no torchao, or fp8
+    on a device (or dtype) without fp8 matrix products."""
+    if option == "none":
+        return
+    import_torchao(option)
     if option != "fp8":
         return
     if device.type != "cuda":
