@@ -16,15 +16,10 @@ from workers.writer import ShardFooter, read_footer, remove_temp_files
 logger = logging.getLogger(__name__)
 
 
-# Identity entries added after jobs were first recorded, with the value that earlier jobs had: an
-# entry at that value is left out of the identity (so their job keys, and shard footers, stay valid).
-_LATER_ENTRIES = {"performance": {"quantize": "none"}}
-
-
 def job_identity(config: JobConfig, manifest: Manifest) -> dict:
     """Everything that changes a job's images or scores. Workers, batch size, fast paths and paths are not:
     they change pixels by at most float rounding (see README); quantizing the UNet is the exception."""
-    identity = {
+    return {
         "mode": config.mode,
         "model": config.model.model_dump(mode="json"),
         "generation": config.generation.model_dump(mode="json"),
@@ -33,14 +28,24 @@ def job_identity(config: JobConfig, manifest: Manifest) -> dict:
         "seed": config.seed,
         "shard_size": config.shard_size,
         "manifest": {"rows": manifest.rows, "fingerprint": manifest.fingerprint},
+        **quantize_identity(config),
     }
+
+
+def quantize_identity(config: JobConfig) -> dict:
+    """performance.quantize in a job's identity: absent when off, so the keys of jobs that do not quantize
+    stay what they were before the option existed; with it, which layers it changed changes pixels too."""
     performance = config.performance
-    if performance.quantize != "none":  # which layers are quantized changes pixels too
-        identity["performance"] = {
-            "quantize": performance.quantize,
-            "quantize_min_features": performance.quantize_min_features,
-        }
-    return identity
+    if performance.quantize == "none":
+        return {}
+    return {
+        "performance": {"quantize": performance.quantize, "quantize_min_features": performance.quantize_min_features}
+    }
+
+
+# Identity entries that are left out at their default (quantize_identity): compared as that default,
+# so that turning one on or off names the setting (`performance.quantize: 'none' -> 'int8'`).
+_LEFT_OUT_AT_DEFAULT = {"performance": {"quantize": "none"}}
 
 
 def check_same_job(output_dir: str, previous: dict, identity: dict) -> None:
@@ -48,7 +53,7 @@ def check_same_job(output_dir: str, previous: dict, identity: dict) -> None:
     before = previous.get("identity")
     if before is None:
         raise OutputError(f"{output_dir}: holds output of an unknown job; rerun with --overwrite to replace it")
-    changes = _differences({**_LATER_ENTRIES, **before}, {**_LATER_ENTRIES, **identity})
+    changes = _differences({**_LEFT_OUT_AT_DEFAULT, **before}, {**_LEFT_OUT_AT_DEFAULT, **identity})
     if changes:
         raise OutputError(
             f"{output_dir}: holds a job with other settings ({'; '.join(changes)}); "
