@@ -16,6 +16,17 @@ from workers.writer import ShardFooter, read_footer, remove_temp_files
 logger = logging.getLogger(__name__)
 
 
+def quantize_identity(config: JobConfig) -> dict:
+    """performance.quantize in a job's identity: absent when off, so the keys of jobs that do not quantize
+    stay what they were before the option existed; with it, which layers it changed changes pixels too."""
+    performance = config.performance
+    if performance.quantize == "none":
+        return {}
+    return {
+        "performance": {"quantize": performance.quantize, "quantize_min_features": performance.quantize_min_features}
+    }
+
+
 def job_identity(config: JobConfig, manifest: Manifest) -> dict:
     """Everything that changes a job's images or scores. Workers, batch size, fast paths and paths are not:
     they change pixels by at most float rounding (see README); quantizing the UNet is the exception."""
@@ -26,20 +37,9 @@ def job_identity(config: JobConfig, manifest: Manifest) -> dict:
         "clip": config.clip.model_dump(mode="json"),
         "output": config.output.model_dump(mode="json", exclude={"path"}),
         "seed": config.seed,
+        **quantize_identity(config),
         "shard_size": config.shard_size,
         "manifest": {"rows": manifest.rows, "fingerprint": manifest.fingerprint},
-        **quantize_identity(config),
-    }
-
-
-def quantize_identity(config: JobConfig) -> dict:
-    """performance.quantize in a job's identity: absent when off, so the keys of jobs that do not quantize
-    stay what they were before the option existed; with it, which layers it changed changes pixels too."""
-    performance = config.performance
-    if performance.quantize == "none":
-        return {}
-    return {
-        "performance": {"quantize": performance.quantize, "quantize_min_features": performance.quantize_min_features}
     }
 
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 
 from workers import columns as C
+from workers import quantize
 from workers.batch import BatchRunner, collect_encoded, micro_batches
 from workers.errors import WorkerLoadError, describe
 from workers.fence import check_fence
@@ -55,7 +56,6 @@ class GenerationWorker:
         from workers.fastpaths import apply_fast_paths, choose_compile
         from workers.images import ImageEncoder
         from workers.loading import load_clip, load_pipeline, pick_device, pick_dtype
-        from workers.quantize import check_device
 
         started = time.perf_counter()
         settings = self.settings
@@ -63,7 +63,7 @@ class GenerationWorker:
             torch.set_num_threads(min(settings.num_threads, os.cpu_count() or 1))
         self.device = pick_device()
         dtype = pick_dtype(settings.dtype, self.device)
-        check_device(settings.fast.quantize, self.device, dtype)  # before spending time on the weights
+        quantize.check_device(settings.fast.quantize, self.device, dtype)  # before spending time on the weights
         self.pipeline = load_pipeline(
             settings.model, settings.revision, settings.scheduler, self.device, dtype, settings.variant
         )
