@@ -16,6 +16,11 @@ from workers.writer import ShardFooter, read_footer, remove_temp_files
 logger = logging.getLogger(__name__)
 
 
+# Identity entries that are left out at their default (quantize_identity): compared as that default,
+# so that turning one on or off names the setting (`performance.quantize: 'none' -> 'int8'`).
+_LEFT_OUT_AT_DEFAULT = {"performance": {"quantize": "none"}}
+
+
 def quantize_identity(config: JobConfig) -> dict:
     """performance.quantize in a job's identity: absent when off, so the keys of jobs that do not quantize
     stay what they were before the option existed; with it, which layers it changed changes pixels too."""
@@ -41,11 +46,6 @@ def job_identity(config: JobConfig, manifest: Manifest) -> dict:
         "shard_size": config.shard_size,
         "manifest": {"rows": manifest.rows, "fingerprint": manifest.fingerprint},
     }
-
-
-# Identity entries that are left out at their default (quantize_identity): compared as that default,
-# so that turning one on or off names the setting (`performance.quantize: 'none' -> 'int8'`).
-_LEFT_OUT_AT_DEFAULT = {"performance": {"quantize": "none"}}
 
 
 def check_same_job(output_dir: str, previous: dict, identity: dict) -> None:
