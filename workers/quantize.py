@@ -139,6 +139,8 @@ def quantize_unet(unet, option: str, min_features: int = MIN_FEATURES) -> Quanti
         raise ValueError(f"unknown quantize option {option!r}; choose one of: {', '.join(QUANTIZE_OPTIONS)}")
     chosen = {name for name, module in unet.named_modules() if is_quantizable(module, name, option, min_features)}
     if chosen:
+        # The configs also apply torchao's recommended Inductor settings (coordinate-descent tuning, int8
+        # matmuls fused with their rescale): a compiled quantized UNet takes longer to compile, and runs faster.
         quantization.quantize_(unet, config, filter_fn=lambda module, name: name in chosen)
     done = QuantizedLayers(option, len(chosen), linear)
     logger.info("quantized the UNet, %s (those with in and out features >= %d)", done.describe(), min_features)
