@@ -856,8 +856,10 @@ def render_table(
     results: list[Measurement],
     baseline: str = "",
     stopped: str | None = None,
+    failures: list[str] | None = None,
 ) -> str:
-    """The Markdown table; `stopped` says why a run ended early (its table has the rows measured so far)."""
+    """The Markdown table; `stopped` says why a run ended early (its table has the rows measured so far),
+    `failures` which points raised instead of giving a row."""
     import diffusers
     import torch
     import transformers
@@ -898,6 +900,7 @@ def render_table(
     ]
     if stopped:
         lines.append(f"- **interrupted** ({stopped}): the rows below are the measurements that finished")
+    lines += [f"- **failed**: {failure}" for failure in failures or ()]
     lines += [
         "",
         "| batch | compile | quantize | runner | rows | start-up s | total s | steady images/s | TFLOP/s "
@@ -1059,6 +1062,7 @@ def main(argv=None) -> int:
     runners = tuple(name for name in RUNNERS if name in args.runners)
     results: list[Measurement] = []
     stopped: str | None = None
+    failures: list[str] = []
     try:
         with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
             for done, point in enumerate(points):
@@ -1068,6 +1072,12 @@ def main(argv=None) -> int:
                     stopped = signal.Signals(_stop_signal()).name
                     logger.warning("%s: stopped after %d of %d measurements", stopped, done, len(points))
                     break
+                except Exception as error:  # one failed point (fp8 refused, say) costs only its row, logged
+                    logger.exception("batch %d, compile %s, quantize %s failed", *point)
+                    failures.append(
+                        f"batch {point[0]}, compile {'on' if point[1] else 'off'}, quantize {point[2]}: "
+                        f"{type(error).__name__}: {' '.join(str(error).split())}"
+                    )
                 finally:
                     for m in results:
                         if m.runner == "genbatch" and m.quantize == "none" and m.drift is None:
@@ -1082,13 +1092,15 @@ def main(argv=None) -> int:
     if stopped is not None:
         finished = len({(m.batch, m.compile, m.quantize) for m in results})
         reason = f"{stopped}; {finished} of {len(points)} batch/compile/quantize points measured"
-    table = render_table(run, args, device_name, flop, results, baseline.describe(), reason)
+    table = render_table(run, args, device_name, flop, results, baseline.describe(), reason, failures)
     print("\n" + table, flush=True)
     if args.results is not None:
         with args.results.open("a", encoding="utf-8") as file:
             file.write("\n" + table)
         logger.info("appended the table to %s", args.results)
-    return 0 if stopped is None else 128 + _stop_signal()
+    if stopped is not None:
+        return 128 + _stop_signal()
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -65,8 +65,12 @@ def test_the_table_has_a_row_per_quantize_option_and_says_when_it_was_interrupte
     ]
     flop = bench.FlopCount({"unet": 1e12}, 3)
     args = Namespace(peak_tflops=989.0, repeats=1)
-    table = bench.render_table(SMOKE_RUN, args, "CPU", flop, rows, "8 images", "SIGTERM; 1 of 2 points measured")
+    failed = "batch 2, compile off, quantize fp8: ConfigError: performance.quantize: fp8 needs a CUDA GPU"
+    table = bench.render_table(
+        SMOKE_RUN, args, "CPU", flop, rows, "8 images", "SIGTERM; 1 of 2 points measured", [failed]
+    )
     lines = table.splitlines()
+    assert f"- **failed**: {failed}" in lines  # a point that raised costs its row, not the table
     assert lines[0].endswith("(INTERRUPTED)")
     assert (
         "- **interrupted** (SIGTERM; 1 of 2 points measured): the rows below are the measurements that finished"
