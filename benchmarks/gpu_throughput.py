@@ -612,6 +612,9 @@ def plain_loop(
         prompts = [row["prompt"] for row in rows]
         images = pipe(
             prompts,
+            # genbatch passes each row's negative prompt (the config's "" here); SDXL would put zeros in
+            # place of an absent one (force_zeros_for_empty_prompt), other work than encoding "".
+            negative_prompt=[""] * len(prompts),
             num_inference_steps=run.steps,
             guidance_scale=run.mode.guidance,
             width=run.size,
