@@ -145,6 +145,31 @@ def test_int8_quantizes_the_wide_linear_layers_and_leaves_the_rest(tiny_unet):
     assert all(type(m.weight) is torch.nn.Parameter for name, m in layers.items() if name not in wide)
 
 
+def test_fp8_asks_torchao_for_per_row_float8_on_layers_in_multiples_of_16(monkeypatch):
+    """fp8 cannot run on a CPU (torchao refuses it too): what genbatch asks of torchao is checked instead."""
+    from torchao import quantization
+
+    asked = []
+    monkeypatch.setattr(quantization, "quantize_", lambda model, config, filter_fn: asked.append((config, filter_fn)))
+    model = torch.nn.ModuleDict(
+        {
+            "wide": torch.nn.Linear(1024, 512),
+            "unaligned": torch.nn.Linear(520, 520),  # a multiple of 8 (int8's kernels), not of 16 (fp8's)
+            "narrow": torch.nn.Linear(1024, 320),
+            "time_emb_proj": torch.nn.Linear(1280, 640),
+        }
+    )
+    assert quantize.quantize_unet(model, "fp8") == quantize.QuantizedLayers("fp8", 1, 4)
+    ((config, chosen),) = asked
+    assert isinstance(config, quantization.Float8DynamicActivationFloat8WeightConfig)
+    assert [type(g) for g in config.granularity] == [quantization.PerRow, quantization.PerRow]
+    assert config.activation_dtype == config.weight_dtype == torch.float8_e4m3fn
+    assert [name for name, module in model.items() if chosen(module, name)] == ["wide"]
+    asked.clear()
+    assert quantize.quantize_unet(model, "int8") == quantize.QuantizedLayers("int8", 2, 4)
+    assert [name for name, module in model.items() if asked[0][1](module, name)] == ["wide", "unaligned"]
+
+
 def test_an_int8_layer_computes_what_per_token_int8_arithmetic_gives():
     torch.manual_seed(0)
     layer = torch.nn.Linear(64, 32)
