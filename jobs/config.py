@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from jobs.errors import ConfigError, one_line
 from workers import storage
 from workers.loading import missing_model_folder, unknown_model_ref
+from workers.quantize import MIN_FEATURES
 from workers.schedulers import SCHEDULERS
 
 
@@ -238,6 +239,17 @@ class PerformanceConfig(_Section):
         "null: $GENBATCH_CACHE/compile (default ~/.cache/genbatch/compile) on each node.",
     )
     channels_last: bool | Literal["auto"] = Field("auto", description="channels_last UNet/VAE; auto: on GPU only.")
+    quantize: Literal["none", "fp8", "int8"] = Field(
+        "none",
+        description="Quantize the UNet's large Linear layers (torchao; changes pixels, so part of the job's "
+        "identity): fp8 on CUDA GPUs of compute capability >= 8.9 with model.dtype bf16/auto; int8 anywhere.",
+    )
+    quantize_min_features: int = Field(
+        MIN_FEATURES,
+        ge=1,
+        description="With quantize: only Linear layers whose in- and out-features both reach this are quantized; "
+        "narrower ones lose more to quantizing their inputs than the faster product saves (workers.quantize).",
+    )
     vae_slicing: bool | Literal["auto"] = Field(
         "auto", description="Decode one image at a time; auto: when a batch's decode would not fit in free GPU memory."
     )

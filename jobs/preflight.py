@@ -49,6 +49,23 @@ def check_aesthetic_head(head: str, clip_ref: str) -> None:
         raise ConfigError(f"scores.aesthetic.head: {head}: not an aesthetic head for CLIP {clip_ref!r}: {problem}")
 
 
+def check_quantize(config: JobConfig) -> None:
+    """Refuse fp8 where the config alone shows that no actor could run it. The driver cannot see the GPUs
+    its actors will get: each actor checks its own (workers.quantize.check_device) before it loads."""
+    if config.performance.quantize != "fp8":
+        return
+    if config.resources.gpus_per_worker == 0:
+        raise ConfigError(
+            "performance.quantize: fp8 needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper, Blackwell), "
+            "and resources.gpus_per_worker is 0 (the workers run on the CPU): use quantize: int8 (portable) or none"
+        )
+    if config.model.dtype in ("fp16", "fp32"):
+        raise ConfigError(
+            f"performance.quantize: fp8 needs model.dtype bf16 or auto (torchao's per-row fp8 scales are made from "
+            f"bf16 weights), got {config.model.dtype}"
+        )
+
+
 def check_model(key: str, ref: str | None, revision: str | None, index_file: str) -> None:
     """`index_file` is a file every snapshot of such a model has; asking for it asks for the model."""
     if ref is None or not is_hub_model(ref):

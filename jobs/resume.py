@@ -16,9 +16,25 @@ from workers.writer import ShardFooter, read_footer, remove_temp_files
 logger = logging.getLogger(__name__)
 
 
+# Identity entries that are left out at their default (quantize_identity): compared as that default,
+# so that turning one on or off names the setting (`performance.quantize: 'none' -> 'int8'`).
+_LEFT_OUT_AT_DEFAULT = {"performance": {"quantize": "none"}}
+
+
+def quantize_identity(config: JobConfig) -> dict:
+    """performance.quantize in a job's identity: absent when off, so the keys of jobs that do not quantize
+    stay what they were before the option existed; with it, which layers it changed changes pixels too."""
+    performance = config.performance
+    if performance.quantize == "none":
+        return {}
+    return {
+        "performance": {"quantize": performance.quantize, "quantize_min_features": performance.quantize_min_features}
+    }
+
+
 def job_identity(config: JobConfig, manifest: Manifest) -> dict:
     """Everything that changes a job's images or scores. Workers, batch size, fast paths and paths are not:
-    they change pixels by at most float rounding (see README)."""
+    they change pixels by at most float rounding (see README); quantizing the UNet is the exception."""
     return {
         "mode": config.mode,
         "model": config.model.model_dump(mode="json"),
@@ -26,6 +42,7 @@ def job_identity(config: JobConfig, manifest: Manifest) -> dict:
         "clip": config.clip.model_dump(mode="json"),
         "output": config.output.model_dump(mode="json", exclude={"path"}),
         "seed": config.seed,
+        **quantize_identity(config),
         "shard_size": config.shard_size,
         "manifest": {"rows": manifest.rows, "fingerprint": manifest.fingerprint},
         **scores_identity(config),
@@ -44,7 +61,7 @@ def check_same_job(output_dir: str, previous: dict, identity: dict) -> None:
     before = previous.get("identity")
     if before is None:
         raise OutputError(f"{output_dir}: holds output of an unknown job; rerun with --overwrite to replace it")
-    changes = _differences(before, identity)
+    changes = _differences({**_LEFT_OUT_AT_DEFAULT, **before}, {**_LEFT_OUT_AT_DEFAULT, **identity})
     if changes:
         raise OutputError(
             f"{output_dir}: holds a job with other settings ({'; '.join(changes)}); "

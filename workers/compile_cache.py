@@ -49,13 +49,18 @@ class CompileKey:
     width: int
     height: int
     guidance: bool  # classifier-free guidance (guidance_scale > 1) doubles the batch the UNet sees
+    quantize: str = "none"  # performance.quantize: a quantized UNet is another graph
 
     def file_name(self) -> str:
         """Readable where it can be (`torch-2.13.0-cpu-tiny-float32-b8-512x512-...`), unique by its hash."""
         model = self.model.rstrip("/").rsplit("/", 1)[-1]
         shapes = f"b{self.batch_size}{'-cfg' if self.guidance else ''}-{self.width}x{self.height}"
-        readable = f"torch-{self.torch}-{self.device}-{model}-{self.dtype}-{shapes}"
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        quantized = "" if self.quantize == "none" else f"-{self.quantize}"
+        readable = f"torch-{self.torch}-{self.device}-{model}-{self.dtype}{quantized}-{shapes}"
+        fields = asdict(self)
+        if self.quantize == "none":  # the files of unquantized models keep the names they had before the option
+            del fields["quantize"]
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
         return f"{re.sub(r'[^A-Za-z0-9.-]+', '_', readable)}-{digest}.torch-cache"
 
 
@@ -76,7 +81,13 @@ def compile_key(settings: WorkerSettings, device, dtype) -> CompileKey:
         width=settings.defaults.width,
         height=settings.defaults.height,
         guidance=settings.defaults.guidance_scale > 1,
+        quantize=quantize_label(settings.fast.quantize, settings.fast.quantize_min_features),
     )
+
+
+def quantize_label(option: str, min_features: int) -> str:
+    """`none`, or the option with the threshold that decides which layers it changed: `int8-min512`."""
+    return option if option == "none" else f"{option}-min{min_features}"
 
 
 def cache_location(setting: str | None) -> str:

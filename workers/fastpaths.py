@@ -1,4 +1,5 @@
-"""Speed options applied to a loaded pipeline. Each keeps images within float rounding of the plain call."""
+"""Speed options applied to a loaded pipeline. Each keeps images within float rounding of the plain call,
+except `quantize` (workers.quantize), which is part of the job's identity."""
 
 from __future__ import annotations
 
@@ -53,8 +54,11 @@ def choose_compile(setting: bool | str, device, images_per_worker: int | None) -
 
 
 def apply_fast_paths(pipeline, fast: FastPaths, device, batch_size: int, defaults: GenerationDefaults) -> list[str]:
-    """Configure `pipeline` in place; returns the names of the options turned on (for the logs)."""
+    """Configure `pipeline` in place; returns the names of the options turned on (for the logs); quantizing's
+    is `quantize int8: 40 of 50 Linear layers`."""
     import torch
+
+    from workers.quantize import quantize_unet
 
     on_gpu = device.type == "cuda"
     enabled = []
@@ -70,6 +74,10 @@ def apply_fast_paths(pipeline, fast: FastPaths, device, batch_size: int, default
     ):
         pipeline.vae.enable_slicing()
         enabled.append("vae_slicing")
+    if fast.quantize != "none":
+        # After channels_last (which only moves convolutions' weights), before compiling the quantized UNet.
+        quantized = quantize_unet(pipeline.unet, fast.quantize, fast.quantize_min_features)
+        enabled.append(f"quantize {quantized.describe()}")
     if choose_compile(fast.compile, device, images_per_worker=None).on:  # the actor passes its choice resolved
         # Shapes never change mid-job: micro-batches are padded to batch_size (see generation.generate).
         pipeline.unet = torch.compile(pipeline.unet, dynamic=False)

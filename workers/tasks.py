@@ -37,11 +37,14 @@ class ImageEncoding:
 
 @dataclass(frozen=True)
 class FastPaths:
-    """Speed options (the config's `performance` section); none changes pixels by more than float rounding."""
+    """Speed options (the config's `performance` section); none but `quantize` changes pixels by more than
+    float rounding."""
 
     compile: bool | str  # auto: resolved by the actor (workers.fastpaths.choose_compile)
     compile_cache: str | None  # folder or URI of shared compiled kernels; None: under the genbatch cache
     channels_last: bool | str
+    quantize: str  # none, fp8 or int8 (workers.quantize): the one option here that changes pixels
+    quantize_min_features: int  # the narrowest Linear layer quantized
     vae_slicing: bool | str
     vae_tiling: bool
     clip_preprocess: str  # device, processor or auto
@@ -154,6 +157,7 @@ class WorkerInfo:
     compile: bool = False  # performance.compile as resolved on this actor
     compile_reason: str = ""  # why compile is on or off, in words
     compile_cache_hit: bool | None = None  # compile on: whether compiled kernels were loaded from compile_cache
+    quantize: str = "none"  # performance.quantize as applied: `int8: 40 of 50 Linear layers` (workers.quantize)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 
 from workers import columns as C
+from workers import quantize
 from workers.batch import BatchRunner, collect_encoded, micro_batches
 from workers.errors import WorkerLoadError, describe
 from workers.fence import check_fence
@@ -64,6 +65,7 @@ class GenerationWorker:
             torch.set_num_threads(min(settings.num_threads, os.cpu_count() or 1))
         self.device = pick_device()
         dtype = pick_dtype(settings.dtype, self.device)
+        quantize.check_device(settings.fast.quantize, self.device, dtype)  # before spending time on the weights
         self.pipeline = load_pipeline(
             settings.model, settings.revision, settings.scheduler, self.device, dtype, settings.variant
         )
@@ -116,6 +118,7 @@ class GenerationWorker:
             compile=self.compile.on,
             compile_reason=self.compile.reason,
             compile_cache_hit=cache_hit,
+            quantize=next((name.removeprefix("quantize ") for name in applied if name.startswith("quantize ")), "none"),
         )
         logger.info(
             "%s ready on %s in %.1fs (pid %d)", self.info.name, self.device, self.info.load_seconds, os.getpid()
@@ -265,6 +268,10 @@ def _quiet_libraries() -> None:
     from workers.loading import quiet_hub
 
     quiet_hub()
+    # diffusers imports torchao where it is installed (performance.quantize): torchao then warns about each
+    # optional CUDA extension a build lacks, and torch about each enum torchao registers.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     import diffusers
     import transformers
 
