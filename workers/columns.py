@@ -47,6 +47,9 @@ ROW_OVERRIDES = (STEPS, GUIDANCE_SCALE, WIDTH, HEIGHT)
 IMAGE_TYPE = pa.struct([("bytes", pa.large_binary()), ("path", pa.string())])
 STORED_IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
+# Columns holding image bytes: never a grouping or filter column, never read for a figure.
+IMAGE_COLUMNS = frozenset({IMAGE, INIT_IMAGE})
+
 # Columns genbatch writes after the manifest's own, in this order, with these types. `id` is written
 # first and keeps the manifest's type (string or integer).
 GENERATED: dict[str, pa.DataType] = {

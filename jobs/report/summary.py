@@ -25,8 +25,9 @@ def pick_group_column(run: RunFiles, by: str | None) -> str | None:
     """`--by`, else `category` when the run has it; a named column that is missing is an error."""
     if by is None:
         return DEFAULT_GROUP_COLUMN if DEFAULT_GROUP_COLUMN in run.columns else None
-    if by not in run.columns:
-        raise UsageError(f"{run.path}: --by {by!r}: no such column (columns: {', '.join(run.columns)})")
+    groupable = [name for name in run.columns if name not in C.IMAGE_COLUMNS]
+    if by not in groupable:
+        raise UsageError(f"{run.path}: --by {by!r}: no such column (columns: {', '.join(groupable)})")
     return by
 
 
