@@ -340,7 +340,8 @@ def run_sweep(
                 clear_output(run.output)
             _plan(run, retry_failed)
         record = sweep_record(config, sweep_runs)
-        if read_sweep_file(output) != record or any(run.plan and run.plan.todo for run in runs):
+        before = read_sweep_file(output) or {}
+        if {key: before.get(key) for key in record} != record or any(run.plan and run.plan.todo for run in runs):
             write_sweep_file(output, record)
         # 3. Finish the runs with nothing to do, then run the others, one group of alike actors at a time.
         summaries: dict[str, JobSummary] = {}

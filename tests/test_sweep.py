@@ -237,6 +237,7 @@ def test_a_sweep_writes_what_standalone_runs_write_with_one_model_load(tmp_path,
     # The sweep resumes: nothing to do. So does each run folder on its own, with the equivalent config.
     again = run_sweep(config, "s.yaml", progress="off")
     assert again.shards_run == 0 and again.ok == 24
+    assert json.loads((output / "sweep.json").read_text()) == record  # what the first run recorded stays
     own = small_config(
         manifest, output / FOLDERS[3], generation={"guidance_scale": 7.5}, model={"scheduler": "euler_a"}
     )
