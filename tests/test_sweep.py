@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pyarrow.parquet as pq
 import pytest
@@ -11,6 +12,7 @@ import yaml
 
 from jobs.cli import main
 from jobs.config import JobConfig, load_config
+from jobs.dispatch import Dispatcher
 from jobs.driver import run_job
 from jobs.errors import ConfigError
 from jobs.status import format_sweep_status, is_sweep_folder, sweep_status
@@ -23,8 +25,11 @@ from jobs.sweep import (
     group_runs,
     run_sweep,
 )
-from tests.conftest import read_output, small_config, write_manifest
+from tests.conftest import generation_defaults, read_output, small_config, write_manifest
+from tests.test_dispatch import FakeBackend
+from tests.test_dispatch import shards as fake_shards
 from workers import columns as C
+from workers.tasks import RunBinding
 
 SAFE = re.compile(r"[A-Za-z0-9._=,-]+")
 AXES = {"generation.guidance_scale": [3.0, 7.5], "model.scheduler": ["ddim", "euler_a"]}
@@ -181,6 +186,21 @@ def test_run_job_refuses_a_sweep(tmp_path):
         ConfigError, match=re.escape("sweep: a sweep runs with jobs.sweep.run_sweep (genbatch run does), not run_job")
     ):
         run_job(sweep_config(tmp_path))
+
+
+def test_shards_of_two_runs_with_the_same_number_are_retried_each_on_its_own():
+    """Runs share one queue and each numbers its shards from 0: one run's failures must not use up another's retries."""
+    backend = FakeBackend(faults={("0#1", 0): RuntimeError("bad shard")})
+    tasks = [
+        replace(shard, run=RunBinding(f"/out/{run}", run, None, 0, None, generation_defaults()))
+        for run in ("a", "b")
+        for shard in fake_shards(1)
+    ]
+    dispatcher = Dispatcher(backend, 1, tasks, 1, on_progress=lambda *_: None, on_workers=lambda *_: None)
+    outcome = dispatcher.run()
+    assert backend.runs == [("0#1", 0)] * 4  # each shard tried twice (max_shard_retries: 1)
+    assert sorted(f.shard.run.output_dir for f in outcome.failures) == ["/out/a", "/out/b"]
+    assert outcome.retries == 2
 
 
 # One Ray job for the whole sweep.
