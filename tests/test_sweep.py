@@ -214,7 +214,7 @@ def by_id(folder):
 
 
 @pytest.mark.slow
-def test_a_sweep_writes_what_standalone_runs_write_with_one_model_load(tmp_path, ray_session):
+def test_a_sweep_writes_what_standalone_runs_write_with_one_model_load(tmp_path, ray_session, capsys):
     manifest = write_manifest(tmp_path / "m.parquet", MANIFEST)
     config = JobConfig.model_validate(small_config(manifest, tmp_path / "sweep", sweep=AXES))
     summary = run_sweep(config, "s.yaml", progress="off")
@@ -255,8 +255,12 @@ def test_a_sweep_writes_what_standalone_runs_write_with_one_model_load(tmp_path,
     assert json.loads((output / FOLDERS[3] / "job.json").read_text())["identity"] == identity
 
     # The sweep resumes: nothing to do. So does each run folder on its own, with the equivalent config.
-    again = run_sweep(config, "s.yaml", progress="off")
-    assert again.shards_run == 0 and again.ok == 24
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(small_config(manifest, output, sweep=AXES)))
+    assert main(["run", str(path), "--quiet"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "genbatch: nothing to do: all 4 runs are complete (24 ok, 0 failed of 24 rows)"
+    )
     assert json.loads((output / "sweep.json").read_text()) == record  # what the first run recorded stays
     own = small_config(
         manifest, output / FOLDERS[3], generation={"guidance_scale": 7.5}, model={"scheduler": "euler_a"}
@@ -270,3 +274,7 @@ def test_a_sweep_writes_what_standalone_runs_write_with_one_model_load(tmp_path,
     assert [line.split()[:4] for line in lines[2:6]] == [[folder, "finished", "6", "/"] for folder in FOLDERS]
     assert lines[6] == "total:    24 / 24 rows done (100.0%): 24 ok, 0 failed; 4 finished"
     assert pq.read_table(output / FOLDERS[0] / "data" / "shard-00000.parquet").num_rows == 4
+    assert main(["status", str(output), "--log-format", "json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert [(run["folder"], run["state"], run["ok"]) for run in status["runs"]] == [(f, "finished", 6) for f in FOLDERS]
+    assert (status["rows"], status["rows_done"], status["ok"], status["failed"]) == (24, 24, 24, 0)
