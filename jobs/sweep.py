@@ -334,7 +334,7 @@ def run_sweep(
         raise OutputError(f"{output}: holds a single job ({layout.JOB_FILE}); choose another output folder for a sweep")
     with ExitStack() as locks:
         # 2. Lock every run's folder and check what it holds; only then clear (--overwrite) or plan.
-        runs = [_open(sweep_run, manifests, locks) for sweep_run in sweep_runs]
+        runs = [_open(sweep_run, manifests, locks, overwrite) for sweep_run in sweep_runs]
         for run in runs:
             if overwrite:
                 clear_output(run.output)
@@ -370,15 +370,16 @@ def run_sweep(
         return SweepSummary(output=output, runs=ordered, seconds=time.perf_counter() - started, groups=served)
 
 
-def _open(sweep_run: SweepRun, manifests: dict[tuple[str, str], Manifest], locks: ExitStack) -> _Run:
-    """A run's folder, locked, with what it held checked against the run (as a standalone run checks it)."""
+def _open(sweep_run: SweepRun, manifests: dict[tuple[str, str], Manifest], locks: ExitStack, overwrite: bool) -> _Run:
+    """A run's folder, locked, with what it held checked against the run as a standalone run checks it
+    (with --overwrite, what it holds is to be cleared: nothing to check)."""
     config = sweep_run.config
     manifest = manifests[(config.manifest, config.mode)]
     shards = plan_shards(manifest, config.shard_size, config.generation.images_per_prompt)
     identity = job_identity(config, manifest)
     output = prepare_output(config.output.path)
     lock = locks.enter_context(OutputLock(output))
-    previous = read_job_file(output)
+    previous = None if overwrite else read_job_file(output)
     remove_temp_files(output)
     if previous is not None and shard_files_exist(output):
         check_same_job(output, previous, identity)

@@ -14,7 +14,7 @@ from jobs.cli import main
 from jobs.config import JobConfig, load_config
 from jobs.dispatch import Dispatcher
 from jobs.driver import run_job
-from jobs.errors import ConfigError
+from jobs.errors import ConfigError, OutputError
 from jobs.status import format_sweep_status, is_sweep_folder, sweep_status
 from jobs.sweep import (
     MAX_COMBINATIONS,
@@ -278,3 +278,20 @@ def test_a_sweep_writes_what_standalone_runs_write_with_one_model_load(tmp_path,
     status = json.loads(capsys.readouterr().out)
     assert [(run["folder"], run["state"], run["ok"]) for run in status["runs"]] == [(f, "finished", 6) for f in FOLDERS]
     assert (status["rows"], status["rows_done"], status["ok"], status["failed"]) == (24, 24, 24, 0)
+
+
+def test_a_run_folder_that_holds_something_else_stops_the_sweep_before_anything_is_written(tmp_path):
+    manifest = write_manifest(tmp_path / "m.parquet", MANIFEST)
+    config = JobConfig.model_validate(small_config(manifest, tmp_path / "sweep", sweep=AXES))
+    taken = tmp_path / "sweep" / FOLDERS[2]
+    taken.mkdir(parents=True)
+    (taken / "job.json").write_text("[]")
+    with pytest.raises(OutputError) as error:
+        run_sweep(config, "s.yaml", progress="off")
+    assert str(error.value) == f"{taken}/job.json: not a genbatch job record; rerun with --overwrite to start over"
+    assert sorted(path.name for path in (tmp_path / "sweep").rglob("*") if path.is_file()) == [
+        ".genbatch.lock",
+        ".genbatch.lock",
+        ".genbatch.lock",
+        "job.json",
+    ]
