@@ -464,6 +464,8 @@ def _run_group(
         assert run.plan is not None
         run.guard = VersionGuard(run.output, run.plan.versions, allow_version_change)
     spans: dict[str, list[float]] = {}  # run output -> [its first shard's start, its last shard's end]
+    by_output = {run.output: run for run in group}
+    finished: set[str] = set()  # runs whose every shard is written
     dispatcher: Dispatcher | None = None
     interrupt: KeyboardInterrupt | None = None
     recorded: list[_Run] = []  # runs whose job.json says running
@@ -494,6 +496,13 @@ def _run_group(
             now = time.perf_counter()
             span = spans.setdefault(result.output_dir, [math.inf, -math.inf])
             span[0], span[1] = min(span[0], now - result.seconds), max(span[1], now)
+            # A run whose every shard is written says so at once (status, reports), not when the pool ends.
+            run = by_output[result.output_dir]
+            mine = _outcome_of(run, dispatcher.outcome)  # type: ignore[union-attr]
+            if not mine.failures and len({r.shard for r in mine.results}) == len(run.plan.todo):  # type: ignore[union-attr]
+                summary = _run_summary(run, mine, {}, spans, started, None)
+                _record_end(run.output, run.record, "finished", summary, mine, run.guard.seen)  # type: ignore[union-attr]
+                finished.add(run.output)
             if hooks.on_shard_done is not None:
                 hooks.on_shard_done(result)
 
@@ -539,20 +548,35 @@ def _run_group(
         assert run.plan is not None and run.guard is not None
         mine = _outcome_of(run, outcome)
         late = {}
-        if interrupt is not None:
+        stopped = interrupt if run.output not in finished else None  # a finished run was not interrupted
+        if stopped is not None:
             accounted = {r.shard for r in mine.results} | {f.shard.index for f in mine.failures}
             late = count_on_disk(run.output, [s for s in run.plan.todo if s.index not in accounted], run.key)
-        summary = summarize(run.manifest, run.shards, run.plan, mine, late, run.output, started, interrupt)
-        generated = sum(result.generated for result in mine.results)
-        begin, end = spans.get(run.output, [0.0, 0.0])
-        summary = replace(summary, images_per_s=generated / (end - begin) if end > begin else 0.0)
-        _record_end(run.output, run.record, "interrupted" if interrupt else "finished", summary, mine, run.guard.seen)
+        summary = _run_summary(run, mine, late, spans, started, stopped)
+        _record_end(run.output, run.record, "interrupted" if stopped else "finished", summary, mine, run.guard.seen)
         summaries[run.sweep.folder] = summary
     workers = [
         {"name": info.name, "pid": info.pid, "node_ip": info.node_ip, "load_seconds": round(info.load_seconds, 3)}
         for info in outcome.workers
     ]
     return summaries, workers
+
+
+def _run_summary(
+    run: _Run,
+    outcome: DispatchOutcome,
+    late: dict,
+    spans: dict[str, list[float]],
+    started: float,
+    interrupt: KeyboardInterrupt | None,
+) -> JobSummary:
+    """The run's summary as a standalone run's, but with its own images/s: its images over the time from
+    its first shard's start to its last shard's end (the pool served other runs before and after)."""
+    assert run.plan is not None
+    summary = summarize(run.manifest, run.shards, run.plan, outcome, late, run.output, started, interrupt)
+    generated = sum(result.generated for result in outcome.results)
+    begin, end = spans.get(run.output, [0.0, 0.0])
+    return replace(summary, images_per_s=generated / (end - begin) if end > begin else 0.0)
 
 
 def _outcome_of(run: _Run, outcome: DispatchOutcome) -> DispatchOutcome:

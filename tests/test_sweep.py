@@ -12,7 +12,7 @@ import yaml
 
 from jobs.cli import main
 from jobs.config import JobConfig, load_config
-from jobs.dispatch import Dispatcher
+from jobs.dispatch import Dispatcher, JobHooks
 from jobs.driver import run_job
 from jobs.errors import ConfigError, OutputError
 from jobs.status import format_sweep_status, is_sweep_folder, sweep_status
@@ -217,9 +217,16 @@ def by_id(folder):
 def test_a_sweep_writes_what_standalone_runs_write_with_one_model_load(tmp_path, ray_session, capsys):
     manifest = write_manifest(tmp_path / "m.parquet", MANIFEST)
     config = JobConfig.model_validate(small_config(manifest, tmp_path / "sweep", sweep=AXES))
-    summary = run_sweep(config, "s.yaml", progress="off")
-    assert summary.exit_code == 0 and summary.ok == 24 and [folder for folder, _ in summary.runs] == FOLDERS
     output = tmp_path / "sweep"
+    first_run = []  # the first run's job.json status as each shard of the sweep is written
+
+    def shard_done(result):
+        first_run.append(json.loads((output / FOLDERS[0] / "job.json").read_text())["status"])
+
+    summary = run_sweep(config, "s.yaml", progress="off", hooks=JobHooks(on_shard_done=shard_done))
+    assert summary.exit_code == 0 and summary.ok == 24 and [folder for folder, _ in summary.runs] == FOLDERS
+    # Two shards per run, run by run: the first run says finished once its second shard is written.
+    assert first_run == ["running"] + ["finished"] * 7
     record = json.loads((output / "sweep.json").read_text())
     assert record["runs"][3] == {
         "folder": FOLDERS[3],
