@@ -302,3 +302,29 @@ def test_a_run_folder_that_holds_something_else_stops_the_sweep_before_anything_
         ".genbatch.lock",
         "job.json",
     ]
+
+
+def test_status_of_a_sweep_shows_a_run_not_started_as_pending(tmp_path):
+    output = tmp_path / "sweep"
+    done = output / FOLDERS[0]
+    done.mkdir(parents=True)
+    record = {
+        "status": "finished",
+        "identity": {"seed": 0},
+        "shards": 0,
+        "manifest": {"rows": 6},
+        "counts": {"ok": 5, "failed": 1},
+        "images_per_s": 1.5,
+        "started_at": "2026-12-01T09:00:00+00:00",
+    }
+    (done / "job.json").write_text(json.dumps(record))
+    runs = [{"folder": folder, "settings": {}} for folder in FOLDERS[:2]]
+    (output / "sweep.json").write_text(json.dumps({"sweep": AXES, "runs": runs}))
+    assert is_sweep_folder(str(output)) and not is_sweep_folder(str(done))
+    assert format_sweep_status(sweep_status(str(output))).splitlines() == [
+        f"sweep:    2 runs in {output}",
+        "runs:     folder, state, rows done, ok, failed, images/s",
+        f"          {FOLDERS[0]}     finished  6 / 6  5  1  1.50",
+        f"          {FOLDERS[1]}  pending",
+        "total:    6 / 6 rows done (100.0%): 5 ok, 1 failed; 1 finished, 1 pending",
+    ]
