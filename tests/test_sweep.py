@@ -328,3 +328,21 @@ def test_status_of_a_sweep_shows_a_run_not_started_as_pending(tmp_path):
         f"          {FOLDERS[1]}  pending",
         "total:    6 / 6 rows done (100.0%): 5 ok, 1 failed; 1 finished, 1 pending",
     ]
+
+
+@pytest.mark.slow
+def test_a_model_axis_runs_one_pool_per_model_one_after_the_other(tmp_path, ray_session, tiny_dirs):
+    manifest = write_manifest(tmp_path / "m.parquet", {"id": ["a", "b"], "prompt": ["a fox", "a bird"]})
+    axes = {"model.id": ["tiny", str(tiny_dirs[0])]}  # the same weights under two names: two pools
+    config = JobConfig.model_validate(small_config(manifest, tmp_path / "sweep", sweep=axes))
+    summary = run_sweep(config, "s.yaml", progress="off")
+    assert summary.exit_code == 0 and summary.ok == 4
+    first, second = summary.groups
+    assert first["runs"] == ["id=tiny"] and second["runs"] == [folder_name({"model.id": str(tiny_dirs[0])})]
+    assert len(first["workers"]) == len(second["workers"]) == 1
+    assert first["workers"][0]["pid"] != second["workers"][0]["pid"]
+    images = [
+        {row_id: row[C.IMAGE] for row_id, row in by_id(tmp_path / "sweep" / group["runs"][0]).items()}
+        for group in (first, second)
+    ]
+    assert images[0] == images[1] and sorted(images[0]) == ["a", "b"]
