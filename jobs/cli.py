@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resume although torch/diffusers/transformers/genbatch versions changed (job.json records both)",
     )
+    run.add_argument(
+        "--yes", action="store_true", help="run a sweep of more combinations than genbatch runs without asking (64)"
+    )
 
     manifest = add_command(
         "manifest", help="turn a .txt/.csv/.tsv/.jsonl prompt list, or a prompt template, into a manifest"
@@ -234,6 +237,8 @@ def run_command(args: argparse.Namespace) -> int:
         progress = "log"  # a bar's carriage returns make a mess of collected logs
     else:
         progress = "bar"
+    if config.sweep:
+        return sweep_command(args, config, progress)
     summary = run_job(
         config,
         address=args.address,
@@ -273,6 +278,47 @@ def run_command(args: argparse.Namespace) -> int:
     )
     print(f"genbatch: output: {summary.output}")
     return summary.exit_code
+
+
+def sweep_command(args: argparse.Namespace, config, progress: str) -> int:
+    from jobs.sweep import run_sweep
+
+    sweep = run_sweep(
+        config,
+        args.config,
+        address=args.address,
+        progress=progress,
+        overwrite=args.overwrite,
+        retry_failed=args.retry_failed,
+        yes=args.yes,
+        forward_actor_logs=args.log_format == "text",
+        allow_version_change=args.allow_version_change,
+    )
+    if sweep.interrupted:
+        _error(f"interrupted by {sweep.signal}", args.log_format == "json", exit_code=sweep.exit_code)
+    if args.log_format == "json":
+        print(json.dumps({"event": "summary", **sweep.as_dict()}))
+        return sweep.exit_code
+    counts = f"{sweep.ok} ok, {sweep.failed} failed of {sweep.images} rows"
+    if sweep.shards_run == 0:
+        print(f"genbatch: nothing to do: all {len(sweep.runs)} runs are complete ({counts})")
+        print(f"genbatch: output: {sweep.output}")
+        return sweep.exit_code
+    for folder, run in sweep.runs:
+        state = "complete before" if run.shards_run == 0 else f"{run.images_per_s:.2f} images/s"
+        print(
+            f"genbatch:   {folder}: {run.ok} ok, {run.failed} failed"
+            + (f", {run.not_run} not run" if run.not_run else "")
+            + f" of {run.images} rows ({state})"
+        )
+    state = "interrupted" if sweep.interrupted else "done"
+    print(
+        f"genbatch: {state}: {counts}"
+        + (f", {sweep.not_run} not run" if sweep.not_run else "")
+        + f" in {len(sweep.runs)} runs, {sweep.seconds:.1f}s total"
+    )
+    print(f"genbatch: output: {sweep.output}")
+    return sweep.exit_code
 
 
 def manifest_command(args: argparse.Namespace) -> int:
@@ -341,10 +387,15 @@ def report_command(args: argparse.Namespace) -> int:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    from jobs.status import format_status, job_status
+    from jobs.status import format_status, format_sweep_status, is_sweep_folder, job_status, sweep_status
     from workers import storage
 
-    status = job_status(storage.normalized(args.output))
+    output = storage.normalized(args.output)
+    if is_sweep_folder(output):
+        runs = sweep_status(output)
+        print(json.dumps(runs.as_dict()) if args.log_format == "json" else format_sweep_status(runs))
+        return 0
+    status = job_status(output)
     print(json.dumps(status.as_dict()) if args.log_format == "json" else format_status(status))
     return 0
 

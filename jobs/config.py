@@ -292,6 +292,25 @@ class JobConfig(_Section):
     )
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
+    sweep: dict[str, list[Any]] | None = Field(
+        None,
+        description="Dotted config keys mapped to lists of values: one run per combination, each in its own folder "
+        "under output (jobs.sweep); null: one run.",
+    )
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_axes(cls, axes: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
+        for key, values in (axes or {}).items():
+            if key == "sweep" or key.split(".")[0] == "output":
+                raise ValueError(f"{key!r} cannot be swept: the sweep names each run's output folder")
+            if not values:
+                raise ValueError(f"{key!r} has no values")
+            texts = [repr(value) for value in values]
+            repeated = sorted({text for text in texts if texts.count(text) > 1})
+            if repeated:
+                raise ValueError(f"{key!r} lists {', '.join(repeated)} more than once")
+        return axes
 
     @field_validator("manifest")
     @classmethod

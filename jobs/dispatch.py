@@ -103,7 +103,7 @@ class Dispatcher:
         self.on_shard_done = on_shard_done or (lambda result: None)
         self.on_batch = on_batch or (lambda batch: None)
         self.outcome = DispatchOutcome()
-        self._attempts: dict[int, int] = {}  # shard index -> failed attempts
+        self._attempts: dict[tuple[str, int], int] = {}  # (run, shard index) -> failed attempts
         self._tasks: dict = {}  # stream -> (actor, shard)
         self._reported: dict = {}  # stream -> [rows, failed rows] already passed to on_progress
         self._delivered: set = set()  # streams whose ShardResult arrived: their shard is done
@@ -294,8 +294,10 @@ class Dispatcher:
             logger.info("shard %d was queued on a worker that died; requeued", shard.index)
             self.pending.appendleft(shard)
             return
-        attempts = self._attempts.get(shard.index, 0) + 1
-        self._attempts[shard.index] = attempts
+        # A sweep's runs share the queue, and each numbers its shards from 0.
+        run = (shard.run.output_dir if shard.run is not None else "", shard.index)
+        attempts = self._attempts.get(run, 0) + 1
+        self._attempts[run] = attempts
         if attempts <= self.max_shard_retries:
             logger.warning("shard %d failed (attempt %d), retrying: %s", shard.index, attempts, error)
             self.outcome.retries += 1

@@ -13,7 +13,7 @@ from jobs import cluster, signals, worker_reuse
 from jobs.actor_backend import RayBackend
 from jobs.config import JobConfig
 from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks, describe_pool
-from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, GenbatchError, OutputError, WorkerStartError, one_line
+from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, ConfigError, GenbatchError, OutputError, WorkerStartError, one_line
 from jobs.jobfile import identity_key, package_versions, read_job_file, utc_now, write_job_file
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest, seed_column_warning
@@ -91,6 +91,8 @@ def run_job(
     `interrupted`, and counts what is on disk."""
     started = time.perf_counter()
     hooks = hooks or JobHooks()
+    if config.sweep:
+        raise ConfigError("sweep: a sweep runs with jobs.sweep.run_sweep (genbatch run does), not run_job")
     # 1. Validate the whole manifest, and check that hub models can be had, before anything is written or started.
     manifest = read_manifest(config.manifest, config.mode)
     warnings = job_warnings(config, manifest)

@@ -7,13 +7,14 @@ tells a live run from one that was killed.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from jobs.errors import OutputError
 from jobs.jobfile import identity_key, read_job_file
 from jobs.lock import lock_is_held
-from workers import layout
+from workers import layout, storage
 from workers.shard_stats import ShardStats, read_all_stats
 from workers.writer import read_footer
 
@@ -195,3 +196,73 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+# A sweep's folder (jobs.sweep): sweep.json lists its runs, each an output folder of its own.
+
+
+@dataclass
+class SweepStatus:
+    output: str
+    runs: list[tuple[str, JobStatus | None]]  # (folder, its status); None: the run has not started
+
+    @property
+    def rows(self) -> int:
+        return sum(status.rows for _, status in self.runs if status)
+
+    @property
+    def rows_done(self) -> int:
+        return sum(status.rows_done for _, status in self.runs if status)
+
+    def as_dict(self) -> dict:
+        return {
+            "output": self.output,
+            "runs": [
+                {"folder": folder, **(status.as_dict() if status else {"state": "pending"})}
+                for folder, status in self.runs
+            ],
+            "rows": self.rows,
+            "rows_done": self.rows_done,
+            "ok": sum(status.ok for _, status in self.runs if status),
+            "failed": sum(status.failed for _, status in self.runs if status),
+        }
+
+
+def is_sweep_folder(output: str) -> bool:
+    return storage.exists(layout.sweep_file(output)) and not storage.exists(layout.job_file(output))
+
+
+def sweep_status(output: str, now: datetime | None = None) -> SweepStatus:
+    from jobs.sweep import read_sweep_file
+
+    record = read_sweep_file(output) or {"runs": []}
+    runs: list[tuple[str, JobStatus | None]] = []
+    for run in record["runs"]:
+        folder = storage.join(output, run["folder"])
+        runs.append((run["folder"], job_status(folder, now) if storage.exists(layout.job_file(folder)) else None))
+    return SweepStatus(output, runs)
+
+
+def format_sweep_status(status: SweepStatus) -> str:
+    """One line per run (state, rows done, ok, failed, images/s), then the total."""
+    width = max((len(folder) for folder, _ in status.runs), default=0)
+    lines = [
+        f"sweep:    {len(status.runs)} runs in {status.output}",
+        "runs:     folder, state, rows done, ok, failed, images/s",
+    ]
+    for folder, run in status.runs:
+        if run is None:
+            lines.append(f"          {folder:<{width}}  pending")
+            continue
+        speed = "-" if run.images_per_s is None else f"{run.images_per_s:.2f}"
+        done = f"{run.rows_done:,} / {run.rows:,}"
+        lines.append(f"          {folder:<{width}}  {run.state}  {done}  {run.ok:,}  {run.failed:,}  {speed}")
+    states = Counter(run.state if run else "pending" for _, run in status.runs)
+    percent = 100 * status.rows_done / status.rows if status.rows else 100.0
+    ok = sum(run.ok for _, run in status.runs if run)
+    failed = sum(run.failed for _, run in status.runs if run)
+    lines.append(
+        f"total:    {status.rows_done:,} / {status.rows:,} rows done ({percent:.1f}%): {ok:,} ok, {failed:,} failed; "
+        + ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+    )
+    return "\n".join(lines)

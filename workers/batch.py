@@ -56,6 +56,12 @@ class BatchRunner:
         self.init_image_policy = init_image_policy
         self._img2img: Any = None  # made on first use
 
+    def set_scheduler(self, scheduler) -> None:
+        """Denoise with `scheduler` from now on, in the image-to-image pipeline too (a sweep's runs differ in it)."""
+        self.pipeline.scheduler = scheduler
+        if self._img2img is not None:
+            self._img2img.scheduler = scheduler
+
     def run(self, batch: dict[int, RowSpec]) -> BatchResult:
         """Run a micro-batch; if it raises, run its rows one by one so only the culprit fails."""
         try:

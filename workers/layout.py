@@ -2,6 +2,7 @@
 
     OUTPUT/
       job.json                   the job record (jobs.jobfile)
+      sweep.json                 instead of the above, in a sweep's folder: its runs, each a folder like this one
       .genbatch.lock             held by the run in progress, local folders only (jobs.lock, workers.fence)
       data/shard-00000.parquet   one file per shard (workers.writer)
       stats/shard-00000.json     how each shard went (workers.shard_stats)
@@ -19,6 +20,7 @@ import uuid
 from workers import storage
 
 JOB_FILE = "job.json"
+SWEEP_FILE = "sweep.json"  # a sweep's folder: its runs, each an output folder below it (jobs.sweep)
 LOCK_FILE = ".genbatch.lock"
 DATA_DIR = "data"
 STATS_DIR = "stats"
@@ -61,6 +63,10 @@ def is_temp_file(name: str) -> bool:
 
 def job_file(output_dir: str) -> str:
     return storage.join(output_dir, JOB_FILE)
+
+
+def sweep_file(output_dir: str) -> str:
+    return storage.join(output_dir, SWEEP_FILE)
 
 
 def lock_file(output_dir: str) -> str:

@@ -111,6 +111,20 @@ class RescoreResult:
 
 
 @dataclass(frozen=True)
+class RunBinding:
+    """The run a shard belongs to, when one actor serves several runs of a sweep (jobs.sweep): where and
+    for which job it writes, and the settings that change per run without loading anything again.
+    Each field replaces the WorkerSettings field of the same name for that shard."""
+
+    output_dir: str
+    job_key: str
+    run_token: str | None
+    job_seed: int
+    scheduler: str | None  # schedulers are built from the model's own scheduler config: cheap
+    defaults: GenerationDefaults
+
+
+@dataclass(frozen=True)
 class ShardTask:
     """Rows [start, stop) of one manifest file; `first_row` is the manifest-wide index of `start`."""
 
@@ -123,6 +137,7 @@ class ShardTask:
     retry_failed: bool = False  # rerun only the rows whose status is error in the existing file
     images_per_row: int = 1  # generation.images_per_prompt: output rows per manifest row
     failed_before: int = 0  # with retry_failed: the existing file's error rows, which this task regenerates
+    run: RunBinding | None = None  # a sweep's run; None: the actor's own settings say where and how
 
     @property
     def rows(self) -> int:
@@ -193,6 +208,7 @@ class ShardResult:
     seconds: float
     generated: int = 0  # images this run generated: fewer than `rows` when only failed rows were retried
     startup: StartupTimings | None = None  # the actor's; None from actors that do not measure it (stubs)
+    output_dir: str = ""  # the run's output folder: which run of a sweep the shard belongs to
 
 
 class ShardWorker(Protocol):

@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import datetime, timezone
 
 from workers import columns as C
@@ -66,9 +66,10 @@ class GenerationWorker:
         self.device = pick_device()
         dtype = pick_dtype(settings.dtype, self.device)
         quantize.check_device(settings.fast.quantize, self.device, dtype)  # before spending time on the weights
-        self.pipeline = load_pipeline(
-            settings.model, settings.revision, settings.scheduler, self.device, dtype, settings.variant
-        )
+        # Loaded with the model's own scheduler, kept: any other is built from its config (`_use_scheduler`).
+        self.pipeline = load_pipeline(settings.model, settings.revision, None, self.device, dtype, settings.variant)
+        self.model_scheduler = self.pipeline.scheduler
+        self.scheduler_name: str | None = None  # the scheduler the pipeline has now; None: the model's own
         # Whether to compile is decided here, where the device is known.
         self.compile = choose_compile(settings.fast.compile, self.device, settings.images_per_worker)
         cache_hit = self._prepare_compile(dtype) if self.compile.on else None
@@ -98,10 +99,11 @@ class GenerationWorker:
             init_image_policy=settings.defaults.init_image_policy,
             scorers=self.scorers,
         )
+        self._use_scheduler(settings.scheduler)
         self.labels = RunLabels(
             model=settings.model,
             clip_model=settings.clip_model,
-            scheduler=settings.scheduler or type(self.pipeline.scheduler).__name__,
+            scheduler=self._scheduler_label(settings.scheduler),
             worker=f"worker-{self.index}@{socket.gethostname()}",
         )
         self.info = WorkerInfo(
@@ -152,21 +154,43 @@ class GenerationWorker:
         )
         return self.ready()
 
+    def _use_scheduler(self, name: str | None) -> None:
+        """Give the pipeline the named scheduler (None: the model's own), built as a model load would build it."""
+        if name == self.scheduler_name:
+            return
+        from workers.schedulers import build_scheduler
+
+        scheduler = self.model_scheduler if name is None else build_scheduler(name, self.model_scheduler.config)
+        self.batch_runner.set_scheduler(scheduler)
+        self.scheduler_name = name
+
+    def _scheduler_label(self, name: str | None) -> str:
+        return name or type(self.model_scheduler).__name__
+
+    def _settings_for(self, task: ShardTask) -> WorkerSettings:
+        """This actor's settings, with those of the task's run (a sweep's) in place of its own."""
+        if task.run is None:
+            return self.settings
+        return replace(self.settings, **{f.name: getattr(task.run, f.name) for f in fields(task.run)})
+
     def run_shard(self, task: ShardTask) -> Iterator[BatchProgress | ShardResult]:
         """Process one shard; yields progress after each micro-batch, then the ShardResult."""
         started = time.perf_counter()
+        settings = self._settings_for(task)
+        self._use_scheduler(settings.scheduler)
+        labels = replace(self.labels, scheduler=self._scheduler_label(settings.scheduler))
         # A. Read the shard's rows and resolve their settings; with --retry-failed, only failed rows run.
         table = read_slice(task.file, task.start, task.stop)
         ids = row_ids(table, task)
-        rows = resolve_rows(table, ids, self.settings.defaults, self.settings.job_seed)
+        rows = resolve_rows(table, ids, settings.defaults, settings.job_seed)
         if task.images_per_row > 1:  # one output row per image, in manifest order
             table, ids, rows = expand_images(table, ids, rows, task.images_per_row)
-        previous = read_previous(self.settings.output_dir, task) if task.retry_failed else None
+        previous = read_previous(settings.output_dir, task) if task.retry_failed else None
         todo = failed_positions(previous) if previous is not None else list(range(len(rows)))
         # B. Run each micro-batch (steps 1-6 in workers/batch.py); encoding runs on CPU threads meanwhile.
         outputs: dict[int, RowOutput] = {}
         encoding: deque[list[tuple[int, Future]]] = deque()
-        for batch in micro_batches(rows, todo, self.settings.batch_size):
+        for batch in micro_batches(rows, todo, settings.batch_size):
             batch_started = time.perf_counter()
             result = self.batch_runner.run(batch)
             if self.startup is None:
@@ -185,14 +209,14 @@ class GenerationWorker:
             ids.take(todo),
             [rows[p] for p in todo],
             [outputs[p] for p in todo],
-            self.labels,
-            reconstruct=self.settings.mode == "reconstruct",
-            scores=score_columns(self.settings.scores),
+            labels,
+            reconstruct=settings.mode == "reconstruct",
+            scores=score_columns(settings.scores),
         )
         output_table = fresh if previous is None else merge_retried(previous, fresh, todo)
         failed = output_table.column(C.STATUS).to_pylist().count(C.STATUS_ERROR)
         footer = ShardFooter(
-            self.settings.job_key,
+            settings.job_key,
             task.index,
             len(rows),
             len(rows) - failed,
@@ -200,11 +224,11 @@ class GenerationWorker:
             versions=self.info.versions,
             device=self.info.device_name,
         )
-        fence = functools.partial(check_fence, self.settings.output_dir, self.settings.run_token)
-        path = write_shard(output_table, self.settings.output_dir, footer, before_publish=fence)
+        fence = functools.partial(check_fence, settings.output_dir, settings.run_token)
+        path = write_shard(output_table, settings.output_dir, footer, before_publish=fence)
         seconds = time.perf_counter() - started
         write_shard_stats(
-            self.settings.output_dir,
+            settings.output_dir,
             ShardStats(
                 shard=task.index,
                 rows=len(rows),
@@ -213,12 +237,12 @@ class GenerationWorker:
                 generated=len(todo),
                 seconds=round(seconds, 6),  # rounded coarser, a short shard's rate would not match its time
                 images_per_s=round(len(todo) / seconds, 3) if seconds > 0 else 0.0,
-                worker=self.labels.worker,
+                worker=labels.worker,
                 node=self.info.node_id,
                 node_ip=self.info.node_ip,
                 pid=self.info.pid,
                 finished_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                job_key=self.settings.job_key,
+                job_key=settings.job_key,
             ),
             before_publish=fence,
         )
@@ -228,10 +252,11 @@ class GenerationWorker:
             ok=len(rows) - failed,
             failed=failed,
             file=path,
-            worker=self.labels.worker,
+            worker=labels.worker,
             seconds=seconds,
             generated=len(todo),
             startup=self.startup,
+            output_dir=settings.output_dir,
         )
 
     def _first_batch_done(self, seconds: float) -> None:
