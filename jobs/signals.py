@@ -41,13 +41,21 @@ class Interrupted(KeyboardInterrupt):
         return signal.Signals(self.signum).name
 
 
+def signum_of(interrupt: KeyboardInterrupt) -> int:
+    """The stop signal behind `interrupt`. Ray re-raises our `Interrupted` from inside `ray.get` as a plain
+    KeyboardInterrupt, so a plain one is the signal the handler received, else Ctrl-C's SIGINT."""
+    if isinstance(interrupt, Interrupted):
+        return interrupt.signum
+    return _handler.received or signal.SIGINT
+
+
 def exit_code_of(interrupt: KeyboardInterrupt) -> int:
-    return interrupt.exit_code if isinstance(interrupt, Interrupted) else 128 + signal.SIGINT
+    return 128 + signum_of(interrupt)
 
 
 def signal_name_of(interrupt: KeyboardInterrupt) -> str:
-    """SIGINT, SIGTERM or SIGHUP; a plain KeyboardInterrupt is Ctrl-C's SIGINT."""
-    return interrupt.signal_name if isinstance(interrupt, Interrupted) else "SIGINT"
+    """SIGINT, SIGTERM or SIGHUP."""
+    return signal.Signals(signum_of(interrupt)).name
 
 
 class _Handler:

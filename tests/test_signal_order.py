@@ -55,3 +55,26 @@ def test_the_first_of_signals_arriving_together_decides(sigint_as_in_a_terminal)
         "SIGHUP received while stopping; still stopping",
         "SIGINT received while stopping; still stopping",
     ]
+
+
+def test_a_sigterm_that_a_library_re_raised_as_a_plain_keyboardinterrupt_still_exits_143():
+    """Ray turns our `Interrupted` into a plain KeyboardInterrupt when it lands inside `ray.get`."""
+    from jobs import signals
+
+    signals.install()
+    try:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here
+        except KeyboardInterrupt:
+            pass
+        plain = KeyboardInterrupt()  # what the caller catches instead of the handler's Interrupted
+        assert (signals.signal_name_of(plain), signals.exit_code_of(plain)) == ("SIGTERM", 143)
+    finally:
+        signals.restore_defaults()
+    signals.install()  # a fresh job: a plain KeyboardInterrupt is Ctrl-C again
+    try:
+        ctrl_c = KeyboardInterrupt()
+        assert (signals.signal_name_of(ctrl_c), signals.exit_code_of(ctrl_c)) == ("SIGINT", 130)
+    finally:
+        signals.restore_defaults()
