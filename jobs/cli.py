@@ -73,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run", help="the run's output folder or URI (s3://...)")
     report.add_argument("--by", help="group by this column (default: category, when present)")
     report.add_argument("-o", "--output", help="report folder (default: RUN/report)")
+    report.add_argument(
+        "--reference",
+        metavar="REF",
+        help="also FID, KID and CMMD against these images: a run folder, Parquet with an image column, "
+        "or a folder of .png/.jpg/.webp files",
+    )
+    report.add_argument(
+        "--fid-weights", metavar="PATH", help="FID Inception-v3 weights (.safetensors); without them FID/KID are skipped"
+    )
+    report.add_argument("--cmmd-model", metavar="MODEL", help="CLIP model for CMMD (default: the run's clip.model)")
 
     status = add_command("status", help="progress of a running or finished job, from its output folder")
     status.add_argument("output", help="the job's output folder (or URI)")
@@ -243,7 +253,12 @@ def report_command(args: argparse.Namespace) -> int:
     from jobs.report.summary import write_report
     from workers import storage
 
-    out = write_report(args.run, args.output, by=args.by)
+    from jobs.errors import UsageError
+
+    if args.reference is None and (args.fid_weights or args.cmmd_model):
+        raise UsageError("--fid-weights and --cmmd-model need --reference")
+    options = {"reference": args.reference, "fid_weights": args.fid_weights, "cmmd_model": args.cmmd_model}
+    out = write_report(args.run, args.output, by=args.by, **(options if args.reference else {}))
     print(f"genbatch: report: {storage.join(out, 'report.html')} (also report.md, report.json)")
     return 0
 

@@ -74,8 +74,12 @@ def run_settings(run: Run) -> dict:
     }
 
 
-def build_report(run_dir: str | Path, by: str | None = None, shown: int = SHOWN_ROWS) -> tuple[dict, dict]:
-    """The report's figures (report.json) and what only the HTML needs (thumbnails, histogram)."""
+def build_report(
+    run_dir: str | Path, by: str | None = None, shown: int = SHOWN_ROWS, reference: str | None = None, **set_options
+) -> tuple[dict, dict]:
+    """The report's figures (report.json) and what only the HTML needs (thumbnails, histogram).
+
+    With a `reference` (see `set_metrics.compute_set_metrics`, which takes `set_options`), `set_metrics` too."""
     run = open_run(run_dir)
     column = pick_group_column(run, by)
     table, scored = run.table, run.scored()
@@ -101,6 +105,10 @@ def build_report(run_dir: str | Path, by: str | None = None, shown: int = SHOWN_
     }
     if C.RECON_MSE in table.column_names:
         data["reconstruction"] = reconstruction_stats(table)
+    if reference is not None:
+        from jobs.report.set_metrics import compute_set_metrics
+
+        data["set_metrics"] = compute_set_metrics(run.path, reference, **set_options)
     shown = min(shown, max(1, len(scores) // 2))  # small runs: best and worst do not overlap
     order = np.argsort(scores, kind="stable")
     best = scored.take(order[::-1][:shown]) if len(order) else scored
@@ -131,9 +139,13 @@ def _present(table: pa.Table, *names: str) -> list[str]:
     return [name for name in names if name in table.column_names]
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None, by: str | None = None) -> str:
-    """Write report.json/.md/.html into `out_dir` (default RUN/report; a local folder or an object-store prefix)."""
-    data, visuals = build_report(run_dir, by)
+def write_report(
+    run_dir: str | Path, out_dir: str | Path | None = None, by: str | None = None, **set_metric_options
+) -> str:
+    """Write report.json/.md/.html into `out_dir` (default RUN/report; a local folder or an object-store prefix).
+
+    `reference`, `fid_weights`, `cmmd_model`: set-level metrics against a reference set (`set_metrics`)."""
+    data, visuals = build_report(run_dir, by, **set_metric_options)
     out = str(out_dir) if out_dir else storage.join(str(run_dir), "report")
     return write_documents(out, "report", data, visuals, "r")
 
