@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or a folder of .png/.jpg/.webp files",
     )
     report.add_argument(
-        "--fid-weights", metavar="PATH", help="FID Inception-v3 weights (.safetensors); without them FID/KID are skipped"
+        "--fid-weights", metavar="PATH", help="FID Inception-v3 weights (.safetensors); without them no FID/KID"
     )
     report.add_argument("--cmmd-model", metavar="MODEL", help="CLIP model for CMMD (default: the run's clip.model)")
 
@@ -250,10 +250,9 @@ def manifest_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
+    from jobs.errors import UsageError
     from jobs.report.summary import write_report
     from workers import storage
-
-    from jobs.errors import UsageError
 
     if args.reference is None and (args.fid_weights or args.cmmd_model):
         raise UsageError("--fid-weights and --cmmd-model need --reference")

@@ -21,7 +21,7 @@ from scipy import linalg
 
 from jobs.cli import main
 from jobs.errors import UsageError
-from jobs.report.features import extract_features
+from jobs.report.features import FeatureRows, extract_features
 from jobs.report.image_sets import open_image_set
 from jobs.report.inception import FidInceptionV3
 from jobs.report.set_metrics import FID_SKIPPED, compute_set_metrics, kernel_inception_distance
@@ -80,7 +80,7 @@ def expected_kid(a: np.ndarray, b: np.ndarray, subsets: int, size: int) -> tuple
 
 
 def expected_cmmd(a: np.ndarray, b: np.ndarray) -> float:
-    """1000 × (mean k(a,a') + mean k(b,b') - 2 mean k(a,b)), RBF σ = 10, all pairs as in the reference code."""
+    """1000 × (mean k(a,a') + mean k(b,b') - 2 mean k(a,b)), RBF sigma = 10, all pairs as in the reference code."""
     k = lambda x, y: np.exp(-((x[:, None, :] - y[None, :, :]) ** 2).sum(-1) / (2 * 10.0**2)).mean()  # noqa: E731
     return 1000 * (k(a, a) + k(b, b) - 2 * k(a, b))
 
@@ -140,7 +140,9 @@ def test_figures_match_an_independent_computation(tmp_path, run_and_pictures):
     assert result["fid"] == pytest.approx(expected_fid(a, b), rel=1e-6)
     kid_mean, kid_std = expected_kid(a, b, subsets=100, size=20)
     assert (result["kid_subsets"], result["kid_subset_size"]) == (100, 20)
-    assert result["kid_mean"] == pytest.approx(kid_mean, rel=1e-6) and result["kid_std"] == pytest.approx(kid_std, rel=1e-6)
+    assert result["kid_mean"] == pytest.approx(kid_mean, rel=1e-6) and result["kid_std"] == pytest.approx(
+        kid_std, rel=1e-6
+    )
     assert kid_std > 0  # the reference's subsets differ
     clip_a, clip_b = tiny_clip_embeddings(decoded(run_pngs)), tiny_clip_embeddings(decoded(ref_pngs))
     assert result["cmmd"] == pytest.approx(expected_cmmd(clip_a, clip_b), rel=1e-5)
@@ -178,7 +180,10 @@ def test_every_kind_of_reference_gives_the_same_figures(tmp_path, run_and_pictur
     results = {
         name: compute_set_metrics(str(run), location, fid_network=network)
         for name, location in (
-            ("folder", folder), ("file", str(file)), ("hf", str(tmp_path / "hf")), ("store", "memory://refs/set/")
+            ("folder", folder),
+            ("file", str(file)),
+            ("hf", str(tmp_path / "hf")),
+            ("store", "memory://refs/set/"),
         )
     }
     kinds = {name: r.pop("reference_kind") for name, r in results.items()}
@@ -216,8 +221,10 @@ def test_report_without_fid_weights_skips_fid_with_one_line_and_shows_cmmd(tmp_p
     assert warnings == [f"WARNING jobs.report.set_metrics: {FID_SKIPPED}"]
     metrics = json.loads((run / "report" / "report.json").read_text())["set_metrics"]
     assert (metrics["fid"], metrics["kid_mean"], metrics["kid_std"]) == (None, None, None)
-    assert metrics["skipped"] == {"fid": "no --fid-weights (FID Inception weights)",
-                                  "kid": "no --fid-weights (FID Inception weights)"}
+    assert metrics["skipped"] == {
+        "fid": "no --fid-weights (FID Inception weights)",
+        "kid": "no --fid-weights (FID Inception weights)",
+    }
     clip_b = tiny_clip_embeddings(decoded(reference_pictures(10)))
     assert metrics["cmmd"] == pytest.approx(expected_cmmd(tiny_clip_embeddings(decoded(run_pngs)), clip_b), rel=1e-5)
     html = (run / "report" / "report.html").read_text()
@@ -255,6 +262,16 @@ def test_extraction_streams_holding_at_most_one_batch_of_images():
     assert [s[1] for s in seen] == [5, 10, 15, 20, 23]  # pulled a batch at a time, not ahead
     assert all(live <= 5 for _, _, live in seen), seen  # earlier batches were let go
     assert features["f"] == pytest.approx(RandomConvFeatures()(decoded([picture(s) for s in range(23)])), abs=1e-6)
+
+
+def test_feature_rows_are_allocated_once_when_the_count_is_known():
+    rows = FeatureRows(expected=7)
+    rows.append(np.ones((3, 2)))
+    allocated = rows.rows
+    rows.append(np.full((4, 2), 2.0))
+    assert rows.rows is allocated and rows.array().shape == (7, 2)  # filled in place, no copy
+    rows.append(np.full((2, 2), 3.0))  # more than the files said: grows
+    assert rows.array().tolist() == [[1.0, 1.0]] * 3 + [[2.0, 2.0]] * 4 + [[3.0, 3.0]] * 2
 
 
 def test_a_bad_reference_is_one_line_naming_the_file_and_nothing_is_written(tmp_path, run_and_pictures, capsys):
@@ -310,10 +327,17 @@ def test_the_fid_network_has_the_standard_weights_layout():
     state = FidInceptionV3().state_dict()
     convs = [k for k in state if k.endswith(".conv.weight")]
     assert len(convs) == 94  # Inception-v3 without its auxiliary head
-    shapes = {k: tuple(state[k].shape) for k in (
-        "Conv2d_1a_3x3.conv.weight", "Mixed_5b.branch_pool.conv.weight", "Mixed_6e.branch7x7dbl_5.conv.weight",
-        "Mixed_7b.branch1x1.conv.weight", "Mixed_7c.branch3x3dbl_3b.conv.weight", "Mixed_7c.branch_pool.bn.running_var",
-    )}
+    shapes = {
+        k: tuple(state[k].shape)
+        for k in (
+            "Conv2d_1a_3x3.conv.weight",
+            "Mixed_5b.branch_pool.conv.weight",
+            "Mixed_6e.branch7x7dbl_5.conv.weight",
+            "Mixed_7b.branch1x1.conv.weight",
+            "Mixed_7c.branch3x3dbl_3b.conv.weight",
+            "Mixed_7c.branch_pool.bn.running_var",
+        )
+    }
     assert shapes == {
         "Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3),
         "Mixed_5b.branch_pool.conv.weight": (32, 192, 1, 1),
@@ -324,30 +348,39 @@ def test_the_fid_network_has_the_standard_weights_layout():
     }
 
 
-@pytest.mark.slow
-def test_report_with_fid_weights_runs_inception_end_to_end(tmp_path, capsys):
-    """The real network shape with random weights (plus the file's classifier, which is ignored)."""
+@pytest.mark.slow  # four Inception forwards at 299 px: ~30 s on the 2-core machine
+def test_inception_features_load_a_safetensors_file_and_resize_each_image(tmp_path):
+    """The real network shape with random weights; the file's classifier (fc.*) is there and ignored."""
     from safetensors.torch import save_file
 
+    from jobs.report.features import InceptionFeatures
+
     torch.manual_seed(0)
-    state = {k: v for k, v in FidInceptionV3().state_dict().items() if "num_batches" not in k}
+    network = FidInceptionV3().eval()
+    state = {k: v for k, v in network.state_dict().items() if "num_batches" not in k}
     state.update({"fc.weight": torch.zeros(1008, 2048), "fc.bias": torch.zeros(1008)})
     save_file(state, tmp_path / "fid.safetensors")
-    run = make_run(tmp_path / "run", [25.0] * 3, shard_size=8)
-    reference = write_image_folder(tmp_path / "ref", reference_pictures(3))
-    argv = ["report", str(run), "--reference", reference, "--fid-weights", str(tmp_path / "fid.safetensors")]
-    assert main([*argv, "--cmmd-model", "tiny"]) == 0
-    metrics = json.loads((run / "report" / "report.json").read_text())["set_metrics"]
-    assert metrics["fid_features"] == (
-        f"Inception-v3 FID pool features (2048-d), weights {tmp_path / 'fid.safetensors'}"
-    )
-    assert np.isfinite(metrics["fid"]) and np.isfinite(metrics["kid_mean"]) and metrics["kid_subset_size"] == 3
-    assert metrics["skipped"] == {} and "FID and KID skipped" not in capsys.readouterr().err
+    images = [
+        Image.fromarray(np.random.default_rng(s).integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for s, (h, w) in enumerate(((16, 16), (24, 20)))
+    ]
+    features = InceptionFeatures(str(tmp_path / "fid.safetensors"), torch.device("cpu"))
+    assert features.name == f"Inception-v3 FID pool features (2048-d), weights {tmp_path / 'fid.safetensors'}"
+    got = features(images)
+    with torch.no_grad():  # each image on its own, pixels in [0, 1], resized by the network itself
+        expected = [
+            network(torch.tensor(np.asarray(i), dtype=torch.float32).permute(2, 0, 1)[None] / 255)[0].numpy()
+            for i in images
+        ]
+    assert got.shape == (2, 2048) and got == pytest.approx(np.stack(expected), abs=1e-5)
 
 
 def test_open_image_set_reads_a_runs_clip_model(tmp_path):
-    run = make_run(tmp_path / "run", [1.0, 2.0], clip_model="openai/clip-vit-large-patch14")
+    run = make_run(tmp_path / "run", [1.0, 2.0, 3.0], clip_model="openai/clip-vit-large-patch14", failed={1})
     images = open_image_set(str(run))
-    assert (images.kind, images.clip_model, len(list(images.images()))) == ("run", "openai/clip-vit-large-patch14", 2)
+    assert (images.kind, images.clip_model, images.expected) == ("run", "openai/clip-vit-large-patch14", 2)
+    assert [np.asarray(i).tolist() for i in images.images()] == [
+        np.asarray(i).tolist() for i in decoded([_run_png(0), _run_png(2)])
+    ]
     with pytest.raises(UsageError, match="not a Parquet file, a run folder or a folder of images"):
         open_image_set(str(run / "job.json"))

@@ -44,31 +44,64 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
+class FeatureRows:
+    """Feature rows appended a batch at a time into one float32 array.
+
+    With the number of images known beforehand (`expected`) the array is allocated once, so the features
+    are never held twice (as joining per-batch arrays at the end would); a set that turns out larger
+    grows by doubling."""
+
+    def __init__(self, expected: int | None = None):
+        self.expected = expected
+        self.rows: np.ndarray | None = None
+        self.count = 0
+
+    def append(self, features: np.ndarray) -> None:
+        if self.rows is None:
+            self.rows = np.empty((max(self.expected or 0, len(features)), features.shape[1]), np.float32)
+        elif self.count + len(features) > len(self.rows):
+            grown = np.empty((max(2 * len(self.rows), self.count + len(features)), self.rows.shape[1]), np.float32)
+            grown[: self.count] = self.rows[: self.count]
+            self.rows = grown
+        self.rows[self.count : self.count + len(features)] = features
+        self.count += len(features)
+
+    def array(self) -> np.ndarray:
+        return np.zeros((0, 0), np.float32) if self.rows is None else self.rows[: self.count]
+
+
 def extract_features(
-    images: Iterable, networks: Mapping[str, FeatureNetwork], batch_size: int = DEFAULT_BATCH
+    images: Iterable,
+    networks: Mapping[str, FeatureNetwork],
+    batch_size: int = DEFAULT_BATCH,
+    expected: int | None = None,
 ) -> tuple[int, dict[str, np.ndarray]]:
-    """How many images there were, and each network's features of them, row i for the i-th image."""
-    chunks: dict[str, list[np.ndarray]] = {key: [] for key in networks}
+    """How many images there were, and each network's features of them, row i for the i-th image.
+
+    `expected`: how many images there should be, if known (allocates the feature arrays once)."""
+    rows = {key: FeatureRows(expected) for key in networks}
     count, started = 0, time.monotonic()
     for batch in batched(images, batch_size):
         for key, network in networks.items():
             features = np.asarray(network(batch), dtype=np.float32)
             if features.shape[0] != len(batch):
                 raise ValueError(f"{network.name}: {features.shape[0]} feature rows for {len(batch)} images")
-            chunks[key].append(features)
+            rows[key].append(features)
         count += len(batch)
         del batch  # the images go now, not when the next batch is already decoded
     seconds = time.monotonic() - started
     logger.info("embedded %d images in %.1f s (%.1f images/s)", count, seconds, count / max(seconds, 1e-9))
-    return count, {key: np.concatenate(parts) if parts else np.zeros((0, 0), np.float32) for key, parts in chunks.items()}
+    return count, {key: buffer.array() for key, buffer in rows.items()}
 
 
 def _pixels(images: list, device):
     """RGB PIL images -> float tensors (3, H, W) in [0, 1] on `device`, one per image (sizes may differ)."""
     import torch
 
-    return [torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).to(device).permute(2, 0, 1) / 255.0
-            for image in images]
+    return [
+        torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).to(device).permute(2, 0, 1) / 255.0
+        for image in images
+    ]
 
 
 class InceptionFeatures:
@@ -92,12 +125,17 @@ class InceptionFeatures:
 
         # Each image to 299 px on its own (sizes may differ in a set); the network's own resize is then exact.
         batch = torch.cat(
-            [F.interpolate(p[None], size=(INPUT_PX, INPUT_PX), mode="bilinear", align_corners=False)
-             for p in _pixels(images, self.device)]
+            [
+                F.interpolate(p[None], size=(INPUT_PX, INPUT_PX), mode="bilinear", align_corners=False)
+                for p in _pixels(images, self.device)
+            ]
         )
         # TF32 convolutions would move the features by ~1e-3: FID is computed in full fp32.
-        exact = (torch.backends.cudnn.flags(enabled=True, allow_tf32=False) if self.device.type == "cuda"
-                 else contextlib.nullcontext())
+        exact = (
+            torch.backends.cudnn.flags(enabled=True, allow_tf32=False)
+            if self.device.type == "cuda"
+            else contextlib.nullcontext()
+        )
         with torch.inference_mode(), exact:
             return self.network(batch).cpu().numpy()
 

@@ -23,6 +23,7 @@ from jobs.report.runs import job_shard_files
 from workers import columns as C
 from workers import layout, storage
 from workers.errors import describe
+from workers.writer import read_footer
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 PARQUET_SUFFIX = ".parquet"
@@ -37,6 +38,7 @@ class ImageSet:
     kind: str
     files: list[str]
     clip_model: str | None = None  # a run's `clip.model`: what CMMD embeds with unless told otherwise
+    expected: int | None = None  # how many images the files say they hold (footers, file count)
 
     def images(self) -> Iterator:
         """Every image of the set as an RGB PIL image, decoded one at a time, in file order."""
@@ -63,8 +65,10 @@ def open_image_set(location: str) -> ImageSet:
         return _parquet_set(location, [location])
     job = read_job_file(location)
     if job is not None:
-        config = job.get("config") or {}
-        return ImageSet(location, "run", job_shard_files(location, job), (config.get("clip") or {}).get("model"))
+        clip = (job.get("config") or {}).get("clip") or {}
+        files = job_shard_files(location, job)
+        ok_rows = sum(footer.ok for footer in map(read_footer, files) if footer is not None)
+        return ImageSet(location, "run", files, clip.get("model"), ok_rows)
     files = [f for f in storage.list_files(location, recursive=True) if not storage.name(f).startswith(".")]
     parquet = [f for f in files if f.lower().endswith(PARQUET_SUFFIX)]
     if parquet:
@@ -75,14 +79,16 @@ def open_image_set(location: str) -> ImageSet:
             f"{location}: no images in the folder (no {', '.join(IMAGE_SUFFIXES)} or {PARQUET_SUFFIX} files, "
             f"no {layout.JOB_FILE})"
         )
-    return ImageSet(location, "images", images)
+    return ImageSet(location, "images", images, expected=len(images))
 
 
 def _parquet_set(location: str, files: list[str]) -> ImageSet:
+    rows = 0
     for file in files:  # footers only: a file without images is refused before any work
         try:
             with storage.open_input(file) as source:
-                schema = pq.ParquetFile(source).schema_arrow
+                parquet = pq.ParquetFile(source)
+                schema, rows = parquet.schema_arrow, rows + parquet.metadata.num_rows
         except (OSError, pa.ArrowException) as error:
             raise UsageError(f"{file}: not a readable Parquet file ({one_line(error)})") from None
         if C.IMAGE not in schema.names:
@@ -90,7 +96,7 @@ def _parquet_set(location: str, files: list[str]) -> ImageSet:
         kind = schema.field(C.IMAGE).type
         if not (_is_bytes(kind) or (pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0)):
             raise UsageError(f"{file}: column {C.IMAGE!r} is {kind}, not image bytes or a {{bytes, path}} struct")
-    return ImageSet(location, "parquet", files)
+    return ImageSet(location, "parquet", files, expected=rows)
 
 
 def _is_bytes(kind: pa.DataType) -> bool:

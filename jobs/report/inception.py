@@ -205,8 +205,11 @@ def load_fid_inception(path: str) -> FidInceptionV3:
     missing = [k for k in expected if k not in state]
     if missing:
         raise UsageError(f"{path}: not FID Inception-v3 weights: no {some_of(missing)}")
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
-             if state[k].shape != v.shape]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if state[k].shape != v.shape
+    ]
     if wrong:
         raise UsageError(f"{path}: not FID Inception-v3 weights: {some_of(wrong)}")
     network.load_state_dict({k: state[k].float() for k in expected}, strict=False)

@@ -5,7 +5,7 @@
 - KID (Binkowski et al. 2018): the unbiased MMD² with the kernel k(x, y) = (x·y / d + 1)³ on the same
   features, averaged over `KID_SUBSETS` pairs of random subsets of `min(KID_SUBSET_SIZE, n_a, n_b)` images
   each (drawn without replacement, one seeded generator), with the standard deviation over subsets.
-- CMMD (Jayasumana et al. 2024): MMD² with a Gaussian RBF kernel, σ = 10, on L2-normalised CLIP image
+- CMMD (Jayasumana et al. 2024): MMD² with a Gaussian RBF kernel, sigma = 10, on L2-normalised CLIP image
   embeddings, × 1000. As in the paper's reference implementation (google-research `cmmd/distance.py`), the
   estimator is the minimum-variance one over all pairs, diagonal included (Gretton et al. 2012, eq. 5),
   so figures match published CMMD values.
@@ -49,8 +49,10 @@ logger = logging.getLogger(__name__)
 def mean_and_covariance(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and sample covariance (n - 1) in float64, a chunk of rows at a time."""
     n = len(features)
-    mean = sum((features[i : i + _CHUNK].astype(np.float64).sum(axis=0) for i in range(0, n, _CHUNK)),
-               np.zeros(features.shape[1]))
+    mean = sum(
+        (features[i : i + _CHUNK].astype(np.float64).sum(axis=0) for i in range(0, n, _CHUNK)),
+        np.zeros(features.shape[1]),
+    )
     mean /= n
     covariance = np.zeros((features.shape[1], features.shape[1]))
     for start in range(0, n, _CHUNK):
@@ -104,7 +106,7 @@ def cmmd(a: np.ndarray, b: np.ndarray, device=None) -> float:
 
 
 def _mean_rbf(x: np.ndarray, y: np.ndarray, device) -> float:
-    """Mean of exp(-|x_i - y_j|² / 2σ²) over all pairs, in blocks of rows (100,000 images fit on any GPU)."""
+    """Mean of exp(-|x_i - y_j|² / (2 sigma²)) over all pairs, in blocks of rows (100,000 images fit on any GPU)."""
     import torch
 
     device = torch.device("cpu") if device is None else device
@@ -137,9 +139,13 @@ class FeatureCache:
         """Each network's features of the set, extracting only those not cached, all in one pass."""
         todo = {k: n for k, n in networks.items() if (images.location, n.name) not in self.features}
         if todo or not networks:
-            logger.info("set metrics: embedding %s (%s) with %s", images.location, images.kind,
-                        ", ".join(n.name for n in todo.values()) or "nothing (counting)")
-            count, extracted = extract_features(images.images(), todo, batch_size)
+            logger.info(
+                "set metrics: embedding %s (%s) with %s",
+                images.location,
+                images.kind,
+                ", ".join(n.name for n in todo.values()) or "nothing (counting)",
+            )
+            count, extracted = extract_features(images.images(), todo, batch_size, images.expected)
             for key, network in todo.items():
                 self.features[(images.location, network.name)] = (count, extracted[key])
             if not networks:
