@@ -189,9 +189,12 @@ def load_fid_inception(path: str) -> FidInceptionV3:
     """The network with the weights of a safetensors file, checked name by name and shape by shape.
 
     The file's classifier (`fc.*`, 1008 classes) is not needed for pool features and is ignored."""
+    import os
+
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    path = os.path.expanduser(path)
     try:
         state = load_file(path)
     except FileNotFoundError:

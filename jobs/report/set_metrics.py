@@ -36,7 +36,8 @@ KID_SUBSET_SIZE = 1000
 KID_SEED = 0  # fixed, so a report is reproducible
 CMMD_SIGMA = 10.0
 CMMD_SCALE = 1000.0
-_CHUNK = 4096  # feature rows handled at once: bounds the kernel blocks and the covariance's float64 copies
+_CHUNK = 4096  # feature rows handled at once for the covariance: bounds its float64 copies
+_KERNEL_BLOCK = 2048  # rows x columns of one kernel block: 32 MB in float64
 FID_SKIPPED = (
     "FID and KID skipped: no --fid-weights; download the standard FID Inception weights "
     "(pt_inception-2015-12-05-6726825d.pth, from the pytorch-fid releases on GitHub), convert them to "
@@ -75,27 +76,38 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(np.real(root)))
 
 
-def polynomial_mmd2(a: np.ndarray, b: np.ndarray) -> float:
-    """Unbiased MMD² with k(x, y) = (x·y / d + 1)³ between two equal-size subsets."""
+def polynomial_mmd2(a, b) -> float:
+    """Unbiased MMD² with k(x, y) = (x·y / d + 1)³ between two equal-size subsets (float64 tensors)."""
     m, d = a.shape
-    k_aa = (a @ a.T / d + 1) ** 3
-    k_bb = (b @ b.T / d + 1) ** 3
-    k_ab = (a @ b.T / d + 1) ** 3
-    within = (k_aa.sum() - np.trace(k_aa) + k_bb.sum() - np.trace(k_bb)) / (m * (m - 1))
+
+    def cubed(x, y):
+        k = x @ y.T / d + 1
+        return k * k * k
+
+    k_aa, k_bb, k_ab = cubed(a, a), cubed(b, b), cubed(a, b)
+    within = (k_aa.sum() - k_aa.trace() + k_bb.sum() - k_bb.trace()) / (m * (m - 1))
     return float(within - 2 * k_ab.mean())
 
 
 def kernel_inception_distance(
-    a: np.ndarray, b: np.ndarray, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE, seed: int = KID_SEED
+    a: np.ndarray,
+    b: np.ndarray,
+    subsets: int = KID_SUBSETS,
+    subset_size: int = KID_SUBSET_SIZE,
+    seed: int = KID_SEED,
+    device=None,
 ) -> tuple[float, float, int]:
-    """KID's mean and standard deviation over subsets, and the subset size used."""
+    """KID's mean and standard deviation over subsets, and the subset size used (float64, on `device`)."""
+    import torch
+
     size = min(subset_size, len(a), len(b))
     rng = np.random.default_rng(seed)
+    xs, ys = (torch.from_numpy(np.ascontiguousarray(v)).to(device or "cpu", torch.float64) for v in (a, b))
     values = []
     for _ in range(subsets):
-        pick_a = rng.choice(len(a), size, replace=False)
-        pick_b = rng.choice(len(b), size, replace=False)
-        values.append(polynomial_mmd2(a[pick_a].astype(np.float64), b[pick_b].astype(np.float64)))
+        pick_a = torch.from_numpy(rng.choice(len(a), size, replace=False)).to(xs.device)
+        pick_b = torch.from_numpy(rng.choice(len(b), size, replace=False)).to(xs.device)
+        values.append(polynomial_mmd2(xs[pick_a], ys[pick_b]))
     return float(np.mean(values)), float(np.std(values)), size
 
 
@@ -114,10 +126,10 @@ def _mean_rbf(x: np.ndarray, y: np.ndarray, device) -> float:
     xs, ys = (torch.from_numpy(np.ascontiguousarray(v)).to(device, dtype) for v in (x, y))
     gamma = 1 / (2 * CMMD_SIGMA**2)
     total = torch.zeros((), dtype=torch.float64, device=device)
-    for i in range(0, len(xs), _CHUNK):
-        rows = xs[i : i + _CHUNK]
-        for j in range(0, len(ys), _CHUNK):
-            cols = ys[j : j + _CHUNK]
+    for i in range(0, len(xs), _KERNEL_BLOCK):
+        rows = xs[i : i + _KERNEL_BLOCK]
+        for j in range(0, len(ys), _KERNEL_BLOCK):
+            cols = ys[j : j + _KERNEL_BLOCK]
             squared = (rows * rows).sum(1)[:, None] + (cols * cols).sum(1)[None, :] - 2 * rows @ cols.T
             total += torch.exp(-gamma * squared).sum(dtype=torch.float64)
     return float(total) / (len(xs) * len(ys))
@@ -217,8 +229,17 @@ def compute_set_metrics(
             skipped["fid"] = skipped["kid"] = "FID and KID need at least 2 images in each set"
         else:
             a, b = run_features["fid"], reference_features["fid"]
+            if min(n_run, n_reference) < a.shape[1]:
+                logger.warning(
+                    "FID from %d and %d images, fewer than the %d feature dimensions: it is strongly biased "
+                    "upwards and comparable only between sets of the same sizes (use thousands of images)",
+                    n_run,
+                    n_reference,
+                    a.shape[1],
+                )
             result["fid"] = frechet_distance(a, b)
-            result["kid_mean"], result["kid_std"], result["kid_subset_size"] = kernel_inception_distance(a, b)
+            kid = kernel_inception_distance(a, b, device=getattr(fid_network, "device", None))
+            result["kid_mean"], result["kid_std"], result["kid_subset_size"] = kid
     if cmmd_network is not None:
         result["cmmd"] = cmmd(run_features["cmmd"], reference_features["cmmd"], getattr(cmmd_network, "device", None))
     return result
