@@ -264,6 +264,22 @@ def test_extraction_streams_holding_at_most_one_batch_of_images():
     assert features["f"] == pytest.approx(RandomConvFeatures()(decoded([picture(s) for s in range(23)])), abs=1e-6)
 
 
+def test_parquet_images_are_read_a_row_group_at_a_time(tmp_path, monkeypatch):
+    pngs = [picture(i) for i in range(10)]
+    pq.write_table(pa.table({"image": pa.array(pngs, pa.binary())}), tmp_path / "set.parquet", row_group_size=4)
+    groups_read = []
+    real = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(
+        pq.ParquetFile, "read_row_group", lambda self, g, **kw: groups_read.append(g) or real(self, g, **kw)
+    )
+    images = open_image_set(str(tmp_path / "set.parquet")).images()
+    first = [next(images) for _ in range(4)]
+    assert groups_read == [0]  # nothing read ahead
+    rest = list(images)
+    assert groups_read == [0, 1, 2]
+    assert [np.asarray(i).tolist() for i in first + rest] == [np.asarray(i).tolist() for i in decoded(pngs)]
+
+
 def test_feature_rows_are_allocated_once_when_the_count_is_known():
     rows = FeatureRows(expected=7)
     rows.append(np.ones((3, 2)))

@@ -107,7 +107,8 @@ def _parquet_images(file: str, ok_rows_only: bool) -> Iterator:
     columns = [C.IMAGE, C.STATUS] if ok_rows_only else [C.IMAGE]
     row = 0
     with storage.open_input(file) as source:
-        for batch in pq.ParquetFile(source).iter_batches(batch_size=_READ_ROWS, columns=columns, use_threads=False):
+        parquet = pq.ParquetFile(source)
+        for batch in _batches(parquet, columns):
             images = batch.column(0)
             if pa.types.is_struct(images.type):
                 images = images.field("bytes")
@@ -120,6 +121,13 @@ def _parquet_images(file: str, ok_rows_only: bool) -> Iterator:
                 if status == C.STATUS_OK:
                     yield _decode(data, f"{file}: column {C.IMAGE!r}: row {row + i}")
             row += len(values)
+
+
+def _batches(parquet: pq.ParquetFile, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """A row group at a time, synchronously (as `runs.fetch_images`): Arrow's reader would otherwise read
+    ahead, holding much of the file's image bytes at once."""
+    for group in range(parquet.num_row_groups):
+        yield from parquet.read_row_group(group, columns=columns, use_threads=False).to_batches(_READ_ROWS)
 
 
 def _decode(data: bytes, where: str):
