@@ -400,3 +400,20 @@ def test_open_image_set_reads_a_runs_clip_model(tmp_path):
     ]
     with pytest.raises(UsageError, match="not a Parquet file, a run folder or a folder of images"):
         open_image_set(str(run / "job.json"))
+
+
+def test_cmmd_of_images_that_are_not_a_run_needs_a_model(tmp_path, caplog):
+    images = write_image_folder(tmp_path / "generated", reference_pictures(6))
+    reference = write_image_folder(tmp_path / "ref", [picture(i) for i in range(5)])
+    network = RandomConvFeatures()
+    skipped = compute_set_metrics(images, reference, fid_network=network)
+    assert skipped["cmmd"] is None and skipped["cmmd_model"] is None
+    assert skipped["skipped"] == {"cmmd": f"{images} is not a genbatch run with a clip.model: pass --cmmd-model"}
+    assert f"CMMD skipped: {images} is not a genbatch run with a clip.model: pass --cmmd-model" in caplog.text
+    named = compute_set_metrics(images, reference, fid_network=network, cmmd_model="tiny")
+    assert named["cmmd_model"] == "tiny" and named["fid"] == skipped["fid"]
+    expected = expected_cmmd(
+        tiny_clip_embeddings(decoded(reference_pictures(6))),
+        tiny_clip_embeddings(decoded([picture(i) for i in range(5)])),
+    )
+    assert named["cmmd"] == pytest.approx(expected, rel=1e-5)

@@ -194,7 +194,7 @@ def compute_set_metrics(
     if fid_network is None:
         logger.warning(FID_SKIPPED)
         skipped["fid"] = skipped["kid"] = "no --fid-weights (FID Inception weights)"
-    clip_model = cmmd_model or run_set.clip_model
+    clip_model = None if cmmd_network is not None else cmmd_model or run_set.clip_model
     if cmmd_network is None and clip_model is not None:
         cmmd_network = cache.network(("clip", clip_model), lambda: ClipImageFeatures(clip_model, device))
     if cmmd_network is None:
@@ -220,7 +220,7 @@ def compute_set_metrics(
         "kid_subset_size": None,
         "fid_features": fid_network.name if fid_network is not None else None,
         "cmmd": None,
-        "cmmd_model": clip_model if cmmd_network is not None else None,
+        "cmmd_model": clip_model,
         "cmmd_features": cmmd_network.name if cmmd_network is not None else None,
         "skipped": skipped,
     }
