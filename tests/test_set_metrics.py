@@ -24,7 +24,12 @@ from jobs.errors import UsageError
 from jobs.report.features import FeatureRows, extract_features
 from jobs.report.image_sets import open_image_set
 from jobs.report.inception import FidInceptionV3
-from jobs.report.set_metrics import FID_SKIPPED, compute_set_metrics, kernel_inception_distance
+from jobs.report.set_metrics import (
+    FID_SKIPPED,
+    compute_set_metrics,
+    kernel_inception_distance,
+    set_metrics_of_runs,
+)
 from tests.test_report import make_run
 
 SIZE = 16
@@ -417,3 +422,19 @@ def test_cmmd_of_images_that_are_not_a_run_needs_a_model(tmp_path, caplog):
         tiny_clip_embeddings(decoded([picture(i) for i in range(5)])),
     )
     assert named["cmmd"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_runs_against_one_reference_embed_it_once(tmp_path):
+    """What `genbatch compare` and sweep leaderboards call: a row of figures per run."""
+    runs = [make_run(tmp_path / f"run{k}", [25.0] * (8 + k), shard_size=4) for k in range(3)]
+    reference = write_image_folder(tmp_path / "ref", reference_pictures(9))
+    network = RandomConvFeatures()
+    by_run = set_metrics_of_runs(runs, reference, fid_network=network, cmmd_network=RandomConvFeatures(1))
+    assert network.calls == 3 * 1 + 1  # each run's images fit one batch of 32; the reference is embedded once
+    assert list(by_run) == [str(r) for r in runs]
+    for k, run in enumerate(runs):
+        alone = compute_set_metrics(str(run), reference, fid_network=network, cmmd_network=RandomConvFeatures(1))
+        assert by_run[str(run)] == {
+            key: alone[key] for key in ("fid", "kid_mean", "kid_std", "cmmd", "n_run", "n_reference")
+        }
+        assert by_run[str(run)]["n_run"] == 8 + k

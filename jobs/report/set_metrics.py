@@ -37,6 +37,7 @@ KID_SEED = 0  # fixed, so a report is reproducible
 CMMD_SIGMA = 10.0
 CMMD_SCALE = 1000.0
 _CHUNK = 4096  # feature rows handled at once for the covariance: bounds its float64 copies
+LEADERBOARD_FIELDS = ("fid", "kid_mean", "kid_std", "cmmd", "n_run", "n_reference")  # a table row per run
 _KERNEL_BLOCK = 2048  # rows x columns of one kernel block: 32 MB in float64
 FID_SKIPPED = (
     "FID and KID skipped: no --fid-weights; download the standard FID Inception weights "
@@ -243,3 +244,29 @@ def compute_set_metrics(
     if cmmd_network is not None:
         result["cmmd"] = cmmd(run_features["cmmd"], reference_features["cmmd"], getattr(cmmd_network, "device", None))
     return result
+
+
+def set_metrics_of_runs(
+    runs: list,
+    reference: str,
+    *,
+    fid_weights: str | None = None,
+    cmmd_model: str | None = None,
+    fields: tuple[str, ...] = LEADERBOARD_FIELDS,
+    **options,
+) -> dict[str, dict]:
+    """Each run's set metrics against one reference, by run path, for comparisons and leaderboards.
+
+    `runs` are paths or opened runs (anything with `.path`). The networks are loaded and the reference is
+    embedded once; CMMD uses one CLIP model for every run (`cmmd_model`, else the first run's
+    `clip.model`), so the runs' CMMDs compare. Each run keeps `fields` of `compute_set_metrics`' result."""
+    cache = FeatureCache()
+    paths = [str(getattr(run, "path", run)) for run in runs]
+    model = cmmd_model or open_image_set(paths[0]).clip_model
+    by_run = {}
+    for path in paths:
+        metrics = compute_set_metrics(
+            path, reference, fid_weights=fid_weights, cmmd_model=model, cache=cache, **options
+        )
+        by_run[path] = {key: metrics[key] for key in fields}
+    return by_run
