@@ -369,7 +369,6 @@ def test_the_fid_network_has_the_standard_weights_layout():
     }
 
 
-@pytest.mark.slow  # four Inception forwards at 299 px: ~30 s on the 2-core machine
 def test_inception_features_load_a_safetensors_file_and_resize_each_image(tmp_path):
     """The real network shape with random weights; the file's classifier (fc.*) is there and ignored."""
     from safetensors.torch import save_file
