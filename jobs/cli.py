@@ -100,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run", help="the run's output folder or URI (s3://...), or a sweep's (its runs in subfolders)")
     report.add_argument("--by", help="group by this column (default: category, when present)")
     report.add_argument("-o", "--output", help="report folder (default: RUN/report)")
+    report.add_argument(
+        "--reference",
+        metavar="REF",
+        help="also FID, KID and CMMD against these images: a run folder, Parquet with an image column, "
+        "or a folder of .png/.jpg/.webp files",
+    )
+    report.add_argument(
+        "--fid-weights", metavar="PATH", help="FID Inception-v3 weights (.safetensors); without them no FID/KID"
+    )
+    report.add_argument("--cmmd-model", metavar="MODEL", help="CLIP model for CMMD (default: the run's clip.model)")
 
     status = add_command("status", help="progress of a running or finished job, from its output folder")
     status.add_argument("output", help="the job's output folder (or URI)")
@@ -362,26 +372,30 @@ def manifest_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
+    from jobs.errors import UsageError
     from jobs.report.leaderboard import sweep_runs, write_leaderboard
     from jobs.report.summary import write_report
     from workers import storage
 
+    if args.reference is None and (args.fid_weights or args.cmmd_model):
+        raise UsageError("--fid-weights and --cmmd-model need --reference")
     runs = sweep_runs(args.run)
     if runs:  # a sweep folder: the leaderboard over its runs
         out = write_leaderboard(
             runs,
             args.output or storage.join(storage.normalized(args.run), "report"),
             by=args.by,
-            reference=getattr(args, "reference", None),
-            fid_weights=getattr(args, "fid_weights", None),
-            cmmd_model=getattr(args, "cmmd_model", None),
+            reference=args.reference,
+            fid_weights=args.fid_weights,
+            cmmd_model=args.cmmd_model,
         )
         print(
             f"genbatch: leaderboard of {len(runs)} runs: {storage.join(out, 'leaderboard.html')} "
             "(also leaderboard.md, leaderboard.json, plots)"
         )
         return 0
-    out = write_report(args.run, args.output, by=args.by)
+    options = {"reference": args.reference, "fid_weights": args.fid_weights, "cmmd_model": args.cmmd_model}
+    out = write_report(args.run, args.output, by=args.by, **(options if args.reference else {}))
     print(f"genbatch: report: {storage.join(out, 'report.html')} (also report.md, report.json)")
     return 0
 

@@ -30,13 +30,13 @@ logger = logging.getLogger(__name__)
 
 # Per-image score columns a leaderboard ranks when every run has them, in this order (clip_score first:
 # `ranking` is by it). Higher is better for each.
-SCORE_COLUMNS = (C.CLIP_SCORE, "pickscore", "aesthetic", C.CLIP_COSINE)
+SCORE_COLUMNS = (C.CLIP_SCORE, C.PICKSCORE, C.AESTHETIC, C.CLIP_COSINE)
 # The config keys that say which model made a score: runs that differ in them are not comparable on it.
 SCORE_MODEL_KEYS = {
     C.CLIP_SCORE: ("clip.model",),
     C.CLIP_COSINE: ("clip.model",),
-    "pickscore": ("scores.pickscore.model",),
-    "aesthetic": ("scores.aesthetic.model", "scores.aesthetic.head"),
+    C.PICKSCORE: ("scores.pickscore.model",),
+    C.AESTHETIC: ("scores.aesthetic.model", "scores.aesthetic.head"),
 }
 # Config keys that differ between any two runs but say nothing about how the images were made.
 NOT_SETTINGS = ("output.path",)
@@ -323,11 +323,12 @@ def set_metrics(
     runs: list[Run], reference: str | None, fid_weights: str | None = None, cmmd_model: str | None = None
 ) -> dict | None:
     """Set-level metrics (FID, KID, CMMD) of each run against `reference`, by run path; None without one.
-
-    The metrics themselves come from the set-metrics module (issue 15 §2), wired in here."""
+    The reference is embedded once and every run's CMMD uses one CLIP model (`set_metrics_of_runs`)."""
     if reference is None:
         return None
-    raise UsageError(f"--reference {reference}: set-level metrics are not available in this build of genbatch")
+    from jobs.report.set_metrics import set_metrics_of_runs
+
+    return set_metrics_of_runs(runs, reference, fid_weights=fid_weights, cmmd_model=cmmd_model)
 
 
 def write_leaderboard(

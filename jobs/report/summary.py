@@ -61,11 +61,14 @@ def run_settings(run: RunFiles, schedulers: set | None = None) -> dict:
     }
 
 
-def build_report(run_dir: str | Path, by: str | None = None, shown: int = SHOWN_ROWS) -> tuple[dict, dict]:
+def build_report(
+    run_dir: str | Path, by: str | None = None, shown: int = SHOWN_ROWS, reference: str | None = None, **set_options
+) -> tuple[dict, dict]:
     """The report's figures (report.json) and what only the HTML needs (thumbnails, histogram).
 
     One pass over the few columns the figures need, a batch at a time (`RunTally`), then the rows shown
-    (failed rows, best and worst images) fetched by position: memory stays flat whatever the run's size."""
+    (failed rows, best and worst images) fetched by position: memory stays flat whatever the run's size.
+    With a `reference` (see `set_metrics.compute_set_metrics`, which takes `set_options`), `set_metrics` too."""
     run = locate_run(run_dir)
     column = pick_group_column(run, by)
     tally = RunTally(column, reconstruct=C.RECON_MSE in run.columns)
@@ -87,6 +90,10 @@ def build_report(run_dir: str | Path, by: str | None = None, shown: int = SHOWN_
     }
     if tally.reconstruct:
         data["reconstruction"] = tally.reconstruction_stats()
+    if reference is not None:
+        from jobs.report.set_metrics import compute_set_metrics
+
+        data["set_metrics"] = compute_set_metrics(run.path, reference, **set_options)
     shown = min(shown, max(1, len(scores) // 2))  # small runs: best and worst do not overlap
     order = np.argsort(scores, kind="stable")
     positions = tally.positions
@@ -204,8 +211,12 @@ def _tile(row: dict, image: dict) -> dict:
     }
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None, by: str | None = None) -> str:
-    """Write report.json/.md/.html into `out_dir` (default RUN/report; a local folder or an object-store prefix)."""
-    data, visuals = build_report(run_dir, by)
+def write_report(
+    run_dir: str | Path, out_dir: str | Path | None = None, by: str | None = None, **set_metric_options
+) -> str:
+    """Write report.json/.md/.html into `out_dir` (default RUN/report; a local folder or an object-store prefix).
+
+    `reference`, `fid_weights`, `cmmd_model`: set-level metrics against a reference set (`set_metrics`)."""
+    data, visuals = build_report(run_dir, by, **set_metric_options)
     out = str(out_dir) if out_dir else storage.join(str(run_dir), "report")
     return write_documents(out, "report", data, visuals, "r")
