@@ -450,3 +450,24 @@ def test_each_group_gets_its_own_ranking(tmp_path):
         str(runs[0]),
         str(runs[2]),
     ]
+
+
+def test_a_single_run_report_summarises_its_other_score_columns(tmp_path):
+    """`genbatch report` on a run with `scores:` columns: each summarised over the ok rows that have it."""
+    rng = np.random.default_rng(3)
+    pick, aesthetic = list(rng.normal(21, 1, 30)), list(rng.normal(5, 0.5, 30))
+    aesthetic[7] = None  # an ok row without an aesthetic score: left out of that score alone
+    scores = {C.CLIP_SCORE: list(rng.normal(25, 2, 30)), C.PICKSCORE: pick, C.AESTHETIC: aesthetic}
+    run = make_scored_run(tmp_path / "run", scores, failed={2, 11})
+    assert main(["report", str(run)]) == 0
+    summary = json.loads((run / "report" / "report.json").read_text())["scores"]
+    assert list(summary) == [C.PICKSCORE, C.AESTHETIC]
+    for name, values, skipped in [(C.PICKSCORE, pick, {2, 11}), (C.AESTHETIC, aesthetic, {2, 7, 11})]:
+        expected = np.array([np.float32(values[k]) for k in range(30) if k not in skipped], dtype=np.float64)
+        assert summary[name]["n"] == len(expected)
+        assert summary[name]["mean"] == pytest.approx(expected.mean(), rel=1e-12)
+        assert summary[name]["median"] == pytest.approx(np.median(expected), rel=1e-12)
+        assert summary[name]["ci95"][0] < expected.mean() < summary[name]["ci95"][1]
+    html = (run / "report" / "report.html").read_text()
+    assert "<h2>Other scores</h2>" in html and f"{summary[C.PICKSCORE]['mean']:.3f}" in html
+    assert f"| aesthetic | 27 | {summary[C.AESTHETIC]['mean']:.3f} |" in (run / "report" / "report.md").read_text()

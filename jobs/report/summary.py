@@ -71,7 +71,8 @@ def build_report(
     With a `reference` (see `set_metrics.compute_set_metrics`, which takes `set_options`), `set_metrics` too."""
     run = locate_run(run_dir)
     column = pick_group_column(run, by)
-    tally = RunTally(column, reconstruct=C.RECON_MSE in run.columns)
+    extra_scores = [name for name in C.SCORES if name in run.columns]
+    tally = RunTally(column, reconstruct=C.RECON_MSE in run.columns, extra_scores=extra_scores)
     for batch in scan(run, tally.columns):
         tally.add(batch)
     tally.finish()
@@ -88,6 +89,8 @@ def build_report(
         "settings": run_settings(run, tally.schedulers),
         "failed_rows": [],
     }
+    if extra_scores:
+        data["scores"] = tally.extra_score_stats()
     if tally.reconstruct:
         data["reconstruction"] = tally.reconstruction_stats()
     if reference is not None:
@@ -113,10 +116,13 @@ def build_report(
 class RunTally:
     """What a report needs from every row, added a batch at a time: counts, scores, groups, schedulers."""
 
-    def __init__(self, group_column: str | None, reconstruct: bool):
+    def __init__(self, group_column: str | None, reconstruct: bool, extra_scores: list[str] | None = None):
         self.group_column, self.reconstruct = group_column, reconstruct
+        self.extra_scores = extra_scores or []  # score columns beside clip_score (scores: pickscore, aesthetic)
         self.columns = [C.STATUS, C.CLIP_SCORE, C.SCHEDULER] + ([group_column] if group_column else [])
         self.columns += list(C.RECONSTRUCTION) if reconstruct else []
+        self.columns += self.extra_scores
+        self._extra: dict[str, list[np.ndarray]] = {name: [] for name in self.extra_scores}
         self.rows = self.ok = self.failed = 0
         self.scores, self.positions, self.codes = np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
         self.failed_positions: list[int] = []  # the first MAX_FAILED_LISTED
@@ -145,6 +151,10 @@ class RunTally:
             self._counts = np.pad(self._counts, (0, len(self._values) - len(self._counts)))
             self._counts += np.bincount(codes, minlength=len(self._values))
             self._codes.append(codes[scored].astype(np.int32))
+        for name in self.extra_scores:  # each over the ok rows that have it
+            values = batch.column(name)
+            has = ok & pc.is_valid(values).to_numpy(zero_copy_only=False)
+            self._extra[name].append(values.filter(pa.array(has)).to_numpy().astype(np.float64))
         if self.reconstruct:
             done = pc.is_valid(batch.column(C.RECON_MSE))
             for name in C.RECONSTRUCTION:
@@ -187,6 +197,10 @@ class RunTally:
                 "ci95": bootstrap_mean_ci(group),
             }
         return groups
+
+    def extra_score_stats(self) -> dict:
+        """Each score column beside clip_score: the same summary as clip_score's, over the ok rows that have it."""
+        return {name: summarize_scores(np.concatenate(chunks)) for name, chunks in self._extra.items()}
 
     def reconstruction_stats(self) -> dict:
         """`mode: reconstruct` runs: how much the VAE round trip lost, over the rows that have a reconstruction."""
