@@ -233,7 +233,7 @@ def is_sweep_folder(output: str) -> bool:
 
 
 def sweep_status(output: str, now: datetime | None = None) -> SweepStatus:
-    from jobs.sweep import read_sweep_file
+    from jobs.sweep_plan import read_sweep_file
 
     record = read_sweep_file(output) or {"runs": []}
     runs: list[tuple[str, JobStatus | None]] = []

@@ -12,24 +12,16 @@ Groups (another model, CLIP model, dtype, batch size, resources, ...) run one af
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import itertools
 import json
 import logging
 import math
-import re
 import time
-from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-from pydantic import ValidationError
 
 from jobs import cluster, signals
 from jobs.actor_backend import RayBackend
-from jobs.config import JobConfig, describe_validation_error
+from jobs.config import JobConfig
 from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks, describe_pool
 from jobs.driver import (
     JobSummary,
@@ -41,7 +33,7 @@ from jobs.driver import (
     prepare_output,
     summarize,
 )
-from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, ConfigError, OutputError, WorkerStartError, one_line
+from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, OutputError, WorkerStartError
 from jobs.jobfile import identity_key, read_job_file, write_job_file
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest
@@ -58,6 +50,7 @@ from jobs.resume import (
     shard_files_exist,
 )
 from jobs.settings import worker_settings
+from jobs.sweep_plan import SweepRun, check_size, expand_sweep, read_sweep_file, sweep_record, write_sweep_file
 from jobs.versions import VersionGuard
 from workers import layout, storage
 from workers.tasks import RunBinding, ShardTask, WorkerInfo, WorkerSettings
@@ -65,161 +58,10 @@ from workers.writer import remove_temp_files
 
 logger = logging.getLogger(__name__)
 
-# More runs than this need `genbatch run --yes`: a typo in a list should not start hours of work.
-MAX_COMBINATIONS = 64
-# Run folder names longer than this are cut and end in a hash of the run's settings. Well below the
-# 255 bytes a file name may have, so OUTPUT/<name>/data/shard-00000.parquet fits object-store key limits.
-MAX_FOLDER_NAME = 120
-_DIGEST_LENGTH = 10
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")  # `=` and `,` separate the name's parts, so not in a part
 # Config keys that may differ between runs served by the same actors (the rest decide what an actor loads).
 _PER_RUN_KEYS = ("manifest", "output", "seed", "shard_size", "generation", "sweep")
 _PER_RUN_MODEL_KEYS = ("scheduler",)
 _PER_RUN_RESOURCE_KEYS = ("max_shard_retries",)
-
-
-@dataclass(frozen=True)
-class SweepRun:
-    """One combination: its folder's name, its settings ({dotted.key: value}, in the sweep's key order), and
-    the complete config a standalone run of it would have."""
-
-    folder: str
-    settings: dict[str, Any]
-    config: JobConfig
-
-
-# 1. Expanding the sweep into validated runs.
-
-
-def expand_sweep(config: JobConfig, source: str) -> list[SweepRun]:
-    """Every combination of the sweep's values (the first key varies slowest), each validated as a whole
-    JobConfig whose output is its folder under the sweep's output. Raises ConfigError naming the key and value."""
-    axes = config.sweep or {}
-    base = config.model_dump(mode="json", exclude={"sweep"})
-    # Each value alone first, so that a bad one is named as `key=value` with what is wrong with it.
-    for key, values in axes.items():
-        for value in values:
-            _validated(base, {key: value}, config.output.path, source)
-    combinations = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
-    folders = folder_names(combinations)
-    return [
-        SweepRun(folder, settings, _validated(base, settings, storage.join(config.output.path, folder), source))
-        for settings, folder in zip(combinations, folders)
-    ]
-
-
-def _validated(base: dict, settings: dict[str, Any], output: str, source: str) -> JobConfig:
-    raw = copy.deepcopy(base)
-    shown = ", ".join(f"{key}={value!r}" for key, value in settings.items())
-    for key, value in settings.items():
-        node = raw
-        parts = key.split(".")
-        for depth, part in enumerate(parts[:-1]):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{source}: sweep: {key}: {'.'.join(parts[: depth + 1])} is not a section")
-        node[parts[-1]] = value
-    raw["output"]["path"] = output
-    try:
-        return JobConfig.model_validate(raw)
-    except ValidationError as error:
-        raise ConfigError(f"{source}: sweep {shown}: {describe_validation_error(error)}") from None
-
-
-def check_size(runs: int, yes: bool, source: str) -> None:
-    if runs > MAX_COMBINATIONS and not yes:
-        raise ConfigError(
-            f"{source}: sweep has {runs} combinations, more than {MAX_COMBINATIONS}; rerun with --yes to run them all"
-        )
-
-
-# 2. Naming run folders.
-
-
-def value_text(value: Any) -> str:
-    """A setting's value as a name part shows it: as YAML would write a scalar, JSON for anything else."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def short_keys(keys: list[str]) -> dict[str, str]:
-    """Each dotted key's last part (`guidance_scale`), or the whole key where two keys share that part."""
-    counts = Counter(key.rsplit(".", 1)[-1] for key in keys)
-    return {key: key if counts[key.rsplit(".", 1)[-1]] > 1 else key.rsplit(".", 1)[-1] for key in keys}
-
-
-def folder_name(settings: dict[str, Any], keys: dict[str, str] | None = None) -> str:
-    """`guidance_scale=7.5,scheduler=ddim`: only [A-Za-z0-9._=,-] (anything else becomes `_`), no trailing
-    dot (Windows drops it), at most MAX_FOLDER_NAME characters (then cut, ending in a hash of the settings)."""
-    keys = keys or short_keys(list(settings))
-    name = ",".join(f"{_safe(keys[key])}={_safe(value_text(value))}" for key, value in settings.items())
-    if name.endswith("."):
-        name = name[:-1] + "_"
-    return name if len(name) <= MAX_FOLDER_NAME else _with_digest(name, settings)
-
-
-def folder_names(combinations: list[dict[str, Any]]) -> list[str]:
-    """One folder name per combination, all different even where the file system ignores case (macOS,
-    Windows) or where replaced characters made two names alike: those end in a hash of their settings."""
-    keys = short_keys(list(combinations[0])) if combinations else {}
-    names = [folder_name(settings, keys) for settings in combinations]
-    folded = Counter(name.casefold() for name in names)
-    names = [
-        name if folded[name.casefold()] == 1 else _with_digest(name, settings)
-        for name, settings in zip(names, combinations)
-    ]
-    if len({name.casefold() for name in names}) != len(names):  # only if two hashes collide
-        raise ConfigError("sweep: two runs would have the same folder name")
-    return names
-
-
-def _safe(text: str) -> str:
-    return _UNSAFE.sub("_", text)
-
-
-def _with_digest(name: str, settings: dict[str, Any]) -> str:
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-    return f"{name[: MAX_FOLDER_NAME - _DIGEST_LENGTH - 1]}-{digest[:_DIGEST_LENGTH]}"
-
-
-# 3. The sweep's record, OUTPUT/sweep.json.
-
-
-def sweep_record(config: JobConfig, runs: list[SweepRun]) -> dict:
-    return {
-        "sweep": config.sweep,
-        "runs": [{"folder": run.folder, "settings": run.settings} for run in runs],
-    }
-
-
-def read_sweep_file(output: str) -> dict | None:
-    """A sweep folder's record; None where there is none."""
-    location = layout.sweep_file(output)
-    if not storage.exists(location):
-        return None
-    try:
-        record = json.loads(storage.read_bytes(location))
-    except (OSError, ValueError) as error:
-        raise OutputError(f"{location}: unreadable ({one_line(error)})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("runs"), list):
-        raise OutputError(f"{location}: not a genbatch sweep record")
-    return record
-
-
-def write_sweep_file(output: str, record: dict) -> None:
-    location = layout.sweep_file(output)
-    try:
-        storage.write_bytes(location, (json.dumps(record, indent=2, default=str) + "\n").encode("utf-8"))
-    except OSError as error:
-        raise OutputError(f"{location}: cannot write ({error.strerror or one_line(error)})") from None
-
-
-# 4. Running it.
 
 
 @dataclass
