@@ -18,7 +18,7 @@ from jobs.jobfile import identity_key, package_versions, read_job_file, utc_now,
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest, seed_column_warning
 from jobs.planner import plan_shards
-from jobs.preflight import check_models, check_quantize
+from jobs.preflight import check_before_start
 from jobs.progress import Progress, announce
 from jobs.resume import (
     ResumePlan,
@@ -98,8 +98,7 @@ def run_job(
     warnings = job_warnings(config, manifest)
     for warning in warnings:
         logger.warning("%s", warning)
-    check_models(config)
-    check_quantize(config)
+    check_before_start(config)
     shards = plan_shards(manifest, config.shard_size, config.generation.images_per_prompt)
     identity = job_identity(config, manifest)
     key = identity_key(identity)

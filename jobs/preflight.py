@@ -16,6 +16,12 @@ HUB_TIMEOUT_S = 10
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
+def check_before_start(config: JobConfig) -> None:
+    """Everything a job's actors would otherwise find out one by one: its models, scorers and quantization."""
+    check_models(config)
+    check_quantize(config)
+
+
 def check_models(config: JobConfig) -> None:
     """Raise ConfigError, one line naming the key and what to do, for a hub model the job could not load."""
     check_model("model.id", config.model.id, config.model.revision, "model_index.json")

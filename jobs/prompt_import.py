@@ -7,7 +7,8 @@ import glob
 import json
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -122,7 +123,7 @@ def import_prompts(
 
 
 def _read(path: str, extension: str) -> _Records:
-    try:
+    with reading(path):
         if extension == ".txt":
             return _read_txt(path)
         if extension == ".jsonl":
@@ -131,10 +132,17 @@ def _read(path: str, extension: str) -> _Records:
         if extension == ".tsv":
             return _read_delimited(path, "\t", csv.QUOTE_NONE)
         return _read_delimited(path, ",", csv.QUOTE_MINIMAL)
+
+
+@contextmanager
+def reading(path: str, what: str = "") -> Iterator[None]:
+    """A text input that cannot be read is a one-line ManifestError; `what` says what the file is for."""
+    try:
+        yield
     except FileNotFoundError:
-        raise ManifestError(f"{path}: file not found") from None
+        raise ManifestError(f"{path}: file not found{what}") from None
     except IsADirectoryError:
-        raise ManifestError(f"{path}: is a folder, not a file") from None
+        raise ManifestError(f"{path}: is a folder, not a file{what}") from None
     except UnicodeDecodeError as error:
         raise ManifestError(f"{path}: not UTF-8 text ({error.reason})") from None
     except OSError as error:

@@ -38,7 +38,7 @@ from jobs.jobfile import identity_key, read_job_file, write_job_file
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest
 from jobs.planner import plan_shards
-from jobs.preflight import check_models
+from jobs.preflight import check_before_start
 from jobs.progress import Progress, announce
 from jobs.resume import (
     ResumePlan,
@@ -167,10 +167,10 @@ def run_sweep(
         where = (run_config.manifest, run_config.mode)
         if where not in manifests:
             manifests[where] = read_manifest(*where)
-        models = json.dumps([run_config.model.model_dump(mode="json"), run_config.clip.model_dump(mode="json")])
-        if models not in checked:
-            check_models(run_config)
-            checked.add(models)
+        loads = actor_key(run_config)  # models, scorers, quantization: what the checks look at
+        if loads not in checked:
+            check_before_start(run_config)
+            checked.add(loads)
     output = prepare_output(config.output.path)
     if storage.exists(layout.job_file(output)):
         raise OutputError(f"{output}: holds a single job ({layout.JOB_FILE}); choose another output folder for a sweep")

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.errors import ManifestError
-from jobs.prompt_import import ImportSummary, write_manifest_atomically
+from jobs.prompt_import import ImportSummary, reading, write_manifest_atomically
 from workers import columns as C
 from workers.rows import derive_seed
 
@@ -120,25 +120,16 @@ def parse_var_flags(template: Template, flags: list[str]) -> dict[str, str]:
 def read_variable(name: str, path: str) -> Variable:
     """One value per line (surrounding whitespace dropped, blank lines skipped); duplicates are refused."""
     first_line: dict[str, int] = {}
-    try:
-        with open(path, encoding="utf-8-sig") as handle:
-            for number, line in enumerate(handle, start=1):
-                value = line.strip()
-                if not value:
-                    continue
-                if value in first_line:
-                    raise ManifestError(
-                        f"{path}: line {number}: duplicate value {value!r} (first on line {first_line[value]})"
-                    )
-                first_line[value] = number
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: file not found (the list for {{{name}}})") from None
-    except IsADirectoryError:
-        raise ManifestError(f"{path}: is a folder, not a file (the list for {{{name}}})") from None
-    except UnicodeDecodeError as error:
-        raise ManifestError(f"{path}: not UTF-8 text ({error.reason})") from None
-    except OSError as error:
-        raise ManifestError(f"{path}: cannot read ({error.strerror or error})") from None
+    with reading(path, f" (the list for {{{name}}})"), open(path, encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, start=1):
+            value = line.strip()
+            if not value:
+                continue
+            if value in first_line:
+                raise ManifestError(
+                    f"{path}: line {number}: duplicate value {value!r} (first on line {first_line[value]})"
+                )
+            first_line[value] = number
     if not first_line:
         raise ManifestError(f"{path}: no values (the list for {{{name}}} is empty)")
     return Variable(name=name, path=path, values=tuple(first_line))
