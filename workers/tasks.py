@@ -100,17 +100,6 @@ class RescoreSettings:
 
 
 @dataclass(frozen=True)
-class RescoreResult:
-    """What rescoring one shard did."""
-
-    shard: int
-    rows: int
-    scored: int  # images scored (rows with an image)
-    seconds: float
-    skipped: bool = False  # the shard already had the new key (an earlier, interrupted rescore did it)
-
-
-@dataclass(frozen=True)
 class RunBinding:
     """The run a shard belongs to, when one actor serves several runs of a sweep (jobs.sweep): where and
     for which job it writes, and the settings that change per run without loading anything again.
@@ -153,6 +142,25 @@ class ShardTask:
     def images_to_generate(self) -> int:
         """What running this task generates: every image, or only the failed ones of a retry."""
         return self.failed_before if self.retry_failed else self.images
+
+
+@dataclass(frozen=True)
+class RescoreTask:
+    """One complete shard of a run to rescore (workers.rescoring). The dispatcher (jobs.dispatch) queues and
+    retries it as it does a ShardTask, so it has the few fields the dispatcher reads of one."""
+
+    index: int
+    images: int  # the shard file's rows: one per image
+
+    @property
+    def run(self) -> None:
+        """A rescore serves one run: the actor's settings say where it writes (ShardTask.run in a sweep)."""
+        return None
+
+    @property
+    def images_to_generate(self) -> int:
+        """What the dispatcher counts for a shard that gives up: nothing is generated, every image is scored."""
+        return self.images
 
 
 @dataclass(frozen=True)
@@ -209,6 +217,15 @@ class ShardResult:
     generated: int = 0  # images this run generated: fewer than `rows` when only failed rows were retried
     startup: StartupTimings | None = None  # the actor's; None from actors that do not measure it (stubs)
     output_dir: str = ""  # the run's output folder: which run of a sweep the shard belongs to
+
+
+@dataclass(frozen=True)
+class RescoreResult(ShardResult):
+    """Yielded by a rescoring actor once its shard file is rewritten: a ShardResult (`images`, `ok` and `failed`
+    are the file's, unchanged by rescoring), so the dispatcher takes it as a shard's outcome."""
+
+    scored: int = 0  # images scored (rows with an image)
+    skipped: bool = False  # the shard already had the new key (an earlier, interrupted rescore did it)
 
 
 class ShardWorker(Protocol):
