@@ -17,6 +17,7 @@ from workers.tasks import (
     BatchProgress,
     RescoreSettings,
     RescoreTask,
+    RunBinding,
     ShardResult,
     ShardTask,
     WorkerInfo,
@@ -122,10 +123,8 @@ class RayBackend(_RayActors):
         if handle is not None:
             import ray
 
-            settings = self.settings
             try:  # a quick call: the actor only learns its new job
-                job = (settings.output_dir, settings.job_key, settings.run_token, settings.job_seed)
-                ray.get(handle.rebind.remote(*job), timeout=60)
+                ray.get(handle.rebind.remote(RunBinding.of(self.settings), self.settings.batch_size), timeout=60)
                 return handle
             except Exception as error:  # noqa: BLE001 - a parked actor that is gone is replaced by a new one
                 logger.info("parked worker unusable (%s); starting a new one", describe(error))

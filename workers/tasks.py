@@ -6,7 +6,7 @@ Only plain dataclasses and the actor's Protocol live here, so the driver can imp
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 # The settings below carry no defaults: the config (jobs.config) holds each default once, and
@@ -111,6 +111,11 @@ class RunBinding:
     job_seed: int
     scheduler: str | None  # schedulers are built from the model's own scheduler config: cheap
     defaults: GenerationDefaults
+
+    @classmethod
+    def of(cls, settings: WorkerSettings) -> RunBinding:
+        """The binding of the run whose actors have `settings`."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -238,5 +243,5 @@ class ShardWorker(Protocol):
     def run_shard(self, task: ShardTask) -> Iterator[BatchProgress | ShardResult]:
         """Process one shard: a BatchProgress after each micro-batch, then the ShardResult once its file is written."""
 
-    def rebind(self, output_dir: str, job_key: str, run_token: str | None, job_seed: int) -> WorkerInfo:
-        """Serve another job whose settings differ only in these (jobs.worker_reuse); loads nothing."""
+    def rebind(self, run: RunBinding, batch_size: int) -> WorkerInfo:
+        """Serve another job whose settings differ only in those of `run` (jobs.worker_reuse); loads nothing."""
