@@ -7,8 +7,9 @@ sweep (workers.tasks.RunBinding: where and for which job it writes, its seed, sc
 defaults) and in its batch size takes them over: the actor is told its new job (`rebind`) and loads
 nothing. Every other setting must be equal (they decide the models and how they were set up), and so
 must the batch and image sizes for actors on GPUs or compiling (they decide VAE slicing and the compiled
-shapes), so a reused actor gives the same bytes as a fresh one. Interrupted or failed jobs stop their actors as before. Parked actors hold their CPUs
-and GPUs: a job with other settings stops them first, and leaving the block stops the rest.
+shapes), so a reused actor gives the same bytes as a fresh one. Interrupted or failed jobs stop their
+actors as before. Parked actors hold their CPUs and GPUs: a job with other settings stops them first,
+and leaving the block stops the rest.
 """
 
 from __future__ import annotations

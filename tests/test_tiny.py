@@ -67,7 +67,9 @@ def test_stable_diffusion_folders_load_with_their_own_class_and_others_through_t
     assert text_to_image_class(str(tiny.tiny_sdxl_dir()), None) is diffusers.StableDiffusionXLPipeline
     saved_for_img2img = shutil.copytree(pipeline_dir, tmp_path / "img2img")
     index = json.loads((saved_for_img2img / "model_index.json").read_text())
-    (saved_for_img2img / "model_index.json").write_text(json.dumps(index | {"_class_name": "StableDiffusionImg2ImgPipeline"}))
+    (saved_for_img2img / "model_index.json").write_text(
+        json.dumps(index | {"_class_name": "StableDiffusionImg2ImgPipeline"})
+    )
     assert text_to_image_class(str(saved_for_img2img), None) is diffusers.StableDiffusionPipeline  # as the auto class
     other = shutil.copytree(pipeline_dir, tmp_path / "other")
     (other / "model_index.json").write_text(json.dumps(index | {"_class_name": "KandinskyV22Pipeline"}))
