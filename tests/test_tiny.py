@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from safetensors.torch import load_file
 
 from workers import tiny
@@ -53,6 +54,7 @@ def test_tiny_models_load_through_from_pretrained(tiny_dirs):
     assert model.config.projection_dim == 32 and processor.tokenizer.model_max_length == 77
 
 
+@pytest.mark.slow  # imports diffusers afresh in a subprocess
 def test_stable_diffusion_folders_load_with_their_own_class_and_others_through_the_auto_pipeline(tiny_dirs, tmp_path):
     import shutil
     import subprocess
