@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from workers.rows import read_slice, row_ids
-from workers.tasks import BatchProgress, ShardResult, ShardTask, ShardWorker, WorkerInfo, WorkerSettings
+from workers.tasks import BatchProgress, RunBinding, ShardResult, ShardTask, ShardWorker, WorkerInfo, WorkerSettings
 
 
 class StubWorker(ShardWorker):
@@ -34,10 +34,9 @@ class StubWorker(ShardWorker):
     def ready(self) -> WorkerInfo:
         return self.info
 
-    def rebind(self, output_dir: str, job_key: str, run_token: str | None, job_seed: int) -> WorkerInfo:
-        self.settings = replace(
-            self.settings, output_dir=output_dir, job_key=job_key, run_token=run_token, job_seed=job_seed
-        )
+    def rebind(self, run: RunBinding, batch_size: int) -> WorkerInfo:
+        changes = {f.name: getattr(run, f.name) for f in fields(run)}
+        self.settings = replace(self.settings, batch_size=batch_size, **changes)
         return self.info
 
     def run_shard(self, task: ShardTask) -> Iterator[BatchProgress | ShardResult]:

@@ -1,4 +1,5 @@
-"""How the dispatcher reaches its actors: a small interface, and the Ray implementation the driver uses.
+"""How the dispatcher reaches its actors: a small interface, and its Ray implementations: RayBackend for
+a run's generation actors, RescoreBackend for `genbatch rescore`'s scoring actors (jobs.rescore).
 
 The dispatcher only decides (what to queue where, what to retry, what to replace); everything that
 touches Ray is here, so its decisions can be tested with in-process fakes (tests/test_dispatch.py).
@@ -12,7 +13,16 @@ from typing import Any, Protocol
 
 from jobs import cluster, worker_reuse
 from workers.errors import describe
-from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerInfo, WorkerSettings
+from workers.tasks import (
+    BatchProgress,
+    RescoreSettings,
+    RescoreTask,
+    RunBinding,
+    ShardResult,
+    ShardTask,
+    WorkerInfo,
+    WorkerSettings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +44,7 @@ class ActorBackend(Protocol):
     def ready_info(self, call: Any) -> WorkerInfo:
         """The answer of a ready call that `wait` returned: raises ActorDied, or the actor's own error."""
 
-    def run_shard(self, handle: Any, shard: ShardTask) -> Any:
+    def run_shard(self, handle: Any, shard: ShardTask | RescoreTask) -> Any:
         """Queue a shard on the actor (an actor runs its shards one at a time, in order); returns its stream."""
 
     def wait(self, waitables: list, timeout: float) -> list:
@@ -53,30 +63,11 @@ class ActorBackend(Protocol):
         Only an elastic pool asks (see jobs.dispatch)."""
 
 
-class RayBackend:
-    """Actors are Ray actors of `worker_class` (GenerationWorker unless given); see jobs.cluster."""
+class _RayActors:
+    """The calls both kinds of actor answer alike (ready, run_shard as a streaming generator); `start` is each
+    kind's own."""
 
-    def __init__(self, settings: WorkerSettings, resources: cluster.ActorResources, worker_class=None):
-        self.settings = settings
-        self.resources = resources
-        self.worker_class = worker_class
-        self.reuse_key = worker_reuse.key_of(worker_class, resources, settings)
-        worker_reuse.stop_parked(keep=self.reuse_key)  # they hold resources this job's actors may need
-
-    def start(self, index: int):
-        handle = worker_reuse.take(self.reuse_key, index)
-        if handle is not None:
-            import ray
-
-            settings = self.settings
-            try:  # a quick call: the actor only learns its new job
-                job = (settings.output_dir, settings.job_key, settings.run_token, settings.job_seed)
-                ray.get(handle.rebind.remote(*job), timeout=60)
-                return handle
-            except Exception as error:  # noqa: BLE001 - a parked actor that is gone is replaced by a new one
-                logger.info("parked worker unusable (%s); starting a new one", describe(error))
-                cluster.stop_workers([handle])
-        return cluster.start_worker(self.settings, self.resources, index, self.worker_class)
+    resources: cluster.ActorResources
 
     def ready(self, handle):
         return handle.ready.remote()
@@ -89,7 +80,7 @@ class RayBackend:
         except Exception as error:  # noqa: BLE001 - re-raised without Ray's wrapper
             raise _unwrapped(error) from None
 
-    def run_shard(self, handle, shard: ShardTask):
+    def run_shard(self, handle, shard: ShardTask | RescoreTask):
         return handle.run_shard.remote(shard)  # an ObjectRefGenerator
 
     def wait(self, waitables: list, timeout: float) -> list:
@@ -115,6 +106,44 @@ class RayBackend:
 
     def capacity(self) -> int:
         return cluster.capacity(self.resources)
+
+
+class RayBackend(_RayActors):
+    """Actors are Ray actors of `worker_class` (GenerationWorker unless given); see jobs.cluster."""
+
+    def __init__(self, settings: WorkerSettings, resources: cluster.ActorResources, worker_class=None):
+        self.settings = settings
+        self.resources = resources
+        self.worker_class = worker_class
+        self.reuse_key = worker_reuse.key_of(worker_class, resources, settings)
+        worker_reuse.stop_parked(keep=self.reuse_key)  # they hold resources this job's actors may need
+
+    def start(self, index: int):
+        handle = worker_reuse.take(self.reuse_key, index)
+        if handle is not None:
+            import ray
+
+            try:  # a quick call: the actor only learns its new job
+                ray.get(handle.rebind.remote(RunBinding.of(self.settings), self.settings.batch_size), timeout=60)
+                return handle
+            except Exception as error:  # noqa: BLE001 - a parked actor that is gone is replaced by a new one
+                logger.info("parked worker unusable (%s); starting a new one", describe(error))
+                cluster.stop_workers([handle])
+        return cluster.start_worker(self.settings, self.resources, index, self.worker_class)
+
+
+class RescoreBackend(_RayActors):
+    """Actors are workers.rescoring.RescoreWorker Ray actors. They are never parked for reuse (jobs.worker_reuse):
+    they hold only scorers, which no later job of the driver asks for."""
+
+    def __init__(self, settings: RescoreSettings, resources: cluster.ActorResources):
+        self.settings = settings
+        self.resources = resources
+
+    def start(self, index: int):
+        from workers.rescoring import RescoreWorker
+
+        return cluster.start_worker(self.settings, self.resources, index, RescoreWorker)
 
 
 def _unwrapped(error: Exception) -> Exception:

@@ -13,7 +13,7 @@ from pathlib import Path
 from jobs import signals
 from jobs.config import JobConfig
 from jobs.errors import ConfigError
-from workers.tasks import WorkerInfo, WorkerSettings
+from workers.tasks import RescoreSettings, WorkerInfo, WorkerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +126,9 @@ def _actors_per_node(node: dict, cpus: float, gpus: float) -> int:
     return int(min(limits) + 1e-9) if limits else sys.maxsize
 
 
-def start_worker(settings: WorkerSettings, resources: ActorResources, index: int, worker_class=None):
-    """Create one actor; it loads its models in the background while the caller goes on."""
+def start_worker(settings: WorkerSettings | RescoreSettings, resources: ActorResources, index: int, worker_class=None):
+    """Create one actor; it loads its models in the background while the caller goes on. Settings are
+    RescoreSettings for a RescoreWorker (jobs.actor_backend.RescoreBackend)."""
     import ray
 
     if worker_class is None:

@@ -12,6 +12,8 @@ saw its node go, which cannot be placed). Ready actors are never stopped: they g
 The pool grows only once an actor has loaded, and an actor that fails to start is not replaced (it
 would most likely fail again): its slot stays empty for the run, in either kind of pool.
 The actors are reached through an ActorBackend (jobs.actor_backend): Ray in a job, fakes in tests.
+Shards are a run's ShardTasks, or the RescoreTasks of `genbatch rescore` (jobs.rescore): the dispatcher
+reads only their index, run and size, and takes any ShardResult (RescoreResult is one) as a shard's outcome.
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from jobs import signals
 from jobs.actor_backend import ActorBackend, ActorDied
 from jobs.config import WorkerRange
 from workers.errors import WorkerLoadError, describe, one_line
-from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerInfo
+from workers.tasks import BatchProgress, RescoreTask, ShardResult, ShardTask, WorkerInfo
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +38,12 @@ _WAIT_SECONDS = 1.0
 _STALL_WARNING_SECONDS = 60.0
 CAPACITY_CHECK_SECONDS = 10.0  # how often an elastic pool re-reads the cluster's capacity
 
+Shard = ShardTask | RescoreTask
+
 
 @dataclass
 class ShardFailure:
-    shard: ShardTask
+    shard: Shard
     error: str
 
 
@@ -84,7 +88,7 @@ class Dispatcher:
         self,
         backend: ActorBackend,
         workers: int | WorkerRange,
-        shards: list[ShardTask],
+        shards: Sequence[Shard],
         max_shard_retries: int,
         on_progress: Callable[[int, int], None],
         on_workers: Callable[[int, int], None],
@@ -95,7 +99,7 @@ class Dispatcher:
         self.backend = backend
         self.pool = workers if isinstance(workers, WorkerRange) else WorkerRange(min=workers, max=workers)
         self.actors: list[_Actor] = []  # started by run(), so a stop during start-up still finds them
-        self.pending = deque(shards)
+        self.pending: deque[Shard] = deque(shards)
         self.max_shard_retries = max_shard_retries
         self.on_progress = on_progress
         self.on_workers = on_workers

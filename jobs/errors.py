@@ -53,6 +53,6 @@ class WorkerStartError(GenbatchError):
 
 
 class RescoreError(GenbatchError):
-    """A shard could not be rescored; those rescored before it are kept, and a rerun goes on from them."""
+    """A shard failed all its attempts at rescoring; the shards rescored are kept, and a rerun goes on from them."""
 
     exit_code = EXIT_ROWS_FAILED

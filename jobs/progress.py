@@ -47,13 +47,14 @@ class Progress:
             self.log()
 
     def worker_ready(self, name: str, device: str, load_seconds: float) -> None:
+        load_seconds = round(load_seconds, 3)  # the message is formatted from the value the record carries
         announce(
             f"{name} ready in {load_seconds:.1f} s on {device}",
             self.mode,
             event="worker_ready",
             worker=name,
             device=device,
-            load_seconds=round(load_seconds, 3),
+            load_seconds=load_seconds,
         )
 
     def workers(self, ready: int, total: int) -> None:

@@ -2,7 +2,9 @@
 
 Reads top to bottom: the run's record and its new config, the shards to rescore (verified from their
 footers), Ray actors that rescore them shard by shard (workers.rescoring), then job.json with the new
-identity, so that `genbatch run` with the new `scores` section finds nothing to do. An interrupted rescore
+identity, so that `genbatch run` with the new `scores` section finds nothing to do. The actors are fed
+by the dispatcher a run uses (jobs.dispatch): a shard that fails, or whose actor dies, is retried up to
+`resources.max_shard_retries` times, and a dead actor is replaced. An interrupted or failed rescore
 leaves each shard either as it was or rescored whole; rerun the same command to finish it (the shards
 already carrying the new job key are skipped).
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +21,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from jobs import cluster, worker_reuse
+from jobs.actor_backend import RescoreBackend
 from jobs.config import JobConfig, apply_override, describe_validation_error
+from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks, describe_pool
 from jobs.errors import ConfigError, OutputError, RescoreError, WorkerStartError
 from jobs.jobfile import identity_key, read_job_file, utc_now, write_job_file
 from jobs.lock import OutputLock
@@ -29,8 +32,7 @@ from jobs.resume import scores_identity
 from jobs.settings import score_models
 from workers import columns as C
 from workers import layout, storage
-from workers.errors import WorkerLoadError, describe
-from workers.tasks import RescoreResult, RescoreSettings
+from workers.tasks import RescoreResult, RescoreSettings, RescoreTask
 from workers.writer import read_footer, remove_temp_files
 
 logger = logging.getLogger(__name__)
@@ -46,12 +48,20 @@ class RescoreSummary:
     columns: tuple[str, ...]  # score columns computed afresh
     dropped: tuple[str, ...]  # score columns removed (their scorer was set to null)
     seconds: float
+    retries: int = 0  # shard attempts that failed and were run again (jobs.dispatch)
+    replaced_workers: int = 0  # actors that died and were replaced
 
 
 def rescore_run(
-    run: str, overrides: Sequence[str], address: str | None = None, forward_actor_logs: bool = True
+    run: str,
+    overrides: Sequence[str],
+    address: str | None = None,
+    forward_actor_logs: bool = True,
+    hooks: JobHooks | None = None,
 ) -> RescoreSummary:
-    """Give a finished run the score columns of its config changed by `overrides` (`scores.*` keys only)."""
+    """Give a finished run the score columns of its config changed by `overrides` (`scores.*` keys only).
+
+    `hooks` follow the actors and shards as in run_job (tests kill an actor from on_worker_ready)."""
     started = time.perf_counter()
     # 1. The run's record, and its config with the new scores; nothing else may change (it would change images).
     output = storage.normalized(run)
@@ -71,7 +81,7 @@ def rescore_run(
         remove_temp_files(output)
         todo, rows = shards_to_rescore(output, record["shards"], old_key, new_key)
         # 3. Rescore them on actors, shard by shard.
-        results: list[RescoreResult] = []
+        outcome = DispatchOutcome()
         if todo:
             settings = RescoreSettings(
                 scores=score_models(config),
@@ -84,13 +94,14 @@ def rescore_run(
                 num_threads=None,  # set by score_on_actors from the actors' CPUs
                 run_token=lock.token,
             )
-            results = score_on_actors(config, settings, todo, address, forward_actor_logs)
+            outcome = score_on_actors(config, settings, todo, address, forward_actor_logs, hooks or JobHooks())
         # 4. Record the new identity: a run with the new scores config is this job, complete.
         record.update(identity=new_identity, config=config.model_dump(mode="json"))
         record.setdefault("rescores", []).append(
             {"at": utc_now(), "set": list(overrides), "columns": list(recompute), "dropped": list(dropped)}
         )
         write_job_file(output, record)
+    results = [result for result in outcome.results if isinstance(result, RescoreResult)]
     return RescoreSummary(
         output=output,
         shards=record["shards"],
@@ -100,6 +111,8 @@ def rescore_run(
         columns=recompute,
         dropped=dropped,
         seconds=time.perf_counter() - started,
+        retries=outcome.retries,
+        replaced_workers=outcome.replaced_workers,
     )
 
 
@@ -132,9 +145,10 @@ def changed_columns(old: dict, new: dict) -> tuple[tuple[str, ...], tuple[str, .
     return recompute, dropped
 
 
-def shards_to_rescore(output: str, shards: int, old_key: str, new_key: str) -> tuple[list[int], int]:
+def shards_to_rescore(output: str, shards: int, old_key: str, new_key: str) -> tuple[list[RescoreTask], int]:
     """The shards still carrying the old job key, and their rows; any other state of a shard is refused."""
-    todo, rows = [], 0
+    todo: list[RescoreTask] = []
+    rows = 0
     for index in range(shards):
         path = layout.shard_path(output, index)
         footer = read_footer(path)
@@ -143,7 +157,7 @@ def shards_to_rescore(output: str, shards: int, old_key: str, new_key: str) -> t
                 f"{path}: missing or incomplete; rescore needs a finished run (finish it with genbatch run first)"
             )
         if footer.job_key == old_key:
-            todo.append(index)
+            todo.append(RescoreTask(index=index, images=footer.rows))
             rows += footer.rows
         elif footer.job_key != new_key:
             raise OutputError(f"{path}: written by another job than {layout.job_file(output)} describes")
@@ -151,59 +165,52 @@ def shards_to_rescore(output: str, shards: int, old_key: str, new_key: str) -> t
 
 
 def score_on_actors(
-    config: JobConfig, settings: RescoreSettings, todo: list[int], address: str | None, forward_actor_logs: bool
-) -> list[RescoreResult]:
-    """Rescore `todo` on `resources.workers` actors (at most one per shard), one shard at a time each.
+    config: JobConfig,
+    settings: RescoreSettings,
+    todo: list[RescoreTask],
+    address: str | None,
+    forward_actor_logs: bool,
+    hooks: JobHooks,
+) -> DispatchOutcome:
+    """Rescore `todo` on the `resources.workers` pool (a fixed one: at most one actor per shard) through the
+    dispatcher, as a run's shards are: retried up to `resources.max_shard_retries` times, dead actors replaced.
 
-    A shard that fails stops the rescore (no retries): the shards done are kept, a rerun goes on from them."""
-    import ray
-
-    from workers.rescoring import RescoreWorker
-
+    A shard that still fails fails the rescore once the others are done: those are kept, a rerun goes on from them."""
     cluster.connect(address, forward_actor_logs)
     worker_reuse.stop_parked()  # parked generation actors hold resources these actors need
     resources = cluster.actor_resources(config)
     settings = replace(settings, num_threads=max(1, int(resources.num_cpus)))  # known once Ray is connected
     pool = config.resources.worker_range()
-    count = min(len(todo), pool.size(cluster.capacity(resources)))
-    logger.info("rescoring %d shards on %d workers", len(todo), count)
-    actor_class = ray.remote(RescoreWorker).options(
-        num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_restarts=0
+    dispatcher = Dispatcher(
+        backend=RescoreBackend(settings, resources),
+        workers=pool if pool.elastic else min(pool.min, len(todo)),  # an elastic pool sizes itself to the shards
+        shards=todo,
+        max_shard_retries=config.resources.max_shard_retries,
+        on_progress=hooks.on_progress or (lambda images, failed: None),
+        on_workers=lambda ready, alive: None,
+        on_worker_ready=hooks.on_worker_ready,
+        on_shard_done=hooks.on_shard_done,
     )
-    actors = [actor_class.remote(settings, index) for index in range(count)]
+    logger.info("rescoring %d shards on %s", len(todo), describe_pool(dispatcher.initial_size(), dispatcher.pool))
     try:
-        for actor in actors:
-            try:
-                ray.get(actor.ready.remote())
-            except Exception as error:  # noqa: BLE001 - re-raised as one line
-                raise WorkerStartError(f"no worker could load the scorers: {_cause(error)}") from None
-        queue, running, results = deque(todo), {}, []
-
-        def submit(actor) -> None:
-            if queue:
-                index = queue.popleft()
-                running[actor.rescore_shard.remote(index)] = (actor, index)
-
-        for actor in actors:
-            submit(actor)
-        while running:
-            [done], _ = ray.wait(list(running), num_returns=1)
-            actor, index = running.pop(done)
-            try:
-                results.append(ray.get(done))
-            except Exception as error:  # noqa: BLE001 - re-raised as one line
-                raise RescoreError(
-                    f"shard {index} could not be rescored: {_cause(error)}; the {len(results)} shards rescored before "
-                    "it are kept: rerun to go on"
-                ) from None
-            submit(actor)
-        return results
+        outcome = dispatcher.run()
     finally:
-        cluster.stop_workers(actors)
+        # Stopped, and their processes gone, before the lock is let go: no attempt can still be writing.
+        dispatcher.abandon()
+        cluster.stop_workers(dispatcher.handles(), dispatcher.outcome.workers)
+        remove_temp_files(settings.output_dir)  # what a killed attempt left half-written
+    check_outcome(outcome)
+    return outcome
 
 
-def _cause(error: Exception) -> str:
-    """What an actor raised, without Ray's wrapper and traceback."""
-    cause = getattr(error, "cause", None)
-    found = cause if isinstance(cause, Exception) else error
-    return str(found) if isinstance(found, WorkerLoadError) else describe(found)  # already `Type: message`
+def check_outcome(outcome: DispatchOutcome) -> None:
+    """Raise if no actor could load the scorers, or if a shard failed all its attempts."""
+    if not outcome.workers and outcome.start_errors:
+        raise WorkerStartError(f"no worker could load the scorers: {outcome.start_errors[0]}")
+    if outcome.failures:
+        failed = sorted(outcome.failures, key=lambda failure: failure.shard.index)
+        others = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise RescoreError(
+            f"shard {failed[0].shard.index}{others} could not be rescored: {failed[0].error}; the "
+            f"{len(outcome.results)} shards rescored are kept: rerun to go on"
+        )

@@ -53,7 +53,7 @@ from jobs.settings import worker_settings
 from jobs.sweep_plan import SweepRun, check_size, expand_sweep, read_sweep_file, sweep_record, write_sweep_file
 from jobs.versions import VersionGuard
 from workers import layout, storage
-from workers.tasks import RunBinding, ShardTask, WorkerInfo, WorkerSettings
+from workers.tasks import RunBinding, ShardTask, WorkerInfo
 from workers.writer import remove_temp_files
 
 logger = logging.getLogger(__name__)
@@ -276,18 +276,6 @@ def group_runs(runs: list[_Run]) -> list[list[_Run]]:
     return list(groups.values())
 
 
-def binding(settings: WorkerSettings) -> RunBinding:
-    """What a shard of the run with these actor settings carries, so another run's actor serves it."""
-    return RunBinding(
-        output_dir=settings.output_dir,
-        job_key=settings.job_key,
-        run_token=settings.run_token,
-        job_seed=settings.job_seed,
-        scheduler=settings.scheduler,
-        defaults=settings.defaults,
-    )
-
-
 def _run_group(
     group: list[_Run],
     progress: str,
@@ -320,7 +308,7 @@ def _run_group(
         settings = [
             worker_settings(run.sweep.config, run.output, run.key, threads, run.lock.token, images) for run in group
         ]
-        tasks = [replace(shard, run=binding(s)) for run, s in zip(group, settings) for shard in run.plan.todo]  # type: ignore[union-attr]
+        tasks = [replace(shard, run=RunBinding.of(s)) for run, s in zip(group, settings) for shard in run.plan.todo]  # type: ignore[union-attr]
 
         def advance(done: int, failed: int) -> None:
             follow.advance(done, failed)

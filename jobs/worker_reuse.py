@@ -2,12 +2,14 @@
 
 Loading the models is most of an actor's start-up: seconds of imports and weights per actor, every job.
 Inside `keep_workers()`, a job that finishes cleanly parks its healthy actors instead of stopping
-them, and a later job whose settings differ only in where and for which job it writes (output folder,
-job key, lock token) and in its job seed takes them over: the actor is told its new job (`rebind`)
-and loads nothing. Every other setting must be equal (they decide the models, how they were set up,
-and the pixels), so a reused actor gives the same bytes as a fresh one. Interrupted or failed jobs stop their actors as
-before. Parked actors hold their CPUs and GPUs: a job with other settings stops them first, and
-leaving the block stops the rest.
+them, and a later job whose settings differ only in what one actor may change between the runs of a
+sweep (workers.tasks.RunBinding: where and for which job it writes, its seed, scheduler and generation
+defaults) and in its batch size takes them over: the actor is told its new job (`rebind`) and loads
+nothing. Every other setting must be equal (they decide the models and how they were set up), and so
+must the batch and image sizes for actors on GPUs or compiling (they decide VAE slicing and the compiled
+shapes), so a reused actor gives the same bytes as a fresh one. Interrupted or failed jobs stop their
+actors as before. Parked actors hold their CPUs and GPUs: a job with other settings stops them first,
+and leaving the block stops the rest.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from workers.tasks import WorkerInfo, WorkerSettings
 logger = logging.getLogger(__name__)
 
 # What a parked actor was made for: the actor class, its Ray resources, and its settings without the
-# per-job fields that `rebind` replaces.
-Key = tuple[Any, Any, WorkerSettings]
+# per-job fields that `rebind` replaces (those of RunBinding, and the batch size).
+Key = tuple[Any, Any, tuple[WorkerSettings, tuple[int, int, int] | None]]
 
 
 @dataclasses.dataclass
@@ -43,10 +45,22 @@ def key_of(worker_class: Any, resources: Any, settings: WorkerSettings) -> Key:
     # The job's size matters only through the compile decision it leads to (performance.compile: auto).
     size = settings.images_per_worker
     pays_back = int(size is None or size >= COMPILE_PAYS_BACK_AFTER) if settings.fast.compile == "auto" else None
+    # On GPUs, and wherever the model is compiled, the batch and image sizes decide how the actor was set up
+    # (VAE slicing, compiled shapes: workers.fastpaths); elsewhere an actor takes any.
+    shaped = bool(getattr(resources, "num_gpus", 0)) or settings.fast.compile is True
+    shape = (settings.batch_size, settings.defaults.width, settings.defaults.height) if shaped else None
     per_job = dataclasses.replace(
-        settings, output_dir="", job_key="", run_token=None, job_seed=0, images_per_worker=pays_back
+        settings,
+        output_dir="",
+        job_key="",
+        run_token=None,
+        job_seed=0,
+        scheduler=None,
+        defaults=None,  # type: ignore[arg-type]  # a key, never an actor's settings
+        batch_size=0,
+        images_per_worker=pays_back,
     )
-    return worker_class, resources, per_job
+    return worker_class, resources, (per_job, shape)
 
 
 @contextmanager

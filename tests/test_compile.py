@@ -199,7 +199,7 @@ def test_a_cpu_actor_by_default_does_not_compile_and_says_how_soon_it_made_image
 
 
 def test_weights_load_straight_onto_the_gpu(monkeypatch, tiny_dirs):
-    from diffusers import AutoPipelineForText2Image
+    from diffusers import StableDiffusionPipeline
 
     calls = []
 
@@ -216,7 +216,7 @@ def test_weights_load_straight_onto_the_gpu(monkeypatch, tiny_dirs):
         calls.append(kwargs)
         return Loaded()
 
-    monkeypatch.setattr(AutoPipelineForText2Image, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(StableDiffusionPipeline, "from_pretrained", from_pretrained)
     loading.load_pipeline("tiny", None, None, CUDA, torch.bfloat16)
     loading.load_pipeline("tiny", None, None, CPU, torch.float32)
     assert [(c["device_map"], c["dtype"]) for c in calls] == [("cuda", torch.bfloat16), (None, torch.float32)]

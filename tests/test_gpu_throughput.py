@@ -96,6 +96,7 @@ def test_built_models_are_reused_by_a_second_call(tmp_path, caplog):
     assert f"reusing models in {tmp_path}" in caplog.text
 
 
+@pytest.mark.slow  # builds SDXL-sized models on the meta device
 def test_sdxl_sized_flop_are_counted_on_the_meta_device():
     flop = bench.count_flop_per_image(bench.SDXL_SIZED, 20, 1024, "a photo of object number 0")
     assert flop.unet_evaluations == 20  # Euler: one per step

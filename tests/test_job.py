@@ -50,13 +50,14 @@ def run_job(tmp_path, name, manifest, **config) -> tuple[int, object]:
 def job_dir(tmp_path_factory, ray_session):
     tmp_path = tmp_path_factory.mktemp("job")
     manifest = write_manifest(tmp_path / "prompts.parquet", MANIFEST)
-    # Two actors that each reserve half of the one declared (fake) GPU: they must run on CPU.
+    # Two CPU actors, set up as most of the session's jobs are, so that later jobs take them over
+    # (jobs.worker_reuse); actors reserving the declared (fake) GPU are tested below, and must run on CPU.
     code, output = run_job(
         tmp_path,
         "base",
         manifest,
         shard_size=3,
-        resources={"workers": 2, "gpus_per_worker": 0.5, "cpus_per_worker": 1, "batch_size": 2},
+        resources={"workers": 2, "gpus_per_worker": 0, "cpus_per_worker": 1, "batch_size": 2},
     )
     assert code == 0
     return tmp_path, manifest, output
@@ -209,6 +210,8 @@ def test_batch_size_one_is_pixel_identical_to_plain_diffusers_and_shards_do_not_
         resources={"workers": 1, "gpus_per_worker": 1, "cpus_per_worker": 1, "batch_size": 1},
     )
     assert code == 0
+    (worker,) = json.loads((output / "job.json").read_text())["workers"]
+    assert worker["device"] == "cpu"  # it reserved the one declared GPU, which torch cannot see
     table, base = read_output(output), read_output(base_output)
     assert table.column("id").to_pylist() == MANIFEST["id"]
     assert len(list((output / "data").glob("*.parquet"))) == 2
@@ -268,6 +271,7 @@ def test_a_rerun_of_a_finished_job_rewrites_nothing_and_a_changed_one_is_refused
     assert written() == before
 
 
+@pytest.mark.slow  # actors of its own that fail to load
 def test_workers_that_cannot_load_the_model_fail_the_job_clearly(job_dir, capsys, ray_session):
     tmp_path, manifest, _ = job_dir
     empty = tmp_path / "not-a-model"

@@ -29,6 +29,7 @@ def finished(tmp_path_factory, ray_session):
     return output
 
 
+@pytest.mark.slow  # a CLI process of its own: its own actor start-up
 def test_json_logs_put_one_json_object_on_every_line(tmp_path, session_address):
     manifest = write_manifest(tmp_path / "p.parquet", {"prompt": ["a", "b", "c", "d", "e"]})
     config = write_config(tmp_path / "job.yaml", manifest, tmp_path / "out", generation={"steps": 1})

@@ -56,6 +56,7 @@ def reconstructed(tmp_path_factory, ray_session):
     return code, read_output(tmp_path / "out"), pngs, tmp_path / "out"
 
 
+@pytest.mark.slow  # a job in the other mode: an actor of its own
 def test_reconstructions_and_their_errors_match_an_independent_computation(reconstructed):
     code, table, pngs, _ = reconstructed
     assert code == 1  # the truncated PNG fails its row only
@@ -79,6 +80,7 @@ def test_reconstructions_and_their_errors_match_an_independent_computation(recon
         assert row["clip_score"] is None  # no prompt, nothing to score against
 
 
+@pytest.mark.slow  # a job in the other mode: an actor of its own
 def test_the_report_summarises_the_round_trip(reconstructed, tmp_path, capsys):
     _, table, _, output = reconstructed
     assert main(["report", str(output), "-o", str(tmp_path / "report")]) == 0

@@ -319,6 +319,7 @@ def test_settings_show_the_dtype_the_workers_resolved_not_auto(tmp_path, scores)
     assert json.loads((unrecorded / "report" / "report.json").read_text())["settings"]["dtype"] == "auto"
 
 
+@pytest.mark.slow  # 100,000 rows
 def test_a_100000_row_report_streams_images_in_bounded_memory(tmp_path):
     rows, image = 100_000, png(0, size=80)
     run = make_run(tmp_path / "big", [25.0 + (i % 97) / 10 for i in range(rows)], shard_size=2_000, image=image)

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
+import signal
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from jobs.cli import main
 from jobs.config import load_config
+from jobs.dispatch import JobHooks
+from jobs.errors import RescoreError
 from jobs.jobfile import identity_key
 from jobs.manifest import read_manifest
 from jobs.planner import plan_shards
@@ -21,7 +27,7 @@ from tests.reference import decode_png
 from tests.test_scores import reference_aesthetic, reference_pickscore
 from workers import columns as C
 from workers import layout, tiny
-from workers.writer import read_footer
+from workers.writer import read_footer, write_shard
 
 PROMPTS = ["a red fox", "a blue bird", "a green tree", "a grey " * 20 + "THE END", "a yellow sun", "an orange cat"]
 NEW_SCORES = ["scores.pickscore.model=tiny-pickscore", "scores.aesthetic={model: tiny, head: tiny}"]
@@ -207,10 +213,63 @@ def test_the_rescoring_actor_refuses_a_shard_of_another_job(tmp_path, model_cach
     scores = ScoreModels(pickscore="tiny", aesthetic=None, aesthetic_head=None)
     settings = RescoreSettings(scores, (C.PICKSCORE,), 2, "processor", str(tmp_path), "old", "new", 1, None)
     worker = RescoreWorker(settings, 0)
-    assert worker.ready() == "cpu"
+    assert worker.ready().device == "cpu"
     with pytest.raises(ShardError) as caught:
         worker.rescore_shard(0)
     assert (
         str(caught.value)
         == f"{tmp_path / 'data' / 'shard-00000.parquet'}: not a complete shard of the run being rescored"
     )
+
+
+@pytest.fixture(scope="module")
+def cleanly_rescored(finished_run, tmp_path_factory) -> pa.Table:
+    """The table a rescore with NEW_SCORES writes when nothing goes wrong."""
+    _, run, _ = copy_of(finished_run, tmp_path_factory.mktemp("clean"))
+    summary = rescore_run(str(run), NEW_SCORES)
+    assert (summary.rescored, summary.retries, summary.replaced_workers) == (SHARDS, 0, 0)
+    return read_output(run)
+
+
+@pytest.mark.slow  # kills an actor, starts its replacement
+def test_an_actor_killed_mid_rescore_is_replaced_and_its_shard_retried(finished_run, cleanly_rescored, tmp_path):
+    config, run, before = copy_of(finished_run, tmp_path)
+    killed: list[int] = []
+
+    def kill_the_first_worker(info) -> None:  # before it is given its first shard: that shard is charged a retry
+        if not killed:
+            killed.append(info.pid)
+            os.kill(info.pid, signal.SIGKILL)
+
+    summary = rescore_run(str(run), NEW_SCORES, hooks=JobHooks(on_worker_ready=kill_the_first_worker))
+    assert killed and (summary.replaced_workers, summary.retries) == (1, 1)
+    assert (summary.rescored, summary.rows, summary.images_scored) == (SHARDS, 6, 6)
+    assert read_output(run).equals(cleanly_rescored)  # the same bits as a rescore without the kill
+    assert sorted(path.name for path in (run / "data").iterdir()) == [layout.shard_file_name(i) for i in range(SHARDS)]
+    check_rescored(config, run, before)
+
+
+@pytest.mark.slow
+def test_a_shard_failing_every_retry_fails_the_rescore_and_the_others_are_kept(finished_run, tmp_path, caplog):
+    _, run, _ = copy_of(finished_run, tmp_path)
+    # Shard 0 complete by its footer, but one stored image is not an image: rescoring it raises on each attempt.
+    path = str(run / "data" / layout.shard_file_name(0))
+    table = pq.read_table(path)
+    images = table.column(C.IMAGE).to_pylist()
+    images[1] = {**images[1], "bytes": b"not an image"}
+    position = table.column_names.index(C.IMAGE)
+    table = table.set_column(position, table.field(C.IMAGE), pa.array(images, type=table.field(C.IMAGE).type))
+    write_shard(table, str(run), read_footer(path))
+    broken = (run / "data" / layout.shard_file_name(0)).read_bytes()
+    record = (run / "job.json").read_text()
+    retries = json.loads(record)["config"]["resources"]["max_shard_retries"]
+    with caplog.at_level(logging.WARNING, logger="jobs.dispatch"), pytest.raises(RescoreError) as caught:
+        rescore_run(str(run), NEW_SCORES)
+    assert str(caught.value).startswith("shard 0 could not be rescored: UnidentifiedImageError: ")
+    assert str(caught.value).endswith("; the 1 shards rescored are kept: rerun to go on")
+    assert f"shard 0 failed {retries + 1} times, giving up" in caplog.text
+    assert caplog.text.count("shard 0 failed (attempt") == retries
+    # Shard 1 is rescored and kept; shard 0 and job.json are as they were, so a rerun goes on from shard 1.
+    assert (run / "data" / layout.shard_file_name(0)).read_bytes() == broken
+    assert read_footer(str(run / "data" / layout.shard_file_name(1))).job_key != read_footer(path).job_key
+    assert (run / "job.json").read_text() == record

@@ -14,6 +14,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 CHILD = textwrap.dedent(
     """
     import hashlib, sys, time
@@ -33,6 +35,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a Python process of its own, signalled three times
 def test_the_first_of_signals_arriving_together_decides(sigint_as_in_a_terminal):
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD],

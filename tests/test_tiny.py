@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from safetensors.torch import load_file
 
 from workers import tiny
@@ -51,6 +52,40 @@ def test_tiny_models_load_through_from_pretrained(tiny_dirs):
     assert pipeline.scheduler.config.use_karras_sigmas is True
     model, processor = load_clip("tiny", torch.device("cpu"))
     assert model.config.projection_dim == 32 and processor.tokenizer.model_max_length == 77
+
+
+@pytest.mark.slow  # imports diffusers afresh in a subprocess
+def test_stable_diffusion_folders_load_with_their_own_class_and_others_through_the_auto_pipeline(tiny_dirs, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    import diffusers
+
+    from workers.loading import text_to_image_class
+
+    pipeline_dir = tiny_dirs[0]
+    assert text_to_image_class(str(pipeline_dir), None) is diffusers.StableDiffusionPipeline
+    assert text_to_image_class(str(tiny.tiny_sdxl_dir()), None) is diffusers.StableDiffusionXLPipeline
+    saved_for_img2img = shutil.copytree(pipeline_dir, tmp_path / "img2img")
+    index = json.loads((saved_for_img2img / "model_index.json").read_text())
+    (saved_for_img2img / "model_index.json").write_text(
+        json.dumps(index | {"_class_name": "StableDiffusionImg2ImgPipeline"})
+    )
+    assert text_to_image_class(str(saved_for_img2img), None) is diffusers.StableDiffusionPipeline  # as the auto class
+    other = shutil.copytree(pipeline_dir, tmp_path / "other")
+    (other / "model_index.json").write_text(json.dumps(index | {"_class_name": "KandinskyV22Pipeline"}))
+    assert text_to_image_class(str(other), None) is diffusers.AutoPipelineForText2Image
+    assert text_to_image_class("genbatch-test/not-in-the-cache", None) is diffusers.AutoPipelineForText2Image
+    # What the saving is for: loading the tiny model imports none of the other pipeline families.
+    probe = (
+        "import sys, torch; from workers.loading import load_pipeline;"
+        "load_pipeline('tiny', None, None, torch.device('cpu'), torch.float32);"
+        "print(sorted(m for m in sys.modules if m.startswith(('diffusers.pipelines.auto_pipeline', "
+        "'diffusers.pipelines.controlnet', 'diffusers.pipelines.kandinsky'))))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
 
 
 def test_local_folders_load_and_pickle_only_folders_are_refused(tiny_dirs, tmp_path):

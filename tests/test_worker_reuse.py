@@ -43,9 +43,50 @@ def test_a_job_with_the_same_settings_takes_over_the_actor_and_writes_the_same_b
         reseeded = read_output(tmp_path / "seed-1")
         assert reseeded.column("seed").to_pylist() == [derive_seed(1, i) for i in reseeded.column("id").to_pylist()]
         assert reseeded.column("image").to_pylist() != read_output(tmp_path / "a").column("image").to_pylist()
-        other = run(tmp_path, manifest, "c", generation={"steps": 3})  # other pixels: another actor
+        other = run(tmp_path, manifest, "c", clip={"model": None})  # set up otherwise: another actor
         assert other != first and not cluster._process_alive(first[0])  # the parked one was stopped first
     assert not cluster._process_alive(other[0])  # leaving the block stops what is parked
+
+
+def test_a_job_with_other_generation_settings_and_scheduler_takes_over_the_actor_as_a_sweep_run_would(
+    tmp_path, manifest, ray_session
+):
+    changed = {
+        "generation": {"steps": 3, "guidance_scale": 3.0},
+        "model": {"scheduler": "euler"},
+        "resources": {"batch_size": 3},
+    }
+    worker_reuse.stop_parked()
+    with worker_reuse.keep_workers():
+        first = run(tmp_path, manifest, "a")
+        assert run(tmp_path, manifest, "rebound", **changed) == first  # told its new settings, nothing loaded
+        worker_reuse.stop_parked()
+        fresh = run(tmp_path, manifest, "fresh", **changed)
+        assert fresh != first
+    rebound, expected = read_output(tmp_path / "rebound"), read_output(tmp_path / "fresh")
+    for column in ("id", "image", "steps", "guidance_scale", "scheduler", "clip_score"):
+        assert rebound.column(column).to_pylist() == expected.column(column).to_pylist(), column
+    assert rebound.column("image").to_pylist() != read_output(tmp_path / "a").column("image").to_pylist()
+    (worker,) = json.loads((tmp_path / "rebound" / "job.json").read_text())["workers"]
+    assert worker["scheduler"] == "euler"
+
+
+def test_on_gpus_and_when_compiling_batch_and_image_sizes_are_part_of_what_an_actor_was_made_for():
+    from tests.conftest import worker_settings_for
+
+    def key(actor_resources, **sections):
+        return worker_reuse.key_of(None, actor_resources, worker_settings_for("out", **sections))
+
+    on_cpu, on_gpu = cluster.ActorResources(num_cpus=1, num_gpus=0), cluster.ActorResources(num_cpus=1, num_gpus=1)
+    large = {"generation": {"width": 64, "height": 64}}
+    batch_3 = {"resources": {"batch_size": 3}}
+    per_run = {"generation": {"steps": 7, "guidance_scale": 2.0}, "model": {"scheduler": "ddim"}, "seed": 5}
+    assert key(on_cpu) == key(on_cpu, **large) == key(on_cpu, **batch_3) == key(on_cpu, **per_run)
+    assert key(on_gpu) != key(on_gpu, **large) and key(on_gpu) != key(on_gpu, **batch_3)
+    assert key(on_gpu) == key(on_gpu, **per_run)
+    compiled = {"compile": True}
+    assert key(on_cpu, performance=compiled) != key(on_cpu, performance=compiled, **batch_3)
+    assert key(on_cpu) != key(on_cpu, clip={"model": None}) and key(on_cpu) != key(on_gpu)
 
 
 def test_outside_keep_workers_every_job_starts_its_own_actors(tmp_path, manifest, ray_session, monkeypatch):

@@ -5,6 +5,7 @@ Every load goes through `from_pretrained` with safetensors only; remote code is 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -178,17 +179,51 @@ def weights_device_map(device) -> str | None:
     return "cuda" if device.type == "cuda" else None
 
 
+# The text-to-image pipeline of each Stable Diffusion family, by the class a model's model_index.json names
+# (as diffusers' AutoPipelineForText2Image maps them).
+_TEXT_TO_IMAGE = {
+    f"StableDiffusion{family}{task}Pipeline": f"StableDiffusion{family}Pipeline"
+    for family in ("", "XL")
+    for task in ("", "Img2Img", "Inpaint")
+}
+
+
+def text_to_image_class(source: str, revision: str | None):
+    """The pipeline class to load `source` with. For the Stable Diffusion families, the one class itself:
+    AutoPipelineForText2Image finds the same class but imports every pipeline family diffusers has first,
+    about a second of each actor's start-up. Any other model goes through AutoPipelineForText2Image."""
+    import diffusers
+
+    index = _cached_file(source, revision, "model_index.json")
+    name = None
+    if index is not None:
+        with open(index, encoding="utf-8") as file:
+            name = _TEXT_TO_IMAGE.get(json.load(file).get("_class_name"))
+    return getattr(diffusers, name) if name else diffusers.AutoPipelineForText2Image
+
+
+def _cached_file(source: str, revision: str | None, name: str) -> str | None:
+    """`name` of a local model folder, or of a hub model already in the cache; None when neither has it."""
+    if os.path.isdir(source):
+        path = os.path.join(source, name)
+        return path if os.path.isfile(path) else None
+    if not is_hub_id(source):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(source, name, revision=revision)
+    return found if isinstance(found, str) else None
+
+
 def load_pipeline(ref: str, revision: str | None, scheduler: str | None, device, dtype, variant: str | None = None):
     """The text-to-image pipeline named by `ref`, on `device` in `dtype`, with the scheduler swapped if asked."""
-    from diffusers import AutoPipelineForText2Image
-
     from workers.schedulers import build_scheduler
 
     source = pipeline_source(ref)
     logger.info("loading pipeline %s (%s)", ref, source)
     check_hub_model(ref, revision, "model_index.json")
     try:
-        pipeline = AutoPipelineForText2Image.from_pretrained(
+        pipeline = text_to_image_class(source, revision).from_pretrained(
             source,
             revision=revision,
             variant=variant,

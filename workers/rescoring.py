@@ -2,7 +2,11 @@
 
 A rescored shard is the file a run with the new `scores` section would have written: the same rows, the
 image bytes untouched, the score columns (columns.SCORES) last in their order, its footer carrying the new
-job key. It is published whole, as every shard is (workers.writer).
+job key. It is published whole, as every shard is (workers.writer), after the fence check, so a retried
+or orphaned attempt cannot overwrite a later run's file.
+
+The actor meets the driver's dispatcher (jobs.dispatch) as a generation actor does: `ready()` gives a
+WorkerInfo, and `run_shard(task)` streams the shard's outcome, here one RescoreResult.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import io
 import json
 import logging
 import os
+import socket
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -24,8 +30,8 @@ from workers import layout, storage
 from workers.errors import ShardError, WorkerLoadError, describe
 from workers.fence import check_fence
 from workers.scorers import Scorer, build_scorers, score_columns
-from workers.tasks import RescoreResult, RescoreSettings, ScoreModels
-from workers.writer import read_footer, write_shard
+from workers.tasks import RescoreResult, RescoreSettings, RescoreTask, ScoreModels, WorkerInfo
+from workers.writer import ShardFooter, read_footer, write_shard
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +42,7 @@ class RescoreWorker:
     def __init__(self, settings: RescoreSettings, index: int):
         self.settings = settings
         self.index = index
+        self.name = f"rescore-worker-{index}@{socket.gethostname()}"
         self.load_error: str | None = None
         try:
             self._load()
@@ -45,6 +52,7 @@ class RescoreWorker:
             logger.debug("traceback", exc_info=True)
 
     def _load(self) -> None:
+        started = time.perf_counter()
         import torch
 
         from workers.loading import pick_device, quiet_hub
@@ -58,12 +66,25 @@ class RescoreWorker:
             settings.clip_preprocess == "auto" and self.device.type == "cuda"
         )
         self.scorers = build_scorers(only(settings.scores, settings.recompute), self.device, on_device=on_device)
+        self.info = WorkerInfo(
+            name=self.name,
+            device=str(self.device),
+            dtype="",  # scorers run in their checkpoints' own dtypes
+            scheduler="",
+            load_seconds=time.perf_counter() - started,
+            pid=os.getpid(),  # the driver waits for this process to be gone before it lets go of the output lock
+            node_id=_node_id(),
+        )
 
-    def ready(self) -> str:
-        """The actor's device once its scorers are loaded; raises if they could not be."""
+    def ready(self) -> WorkerInfo:
+        """The worker's description once its scorers are loaded; raises if they could not be."""
         if self.load_error is not None:
             raise WorkerLoadError(self.load_error)
-        return str(self.device)
+        return self.info
+
+    def run_shard(self, task: RescoreTask) -> Iterator[RescoreResult]:
+        """The dispatcher's call: a generator, as GenerationWorker.run_shard is, so Ray streams its one result."""
+        yield self.rescore_shard(task.index)
 
     def rescore_shard(self, index: int) -> RescoreResult:
         started = time.perf_counter()
@@ -71,7 +92,7 @@ class RescoreWorker:
         path = layout.shard_path(settings.output_dir, index)
         footer = read_footer(path)
         if footer is not None and footer.job_key == settings.new_key:
-            return RescoreResult(shard=index, rows=footer.rows, scored=0, seconds=0.0, skipped=True)
+            return self._result(index, footer, path, started, skipped=True)
         if footer is None or footer.job_key != settings.old_key:
             raise ShardError(f"{path}: not a complete shard of the run being rescored")
         with storage.open_input(path) as handle:
@@ -81,7 +102,21 @@ class RescoreWorker:
         fence = functools.partial(check_fence, settings.output_dir, settings.run_token)
         write_shard(rescored, settings.output_dir, replace(footer, job_key=settings.new_key), before_publish=fence)
         rekey_stats(settings.output_dir, index, settings.new_key, fence)
-        return RescoreResult(shard=index, rows=table.num_rows, scored=scored, seconds=time.perf_counter() - started)
+        return self._result(index, footer, path, started, scored=scored)
+
+    def _result(
+        self, index: int, footer: ShardFooter, path: str, started: float, scored: int = 0, skipped: bool = False
+    ) -> RescoreResult:
+        seconds = time.perf_counter() - started
+        return RescoreResult(
+            index, footer.rows, footer.ok, footer.failed, path, self.name, seconds, scored=scored, skipped=skipped
+        )
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def only(models: ScoreModels, wanted: tuple[str, ...]) -> ScoreModels:

@@ -6,7 +6,7 @@ Only plain dataclasses and the actor's Protocol live here, so the driver can imp
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 # The settings below carry no defaults: the config (jobs.config) holds each default once, and
@@ -100,17 +100,6 @@ class RescoreSettings:
 
 
 @dataclass(frozen=True)
-class RescoreResult:
-    """What rescoring one shard did."""
-
-    shard: int
-    rows: int
-    scored: int  # images scored (rows with an image)
-    seconds: float
-    skipped: bool = False  # the shard already had the new key (an earlier, interrupted rescore did it)
-
-
-@dataclass(frozen=True)
 class RunBinding:
     """The run a shard belongs to, when one actor serves several runs of a sweep (jobs.sweep): where and
     for which job it writes, and the settings that change per run without loading anything again.
@@ -122,6 +111,11 @@ class RunBinding:
     job_seed: int
     scheduler: str | None  # schedulers are built from the model's own scheduler config: cheap
     defaults: GenerationDefaults
+
+    @classmethod
+    def of(cls, settings: WorkerSettings) -> RunBinding:
+        """The binding of the run whose actors have `settings`."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -153,6 +147,25 @@ class ShardTask:
     def images_to_generate(self) -> int:
         """What running this task generates: every image, or only the failed ones of a retry."""
         return self.failed_before if self.retry_failed else self.images
+
+
+@dataclass(frozen=True)
+class RescoreTask:
+    """One complete shard of a run to rescore (workers.rescoring). The dispatcher (jobs.dispatch) queues and
+    retries it as it does a ShardTask, so it has the few fields the dispatcher reads of one."""
+
+    index: int
+    images: int  # the shard file's rows: one per image
+
+    @property
+    def run(self) -> None:
+        """A rescore serves one run: the actor's settings say where it writes (ShardTask.run in a sweep)."""
+        return None
+
+    @property
+    def images_to_generate(self) -> int:
+        """What the dispatcher counts for a shard that gives up: nothing is generated, every image is scored."""
+        return self.images
 
 
 @dataclass(frozen=True)
@@ -211,6 +224,15 @@ class ShardResult:
     output_dir: str = ""  # the run's output folder: which run of a sweep the shard belongs to
 
 
+@dataclass(frozen=True)
+class RescoreResult(ShardResult):
+    """Yielded by a rescoring actor once its shard file is rewritten: a ShardResult (`images`, `ok` and `failed`
+    are the file's, unchanged by rescoring), so the dispatcher takes it as a shard's outcome."""
+
+    scored: int = 0  # images scored (rows with an image)
+    skipped: bool = False  # the shard already had the new key (an earlier, interrupted rescore did it)
+
+
 class ShardWorker(Protocol):
     """What the driver calls on an actor. An implementation is built as `Worker(settings: WorkerSettings,
     index: int)` (jobs.cluster.start_worker); workers.worker.GenerationWorker is the real one."""
@@ -221,5 +243,5 @@ class ShardWorker(Protocol):
     def run_shard(self, task: ShardTask) -> Iterator[BatchProgress | ShardResult]:
         """Process one shard: a BatchProgress after each micro-batch, then the ShardResult once its file is written."""
 
-    def rebind(self, output_dir: str, job_key: str, run_token: str | None, job_seed: int) -> WorkerInfo:
-        """Serve another job whose settings differ only in these (jobs.worker_reuse); loads nothing."""
+    def rebind(self, run: RunBinding, batch_size: int) -> WorkerInfo:
+        """Serve another job whose settings differ only in those of `run` (jobs.worker_reuse); loads nothing."""

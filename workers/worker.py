@@ -23,7 +23,15 @@ from workers.provenance import device_description, pixel_versions
 from workers.rows import expand_images, read_slice, resolve_rows, row_ids
 from workers.scorers import score_columns
 from workers.shard_stats import ShardStats, write_shard_stats
-from workers.tasks import BatchProgress, ShardResult, ShardTask, StartupTimings, WorkerInfo, WorkerSettings
+from workers.tasks import (
+    BatchProgress,
+    RunBinding,
+    ShardResult,
+    ShardTask,
+    StartupTimings,
+    WorkerInfo,
+    WorkerSettings,
+)
 from workers.writer import ShardFooter, write_shard
 
 logger = logging.getLogger(__name__)
@@ -147,11 +155,14 @@ class GenerationWorker:
             raise WorkerLoadError(self.load_error)
         return self.info
 
-    def rebind(self, output_dir: str, job_key: str, run_token: str | None, job_seed: int) -> WorkerInfo:
-        """Serve a new job with the same models and settings (jobs.worker_reuse): only where it writes changes."""
-        self.settings = replace(
-            self.settings, output_dir=output_dir, job_key=job_key, run_token=run_token, job_seed=job_seed
-        )
+    def rebind(self, run: RunBinding, batch_size: int) -> WorkerInfo:
+        """Serve a new job with the same models (jobs.worker_reuse): where and for which job it writes, its
+        seed, scheduler and generation defaults change, as they do between the runs of a sweep, and so may
+        the batch size of an actor that nothing was shaped for (jobs.worker_reuse.key_of)."""
+        changes = {f.name: getattr(run, f.name) for f in fields(run)}
+        self.settings = replace(self.settings, batch_size=batch_size, **changes)
+        self._use_scheduler(self.settings.scheduler)
+        self.info = replace(self.info, scheduler=self._scheduler_label(self.settings.scheduler))
         return self.ready()
 
     def _use_scheduler(self, name: str | None) -> None:
