@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a scores.* setting, e.g. --set scores.pickscore.model=yuvalkirstain/PickScore_v1 (repeatable)",
     )
     rescore.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local instance)")
+    rescore.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json: every log record and the final summary as one JSON object per line, as for run",
+    )
 
     compare = add_command(
         "compare", help="paired comparison of two runs over their shared ids (B - A), and a leaderboard of N runs"
@@ -439,7 +445,12 @@ def compare_command(args: argparse.Namespace) -> int:
 def rescore_command(args: argparse.Namespace) -> int:
     from jobs.rescore import rescore_run
 
-    summary = rescore_run(args.run, args.overrides, address=args.address)
+    summary = rescore_run(
+        args.run, args.overrides, address=args.address, forward_actor_logs=args.log_format == "text"
+    )
+    if args.log_format == "json":
+        print(json.dumps({"event": "summary", **summary.as_dict()}))
+        return 0
     if summary.rescored == 0:
         print(f"genbatch: nothing to do: all {summary.shards} shards already carry these scores")
     else:
@@ -448,6 +459,8 @@ def rescore_command(args: argparse.Namespace) -> int:
             f"genbatch: rescored {summary.rescored} of {summary.shards} shards ({summary.rows} rows, "
             f"{summary.images_scored} images scored; columns: {changed}) in {summary.seconds:.1f}s"
         )
+    if summary.retries or summary.replaced_workers:
+        print(f"genbatch: recovered: {summary.retries} shard retries, {summary.replaced_workers} workers replaced")
     print(f"genbatch: output: {summary.output}")
     return 0
 

@@ -15,7 +15,7 @@ import copy
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -50,6 +50,10 @@ class RescoreSummary:
     seconds: float
     retries: int = 0  # shard attempts that failed and were run again (jobs.dispatch)
     replaced_workers: int = 0  # actors that died and were replaced
+
+    def as_dict(self) -> dict:
+        """The summary as `genbatch rescore --log-format json` prints it."""
+        return {**asdict(self), "seconds": round(self.seconds, 3)}
 
 
 def rescore_run(

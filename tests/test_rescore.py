@@ -104,6 +104,37 @@ def test_rescore_adds_score_columns_and_a_rerun_with_them_has_nothing_to_do(fini
     assert (summary.shards_run, summary.ok) == (0, 6)
     assert main(args) == 0
     assert capsys.readouterr().out.splitlines()[0] == "genbatch: nothing to do: all 2 shards already carry these scores"
+    assert main([*args, "--log-format", "json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    summary = json.loads(line)
+    assert (summary["event"], summary["shards"], summary["rescored"], summary["output"]) == ("summary", 2, 0, str(run))
+
+
+def test_the_rescore_command_says_what_it_recovered_from(monkeypatch, capsys):
+    from jobs import rescore
+
+    done = rescore.RescoreSummary("out", 3, 3, 9, 9, ("pickscore",), (), 2.0, retries=2, replaced_workers=1)
+    monkeypatch.setattr(rescore, "rescore_run", lambda *args, **kwargs: done)
+    assert main(["rescore", "out", "--set", "scores.pickscore.model=tiny-pickscore"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "genbatch: rescored 3 of 3 shards (9 rows, 9 images scored; columns: pickscore) in 2.0s",
+        "genbatch: recovered: 2 shard retries, 1 workers replaced",
+        "genbatch: output: out",
+    ]
+    assert main(["rescore", "out", "--set", "scores.pickscore.model=tiny-pickscore", "--log-format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "event": "summary",
+        "output": "out",
+        "shards": 3,
+        "rescored": 3,
+        "rows": 9,
+        "images_scored": 9,
+        "columns": ["pickscore"],
+        "dropped": [],
+        "seconds": 2.0,
+        "retries": 2,
+        "replaced_workers": 1,
+    }
 
 
 @pytest.mark.slow
