@@ -19,7 +19,7 @@ from workers.fence import lock_record
 from workers.images import encode_and_hash
 from workers.provenance import pixel_versions
 from workers.rows import RowSpec
-from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerSettings
+from workers.tasks import BatchProgress, RunBinding, ShardResult, ShardTask, WorkerSettings
 from workers.worker import GenerationWorker
 from workers.writer import ShardFooter, read_footer, write_shard
 
@@ -142,3 +142,30 @@ def test_footers_reject_partial_and_foreign_files(tmp_path):
     assert read_footer(tmp_path / "truncated.parquet") is None
     pq.write_table(pa.table({"x": [1]}), tmp_path / "foreign.parquet")
     assert read_footer(tmp_path / "foreign.parquet") is None
+
+
+def test_a_reused_actor_and_a_sweep_run_apply_their_own_init_image_policy(tmp_path, tiny_dirs):
+    from PIL import Image
+
+    wrong_size = tmp_path / "wide.png"
+    Image.new("RGB", (48, 32), (200, 30, 30)).save(wrong_size)
+    manifest = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"prompt": ["a red wall"], "init_image": [str(wrong_size)]}), manifest)
+    task = ShardTask(0, str(manifest), 0, 1, 0, has_id_column=False)
+
+    def img2img(folder, key: str, **generation) -> WorkerSettings:  # 3 steps: img2img at strength 0.8 runs 2
+        return worker_settings_for(folder, key=key, generation={"steps": 3, **generation})
+
+    worker = GenerationWorker(img2img(tmp_path / "resize", "k"), 0)  # the config's default: resize
+
+    def status_of(result: ShardResult) -> list:
+        return pq.read_table(result.file).column("error").to_pylist()
+
+    assert status_of(list(worker.run_shard(task))[-1]) == [None]
+    strict = img2img(tmp_path / "error", "k2", init_image_policy="error")
+    refused = ["init_image is 48x32 px, the row asks for 32x32 (generation.init_image_policy: error)"]
+    worker.rebind(RunBinding.of(strict), 4)  # a later job of the driver (jobs.worker_reuse)
+    assert status_of(list(worker.run_shard(task))[-1]) == refused
+    worker.rebind(RunBinding.of(img2img(tmp_path / "resize-again", "k")), 4)
+    sweep_run = replace(task, run=RunBinding.of(replace(strict, output_dir=str(tmp_path / "sweep"))))
+    assert status_of(list(worker.run_shard(sweep_run))[-1]) == refused

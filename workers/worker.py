@@ -189,6 +189,8 @@ class GenerationWorker:
         started = time.perf_counter()
         settings = self._settings_for(task)
         self._use_scheduler(settings.scheduler)
+        # The run's own, as its scheduler: a sweep's run or a reused actor's new job may set another.
+        self.batch_runner.init_image_policy = settings.defaults.init_image_policy
         labels = replace(self.labels, scheduler=self._scheduler_label(settings.scheduler))
         # A. Read the shard's rows and resolve their settings; with --retry-failed, only failed rows run.
         table = read_slice(task.file, task.start, task.stop)
