@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 class RescoreSummary:
     output: str
     shards: int  # the run's
-    rescored: int  # shards this rescore rewrote (the others already had the new scores)
+    rescored: int  # shards this rescore rewrote (the others already had the new scores when it began)
     rows: int  # rows of the rewritten shards
     images_scored: int
     columns: tuple[str, ...]  # score columns computed afresh
@@ -109,7 +109,7 @@ def rescore_run(
     return RescoreSummary(
         output=output,
         shards=record["shards"],
-        rescored=sum(not result.skipped for result in results),
+        rescored=len(results),  # every result is a shard that had the old key when this rescore began
         rows=rows,
         images_scored=sum(result.scored for result in results),
         columns=recompute,

@@ -154,8 +154,13 @@ def test_an_interrupted_rescore_goes_on_from_the_shards_it_rescored(finished_run
     settings = RescoreSettings(
         score_models(new_config), (C.PICKSCORE, C.AESTHETIC), 2, "processor", str(run), old_key, new_key, 1, None
     )
-    RescoreWorker(settings, 0).rescore_shard(1)
+    worker = RescoreWorker(settings, 0)
+    first = worker.rescore_shard(1)
     shard_1 = (run / "data" / layout.shard_file_name(1)).read_bytes()
+    # An attempt after one whose answer was lost (its actor died after the write) rewrites nothing.
+    again = worker.rescore_shard(1)
+    assert (first.skipped, again.skipped, again.scored, again.ok) == (False, True, first.scored, first.ok)
+    assert (run / "data" / layout.shard_file_name(1)).read_bytes() == shard_1
     summary = rescore_run(str(run), NEW_SCORES)
     assert (summary.rescored, summary.rows) == (1, 4)  # shard 0 (4 rows); shard 1 was skipped
     assert (run / "data" / layout.shard_file_name(1)).read_bytes() == shard_1

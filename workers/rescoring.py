@@ -92,7 +92,9 @@ class RescoreWorker:
         path = layout.shard_path(settings.output_dir, index)
         footer = read_footer(path)
         if footer is not None and footer.job_key == settings.new_key:
-            return self._result(index, footer, path, started, skipped=True)
+            # Rescored already: by an earlier rescore, or by an attempt of this one whose answer was lost
+            # (its actor died after the write). Its images were scored: every ok row has one.
+            return self._result(index, footer, path, started, scored=footer.ok, skipped=True)
         if footer is None or footer.job_key != settings.old_key:
             raise ShardError(f"{path}: not a complete shard of the run being rescored")
         with storage.open_input(path) as handle:
