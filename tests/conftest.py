@@ -28,9 +28,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: each probe stays bound until all are chosen, so the kernel cannot hand
+    out one port twice (closed one at a time, two probes may get the same port)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 # The S3-compatible server that object-store tests start (see `s3_server`); every process of the session,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _free_port, read_output, write_config, write_manifest
+from tests.conftest import free_ports, read_output, write_config, write_manifest
 
 pytestmark = pytest.mark.slow  # starts a Ray head with `ray start` and submits a job
 
@@ -24,17 +24,18 @@ BIN = Path(sys.executable).parent  # `ray` and `genbatch` live next to this inte
 @pytest.fixture
 def ray_head():
     """A separate single-node cluster with its dashboard (the Jobs API) on 127.0.0.1; yields its address."""
-    ports = {
-        "--port": _free_port(),
-        "--dashboard-port": _free_port(),
-        "--dashboard-agent-listen-port": _free_port(),
-        "--dashboard-agent-grpc-port": _free_port(),
-        "--runtime-env-agent-port": _free_port(),
-        "--metrics-export-port": _free_port(),
-        "--ray-client-server-port": _free_port(),
-        "--node-manager-port": _free_port(),
-        "--object-manager-port": _free_port(),
-    }
+    names = [
+        "--port",
+        "--dashboard-port",
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port",
+        "--metrics-export-port",
+        "--ray-client-server-port",
+        "--node-manager-port",
+        "--object-manager-port",
+    ]
+    ports = dict(zip(names, free_ports(len(names))))  # distinct: Ray refuses a port given to two components
     temp_dir = tempfile.mkdtemp(prefix="rayjobs-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     # Token authentication, as README recommends: the head and every client share a secret.
