@@ -45,12 +45,7 @@ class ModelConfig(_Section):
     @field_validator("id")
     @classmethod
     def _existing_folder(cls, ref: str) -> str:
-        missing = missing_model_folder(ref)
-        if missing:
-            raise ValueError(f"model folder {missing} does not exist")
-        if unknown_model_ref(ref):
-            raise ValueError(f"no folder {ref!r} and not a Hugging Face id (org/name)")
-        return ref
+        return _loadable_model(ref, "model")
 
 
 class GenerationConfig(_Section):
@@ -85,15 +80,11 @@ class ClipConfig(_Section):
     @field_validator("model")
     @classmethod
     def _existing_folder(cls, ref: str | None) -> str | None:
-        missing = missing_model_folder(ref)
-        if missing:
-            raise ValueError(f"CLIP folder {missing} does not exist")
-        if unknown_model_ref(ref):
-            raise ValueError(f"no folder {ref!r} and not a Hugging Face id (org/name)")
-        return ref
+        return None if ref is None else _loadable_model(ref, "CLIP")
 
 
 def _loadable_model(ref: str, kind: str) -> str:
+    """`ref` if a folder or hub id could load it; a one-line error naming the `kind` of model if not."""
     missing = missing_model_folder(ref)
     if missing:
         raise ValueError(f"{kind} folder {missing} does not exist")

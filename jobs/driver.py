@@ -120,7 +120,7 @@ def run_job(
             # not say so yet (a run killed after its last shard).
             summary = summarize(manifest, shards, plan, DispatchOutcome(), {}, output, started)
             if previous is None or previous.get("status") != "finished":
-                _record_end(output, record, "finished", summary, DispatchOutcome(), plan.versions)
+                record_end(output, record, "finished", summary, DispatchOutcome(), plan.versions)
             return summary
         # 3. Record what the job is, then start Ray and the actors (they load their models in parallel).
         guard = VersionGuard(output, plan.versions, allow_version_change)
@@ -169,15 +169,15 @@ def run_job(
             logger.warning("%s: stopping the workers; only complete shards are kept", signals.signal_name_of(stop))
         except BaseException:
             signals.stopping()
-            _stop(dispatcher, output, follow)
+            stop_run(dispatcher, output, follow)
             if recorded:
-                _record_failure(output, record, dispatcher.outcome if dispatcher else DispatchOutcome(), guard.seen)
+                record_failure(output, record, dispatcher.outcome if dispatcher else DispatchOutcome(), guard.seen)
             raise
         signals.stopping()
-        _stop(dispatcher, output, follow, finished=interrupt is None)
+        stop_run(dispatcher, output, follow, finished=interrupt is None)
         outcome = dispatcher.outcome if dispatcher is not None else DispatchOutcome()
         if interrupt is None and not outcome.workers and outcome.start_errors:
-            _record_failure(output, record, outcome, guard.seen)
+            record_failure(output, record, outcome, guard.seen)
             raise WorkerStartError(f"no worker could load the models: {outcome.start_errors[0]}")
         # 5. Record and return the outcome: for an interrupted run, what is on disk now.
         late = {}
@@ -185,11 +185,11 @@ def run_job(
             accounted = {r.shard for r in outcome.results} | {f.shard.index for f in outcome.failures}
             late = count_on_disk(output, [s for s in plan.todo if s.index not in accounted], key)
         summary = summarize(manifest, shards, plan, outcome, late, output, started, interrupt)
-        _record_end(output, record, "interrupted" if interrupt else "finished", summary, outcome, guard.seen)
+        record_end(output, record, "interrupted" if interrupt else "finished", summary, outcome, guard.seen)
         return summary
 
 
-def _stop(dispatcher: Dispatcher | None, output: str, follow: Progress, finished: bool = False) -> None:
+def stop_run(dispatcher: Dispatcher | None, output: str, follow: Progress, finished: bool = False) -> None:
     """Stop following, stop the actors (and wait until they are gone), then tidy temporary files.
 
     A job that `finished` inside `worker_reuse.keep_workers()` parks its loaded actors instead."""
@@ -210,10 +210,10 @@ def _stop(dispatcher: Dispatcher | None, output: str, follow: Progress, finished
     remove_temp_files(output)
 
 
-def _record_failure(output: str, record: dict, outcome: DispatchOutcome, versions: list[dict | None]) -> None:
+def record_failure(output: str, record: dict, outcome: DispatchOutcome, versions: list[dict | None]) -> None:
     """Mark the run failed; on the way out of an error, so a failure here is logged, not raised over it."""
     try:
-        _record_end(output, record, "failed", None, outcome, versions)
+        record_end(output, record, "failed", None, outcome, versions)
     except (OSError, GenbatchError) as error:
         logger.warning("could not record the failure in %s: %s", output, one_line(error))
 
@@ -318,7 +318,7 @@ def summarize(
     )
 
 
-def _record_end(
+def record_end(
     output: str,
     record: dict,
     status: str,

@@ -39,6 +39,18 @@ def write_job_file(output_dir: str, record: dict) -> None:
         raise OutputError(f"{location}: cannot write ({error.strerror or one_line(error)})") from None
 
 
+def read_run_record(path: str) -> dict:
+    """The job record of the finished or partial run at `path`, for commands that read runs (report,
+    export): one line when the location cannot be reached or holds no run."""
+    try:
+        record = read_job_file(path)
+    except OSError as error:  # the location itself cannot be reached (no bucket, no network)
+        raise OutputError(f"{path}: cannot reach the run ({one_line(error)})") from None
+    if record is None:
+        raise OutputError(f"{path}: not a genbatch run folder (no {layout.JOB_FILE})")
+    return record
+
+
 def read_job_file(output_dir: str) -> dict | None:
     """The folder's job record; None if there is none. One that is not a genbatch record is an error."""
     path = layout.job_file(output_dir)

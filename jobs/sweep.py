@@ -25,12 +25,12 @@ from jobs.config import JobConfig
 from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks, describe_pool
 from jobs.driver import (
     JobSummary,
-    _record_end,
-    _record_failure,
-    _stop,
     job_record,
     job_warnings,
     prepare_output,
+    record_end,
+    record_failure,
+    stop_run,
     summarize,
 )
 from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, OutputError, WorkerStartError
@@ -246,7 +246,7 @@ def _nothing_to_do(run: _Run, started: float) -> JobSummary:
     assert run.plan is not None
     summary = summarize(run.manifest, run.shards, run.plan, DispatchOutcome(), {}, run.output, started)
     if run.previous_status != "finished":
-        _record_end(run.output, run.record, "finished", summary, DispatchOutcome(), run.plan.versions)
+        record_end(run.output, run.record, "finished", summary, DispatchOutcome(), run.plan.versions)
     return summary
 
 
@@ -331,7 +331,7 @@ def _run_group(
             mine = _outcome_of(run, dispatcher.outcome)  # type: ignore[union-attr]
             if not mine.failures and len({r.shard for r in mine.results}) == len(run.plan.todo):  # type: ignore[union-attr]
                 summary = _run_summary(run, mine, {}, spans, started, None)
-                _record_end(run.output, run.record, "finished", summary, mine, run.guard.seen)  # type: ignore[union-attr]
+                record_end(run.output, run.record, "finished", summary, mine, run.guard.seen)  # type: ignore[union-attr]
                 finished.add(run.output)
             if hooks.on_shard_done is not None:
                 hooks.on_shard_done(result)
@@ -357,21 +357,21 @@ def _run_group(
         logger.warning("%s: stopping the workers; only complete shards are kept", signals.signal_name_of(stop))
     except BaseException:
         signals.stopping()
-        _stop(dispatcher, group[0].output, follow)
+        stop_run(dispatcher, group[0].output, follow)
         outcome = dispatcher.outcome if dispatcher else DispatchOutcome()
         for run in recorded:
             remove_temp_files(run.output)
-            _record_failure(run.output, run.record, _outcome_of(run, outcome), run.guard.seen)  # type: ignore[union-attr]
+            record_failure(run.output, run.record, _outcome_of(run, outcome), run.guard.seen)  # type: ignore[union-attr]
         raise
     if last:
         signals.stopping()
-    _stop(dispatcher, group[0].output, follow, finished=interrupt is None)
+    stop_run(dispatcher, group[0].output, follow, finished=interrupt is None)
     outcome = dispatcher.outcome if dispatcher is not None else DispatchOutcome()
     for run in group:
         remove_temp_files(run.output)
     if interrupt is None and not outcome.workers and outcome.start_errors:
         for run in group:
-            _record_failure(run.output, run.record, outcome, run.guard.seen)  # type: ignore[union-attr]
+            record_failure(run.output, run.record, outcome, run.guard.seen)  # type: ignore[union-attr]
         raise WorkerStartError(f"no worker could load the models: {outcome.start_errors[0]}")
     summaries = {}
     for run in group:
@@ -383,7 +383,7 @@ def _run_group(
             accounted = {r.shard for r in mine.results} | {f.shard.index for f in mine.failures}
             late = count_on_disk(run.output, [s for s in run.plan.todo if s.index not in accounted], run.key)
         summary = _run_summary(run, mine, late, spans, started, stopped)
-        _record_end(run.output, run.record, "interrupted" if stopped else "finished", summary, mine, run.guard.seen)
+        record_end(run.output, run.record, "interrupted" if stopped else "finished", summary, mine, run.guard.seen)
         summaries[run.sweep.folder] = summary
     workers = [
         {"name": info.name, "pid": info.pid, "node_ip": info.node_ip, "load_seconds": round(info.load_seconds, 3)}

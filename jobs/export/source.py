@@ -20,10 +20,10 @@ import pyarrow.parquet as pq
 
 from jobs.errors import OutputError, one_line
 from jobs.export.digests import DigestSet
-from jobs.jobfile import identity_key, read_job_file
+from jobs.jobfile import identity_key, read_run_record
 from jobs.report.runs import job_shard_files
 from workers import columns as C
-from workers import layout, storage
+from workers import storage
 from workers.writer import FOOTER_KEY
 
 logger = logging.getLogger(__name__)
@@ -130,12 +130,7 @@ class RunSource:
 def open_source(path: str) -> RunSource:
     """The run at `path` (a folder or URI): refused with one line if it is not a genbatch run."""
     path = storage.normalized(path)
-    try:
-        job = read_job_file(path)
-    except OSError as error:  # the location itself cannot be reached (no bucket, no network)
-        raise OutputError(f"{path}: cannot reach the run ({one_line(error)})") from None
-    if job is None:
-        raise OutputError(f"{path}: not a genbatch run folder (no {layout.JOB_FILE})")
+    job = read_run_record(path)
     if job.get("status") != "finished":
         logger.warning("%s: the run is %s: exporting its shards written so far", path, job.get("status", "unknown"))
     files = job_shard_files(path, job)

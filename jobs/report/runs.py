@@ -18,8 +18,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from jobs.errors import OutputError, one_line, some_of
-from jobs.jobfile import identity_key, read_job_file
+from jobs.errors import OutputError, some_of
+from jobs.jobfile import identity_key, read_run_record
 from workers import columns as C
 from workers import layout, storage
 from workers.writer import read_footer
@@ -59,12 +59,7 @@ class Run(RunFiles):
 def locate_run(path: str | Path) -> RunFiles:
     """A run's job.json and the files of its job, without reading them."""
     path = storage.normalized(path) if storage.is_remote(str(path)) else str(Path(path))
-    try:
-        job = read_job_file(path)
-    except OSError as error:  # the location itself cannot be reached (no bucket, no network)
-        raise OutputError(f"{path}: cannot reach the run ({one_line(error)})") from None
-    if job is None:
-        raise OutputError(f"{path}: not a genbatch run folder (no {layout.JOB_FILE})")
+    job = read_run_record(path)
     files = job_shard_files(path, job)
     with storage.open_input(files[0]) as source:
         columns = pq.ParquetFile(source).schema_arrow.names
