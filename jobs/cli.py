@@ -321,7 +321,10 @@ def sweep_command(args: argparse.Namespace, config, progress: str) -> int:
         print(f"genbatch: output: {sweep.output}")
         return sweep.exit_code
     for folder, run in sweep.runs:
-        state = "complete before" if run.shards_run == 0 else f"{run.images_per_s:.2f} images/s"
+        if folder in sweep.not_started:  # a stop came before its group's turn
+            state = "not started"
+        else:
+            state = "complete before" if run.shards_run == 0 else f"{run.images_per_s:.2f} images/s"
         print(
             f"genbatch:   {folder}: {run.ok} ok, {run.failed} failed"
             + (f", {run.not_run} not run" if run.not_run else "")

@@ -2,7 +2,8 @@
 
 Reads top to bottom: the run's record and its new config, the shards to rescore (verified from their
 footers), Ray actors that rescore them shard by shard (workers.rescoring), then job.json with the new
-identity, so that `genbatch run` with the new `scores` section finds nothing to do. The actors are fed
+identity, so that `genbatch run` with the new `scores` section finds nothing to do; until then job.json's
+`rescoring` names the new job key (genbatch status shows the rescore, not the finished run). The actors are fed
 by the dispatcher a run uses (jobs.dispatch): a shard that fails, or whose actor dies, is retried up to
 `resources.max_shard_retries` times, and a dead actor is replaced. An interrupted or failed rescore
 leaves each shard either as it was or rescored whole; rerun the same command to finish it (the shards
@@ -87,6 +88,10 @@ def rescore_run(
         # 3. Rescore them on actors, shard by shard.
         outcome = DispatchOutcome()
         if todo:
+            # Until the end, job.json says a rescore is under way: `genbatch status` shows it (and how far it
+            # got, by the shards' footers) instead of the finished run, also after an interruption.
+            record["rescoring"] = {"job_key": new_key, "started_at": utc_now(), "set": list(overrides)}
+            write_job_file(output, record)
             settings = RescoreSettings(
                 scores=score_models(config),
                 recompute=recompute,
@@ -100,6 +105,7 @@ def rescore_run(
             )
             outcome = score_on_actors(config, settings, todo, address, forward_actor_logs, hooks or JobHooks())
         # 4. Record the new identity: a run with the new scores config is this job, complete.
+        record.pop("rescoring", None)
         record.update(identity=new_identity, config=config.model_dump(mode="json"))
         record.setdefault("rescores", []).append(
             {"at": utc_now(), "set": list(overrides), "columns": list(recompute), "dropped": list(dropped)}

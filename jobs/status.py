@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from jobs.errors import OutputError
 from jobs.jobfile import identity_key, read_job_file
 from jobs.lock import lock_is_held
+from jobs.status_fields import COUNT, FLAG, NUMBER, OBJECT, POSITIVE, TEXT, TIME, Fields, is_time
 from workers import layout, storage
 from workers.shard_stats import ShardStats, read_all_stats
 from workers.writer import read_footer
@@ -45,15 +46,15 @@ class WorkerStartup:
     first_image_seconds: float | None  # from the actor's start to the end of its first micro-batch
 
     @classmethod
-    def from_record(cls, record: dict) -> WorkerStartup:
+    def from_record(cls, record: Fields) -> WorkerStartup:
         return cls(
-            worker=record.get("name", "?"),
-            device=record.get("device", "?"),
-            load_seconds=record.get("load_seconds"),
-            compile=record.get("compile"),
-            compile_cache_hit=record.get("compile_cache_hit"),
-            first_batch_seconds=record.get("first_batch_seconds"),
-            first_image_seconds=record.get("first_image_seconds"),
+            worker=record.get("name", TEXT, "?"),
+            device=record.get("device", TEXT, "?"),
+            load_seconds=record.get("load_seconds", NUMBER, None),
+            compile=record.get("compile", FLAG, None),
+            compile_cache_hit=record.get("compile_cache_hit", FLAG, None),
+            first_batch_seconds=record.get("first_batch_seconds", NUMBER, None),
+            first_image_seconds=record.get("first_image_seconds", NUMBER, None),
         )
 
     @property
@@ -65,10 +66,21 @@ class WorkerStartup:
         return "on, cached" if self.compile_cache_hit else "on, compiled"
 
 
+@dataclass(frozen=True)
+class RescoreProgress:
+    """A `genbatch rescore` under way, or stopped before it finished (job.json's `rescoring`)."""
+
+    shards_rescored: int  # shards whose footer carries the new scores' job key
+    interrupted: bool  # nobody holds the output lock: rerun the same rescore to finish
+    started_at: str | None
+
+
 @dataclass
 class JobStatus:
     output: str
-    state: str  # running, finished, interrupted, failed, or "stopped" (killed before it could record its end)
+    # running, finished, interrupted, failed, "stopped" (killed before it could record its end), or
+    # "rescoring" (the run's shards are being given new scores, or a rescore stopped half way: see `rescore`)
+    state: str
     started_at: str | None
     finished_at: str | None
     rows: int
@@ -81,6 +93,14 @@ class JobStatus:
     eta_seconds: float | None
     workers: list[WorkerStatus] = field(default_factory=list)
     startup: list[WorkerStartup] = field(default_factory=list)  # recorded when the run ends
+    rescore: RescoreProgress | None = None
+
+    @property
+    def state_text(self) -> str:
+        if self.rescore is None:
+            return self.state
+        stopped = " (interrupted)" if self.rescore.interrupted else ""
+        return f"{self.state}{stopped}: {self.rescore.shards_rescored:,} / {self.shards:,} shards rescored"
 
     def as_dict(self) -> dict:
         record = asdict(self)
@@ -93,67 +113,92 @@ def job_status(output: str, now: datetime | None = None) -> JobStatus:
     if record is None:
         raise OutputError(f"{output}: no {layout.JOB_FILE} here; is this a genbatch output folder?")
     now = now or datetime.now(timezone.utc)
-    stats = job_stats(output, record)
-    state = record.get("status", "unknown")
+    fields = Fields(layout.job_file(output), record)
+    state = fields.get("status", TEXT, "unknown")
     if state == "running" and not lock_is_held(output):  # (object stores: trust job.json)
         state = "stopped"
+    # A rescore names the job key its shards get; until it ends, the run's shards carry one key or the other.
+    keys = {identity_key(record["identity"])}
+    rescore = None
+    if fields.get("rescoring", OBJECT, None) is not None:
+        new_key = fields.get("rescoring.job_key", TEXT)
+        keys.add(new_key)
+        state = "rescoring"
+        rescore = RescoreProgress(
+            shards_rescored=count_shards_keyed(output, record["shards"], new_key),
+            interrupted=not lock_is_held(output),
+            started_at=fields.get("rescoring.started_at", TIME, None),
+        )
+    stats = job_stats(output, record, keys)
     workers: dict[str, WorkerStatus] = {}
     for shard in stats:
         worker = workers.setdefault(shard.worker, WorkerStatus(shard.worker, shard.node_ip))
         worker.shards += 1
         worker.generated += shard.generated
         worker.seconds += shard.seconds
-    images_per_row = record.get("config", {}).get("generation", {}).get("images_per_prompt", 1)
-    rows = record["manifest"]["rows"] * images_per_row  # output rows: one per image
+    images_per_row = fields.get("config.generation.images_per_prompt", POSITIVE, 1)
+    rows = fields.get("manifest.rows", COUNT) * images_per_row  # output rows: one per image
     rows_done = sum(s.rows for s in stats)
-    counts = record.get("counts") or {}
+    if state == "finished":  # what the run counted when it ended
+        ok, failed = fields.get("counts.ok", COUNT), fields.get("counts.failed", COUNT)
+        rows_done = ok + failed
+    else:
+        ok, failed = sum(s.ok for s in stats), sum(s.failed for s in stats)
     if state == "running":
-        rate = _rate_since(stats, record.get("resumed_at") or record["started_at"], now)
+        since = fields.get("resumed_at", TIME, None) or fields.get("started_at", TIME)
+        rate = _rate_since(stats, since, now)
         eta = (rows - rows_done) / rate if rate else None
     else:
-        rate, eta = record.get("images_per_s"), None
+        rate, eta = fields.get("images_per_s", NUMBER, None), None
     return JobStatus(
         output=output,
         state=state,
-        started_at=record.get("started_at"),
-        finished_at=record.get("finished_at"),
+        started_at=fields.get("started_at", TIME, None),
+        finished_at=fields.get("finished_at", TIME, None),
         rows=rows,
         shards=record["shards"],
         shards_done=len(stats),
-        rows_done=counts.get("ok", 0) + counts.get("failed", 0) if state == "finished" else rows_done,
-        ok=counts["ok"] if state == "finished" else sum(s.ok for s in stats),
-        failed=counts["failed"] if state == "finished" else sum(s.failed for s in stats),
+        rows_done=rows_done,
+        ok=ok,
+        failed=failed,
         images_per_s=rate,
         eta_seconds=eta,
         workers=sorted(workers.values(), key=lambda w: w.worker),
-        startup=[WorkerStartup.from_record(worker) for worker in record.get("workers") or []],
+        startup=[WorkerStartup.from_record(worker) for worker in fields.objects("workers")],
+        rescore=rescore,
     )
 
 
-def job_stats(output: str, record: dict) -> list[ShardStats]:
-    """The stats of this job's shards: those of a shard it planned, written by it (their `job_key`).
+def job_stats(output: str, record: dict, keys: set[str]) -> list[ShardStats]:
+    """The stats of this job's shards: those of a shard it planned, written by it (their `job_key` is one of
+    `keys`: the job's, and during a rescore the rescored job's too).
 
     Stats from before genbatch recorded `job_key` carry none: such a file counts only while its shard's
-    file in `data/` carries this job's key in its footer, so a file of another job is never counted."""
-    key = identity_key(record["identity"])
+    file in `data/` carries one of the keys in its footer, so a file of another job is never counted."""
     found = []
     for stats in read_all_stats(output):
         if not 0 <= stats.shard < record["shards"]:
             continue
-        if stats.job_key == key or (not stats.job_key and _shard_is_this_jobs(output, stats.shard, key)):
+        if stats.job_key in keys or (not stats.job_key and _shard_key(output, stats.shard) in keys):
             found.append(stats)
     return found
 
 
-def _shard_is_this_jobs(output: str, shard: int, key: str) -> bool:
+def count_shards_keyed(output: str, shards: int, key: str) -> int:
+    """How many of the job's shard files carry `key` in their footer (the rescored ones, during a rescore:
+    the footer, not the stats file, says whether a shard has its new scores)."""
+    return sum(_shard_key(output, index) == key for index in range(shards))
+
+
+def _shard_key(output: str, shard: int) -> str | None:
     footer = read_footer(layout.shard_path(output, shard))
-    return footer is not None and footer.job_key == key and footer.shard == shard
+    return footer.job_key if footer is not None and footer.shard == shard else None
 
 
 def format_status(status: JobStatus) -> str:
     percent = 100 * status.rows_done / status.rows if status.rows else 100.0
     lines = [
-        f"job:      {status.state}" + (f" (started {status.started_at})" if status.started_at else ""),
+        f"job:      {status.state_text}" + _started(status),
         f"rows:     {status.rows_done:,} / {status.rows:,} done ({percent:.1f}%): "
         f"{status.ok:,} ok, {status.failed:,} failed",
         f"shards:   {status.shards_done:,} / {status.shards:,} written",
@@ -180,6 +225,12 @@ def format_status(status: JobStatus) -> str:
     return "\n".join(lines)
 
 
+def _started(status: JobStatus) -> str:
+    if status.rescore is not None:
+        return f" (rescore started {status.rescore.started_at})" if status.rescore.started_at else ""
+    return f" (started {status.started_at})" if status.started_at else ""
+
+
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -187,9 +238,14 @@ def _seconds(value: float | None) -> str:
 def _rate_since(stats: list[ShardStats], since: str, now: datetime) -> float | None:
     """Images per second generated by this run: shards finished since it started, over the time since."""
     start = datetime.fromisoformat(since)
-    generated = sum(s.generated for s in stats if datetime.fromisoformat(s.finished_at) >= start)
+    generated = sum(s.generated for s in stats if _finished_since(s, start))
     elapsed = (now - start).total_seconds()
     return generated / elapsed if generated and elapsed > 0 else None
+
+
+def _finished_since(stats: ShardStats, start: datetime) -> bool:
+    """Whether the shard was written after `start`; a stats file with an unreadable time is not this run's."""
+    return is_time(stats.finished_at) and datetime.fromisoformat(stats.finished_at) >= start
 
 
 def _duration(seconds: float) -> str:
@@ -201,30 +257,63 @@ def _duration(seconds: float) -> str:
 # A sweep's folder (jobs.sweep): sweep.json lists its runs, each an output folder of its own.
 
 
+@dataclass(frozen=True)
+class SweepRunStatus:
+    folder: str
+    planned_rows: int | None  # its rows, as sweep.json recorded them; None in a sweep.json from before they were
+    status: JobStatus | None  # None: the run has not started (its folder has no job.json)
+
+    @property
+    def state(self) -> str:
+        return self.status.state if self.status else NOT_STARTED
+
+    @property
+    def rows(self) -> int | None:
+        return self.status.rows if self.status else self.planned_rows
+
+    def as_dict(self) -> dict:
+        if self.status is not None:
+            return {"folder": self.folder, **self.status.as_dict()}
+        return {"folder": self.folder, "state": NOT_STARTED, "rows": self.rows, "rows_done": 0, "ok": 0, "failed": 0}
+
+
+NOT_STARTED = "not started"
+
+
 @dataclass
 class SweepStatus:
     output: str
-    runs: list[tuple[str, JobStatus | None]]  # (folder, its status); None: the run has not started
+    runs: list[SweepRunStatus]
 
     @property
-    def rows(self) -> int:
-        return sum(status.rows for _, status in self.runs if status)
+    def rows(self) -> int | None:
+        """Every run's rows, the runs not started included; None where sweep.json does not say a run's."""
+        rows = [run.rows for run in self.runs]
+        return None if None in rows else sum(rows)  # type: ignore[arg-type]
+
+    def _total(self, name: str) -> int:
+        return sum(getattr(run.status, name) for run in self.runs if run.status)
 
     @property
     def rows_done(self) -> int:
-        return sum(status.rows_done for _, status in self.runs if status)
+        return self._total("rows_done")
+
+    @property
+    def ok(self) -> int:
+        return self._total("ok")
+
+    @property
+    def failed(self) -> int:
+        return self._total("failed")
 
     def as_dict(self) -> dict:
         return {
             "output": self.output,
-            "runs": [
-                {"folder": folder, **(status.as_dict() if status else {"state": "pending"})}
-                for folder, status in self.runs
-            ],
+            "runs": [run.as_dict() for run in self.runs],
             "rows": self.rows,
             "rows_done": self.rows_done,
-            "ok": sum(status.ok for _, status in self.runs if status),
-            "failed": sum(status.failed for _, status in self.runs if status),
+            "ok": self.ok,
+            "failed": self.failed,
         }
 
 
@@ -235,34 +324,41 @@ def is_sweep_folder(output: str) -> bool:
 def sweep_status(output: str, now: datetime | None = None) -> SweepStatus:
     from jobs.sweep_plan import read_sweep_file
 
-    record = read_sweep_file(output) or {"runs": []}
-    runs: list[tuple[str, JobStatus | None]] = []
-    for run in record["runs"]:
-        folder = storage.join(output, run["folder"])
-        runs.append((run["folder"], job_status(folder, now) if storage.exists(layout.job_file(folder)) else None))
+    record = Fields(layout.sweep_file(output), read_sweep_file(output) or {"runs": []})
+    runs = []
+    for run in record.objects("runs"):
+        folder = run.get("folder", TEXT)
+        location = storage.join(output, folder)
+        status = job_status(location, now) if storage.exists(layout.job_file(location)) else None
+        runs.append(SweepRunStatus(folder, run.get("rows", COUNT, None), status))
     return SweepStatus(output, runs)
 
 
 def format_sweep_status(status: SweepStatus) -> str:
-    """One line per run (state, rows done, ok, failed, images/s), then the total."""
-    width = max((len(folder) for folder, _ in status.runs), default=0)
+    """One line per run (state, rows done, ok, failed, images/s), then the total; a run not started counts
+    its rows as not done."""
+    width = max((len(run.folder) for run in status.runs), default=0)
     lines = [
         f"sweep:    {len(status.runs)} runs in {status.output}",
         "runs:     folder, state, rows done, ok, failed, images/s",
     ]
-    for folder, run in status.runs:
-        if run is None:
-            lines.append(f"          {folder:<{width}}  pending")
-            continue
-        speed = "-" if run.images_per_s is None else f"{run.images_per_s:.2f}"
-        done = f"{run.rows_done:,} / {run.rows:,}"
-        lines.append(f"          {folder:<{width}}  {run.state}  {done}  {run.ok:,}  {run.failed:,}  {speed}")
-    states = Counter(run.state if run else "pending" for _, run in status.runs)
-    percent = 100 * status.rows_done / status.rows if status.rows else 100.0
-    ok = sum(run.ok for _, run in status.runs if run)
-    failed = sum(run.failed for _, run in status.runs if run)
+    for run in status.runs:
+        job = run.status
+        speed = "-" if job is None or job.images_per_s is None else f"{job.images_per_s:.2f}"
+        done = f"{job.rows_done if job else 0:,} / {_rows(run.rows)}"
+        ok, failed = (job.ok, job.failed) if job else (0, 0)
+        state = job.state_text if job else NOT_STARTED
+        lines.append(f"          {run.folder:<{width}}  {state}  {done}  {ok:,}  {failed:,}  {speed}")
+    states = Counter(run.state for run in status.runs)
+    rows = status.rows
+    percent = "" if rows is None else f" ({100 * status.rows_done / rows if rows else 100.0:.1f}%)"
+    counts = f"{status.ok:,} ok, {status.failed:,} failed"
     lines.append(
-        f"total:    {status.rows_done:,} / {status.rows:,} rows done ({percent:.1f}%): {ok:,} ok, {failed:,} failed; "
+        f"total:    {status.rows_done:,} / {_rows(rows)} rows done{percent}: {counts}; "
         + ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
     )
     return "\n".join(lines)
+
+
+def _rows(rows: int | None) -> str:
+    return "?" if rows is None else f"{rows:,}"

@@ -87,6 +87,7 @@ class SweepSummary:
     runs: list[tuple[str, JobSummary]]  # (folder, its summary), in the sweep's order
     seconds: float
     groups: list[dict] = field(default_factory=list)  # per actor group: its model, runs and actors
+    not_started: frozenset[str] = frozenset()  # runs of the groups a stop came before: their folders are as they were
 
     def _total(self, name: str) -> int:
         return sum(getattr(summary, name) for _, summary in self.runs)
@@ -128,7 +129,10 @@ class SweepSummary:
     def as_dict(self) -> dict:
         return {
             "output": self.output,
-            "runs": [{"folder": folder, **summary.as_dict()} for folder, summary in self.runs],
+            "runs": [
+                {"folder": folder, **summary.as_dict(), "not_started": folder in self.not_started}
+                for folder, summary in self.runs
+            ],
             "rows": self.images,
             "ok": self.ok,
             "failed": self.failed,
@@ -181,7 +185,7 @@ def run_sweep(
             if overwrite:
                 clear_output(run.output)
             _plan(run, retry_failed)
-        record = sweep_record(config, sweep_runs)
+        record = sweep_record(config, sweep_runs, [sum(shard.images for shard in run.shards) for run in runs])
         before = read_sweep_file(output) or {}
         if {key: before.get(key) for key in record} != record or any(run.plan and run.plan.todo for run in runs):
             write_sweep_file(output, record)
@@ -196,9 +200,11 @@ def run_sweep(
             cluster.connect(address, forward_actor_logs, announce=lambda message: announce(message, progress))
         served: list[dict] = []
         interrupted = False
+        not_started: set[str] = set()
         for number, group in enumerate(groups):
             if interrupted:  # the later groups did not start: their folders are as they were
                 summaries.update({run.sweep.folder: _not_started(run, started) for run in group})
+                not_started.update(run.sweep.folder for run in group)
                 continue
             last = number == len(groups) - 1
             done, workers = _run_group(group, progress, hooks, worker_class, allow_version_change, last, started)
@@ -209,7 +215,13 @@ def run_sweep(
         if served:
             write_sweep_file(output, {**record, "groups": served})
         ordered = [(run.sweep.folder, summaries[run.sweep.folder]) for run in runs]
-        return SweepSummary(output=output, runs=ordered, seconds=time.perf_counter() - started, groups=served)
+        return SweepSummary(
+            output=output,
+            runs=ordered,
+            seconds=time.perf_counter() - started,
+            groups=served,
+            not_started=frozenset(not_started),
+        )
 
 
 def _open(sweep_run: SweepRun, manifests: dict[tuple[str, str], Manifest], locks: ExitStack, overwrite: bool) -> _Run:

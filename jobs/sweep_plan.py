@@ -140,10 +140,11 @@ def _with_digest(name: str, settings: dict[str, Any]) -> str:
 # 3. The sweep's record, OUTPUT/sweep.json.
 
 
-def sweep_record(config: JobConfig, runs: list[SweepRun]) -> dict:
+def sweep_record(config: JobConfig, runs: list[SweepRun], rows: list[int]) -> dict:
+    """`rows`: each run's output rows (one per image), so that `genbatch status` counts a run not started yet."""
     return {
         "sweep": config.sweep,
-        "runs": [{"folder": run.folder, "settings": run.settings} for run in runs],
+        "runs": [{"folder": run.folder, "settings": run.settings, "rows": count} for run, count in zip(runs, rows)],
     }
 
 
