@@ -5,7 +5,7 @@ stats files and job.json, as a finished run leaves them."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import pyarrow as pa
 import pytest
@@ -70,7 +70,8 @@ def rescore_like_an_actor(output: str, index: int, new_key: str) -> None:
 
 
 def test_status_of_a_rescore_stopped_half_way_says_so_until_a_rerun_finishes_it(tmp_path, monkeypatch, capsys):
-    run = written_run(tmp_path)
+    worker = {"name": "worker-0", "device": "cpu", "load_seconds": 1.25, "compile": False, "first_image_seconds": 3}
+    run = written_run(tmp_path, workers=[worker])
 
     def stopped_after_one_shard(config, settings, todo, *args):
         rescore_like_an_actor(settings.output_dir, todo[0].index, settings.new_key)
@@ -105,11 +106,13 @@ def test_status_of_a_rescore_stopped_half_way_says_so_until_a_rerun_finishes_it(
     monkeypatch.setattr(rescore, "score_on_actors", the_rest)
     rescore.rescore_run(run, ["scores.pickscore.model=tiny-pickscore"])
     assert "rescoring" not in json.loads((tmp_path / "run" / "job.json").read_text())
-    assert format_status(job_status(run)).splitlines()[:3] == [
+    lines = format_status(job_status(run)).splitlines()
+    assert lines[:3] == [
         "job:      finished (started 2026-12-01T09:00:00+00:00)",
         "rows:     11 / 11 done (100.0%): 10 ok, 1 failed",
         "shards:   3 / 3 written",
     ]
+    assert lines[-1] == "          worker-0  cpu  1.2  off  -  3.0"  # job.json's workers, as the run recorded them
 
 
 def test_a_rescore_stopped_after_its_last_shard_is_finished_by_a_rerun_with_nothing_to_rescore(tmp_path, monkeypatch):
@@ -134,22 +137,29 @@ def test_a_rescore_stopped_after_its_last_shard_is_finished_by_a_rerun_with_noth
     assert (job_status(run).state, job_status(run).shards_done) == ("finished", 3)
 
 
+TIME = "an ISO 8601 time with its UTC offset"
 BAD_RECORDS = [
     ({"counts": None}, "key 'counts' is missing"),
     ({"counts": {"ok": "10", "failed": 1}}, "key 'counts.ok' should be a whole number >= 0, not \"10\""),
     ({"counts": {"ok": 10}}, "key 'counts.failed' is missing"),
     ({"workers": {"name": "worker-0"}}, "key 'workers' should be a list, not an object"),
     ({"workers": ["worker-0"]}, "key 'workers[0]' should be an object, not \"worker-0\""),
-    ({"workers": [{"name": "w", "load_seconds": "slow"}]}, "key 'workers[0].load_seconds' should be a number, not \"slow\""),
+    ({"workers": [{"load_seconds": "slow"}]}, "key 'workers[0].load_seconds' should be a number, not \"slow\""),
     ({"workers": [{"name": "w", "compile": "yes"}]}, "key 'workers[0].compile' should be a boolean, not \"yes\""),
     ({"manifest": None}, "key 'manifest' is missing"),
     ({"manifest": {"rows": -1}}, "key 'manifest.rows' should be a whole number >= 0, not -1"),
     ({"manifest": [11]}, "key 'manifest' should be an object, not a list"),
     ({"status": 1}, "key 'status' should be a string, not 1"),
-    ({"started_at": "yesterday"}, "key 'started_at' should be an ISO 8601 time with its UTC offset, not \"yesterday\""),
-    ({"status": "running", "resumed_at": "2026-12-01T09:00:00"}, "key 'resumed_at' should be an ISO 8601 time with its UTC offset, not \"2026-12-01T09:00:00\""),
+    ({"started_at": "yesterday"}, f"key 'started_at' should be {TIME}, not \"yesterday\""),
+    (
+        {"status": "running", "resumed_at": "2026-12-01T09:00"},  # no UTC offset
+        f"key 'resumed_at' should be {TIME}, not \"2026-12-01T09:00\"",
+    ),
     ({"images_per_s": "fast"}, "key 'images_per_s' should be a number, not \"fast\""),
-    ({"config": {"generation": {"images_per_prompt": 0}}}, "key 'config.generation.images_per_prompt' should be a whole number >= 1, not 0"),
+    (
+        {"config": {"generation": {"images_per_prompt": 0}}},
+        "key 'config.generation.images_per_prompt' should be a whole number >= 1, not 0",
+    ),
     ({"config": {"generation": "x" * 50}}, "key 'config.generation' should be an object, not a string"),
     ({"rescoring": True}, "key 'rescoring' should be an object, not true"),
     ({"rescoring": {"started_at": "2026-12-01T10:00:00+00:00"}}, "key 'rescoring.job_key' is missing"),
@@ -165,18 +175,3 @@ def test_a_job_file_status_cannot_read_is_one_line_naming_the_file_and_key(tmp_p
     else:
         assert main(["status", run]) == 2
     assert capsys.readouterr() == ("", f"genbatch: error: {run}/job.json: {problem}\n")
-
-
-def test_a_worker_record_status_can_read_shows_in_start_up(tmp_path):
-    worker = {"name": "worker-0", "device": "cpu", "load_seconds": 1.25, "compile": False, "first_image_seconds": 3}
-    status = job_status(written_run(tmp_path, workers=[worker]))
-    assert asdict(status.startup[0]) == {
-        "worker": "worker-0",
-        "device": "cpu",
-        "load_seconds": 1.25,
-        "compile": False,
-        "compile_cache_hit": None,
-        "first_batch_seconds": None,
-        "first_image_seconds": 3,
-    }
-    assert format_status(status).splitlines()[-1] == "          worker-0  cpu  1.2  off  -  3.0"

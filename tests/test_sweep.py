@@ -12,7 +12,7 @@ import yaml
 
 from jobs.cli import main
 from jobs.config import JobConfig, load_config
-from jobs.dispatch import Dispatcher, JobHooks
+from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks
 from jobs.driver import run_job
 from jobs.errors import ConfigError, OutputError
 from jobs.status import format_sweep_status, is_sweep_folder, sweep_status
@@ -224,6 +224,7 @@ def test_a_sweep_writes_what_standalone_runs_write_with_one_model_load(tmp_path,
     assert record["runs"][3] == {
         "folder": FOLDERS[3],
         "settings": {"generation.guidance_scale": 7.5, "model.scheduler": "euler_a"},
+        "rows": 6,
     }
     # One group, one actor: it loaded the model once and wrote every run's shards.
     [group] = record["groups"]
@@ -297,7 +298,7 @@ def test_a_run_folder_that_holds_something_else_stops_the_sweep_before_anything_
     ]
 
 
-def test_status_of_a_sweep_shows_a_run_not_started_as_pending(tmp_path):
+def test_status_of_a_sweep_counts_the_rows_of_runs_not_started(tmp_path, capsys):
     output = tmp_path / "sweep"
     done = output / FOLDERS[0]
     done.mkdir(parents=True)
@@ -311,16 +312,102 @@ def test_status_of_a_sweep_shows_a_run_not_started_as_pending(tmp_path):
         "started_at": "2026-12-01T09:00:00+00:00",
     }
     (done / "job.json").write_text(json.dumps(record))
-    runs = [{"folder": folder, "settings": {}} for folder in FOLDERS[:2]]
+    runs = [{"folder": folder, "settings": {}, "rows": 6} for folder in FOLDERS[:2]]
     (output / "sweep.json").write_text(json.dumps({"sweep": AXES, "runs": runs}))
     assert is_sweep_folder(str(output)) and not is_sweep_folder(str(done))
     assert format_sweep_status(sweep_status(str(output))).splitlines() == [
         f"sweep:    2 runs in {output}",
         "runs:     folder, state, rows done, ok, failed, images/s",
         f"          {FOLDERS[0]}     finished  6 / 6  5  1  1.50",
-        f"          {FOLDERS[1]}  pending",
-        "total:    6 / 6 rows done (100.0%): 5 ok, 1 failed; 1 finished, 1 pending",
+        f"          {FOLDERS[1]}  not started  0 / 6  0  0  -",
+        "total:    6 / 12 rows done (50.0%): 5 ok, 1 failed; 1 finished, 1 not started",
     ]
+    assert main(["status", str(output), "--log-format", "json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["runs"][1] == {
+        "folder": FOLDERS[1],
+        "state": "not started",
+        "rows": 6,
+        "rows_done": 0,
+        "ok": 0,
+        "failed": 0,
+    }
+    assert (status["rows"], status["rows_done"]) == (12, 6)
+    # A sweep.json from before it recorded each run's rows: the total is not known, and not made up.
+    (output / "sweep.json").write_text(json.dumps({"sweep": AXES, "runs": [{"folder": f} for f in FOLDERS[:2]]}))
+    assert format_sweep_status(sweep_status(str(output))).splitlines()[3:] == [
+        f"          {FOLDERS[1]}  not started  0 / ?  0  0  -",
+        "total:    6 / ? rows done: 5 ok, 1 failed; 1 finished, 1 not started",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("runs", "problem"),
+    [
+        (["a"], "key 'runs[0]' should be an object, not \"a\""),
+        ([{"settings": {}}], "key 'runs[0].folder' is missing"),
+        ([{"folder": "a", "rows": "6"}], "key 'runs[0].rows' should be a whole number >= 0, not \"6\""),
+    ],
+    ids=["not an object", "no folder", "rows not a number"],
+)
+def test_a_sweep_file_status_cannot_read_is_one_line_naming_the_file_and_key(tmp_path, capsys, runs, problem):
+    (tmp_path / "sweep.json").write_text(json.dumps({"sweep": AXES, "runs": runs}))
+    assert main(["status", str(tmp_path)]) == 2
+    assert capsys.readouterr() == ("", f"genbatch: error: {tmp_path}/sweep.json: {problem}\n")
+
+
+TWO_POOLS = {"resources.batch_size": [1, 2], "generation.guidance_scale": [3.0, 7.5]}  # batch size: one pool each
+
+
+def test_a_sweep_stopped_in_its_first_pool_says_which_runs_it_did_not_start(tmp_path, monkeypatch, capsys):
+    """The first pool's runs write a shard each, then a SIGTERM stops the sweep (the pool is faked: no Ray)."""
+    from jobs import sweep
+    from jobs.driver import JobSummary, record_end
+    from workers.shard_stats import ShardStats, write_shard_stats
+
+    manifest = write_manifest(tmp_path / "m.parquet", MANIFEST)  # 6 rows: 2 shards per run
+    config = tmp_path / "s.yaml"
+    config.write_text(yaml.safe_dump(small_config(manifest, tmp_path / "sweep", sweep=TWO_POOLS), sort_keys=False))
+    pools = []
+
+    def first_pool_stopped(group, *args):
+        pools.append([run.sweep.folder for run in group])
+        summaries = {}
+        for run in group:
+            stats = ShardStats(0, 4, 4, 0, 4, 2.0, 2.0, "worker-0", "node", "", 7, "2026-12-01T09:01:00+00:00", run.key)
+            write_shard_stats(run.output, stats)
+            summary = JobSummary(6, 4, 0, 2, 2, 2, 0, 3.0, 1.0, 2.0, run.output, interrupted=True, signal="SIGTERM")
+            record_end(run.output, run.record, "interrupted", summary, DispatchOutcome(), [])
+            summaries[run.sweep.folder] = summary
+        return summaries, []
+
+    monkeypatch.setattr(sweep, "_run_group", first_pool_stopped)
+    monkeypatch.setattr(sweep.cluster, "connect", lambda *args, **kwargs: None)
+    assert main(["run", str(config), "--quiet"]) == 143
+    folders = ["batch_size=1,guidance_scale=3.0", "batch_size=1,guidance_scale=7.5"]
+    later = ["batch_size=2,guidance_scale=3.0", "batch_size=2,guidance_scale=7.5"]
+    assert pools == [folders]
+    out = capsys.readouterr().out.splitlines()
+    assert out[:4] == [
+        f"genbatch:   {folders[0]}: 4 ok, 0 failed, 2 not run of 6 rows (2.00 images/s)",
+        f"genbatch:   {folders[1]}: 4 ok, 0 failed, 2 not run of 6 rows (2.00 images/s)",
+        f"genbatch:   {later[0]}: 0 ok, 0 failed, 6 not run of 6 rows (not started)",
+        f"genbatch:   {later[1]}: 0 ok, 0 failed, 6 not run of 6 rows (not started)",
+    ]
+    assert out[4].startswith("genbatch: interrupted: 8 ok, 0 failed of 24 rows, 16 not run in 4 runs, ")
+    output = tmp_path / "sweep"
+    record = json.loads((output / "sweep.json").read_text())
+    assert [(run["folder"], run["rows"]) for run in record["runs"]] == [(folder, 6) for folder in folders + later]
+    assert [path.name for path in sorted(output.glob("*/job.json"))] == ["job.json"] * 2  # the later runs: nothing
+    # Status: the total counts the runs not started (24 rows, not 12).
+    lines = format_sweep_status(sweep_status(str(output))).splitlines()
+    assert [line.split("  ")[-5:] for line in lines[2:6]] == [
+        ["interrupted", "4 / 6", "4", "0", "2.00"],
+        ["interrupted", "4 / 6", "4", "0", "2.00"],
+        ["not started", "0 / 6", "0", "0", "-"],
+        ["not started", "0 / 6", "0", "0", "-"],
+    ]
+    assert lines[6] == "total:    8 / 24 rows done (33.3%): 8 ok, 0 failed; 2 interrupted, 2 not started"
 
 
 @pytest.mark.slow
