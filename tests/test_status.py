@@ -175,3 +175,21 @@ def test_a_job_file_status_cannot_read_is_one_line_naming_the_file_and_key(tmp_p
     else:
         assert main(["status", run]) == 2
     assert capsys.readouterr() == ("", f"genbatch: error: {run}/job.json: {problem}\n")
+
+
+def test_a_shard_whose_rescoring_attempt_died_before_its_stats_gets_them_when_a_retry_skips_it(tmp_path, model_cache):
+    """Else the finished rescore's status would count that shard as not written (its stats, another job's)."""
+    from workers.rescoring import RescoreWorker
+    from workers.tasks import RescoreSettings, ScoreModels
+
+    run = written_run(tmp_path)
+    old_key, new_key = identity_key(IDENTITY), "the-rescored-job"
+    rescore_like_an_actor(run, 1, new_key)
+    stats_path = tmp_path / "run" / "stats" / layout.stats_file_name(1)
+    stats_path.write_text(json.dumps({**json.loads(stats_path.read_text()), "job_key": old_key}))  # the attempt died
+    scores = ScoreModels(pickscore="tiny", aesthetic=None, aesthetic_head=None)
+    settings = RescoreSettings(scores, (C.PICKSCORE,), 2, "processor", run, old_key, new_key, 1, None)
+    result = RescoreWorker(settings, 0).rescore_shard(1)
+    assert (result.skipped, result.images, result.scored) == (True, 4, 4)
+    assert json.loads(stats_path.read_text())["job_key"] == new_key
+    assert json.loads((tmp_path / "run" / "stats" / layout.stats_file_name(0)).read_text())["job_key"] == old_key

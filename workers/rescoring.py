@@ -91,9 +91,12 @@ class RescoreWorker:
         settings = self.settings
         path = layout.shard_path(settings.output_dir, index)
         footer = read_footer(path)
+        fence = functools.partial(check_fence, settings.output_dir, settings.run_token)
         if footer is not None and footer.job_key == settings.new_key:
             # Rescored already: by an earlier rescore, or by an attempt of this one whose answer was lost
-            # (its actor died after the write). Its images were scored: every ok row has one.
+            # (its actor died after the write). Its images were scored: every ok row has one. The attempt
+            # may have died before its stats file got the new key: status counts the shard only once it has.
+            rekey_stats(settings.output_dir, index, settings.new_key, fence)
             return self._result(index, footer, path, started, scored=footer.ok, skipped=True)
         if footer is None or footer.job_key != settings.old_key:
             raise ShardError(f"{path}: not a complete shard of the run being rescored")
@@ -101,7 +104,6 @@ class RescoreWorker:
             table = pq.read_table(handle)
         columns = score_columns(settings.scores)
         rescored, scored = rescored_table(table, self.scorers, columns, settings.batch_size)
-        fence = functools.partial(check_fence, settings.output_dir, settings.run_token)
         write_shard(rescored, settings.output_dir, replace(footer, job_key=settings.new_key), before_publish=fence)
         rekey_stats(settings.output_dir, index, settings.new_key, fence)
         return self._result(index, footer, path, started, scored=scored)
@@ -190,6 +192,8 @@ def rekey_stats(output_dir: str, index: int, key: str, before_publish) -> None:
         return
     try:
         stats = json.loads(storage.read_bytes(location))
+        if isinstance(stats, dict) and stats.get("job_key") == key:
+            return  # rekeyed already
         stats["job_key"] = key
     except (ValueError, TypeError) as error:  # not genbatch's stats: genbatch status ignores it as it is
         logger.warning("%s: not a stats record (%s); left as it is", location, describe(error))
