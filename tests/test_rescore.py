@@ -309,3 +309,27 @@ def test_a_shard_failing_every_retry_fails_the_rescore_and_the_others_are_kept(f
     assert (run / "data" / layout.shard_file_name(0)).read_bytes() == broken
     assert read_footer(str(run / "data" / layout.shard_file_name(1))).job_key != read_footer(path).job_key
     assert (run / "job.json").read_text() == record
+
+
+@pytest.mark.slow
+def test_status_after_a_rescore_stopped_by_a_signal_is_rescoring_interrupted(finished_run, tmp_path):
+    from jobs.status import format_status
+
+    _, run, _ = copy_of(finished_run, tmp_path)
+
+    def stop(result) -> None:  # as a SIGTERM does, once the first shard is rescored
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rescore_run(str(run), NEW_SCORES, hooks=JobHooks(on_shard_done=stop))
+    record = json.loads((run / "job.json").read_text())
+    new_key = record["rescoring"]["job_key"]
+    footers = [read_footer(str(run / "data" / layout.shard_file_name(index))) for index in range(SHARDS)]
+    rescored = sum(footer.job_key == new_key for footer in footers)  # the second shard may have been written too
+    assert rescored >= 1
+    status = job_status(str(run))
+    assert (status.state, status.shards_done, status.rows_done, status.ok) == ("rescoring", SHARDS, 6, 6)
+    assert format_status(status).splitlines()[0] == (
+        f"job:      rescoring (interrupted): {rescored} / {SHARDS} shards rescored "
+        f"(rescore started {record['rescoring']['started_at']})"
+    )
