@@ -14,7 +14,8 @@ import pyarrow.compute as pc
 
 from jobs.errors import UsageError
 from jobs.report import leaderboard
-from jobs.report.render import CLIP_SCORE_DEFINITION, environment, histogram_uri, thumbnail_uri, write_json, write_text
+from jobs.report.documents import check_destination, publish_documents
+from jobs.report.render import CLIP_SCORE_DEFINITION, environment, histogram_uri, json_bytes, thumbnail_uri
 from jobs.report.runs import Run, fetch_images, open_run
 from jobs.report.stats import paired_comparison
 from jobs.report.summary import pick_group_column, run_settings
@@ -124,6 +125,7 @@ def write_comparison(
     if len(runs) < 2:
         raise UsageError(f"compare needs at least two runs (got {len(runs)})")
     out = str(out_dir) if out_dir else storage.join(str(runs[-1]), "compare")
+    check_destination(out, ["compare.json", "compare.md", "compare.html"])  # before the work, not after it
     metrics = {"reference": reference, "fid_weights": fid_weights, "cmmd_model": cmmd_model}
     if len(runs) > 2:
         return leaderboard.write_leaderboard(list(runs), out, name="compare", by=by, **metrics)
@@ -133,12 +135,15 @@ def write_comparison(
     data = {**data, **board}
     env = environment()
     context = {"c": data, "v": visuals, "l": data, **leaderboard.page_context(data, figures)}
-    for file_name, png in figures.items():
-        storage.write_bytes(storage.join(out, file_name), png)
-    write_json(storage.join(out, "compare.json"), data)
-    write_text(storage.join(out, "compare.md"), env.get_template("compare.md.j2").render(context))
-    write_text(storage.join(out, "compare.html"), env.get_template("compare.html.j2").render(context))
-    return out
+    return publish_documents(
+        out,
+        {
+            **figures,
+            "compare.json": json_bytes(data),
+            "compare.md": env.get_template("compare.md.j2").render(context).encode("utf-8"),
+            "compare.html": env.get_template("compare.html.j2").render(context).encode("utf-8"),
+        },
+    )
 
 
 def _group_deltas(pairs: pa.Table, column: str, score_a: np.ndarray, score_b: np.ndarray) -> dict:

@@ -18,9 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from jobs.errors import UsageError, some_of
+from jobs.errors import OutputError, UsageError, some_of
 from jobs.report import plots, ranking
-from jobs.report.render import CLIP_SCORE_DEFINITION, environment, write_json, write_text
+from jobs.report.documents import check_destination, publish_documents
+from jobs.report.render import CLIP_SCORE_DEFINITION, environment, json_bytes
 from jobs.report.runs import Run, open_run
 from jobs.report.summary import pick_group_column
 from workers import columns as C
@@ -62,6 +63,8 @@ def sweep_runs(path: str | Path) -> list[str]:
     A sweep folder has no job.json of its own and either a sweep.json or at least two subfolders that
     hold a job.json (so a folder holding one run and its report is not mistaken for a sweep)."""
     location = storage.normalized(path) if storage.is_remote(str(path)) else str(Path(path))
+    if storage.file_type(location) == pafs.FileType.File:
+        raise OutputError(f"{location}: a file, not a run folder; give the run's output folder")
     if storage.exists(layout.job_file(location)):
         return []
     filesystem, base = storage.resolve(location)
@@ -341,6 +344,7 @@ def write_leaderboard(
     by: str | None = None,
 ) -> str:
     """Write `name`.json/.md/.html and the plots' PNG files into `out` (a local folder or an object-store prefix)."""
+    check_destination(out, [f"{name}.json", f"{name}.md", f"{name}.html"])  # before the work, not after it
     data, figures = build_leaderboard(runs, reference, fid_weights=fid_weights, cmmd_model=cmmd_model, by=by)
     data = {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -357,12 +361,15 @@ def write_documents(out: str, name: str, data: dict, figures: dict, template: st
     The HTML shows the plots inline (data URIs), so it stays one self-contained file."""
     env = environment()
     context = {"l": data, **page_context(data, figures)}
-    for file_name, png in figures.items():
-        storage.write_bytes(storage.join(out, file_name), png)
-    write_json(storage.join(out, f"{name}.json"), data)
-    write_text(storage.join(out, f"{name}.md"), env.get_template(f"{template}.md.j2").render(context))
-    html = env.get_template(f"{template}.html.j2").render(context)
-    write_text(storage.join(out, f"{name}.html"), html)
+    publish_documents(
+        out,
+        {
+            **figures,
+            f"{name}.json": json_bytes(data),
+            f"{name}.md": env.get_template(f"{template}.md.j2").render(context).encode("utf-8"),
+            f"{name}.html": env.get_template(f"{template}.html.j2").render(context).encode("utf-8"),
+        },
+    )
 
 
 def page_context(data: dict, figures: dict) -> dict:

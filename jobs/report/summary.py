@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.errors import UsageError
+from jobs.report.documents import check_destination
 from jobs.report.render import CLIP_SCORE_DEFINITION, histogram_uri, thumbnail_uri, write_documents
 from jobs.report.runs import Run, RunFiles, fetch_rows, locate_run, scan
 from jobs.report.stats import bootstrap_mean_ci, summarize_scores
@@ -19,6 +20,7 @@ from workers import storage
 DEFAULT_GROUP_COLUMN = "category"
 SHOWN_ROWS = 12
 MAX_FAILED_LISTED = 100
+REPORT_FILES = ("report.json", "report.md", "report.html")
 
 
 def pick_group_column(run: RunFiles, by: str | None) -> str | None:
@@ -231,6 +233,7 @@ def write_report(
     """Write report.json/.md/.html into `out_dir` (default RUN/report; a local folder or an object-store prefix).
 
     `reference`, `fid_weights`, `cmmd_model`: set-level metrics against a reference set (`set_metrics`)."""
-    data, visuals = build_report(run_dir, by, **set_metric_options)
     out = str(out_dir) if out_dir else storage.join(str(run_dir), "report")
+    check_destination(out, list(REPORT_FILES))  # before the work, not after it
+    data, visuals = build_report(run_dir, by, **set_metric_options)
     return write_documents(out, "report", data, visuals, "r")
