@@ -390,7 +390,9 @@ def test_report_of_a_file_or_with_run_report_a_file_is_one_line(tmp_path, scores
     run = make_run(tmp_path / "run", scores)
     shard = run / "data" / "shard-00000.parquet"
     assert main(["report", str(shard)]) == 2
-    assert capsys.readouterr().err == f"genbatch: error: {shard}: a file, not a run folder; give the run's output folder\n"
+    assert (
+        capsys.readouterr().err == f"genbatch: error: {shard}: a file, not a run folder; give the run's output folder\n"
+    )
     (run / "report").write_text("notes")
     assert main(["report", str(run)]) == 2
     assert capsys.readouterr().err == f"genbatch: error: {run / 'report'}: not a folder; give -o a folder\n"
@@ -410,5 +412,7 @@ def test_a_report_whose_last_document_fails_to_write_publishes_none(tmp_path, sc
 
     monkeypatch.setattr(publish.AtomicFile, "write", full_at_the_html)
     assert main(["report", str(run)]) == 2
-    assert capsys.readouterr().err == f"genbatch: error: {run / 'report'}: cannot write there (No space left on device)\n"
+    assert (
+        capsys.readouterr().err == f"genbatch: error: {run / 'report'}: cannot write there (No space left on device)\n"
+    )
     assert list((run / "report").iterdir()) == []  # no report.json alone, no temporary files
