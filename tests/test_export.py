@@ -265,6 +265,31 @@ def test_an_interrupted_export_resumes_to_the_same_bytes(tmp_path, monkeypatch, 
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_an_imagefolder_shard_that_lost_an_image_is_redone(tmp_path, capsys, damage):
+    run = fake_run(tmp_path / "run", [png(i) for i in range(6)])
+    dest = tmp_path / "folder"
+    options = ["--format", "imagefolder", "-o", str(dest), "--shard-size", "2"]
+    assert export(str(run), *options) == 0
+    whole = tree_bytes(dest)
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in dest.glob("shard-*/*")}
+    image = dest / "shard-000001" / "id_2e003_0.png"
+    if damage == "deleted":
+        image.unlink()
+    else:
+        image.write_bytes(image.read_bytes()[:10])
+    capsys.readouterr()
+    assert export(str(run), *options) == 0
+    assert "in 3 imagefolder shards, 2 already complete" in capsys.readouterr().out
+    assert tree_bytes(dest) == whole
+    rewritten = sorted(
+        p.relative_to(dest).as_posix()
+        for p in dest.glob("shard-*/*")
+        if (p.stat().st_ino, p.stat().st_mtime_ns) != before.get(p)
+    )
+    assert rewritten == ["shard-000001/id_2e002_0.png", "shard-000001/id_2e003_0.png", "shard-000001/metadata.jsonl"]
+
+
 def test_another_export_to_the_same_destination_is_refused_unless_overwrite(tmp_path, capsys):
     run = fake_run(tmp_path / "run", [png(i) for i in range(6)])
     dest = tmp_path / "wds"
