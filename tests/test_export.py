@@ -20,7 +20,7 @@ from jobs.export import webdataset as wds_format
 from jobs.export.keys import sample_key
 from jobs.jobfile import identity_key
 from tests.conftest import read_output, write_config
-from tests.test_report import png
+from tests.test_report import png, refusal, rescore_shard, truncate_shard
 from workers import columns as C
 from workers.writer import ShardFooter, write_shard
 
@@ -288,6 +288,23 @@ def test_an_imagefolder_shard_that_lost_an_image_is_redone(tmp_path, capsys, dam
         if (p.stat().st_ino, p.stat().st_mtime_ns) != before.get(p)
     )
     assert rewritten == ["shard-000001/id_2e002_0.png", "shard-000001/id_2e003_0.png", "shard-000001/metadata.jsonl"]
+
+
+@pytest.mark.parametrize("damage", [truncate_shard, rescore_shard], ids=["truncated", "being rescored"])
+def test_a_run_with_a_shard_not_whole_or_not_its_jobs_is_refused_unless_partial(tmp_path, capsys, damage):
+    run = fake_run(tmp_path / "run", [png(i) for i in range(10)], shard_size=4)
+    why = damage(run)
+    dest = tmp_path / "wds"
+    assert export(str(run), "--format", "webdataset", "-o", str(dest)) == 2
+    assert capsys.readouterr().err == refusal(run, why)
+    assert not dest.exists()
+    assert export(str(run), "--format", "webdataset", "-o", str(dest), "--partial") == 0
+    out = capsys.readouterr().out
+    assert "genbatch: exported 6 of 6 rows (0 filtered, 0 duplicates) in 1 webdataset shards; partial: 1 of the " in out
+    assert [name for name, _ in read_tar(dest / "shard-000000.tar")][::3] == [
+        f"{sample_key(f'id.{i:03d}', 0)}.png" for i in (0, 1, 2, 3, 8, 9)
+    ]
+    assert json.loads((dest / "stats.json").read_text())["shards_left_out"] == [f"shard-00001.parquet {why}"]
 
 
 def test_another_export_to_the_same_destination_is_refused_unless_overwrite(tmp_path, capsys):

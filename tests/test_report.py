@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from scipy import stats
@@ -416,3 +417,51 @@ def test_a_report_whose_last_document_fails_to_write_publishes_none(tmp_path, sc
         capsys.readouterr().err == f"genbatch: error: {run / 'report'}: cannot write there (No space left on device)\n"
     )
     assert list((run / "report").iterdir()) == []  # no report.json alone, no temporary files
+
+
+# ---------------------------------------------------------------- runs with shards that are not whole or not the job's
+
+
+def truncate_shard(run, index: int = 1):
+    shard = run / "data" / f"shard-{index:05d}.parquet"
+    shard.write_bytes(shard.read_bytes()[:1000])  # cut short: no footer
+    return "(incomplete or unreadable)"
+
+
+def rescore_shard(run, index: int = 1):
+    """Shard `index` as a rescore that has not finished leaves it: rewritten with the rescored job's key."""
+    shard = run / "data" / f"shard-{index:05d}.parquet"
+    table = pa.Table.from_batches(pq.ParquetFile(shard).iter_batches())
+    footer = ShardFooter(**json.loads(pq.read_schema(shard).metadata[b"genbatch"]))
+    write_shard(table, str(run), ShardFooter(identity_key({"rescored": True}), index, footer.rows, footer.ok, 0))
+    return "(another job's: a rescore still running or interrupted)"
+
+
+def refusal(run, why: str) -> str:
+    return (
+        f"genbatch: error: {run}: 1 of 3 shards cannot be read as this job's: shard-00001.parquet {why}; finish the "
+        "run (genbatch run) or its rescore, or rerun with --partial to go on without their rows\n"
+    )
+
+
+@pytest.mark.parametrize("damage", [truncate_shard, rescore_shard], ids=["truncated", "being rescored"])
+def test_report_and_compare_refuse_a_run_with_a_shard_not_whole_or_not_its_jobs_unless_partial(
+    tmp_path, scores, capsys, damage
+):
+    run, other = make_run(tmp_path / "run", scores, shard_size=32), make_run(tmp_path / "other", scores)
+    why = damage(run)
+    assert main(["report", str(run)]) == 2
+    assert capsys.readouterr().err == refusal(run, why)
+    assert main(["compare", str(other), str(run), "-o", str(tmp_path / "cmp")]) == 2
+    assert capsys.readouterr().err == refusal(run, why)
+    assert not (run / "report").exists() and not (tmp_path / "cmp").exists()
+
+    assert main(["report", str(run), "--partial"]) == 0
+    err = capsys.readouterr().err
+    assert f"{run}: --partial: 1 shards left out, their rows are not read: shard-00001.parquet {why}" in err
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert (report["rows"], report["shards_left_out"]) == (90 - 32, [f"shard-00001.parquet {why}"])
+    assert "Partial (--partial): 1 shards left out" in (run / "report" / "report.md").read_text()
+    assert main(["compare", str(other), str(run), "-o", str(tmp_path / "cmp"), "--partial"]) == 0
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert (result["pairs"], result["shards_left_out"]) == (90 - 32, {str(run): [f"shard-00001.parquet {why}"]})

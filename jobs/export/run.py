@@ -22,7 +22,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
 
 import pyarrow as pa
@@ -74,6 +74,7 @@ class ExportSummary:
     shards_skipped: int  # complete from an earlier, interrupted run of the same export
     bytes: int
     seconds: float
+    shards_left_out: list[str] = field(default_factory=list)  # the run's, with --partial: their rows not read
 
     @property
     def images_per_s(self) -> float:
@@ -91,6 +92,7 @@ def export_run(
     dedup: bool = False,
     shard_size: int = DEFAULT_SHARD_SIZE,
     overwrite: bool = False,
+    partial: bool = False,
 ) -> ExportSummary:
     started = time.perf_counter()
     # 1. Check the options against the run, before anything is written.
@@ -98,7 +100,7 @@ def export_run(
         raise UsageError(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
     if shard_size < 1:
         raise UsageError(f"--shard-size: must be at least 1, got {shard_size}")
-    source = open_source(run)
+    source = open_source(run, partial)
     # Over the light columns: the filter runs before any image is read.
     light = pa.schema([f for f in source.schema if f.name != C.IMAGE])
     parsed = parse_where(where, light) if where is not None else None
@@ -145,6 +147,7 @@ def export_run(
         shards_skipped=len(complete),
         bytes=sum(sum(shard.values()) for shard in files.values()),
         seconds=time.perf_counter() - started,
+        shards_left_out=source.left_out,
     )
     record = {**summary.as_dict(), "run": source.path, "where": identity["where"], "dedup": dedup}
     with _writing(dest):

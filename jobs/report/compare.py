@@ -116,20 +116,22 @@ def write_comparison(
     reference: str | None = None,
     fid_weights: str | None = None,
     cmmd_model: str | None = None,
+    partial: bool = False,
 ) -> str:
     """Write compare.json/.md/.html and the leaderboard's plots into `out_dir` (default: the last run's
     `compare` folder; a local folder or an object-store prefix).
 
     Two runs get the paired B - A comparison with the leaderboard below it; more runs, the leaderboard.
-    `reference`, `fid_weights` and `cmmd_model` are for set-level metrics against a reference."""
+    `reference`, `fid_weights` and `cmmd_model` are for set-level metrics against a reference. `partial`: go
+    on without a run's shards that are not whole or not its job's (see `runs.job_shard_files`)."""
     if len(runs) < 2:
         raise UsageError(f"compare needs at least two runs (got {len(runs)})")
     out = str(out_dir) if out_dir else storage.join(str(runs[-1]), "compare")
     check_destination(out, ["compare.json", "compare.md", "compare.html"])  # before the work, not after it
     metrics = {"reference": reference, "fid_weights": fid_weights, "cmmd_model": cmmd_model}
     if len(runs) > 2:
-        return leaderboard.write_leaderboard(list(runs), out, name="compare", by=by, **metrics)
-    a, b = open_run(runs[0]), open_run(runs[1])
+        return leaderboard.write_leaderboard(list(runs), out, name="compare", by=by, partial=partial, **metrics)
+    a, b = open_run(runs[0], partial), open_run(runs[1], partial)
     data, visuals = build_comparison(a, b, by)
     board, figures = leaderboard.build_leaderboard([a, b], **metrics, check_prompts=False, by=by)
     data = {**data, **board}

@@ -253,12 +253,13 @@ def build_leaderboard(
     cmmd_model: str | None = None,
     check_prompts: bool = True,
     by: str | None = None,
+    partial: bool = False,
 ) -> tuple[dict, dict]:
     """The leaderboard's figures (for compare.json) and its plots (PNG bytes by file name).
 
     `check_prompts`: warn when a shared id has another prompt or seed in some run (a two-run comparison
     says so itself). `by`: the column whose values get a leaderboard each (default: category, when present)."""
-    opened = [run if isinstance(run, Run) else open_run(run) for run in runs]
+    opened = [run if isinstance(run, Run) else open_run(run, partial) for run in runs]
     if len(opened) < 2:
         raise UsageError(f"a comparison needs at least two runs (got {len(opened)})")
     _check_comparable(opened)
@@ -316,6 +317,8 @@ def build_leaderboard(
             "alpha": ranking.ALPHA,
         },
         "leaderboard_warnings": warnings,
+        # --partial: each run's shards left out, whose rows are on no board
+        "shards_left_out": {run.path: run.left_out for run in opened if run.left_out},
     }
     figures = plots.leaderboard_plots(rankings, keys, front)
     data["plots"] = list(figures)
@@ -342,10 +345,13 @@ def write_leaderboard(
     fid_weights: str | None = None,
     cmmd_model: str | None = None,
     by: str | None = None,
+    partial: bool = False,
 ) -> str:
     """Write `name`.json/.md/.html and the plots' PNG files into `out` (a local folder or an object-store prefix)."""
     check_destination(out, [f"{name}.json", f"{name}.md", f"{name}.html"])  # before the work, not after it
-    data, figures = build_leaderboard(runs, reference, fid_weights=fid_weights, cmmd_model=cmmd_model, by=by)
+    data, figures = build_leaderboard(
+        runs, reference, fid_weights=fid_weights, cmmd_model=cmmd_model, by=by, partial=partial
+    )
     data = {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **data,
