@@ -133,7 +133,9 @@ def write_comparison(
         return leaderboard.write_leaderboard(list(runs), out, name="compare", by=by, partial=partial, **metrics)
     a, b = open_run(runs[0], partial), open_run(runs[1], partial)
     data, visuals = build_comparison(a, b, by)
-    board, figures = leaderboard.build_leaderboard([a, b], **metrics, check_prompts=False, by=by)
+    board, figures = leaderboard.build_leaderboard(
+        [a, b], reference, fid_weights=fid_weights, cmmd_model=cmmd_model, check_prompts=False, by=by
+    )
     data = {**data, **board}
     env = environment()
     context = {"c": data, "v": visuals, "l": data, **leaderboard.page_context(data, figures)}
