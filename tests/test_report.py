@@ -425,7 +425,7 @@ def test_a_report_whose_last_document_fails_to_write_publishes_none(tmp_path, sc
 def truncate_shard(run, index: int = 1):
     shard = run / "data" / f"shard-{index:05d}.parquet"
     shard.write_bytes(shard.read_bytes()[:1000])  # cut short: no footer
-    return "(incomplete or unreadable)"
+    return "(cut short or unreadable)"
 
 
 def rescore_shard(run, index: int = 1):
@@ -434,13 +434,16 @@ def rescore_shard(run, index: int = 1):
     table = pa.Table.from_batches(pq.ParquetFile(shard).iter_batches())
     footer = ShardFooter(**json.loads(pq.read_schema(shard).metadata[b"genbatch"]))
     write_shard(table, str(run), ShardFooter(identity_key({"rescored": True}), index, footer.rows, footer.ok, 0))
-    return "(another job's: a rescore still running or interrupted)"
+    return "(another job's, e.g. a rescore not finished)"
 
 
 def refusal(run, why: str) -> str:
+    fix = (
+        "remove the files cut short and rerun genbatch run to redo them" if "cut short" in why else "finish the rescore"
+    )
     return (
-        f"genbatch: error: {run}: 1 of 3 shards cannot be read as this job's: shard-00001.parquet {why}; finish the "
-        "run (genbatch run) or its rescore, or rerun with --partial to go on without their rows\n"
+        f"genbatch: error: {run}: 1 of 3 shards cannot be read as this job's: shard-00001.parquet {why}; "
+        f"{fix}, or rerun with --partial to go on without their rows\n"
     )
 
 

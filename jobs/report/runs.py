@@ -163,6 +163,7 @@ def job_shard_files(path: str, job: dict, partial: bool = False) -> ShardFiles:
     data = layout.data_dir(path)
     key, planned = identity_key(job["identity"]), {layout.shard_file_name(i) for i in range(job["shards"])}
     files, left_out, others = [], [], []
+    cut = False  # a file cut short or misplaced: `genbatch run` redoes its shard once the file is removed
     for file in storage.list_files(data):
         name = storage.name(file)
         if not layout.is_shard_file(name):
@@ -172,21 +173,24 @@ def job_shard_files(path: str, job: dict, partial: bool = False) -> ShardFiles:
             continue
         footer = read_footer(file)
         if footer is None:
-            left_out.append(f"{name} (incomplete or unreadable)")
+            left_out.append(f"{name} (cut short or unreadable)")
+            cut = True
         elif footer.job_key != key:
-            left_out.append(f"{name} (another job's: a rescore still running or interrupted)")
+            left_out.append(f"{name} (another job's, e.g. a rescore not finished)")
         elif layout.shard_file_name(footer.shard) != name:
             left_out.append(f"{name} (holds shard {footer.shard})")
+            cut = True
         else:
             files.append(file)
+    if left_out and not partial:
+        fix = "remove the files cut short and rerun genbatch run to redo them" if cut else "finish the rescore"
+        raise OutputError(
+            f"{path}: {len(left_out)} of {job['shards']} shards cannot be read as this job's: {some_of(left_out)}; "
+            f"{fix}, or rerun with --partial to go on without their rows"
+        )
     if others:
         shown = some_of(others)
         logger.warning("%s: %d shard files are not part of this job, left out: %s", data, len(others), shown)
-    if left_out and not partial:
-        raise OutputError(
-            f"{path}: {len(left_out)} of {job['shards']} shards cannot be read as this job's: {some_of(left_out)}; "
-            "finish the run (genbatch run) or its rescore, or rerun with --partial to go on without their rows"
-        )
     if left_out:
         logger.warning(
             "%s: --partial: %d shards left out, their rows are not read: %s", path, len(left_out), some_of(left_out)
