@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--fid-weights", metavar="PATH", help="FID Inception-v3 weights (.safetensors); without them no FID/KID"
     )
     report.add_argument("--cmmd-model", metavar="MODEL", help="CLIP model for CMMD (default: the run's clip.model)")
+    report.add_argument(
+        "--partial",
+        action="store_true",
+        help="go on without the run's shards that are not whole or not its job's (cut short, a rescore not "
+        "finished), and say so; without it such a run is refused",
+    )
 
     status = add_command("status", help="progress of a running or finished job, from its output folder")
     status.add_argument("output", help="the job's output folder (or URI)")
@@ -144,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--reference", help="set-level metrics (FID, KID, CMMD) of each run against this image set")
     compare.add_argument("--fid-weights", help="local copy of the standard FID Inception weights (with --reference)")
     compare.add_argument("--cmmd-model", help="CLIP model for CMMD (default: the runs' clip.model; with --reference)")
+    compare.add_argument(
+        "--partial",
+        action="store_true",
+        help="go on without a run's shards that are not whole or not the run's (cut short, a rescore not "
+        "finished), and say so; without it such runs are refused",
+    )
     export = add_command("export", help="a run's images as WebDataset tar shards or an imagefolder, for training")
     export.add_argument("run", help="the run's output folder or URI (s3://...)")
     export.add_argument("--format", required=True, choices=["webdataset", "imagefolder"], help="what to write")
@@ -153,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--shard-size", type=int, default=10_000, metavar="N", help="samples per shard (default 10000)")
     export.add_argument(
         "--overwrite", action="store_true", help="replace an earlier export with other settings in the destination"
+    )
+    export.add_argument(
+        "--partial",
+        action="store_true",
+        help="go on without the run's shards that are not whole or not its job's (cut short, a rescore not "
+        "finished), and say so; without it such a run is refused",
     )
     return parser
 
@@ -397,6 +415,7 @@ def report_command(args: argparse.Namespace) -> int:
             reference=args.reference,
             fid_weights=args.fid_weights,
             cmmd_model=args.cmmd_model,
+            partial=args.partial,
         )
         print(
             f"genbatch: leaderboard of {len(runs)} runs: {storage.join(out, 'leaderboard.html')} "
@@ -404,7 +423,7 @@ def report_command(args: argparse.Namespace) -> int:
         )
         return 0
     options = {"reference": args.reference, "fid_weights": args.fid_weights, "cmmd_model": args.cmmd_model}
-    out = write_report(args.run, args.output, by=args.by, **(options if args.reference else {}))
+    out = write_report(args.run, args.output, by=args.by, partial=args.partial, **(options if args.reference else {}))
     print(f"genbatch: report: {storage.join(out, 'report.html')} (also report.md, report.json)")
     return 0
 
@@ -434,6 +453,7 @@ def compare_command(args: argparse.Namespace) -> int:
         reference=args.reference,
         fid_weights=args.fid_weights,
         cmmd_model=args.cmmd_model,
+        partial=args.partial,
     )
     if len(args.runs) > 2:
         print(
@@ -479,11 +499,14 @@ def export_command(args: argparse.Namespace) -> int:
         dedup=args.dedup,
         shard_size=args.shard_size,
         overwrite=args.overwrite,
+        partial=args.partial,
     )
     left_out = f"{summary.rows_filtered} filtered, {summary.duplicates} duplicates"
     if summary.rows_without_image:
         left_out += f", {summary.rows_without_image} without an image"
     resumed = f", {summary.shards_skipped} already complete" if summary.shards_skipped else ""
+    if summary.shards_left_out:
+        resumed += f"; partial: {len(summary.shards_left_out)} of the run's shards not read"
     print(
         f"genbatch: exported {summary.rows_out} of {summary.rows_in} rows ({left_out}) "
         f"in {summary.shards} {args.format} shards{resumed}: {summary.bytes / 2**20:.1f} MiB in "

@@ -43,6 +43,8 @@ def read_run_record(path: str) -> dict:
     """The job record of the finished or partial run at `path`, for commands that read runs (report,
     export): one line when the location cannot be reached or holds no run."""
     try:
+        if storage.file_type(path) == pafs.FileType.File:
+            raise OutputError(f"{path}: a file, not a run folder; give the run's output folder")
         record = read_job_file(path)
     except OSError as error:  # the location itself cannot be reached (no bucket, no network)
         raise OutputError(f"{path}: cannot reach the run ({one_line(error)})") from None

@@ -46,10 +46,18 @@ def expand_sweep(config: JobConfig, source: str) -> list[SweepRun]:
     JobConfig whose output is its folder under the sweep's output. Raises ConfigError naming the key and value."""
     axes = config.sweep or {}
     base = config.model_dump(mode="json", exclude={"sweep"})
-    # Each value alone first, so that a bad one is named as `key=value` with what is wrong with it.
+    # Each value alone first, so that a bad one is named as `key=value` with what is wrong with it; then
+    # as validation made it (2 and 2.0 of a float setting are one value): the same job twice is refused.
     for key, values in axes.items():
+        seen: dict[str, Any] = {}
         for value in values:
-            _validated(base, {key: value}, config.output.path, source)
+            checked = _setting(_validated(base, {key: value}, config.output.path, source), key, value)
+            text = json.dumps(checked, sort_keys=True, default=str)
+            if text in seen:
+                raise ConfigError(
+                    f"{source}: sweep: {key!r} lists {checked!r} more than once (as {seen[text]!r} and {value!r})"
+                )
+            seen[text] = value
     combinations = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
     folders = folder_names(combinations)
     return [
@@ -74,6 +82,16 @@ def _validated(base: dict, settings: dict[str, Any], output: str, source: str) -
         return JobConfig.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(f"{source}: sweep {shown}: {describe_validation_error(error)}") from None
+
+
+def _setting(config: JobConfig, key: str, value: Any) -> Any:
+    """The value of the dotted `key` in a validated config, as job.json records it."""
+    node: Any = config.model_dump(mode="json")
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return value  # a key validation renamed or dropped: compare what was written
+        node = node[part]
+    return node
 
 
 def check_size(runs: int, yes: bool, source: str) -> None:

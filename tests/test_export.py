@@ -20,7 +20,7 @@ from jobs.export import webdataset as wds_format
 from jobs.export.keys import sample_key
 from jobs.jobfile import identity_key
 from tests.conftest import read_output, write_config
-from tests.test_report import png
+from tests.test_report import png, refusal, rescore_shard, truncate_shard
 from workers import columns as C
 from workers.writer import ShardFooter, write_shard
 
@@ -263,6 +263,48 @@ def test_an_interrupted_export_resumes_to_the_same_bytes(tmp_path, monkeypatch, 
     assert [name for name in sorted(after) if after[name] != before.get(name)] == [
         "shard-000001.parquet", "shard-000001.tar",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_an_imagefolder_shard_that_lost_an_image_is_redone(tmp_path, capsys, damage):
+    run = fake_run(tmp_path / "run", [png(i) for i in range(6)])
+    dest = tmp_path / "folder"
+    options = ["--format", "imagefolder", "-o", str(dest), "--shard-size", "2"]
+    assert export(str(run), *options) == 0
+    whole = tree_bytes(dest)
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in dest.glob("shard-*/*")}
+    image = dest / "shard-000001" / "id_2e003_0.png"
+    if damage == "deleted":
+        image.unlink()
+    else:
+        image.write_bytes(image.read_bytes()[:10])
+    capsys.readouterr()
+    assert export(str(run), *options) == 0
+    assert "in 3 imagefolder shards, 2 already complete" in capsys.readouterr().out
+    assert tree_bytes(dest) == whole
+    rewritten = sorted(
+        p.relative_to(dest).as_posix()
+        for p in dest.glob("shard-*/*")
+        if (p.stat().st_ino, p.stat().st_mtime_ns) != before.get(p)
+    )
+    assert rewritten == ["shard-000001/id_2e002_0.png", "shard-000001/id_2e003_0.png", "shard-000001/metadata.jsonl"]
+
+
+@pytest.mark.parametrize("damage", [truncate_shard, rescore_shard], ids=["truncated", "being rescored"])
+def test_a_run_with_a_shard_not_whole_or_not_its_jobs_is_refused_unless_partial(tmp_path, capsys, damage):
+    run = fake_run(tmp_path / "run", [png(i) for i in range(10)], shard_size=4)
+    why = damage(run)
+    dest = tmp_path / "wds"
+    assert export(str(run), "--format", "webdataset", "-o", str(dest)) == 2
+    assert capsys.readouterr().err == refusal(run, why)
+    assert not dest.exists()
+    assert export(str(run), "--format", "webdataset", "-o", str(dest), "--partial") == 0
+    out = capsys.readouterr().out
+    assert "genbatch: exported 6 of 6 rows (0 filtered, 0 duplicates) in 1 webdataset shards; partial: 1 of the " in out
+    assert [name for name, _ in read_tar(dest / "shard-000000.tar")][::3] == [
+        f"{sample_key(f'id.{i:03d}', 0)}.png" for i in (0, 1, 2, 3, 8, 9)
+    ]
+    assert json.loads((dest / "stats.json").read_text())["shards_left_out"] == [f"shard-00001.parquet {why}"]
 
 
 def test_another_export_to_the_same_destination_is_refused_unless_overwrite(tmp_path, capsys):

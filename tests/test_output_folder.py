@@ -81,8 +81,8 @@ def status_of(output, capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def report_of(output, capsys) -> dict:
-    assert main(["report", str(output)]) == 0
+def report_of(output, capsys, *options: str) -> dict:
+    assert main(["report", str(output), *options]) == 0
     capsys.readouterr()
     return json.loads((output / "report" / "report.json").read_text())
 
@@ -138,7 +138,12 @@ def test_files_that_are_not_the_jobs_are_refused_by_a_run_and_never_counted(work
     status = status_of(output, capsys)
     assert (status["state"], status["rows_done"], status["ok"], status["shards_done"]) == ("stopped", 4, 4, 1)
     assert [(w["shards"], w["generated"]) for w in status["workers"]] == [(1, 4)]
-    report = report_of(output, capsys)
+    assert main(["report", str(output)]) == 2  # shard 1's rows are the job's, but the file is not: not silently
+    assert errors(capsys) == [
+        f"genbatch: error: {output}: 1 of 2 shards cannot be read as this job's: shard-00001.parquet (another "
+        "job's, e.g. a rescore not finished); finish the rescore, or rerun with --partial to go on without their rows"
+    ]
+    report = report_of(output, capsys, "--partial")
     assert (report["rows"], report["ok"], report["clip_score"]["n"]) == (4, 4, 4)
 
 

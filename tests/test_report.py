@@ -8,9 +8,11 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from scipy import stats
@@ -337,3 +339,132 @@ def test_a_100000_row_report_streams_images_in_bounded_memory(tmp_path):
     print(f"report of {rows} rows: peak RSS {peak_mb} MB; all images {all_images_mb:.0f} MB")
     report = json.loads((run / "report" / "report.json").read_text())
     assert report["rows"] == rows and report["clip_score"]["n"] == rows
+
+
+# ---------------------------------------------------------------- destinations that cannot hold a report
+
+
+def _under_a_file(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    return tmp_path / "a-file" / "out", "{out}: cannot write there (a file is in its path)"
+
+
+def _a_file(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    return tmp_path / "a-file", "{out}: not a folder; give -o a folder"
+
+
+def _a_folder_named_like_the_markdown(tmp_path, name):
+    (tmp_path / "out" / f"{name}.md").mkdir(parents=True)
+    return tmp_path / "out", f"{{out}}/{name}.md: not a file; remove it or give -o another folder"
+
+
+@pytest.mark.parametrize("command", ["report", "compare"])
+@pytest.mark.parametrize(
+    "destination",
+    [
+        _a_file,
+        _under_a_file,
+        lambda tmp_path: (Path("/sys"), "{out}: cannot write there (Permission denied)"),
+        lambda tmp_path: (Path("/proc"), "{out}: cannot write there (No such file or directory)"),
+        "markdown is a folder",
+    ],
+    ids=["a file", "under a file", "/sys", "/proc", "NAME.md a folder"],
+)
+def test_an_unusable_report_destination_is_one_line_and_nothing_is_written(
+    tmp_path, scores, capsys, command, destination
+):
+    a, b = make_run(tmp_path / "a", scores), make_run(tmp_path / "b", scores)
+    if destination == "markdown is a folder":
+        out, message = _a_folder_named_like_the_markdown(tmp_path, command)
+    else:
+        out, message = destination(tmp_path)
+    runs = [str(a)] if command == "report" else [str(a), str(b)]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) if out.is_relative_to(tmp_path) else None
+    assert main([command, *runs, "-o", str(out)]) == 2
+    assert capsys.readouterr().err == "genbatch: error: " + message.format(out=out) + "\n"
+    if before is not None:  # not a lone report.json, not a temporary file: nothing at all
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_report_of_a_file_or_with_run_report_a_file_is_one_line(tmp_path, scores, capsys):
+    run = make_run(tmp_path / "run", scores)
+    shard = run / "data" / "shard-00000.parquet"
+    assert main(["report", str(shard)]) == 2
+    assert (
+        capsys.readouterr().err == f"genbatch: error: {shard}: a file, not a run folder; give the run's output folder\n"
+    )
+    (run / "report").write_text("notes")
+    assert main(["report", str(run)]) == 2
+    assert capsys.readouterr().err == f"genbatch: error: {run / 'report'}: not a folder; give -o a folder\n"
+    assert (run / "report").read_text() == "notes"
+
+
+def test_a_report_whose_last_document_fails_to_write_publishes_none(tmp_path, scores, capsys, monkeypatch):
+    from jobs.export import publish
+
+    run = make_run(tmp_path / "run", scores)
+    write = publish.AtomicFile.write
+
+    def full_at_the_html(self, data):
+        if self.location.endswith(".html"):
+            raise OSError(28, "No space left on device")
+        return write(self, data)
+
+    monkeypatch.setattr(publish.AtomicFile, "write", full_at_the_html)
+    assert main(["report", str(run)]) == 2
+    assert (
+        capsys.readouterr().err == f"genbatch: error: {run / 'report'}: cannot write there (No space left on device)\n"
+    )
+    assert list((run / "report").iterdir()) == []  # no report.json alone, no temporary files
+
+
+# ---------------------------------------------------------------- runs with shards that are not whole or not the job's
+
+
+def truncate_shard(run, index: int = 1):
+    shard = run / "data" / f"shard-{index:05d}.parquet"
+    shard.write_bytes(shard.read_bytes()[:1000])  # cut short: no footer
+    return "(cut short or unreadable)"
+
+
+def rescore_shard(run, index: int = 1):
+    """Shard `index` as a rescore that has not finished leaves it: rewritten with the rescored job's key."""
+    shard = run / "data" / f"shard-{index:05d}.parquet"
+    table = pa.Table.from_batches(pq.ParquetFile(shard).iter_batches())
+    footer = ShardFooter(**json.loads(pq.read_schema(shard).metadata[b"genbatch"]))
+    write_shard(table, str(run), ShardFooter(identity_key({"rescored": True}), index, footer.rows, footer.ok, 0))
+    return "(another job's, e.g. a rescore not finished)"
+
+
+def refusal(run, why: str) -> str:
+    fix = (
+        "remove the files cut short and rerun genbatch run to redo them" if "cut short" in why else "finish the rescore"
+    )
+    return (
+        f"genbatch: error: {run}: 1 of 3 shards cannot be read as this job's: shard-00001.parquet {why}; "
+        f"{fix}, or rerun with --partial to go on without their rows\n"
+    )
+
+
+@pytest.mark.parametrize("damage", [truncate_shard, rescore_shard], ids=["truncated", "being rescored"])
+def test_report_and_compare_refuse_a_run_with_a_shard_not_whole_or_not_its_jobs_unless_partial(
+    tmp_path, scores, capsys, damage
+):
+    run, other = make_run(tmp_path / "run", scores, shard_size=32), make_run(tmp_path / "other", scores)
+    why = damage(run)
+    assert main(["report", str(run)]) == 2
+    assert capsys.readouterr().err == refusal(run, why)
+    assert main(["compare", str(other), str(run), "-o", str(tmp_path / "cmp")]) == 2
+    assert capsys.readouterr().err == refusal(run, why)
+    assert not (run / "report").exists() and not (tmp_path / "cmp").exists()
+
+    assert main(["report", str(run), "--partial"]) == 0
+    err = capsys.readouterr().err
+    assert f"{run}: --partial: 1 shards left out, their rows are not read: shard-00001.parquet {why}" in err
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert (report["rows"], report["shards_left_out"]) == (90 - 32, [f"shard-00001.parquet {why}"])
+    assert "Partial (--partial): 1 shards left out" in (run / "report" / "report.md").read_text()
+    assert main(["compare", str(other), str(run), "-o", str(tmp_path / "cmp"), "--partial"]) == 0
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert (result["pairs"], result["shards_left_out"]) == (90 - 32, {str(run): [f"shard-00001.parquet {why}"]})

@@ -426,3 +426,22 @@ def test_a_model_axis_runs_one_pool_per_model_one_after_the_other(tmp_path, ray_
         for group in (first, second)
     ]
     assert images[0] == images[1] and sorted(images[0]) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("axes", "repeated"),
+    [
+        (
+            {"generation.guidance_scale": [2, 3.0, 2.0]},
+            "'generation.guidance_scale' lists 2.0 more than once (as 2 and 2.0)",
+        ),
+        ({"generation.steps": [4, 4.0]}, "'generation.steps' lists 4 more than once (as 4 and 4.0)"),
+    ],
+)
+def test_values_that_validate_to_the_same_setting_are_one_repeated_value(tmp_path, capsys, axes, repeated):
+    manifest = write_manifest(tmp_path / "m.parquet", {"id": ["a"], "prompt": ["a fox"]})
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(small_config(manifest, tmp_path / "o", sweep=axes)))
+    assert main(["run", str(path), "--quiet"]) == 2
+    assert capsys.readouterr().err == f"genbatch: error: {path}: sweep: {repeated}\n"
+    assert not (tmp_path / "o").exists()  # nothing written, nothing run twice

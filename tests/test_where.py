@@ -71,6 +71,8 @@ def known(*values) -> bool:
         ),
         ("clip_score >= +27.5", lambda r: known(r["clip_score"]) and r["clip_score"] >= 27.5),
         ("aesthetic < clip_score", lambda r: known(r["aesthetic"]) and r["aesthetic"] < r["clip_score"]),
+        ("seed <= 9223372036854775807", lambda r: True),  # int64's largest: still an int64 literal
+        ("clip_score < 99999999999999999999999", lambda r: known(r["clip_score"])),  # a float column: a float
     ],
 )
 def test_accepted_filters_select_what_python_selects(text, keep):
@@ -117,6 +119,15 @@ def test_the_canonical_text_ignores_spacing_and_quotes():
         ("status == 'ok' and", "--where: not a valid expression (invalid syntax): status == 'ok' and"),
         ("", "--where: empty expression"),
         ("seed > 1" + " and seed > 1" * 2000, "--where: longer than 10,000 characters"),
+        *(
+            (text, f"--where: {number} is outside the 64-bit integer range ({-(2**63)} to {2**63 - 1})")
+            for text, number in [
+                ("seed <= 9223372036854775808", "9223372036854775808"),
+                ("seed > -9223372036854775809", "-9223372036854775809"),
+                ("steps in [1, 99999999999999999999]", "99999999999999999999"),
+                ("18446744073709551616 > seed", "18446744073709551616"),
+            ]
+        ),
     ],
 )
 def test_refused_filters_say_what_is_wrong_in_one_line(text, message):

@@ -22,7 +22,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
 
 import pyarrow as pa
@@ -74,6 +74,7 @@ class ExportSummary:
     shards_skipped: int  # complete from an earlier, interrupted run of the same export
     bytes: int
     seconds: float
+    shards_left_out: list[str] = field(default_factory=list)  # the run's, with --partial: their rows not read
 
     @property
     def images_per_s(self) -> float:
@@ -91,6 +92,7 @@ def export_run(
     dedup: bool = False,
     shard_size: int = DEFAULT_SHARD_SIZE,
     overwrite: bool = False,
+    partial: bool = False,
 ) -> ExportSummary:
     started = time.perf_counter()
     # 1. Check the options against the run, before anything is written.
@@ -98,7 +100,7 @@ def export_run(
         raise UsageError(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
     if shard_size < 1:
         raise UsageError(f"--shard-size: must be at least 1, got {shard_size}")
-    source = open_source(run)
+    source = open_source(run, partial)
     # Over the light columns: the filter runs before any image is read.
     light = pa.schema([f for f in source.schema if f.name != C.IMAGE])
     parsed = parse_where(where, light) if where is not None else None
@@ -145,6 +147,7 @@ def export_run(
         shards_skipped=len(complete),
         bytes=sum(sum(shard.values()) for shard in files.values()),
         seconds=time.perf_counter() - started,
+        shards_left_out=source.left_out,
     )
     record = {**summary.as_dict(), "run": source.path, "where": identity["where"], "dedup": dedup}
     with _writing(dest):
@@ -235,8 +238,9 @@ def marker_path(dest: str, shard: int) -> str:
 
 
 def complete_shards(dest: str, key: str, entries: dict[str, pafs.FileInfo]) -> dict[int, dict]:
-    """The shards of this export whose markers say they are complete and whose files are all there."""
+    """The shards of this export whose markers say they are complete and whose files are all there, whole."""
     complete = {}
+    folders: dict[str, dict[str, int]] = {}  # a shard folder's files and sizes, listed once
     for path in storage.list_files(storage.join(dest, MARKER_DIR)):
         try:
             marker = json.loads(storage.read_bytes(path))
@@ -244,22 +248,32 @@ def complete_shards(dest: str, key: str, entries: dict[str, pafs.FileInfo]) -> d
             continue  # not a marker: its shard is redone
         if not (isinstance(marker, dict) and marker.get("export_key") == key and isinstance(marker.get("shard"), int)):
             continue
-        if all(_present(dest, name, size, entries) for name, size in marker["files"].items()):
+        if all(_present(dest, name, size, entries, folders) for name, size in marker["files"].items()):
             complete[marker["shard"]] = marker
     return complete
 
 
-def _present(dest: str, name: str, size: int, entries: dict[str, pafs.FileInfo]) -> bool:
-    """Whether a file a marker lists is still there, whole (a folder of images: still there)."""
+def _present(
+    dest: str, name: str, size: int, entries: dict[str, pafs.FileInfo], folders: dict[str, dict[str, int]]
+) -> bool:
+    """Whether a file a marker lists is still there, whole: a tar or sidecar at the top, or one file of a shard
+    folder. A marker that lists a folder without its files (written before they were listed) cannot tell a
+    folder that lost an image: its shard is redone."""
     if "/" not in name:
         info = entries.get(name)
         return info is not None and info.type == pafs.FileType.File and info.size == size
-    if name.endswith("/"):
-        info = entries.get(name.rstrip("/"))
-        return info is not None and info.type == pafs.FileType.Directory
-    filesystem, path = storage.resolve(storage.join(dest, *name.split("/")))
-    info = filesystem.get_file_info(path)
-    return info.type == pafs.FileType.File and info.size == size
+    folder, _, member = name.partition("/")
+    if not member or "/" in member:
+        return False
+    if folder not in folders:
+        folders[folder] = _file_sizes(storage.join(dest, folder))
+    return folders[folder].get(member) == size
+
+
+def _file_sizes(folder: str) -> dict[str, int]:
+    filesystem, path = storage.resolve(folder)
+    infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+    return {info.base_name: info.size for info in infos if info.type == pafs.FileType.File}
 
 
 def destination_entries(dest: str) -> dict[str, pafs.FileInfo]:

@@ -76,6 +76,7 @@ class RunSource:
     schema: pa.Schema
     fingerprint: str  # changes when any shard file is added, rewritten or retried
     image_format: str
+    left_out: list[str] = field(default_factory=list)  # planned shards not read (--partial)
     _seen: DigestSet = field(default_factory=DigestSet)
 
     @property
@@ -127,13 +128,15 @@ class RunSource:
         return pc.is_valid(images.take(rows.column(_POSITION))).combine_chunks()
 
 
-def open_source(path: str) -> RunSource:
-    """The run at `path` (a folder or URI): refused with one line if it is not a genbatch run."""
+def open_source(path: str, partial: bool = False) -> RunSource:
+    """The run at `path` (a folder or URI): refused with one line if it is not a genbatch run, or if a shard is
+    not whole or not its job's, unless `partial` (see `jobs.report.runs.job_shard_files`)."""
     path = storage.normalized(path)
     job = read_run_record(path)
     if job.get("status") != "finished":
         logger.warning("%s: the run is %s: exporting its shards written so far", path, job.get("status", "unknown"))
-    files = job_shard_files(path, job)
+    shards = job_shard_files(path, job, partial)
+    files = shards.files
     footers, schemas = [], []
     for file in files:
         with storage.open_input(file) as handle:
@@ -154,6 +157,7 @@ def open_source(path: str) -> RunSource:
         schema=schema,
         fingerprint=fingerprint,
         image_format=image_format if image_format in EXTENSIONS else "png",
+        left_out=shards.left_out,
     )
 
 

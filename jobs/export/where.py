@@ -25,6 +25,8 @@ from jobs.errors import UsageError, one_line, some_of
 
 MAX_LENGTH = 10_000  # characters: a filter, not a program
 _SHOWN = 100  # characters of an unparsable filter quoted in its error
+# Integer literals must fit pyarrow's int64 scalars (run columns are int64 at most).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 _COMPARISONS = {
     ast.Eq: "==",
@@ -204,6 +206,11 @@ class _Translator:
         assert isinstance(value, bool | int | float | str)
         if column is not None:
             self._check_type(node, column, value)
+        if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+            if column is None or not pa.types.is_floating(self.schema.field(column).type):
+                part = ast.get_source_segment(self.source, node) or ast.unparse(node)
+                raise UsageError(f"--where: {part} is outside the 64-bit integer range ({INT64_MIN} to {INT64_MAX})")
+            value = float(value)  # a float column compares with it as a float
         return value
 
     def _check_type(self, node: ast.expr, column: str, value: bool | int | float | str) -> None:

@@ -14,7 +14,8 @@ import pyarrow.compute as pc
 
 from jobs.errors import UsageError
 from jobs.report import leaderboard
-from jobs.report.render import CLIP_SCORE_DEFINITION, environment, histogram_uri, thumbnail_uri, write_json, write_text
+from jobs.report.documents import check_destination, publish_documents
+from jobs.report.render import CLIP_SCORE_DEFINITION, environment, histogram_uri, json_bytes, thumbnail_uri
 from jobs.report.runs import Run, fetch_images, open_run
 from jobs.report.stats import paired_comparison
 from jobs.report.summary import pick_group_column, run_settings
@@ -115,30 +116,38 @@ def write_comparison(
     reference: str | None = None,
     fid_weights: str | None = None,
     cmmd_model: str | None = None,
+    partial: bool = False,
 ) -> str:
     """Write compare.json/.md/.html and the leaderboard's plots into `out_dir` (default: the last run's
     `compare` folder; a local folder or an object-store prefix).
 
     Two runs get the paired B - A comparison with the leaderboard below it; more runs, the leaderboard.
-    `reference`, `fid_weights` and `cmmd_model` are for set-level metrics against a reference."""
+    `reference`, `fid_weights` and `cmmd_model` are for set-level metrics against a reference. `partial`: go
+    on without a run's shards that are not whole or not its job's (see `runs.job_shard_files`)."""
     if len(runs) < 2:
         raise UsageError(f"compare needs at least two runs (got {len(runs)})")
     out = str(out_dir) if out_dir else storage.join(str(runs[-1]), "compare")
+    check_destination(out, ["compare.json", "compare.md", "compare.html"])  # before the work, not after it
     metrics = {"reference": reference, "fid_weights": fid_weights, "cmmd_model": cmmd_model}
     if len(runs) > 2:
-        return leaderboard.write_leaderboard(list(runs), out, name="compare", by=by, **metrics)
-    a, b = open_run(runs[0]), open_run(runs[1])
+        return leaderboard.write_leaderboard(list(runs), out, name="compare", by=by, partial=partial, **metrics)
+    a, b = open_run(runs[0], partial), open_run(runs[1], partial)
     data, visuals = build_comparison(a, b, by)
-    board, figures = leaderboard.build_leaderboard([a, b], **metrics, check_prompts=False, by=by)
+    board, figures = leaderboard.build_leaderboard(
+        [a, b], reference, fid_weights=fid_weights, cmmd_model=cmmd_model, check_prompts=False, by=by
+    )
     data = {**data, **board}
     env = environment()
     context = {"c": data, "v": visuals, "l": data, **leaderboard.page_context(data, figures)}
-    for file_name, png in figures.items():
-        storage.write_bytes(storage.join(out, file_name), png)
-    write_json(storage.join(out, "compare.json"), data)
-    write_text(storage.join(out, "compare.md"), env.get_template("compare.md.j2").render(context))
-    write_text(storage.join(out, "compare.html"), env.get_template("compare.html.j2").render(context))
-    return out
+    return publish_documents(
+        out,
+        {
+            **figures,
+            "compare.json": json_bytes(data),
+            "compare.md": env.get_template("compare.md.j2").render(context).encode("utf-8"),
+            "compare.html": env.get_template("compare.html.j2").render(context).encode("utf-8"),
+        },
+    )
 
 
 def _group_deltas(pairs: pa.Table, column: str, score_a: np.ndarray, score_b: np.ndarray) -> dict:

@@ -66,7 +66,8 @@ def open_image_set(location: str) -> ImageSet:
     job = read_job_file(location)
     if job is not None:
         clip = (job.get("config") or {}).get("clip") or {}
-        files = job_shard_files(location, job)
+        # A reference is read as it is: shards not whole or not its job's are left out with a warning.
+        files = job_shard_files(location, job, partial=True).files
         ok_rows = sum(footer.ok for footer in map(read_footer, files) if footer is not None)
         return ImageSet(location, "run", files, clip.get("model"), ok_rows)
     files = [f for f in storage.list_files(location, recursive=True) if not storage.name(f).startswith(".")]

@@ -18,9 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from jobs.errors import UsageError, some_of
+from jobs.errors import OutputError, UsageError, some_of
 from jobs.report import plots, ranking
-from jobs.report.render import CLIP_SCORE_DEFINITION, environment, write_json, write_text
+from jobs.report.documents import check_destination, publish_documents
+from jobs.report.render import CLIP_SCORE_DEFINITION, environment, json_bytes
 from jobs.report.runs import Run, open_run
 from jobs.report.summary import pick_group_column
 from workers import columns as C
@@ -62,6 +63,8 @@ def sweep_runs(path: str | Path) -> list[str]:
     A sweep folder has no job.json of its own and either a sweep.json or at least two subfolders that
     hold a job.json (so a folder holding one run and its report is not mistaken for a sweep)."""
     location = storage.normalized(path) if storage.is_remote(str(path)) else str(Path(path))
+    if storage.file_type(location) == pafs.FileType.File:
+        raise OutputError(f"{location}: a file, not a run folder; give the run's output folder")
     if storage.exists(layout.job_file(location)):
         return []
     filesystem, base = storage.resolve(location)
@@ -250,12 +253,13 @@ def build_leaderboard(
     cmmd_model: str | None = None,
     check_prompts: bool = True,
     by: str | None = None,
+    partial: bool = False,
 ) -> tuple[dict, dict]:
     """The leaderboard's figures (for compare.json) and its plots (PNG bytes by file name).
 
     `check_prompts`: warn when a shared id has another prompt or seed in some run (a two-run comparison
     says so itself). `by`: the column whose values get a leaderboard each (default: category, when present)."""
-    opened = [run if isinstance(run, Run) else open_run(run) for run in runs]
+    opened = [run if isinstance(run, Run) else open_run(run, partial) for run in runs]
     if len(opened) < 2:
         raise UsageError(f"a comparison needs at least two runs (got {len(opened)})")
     _check_comparable(opened)
@@ -313,6 +317,8 @@ def build_leaderboard(
             "alpha": ranking.ALPHA,
         },
         "leaderboard_warnings": warnings,
+        # --partial: each run's shards left out, whose rows are on no board
+        "shards_left_out": {run.path: run.left_out for run in opened if run.left_out},
     }
     figures = plots.leaderboard_plots(rankings, keys, front)
     data["plots"] = list(figures)
@@ -339,9 +345,13 @@ def write_leaderboard(
     fid_weights: str | None = None,
     cmmd_model: str | None = None,
     by: str | None = None,
+    partial: bool = False,
 ) -> str:
     """Write `name`.json/.md/.html and the plots' PNG files into `out` (a local folder or an object-store prefix)."""
-    data, figures = build_leaderboard(runs, reference, fid_weights=fid_weights, cmmd_model=cmmd_model, by=by)
+    check_destination(out, [f"{name}.json", f"{name}.md", f"{name}.html"])  # before the work, not after it
+    data, figures = build_leaderboard(
+        runs, reference, fid_weights=fid_weights, cmmd_model=cmmd_model, by=by, partial=partial
+    )
     data = {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **data,
@@ -357,12 +367,15 @@ def write_documents(out: str, name: str, data: dict, figures: dict, template: st
     The HTML shows the plots inline (data URIs), so it stays one self-contained file."""
     env = environment()
     context = {"l": data, **page_context(data, figures)}
-    for file_name, png in figures.items():
-        storage.write_bytes(storage.join(out, file_name), png)
-    write_json(storage.join(out, f"{name}.json"), data)
-    write_text(storage.join(out, f"{name}.md"), env.get_template(f"{template}.md.j2").render(context))
-    html = env.get_template(f"{template}.html.j2").render(context)
-    write_text(storage.join(out, f"{name}.html"), html)
+    publish_documents(
+        out,
+        {
+            **figures,
+            f"{name}.json": json_bytes(data),
+            f"{name}.md": env.get_template(f"{template}.md.j2").render(context).encode("utf-8"),
+            f"{name}.html": env.get_template(f"{template}.html.j2").render(context).encode("utf-8"),
+        },
+    )
 
 
 def page_context(data: dict, figures: dict) -> dict:

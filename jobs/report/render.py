@@ -8,7 +8,7 @@ import json
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from workers import storage
+from jobs.report.documents import publish_documents
 
 CLIP_SCORE_DEFINITION = (
     "CLIP score = 100 × max(cos, 0) per image, where cos is the cosine similarity of CLIP's projected image "
@@ -95,21 +95,21 @@ def histogram_uri(
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def write_text(location: str, text: str) -> None:
-    """Publish whole (a local file or an object), so a reader never sees half a report."""
-    storage.write_bytes(location, text.encode("utf-8"))
-
-
-def write_json(location: str, data: dict) -> None:
-    write_text(location, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+def json_bytes(data: dict) -> bytes:
+    return (json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8")
 
 
 def write_documents(out: str, name: str, data: dict, visuals: dict, var: str) -> str:
-    """`name`.json from the data, and `name`.md / `name`.html from their templates (data as `var`).
+    """`name`.json from the data, and `name`.md / `name`.html from their templates (data as `var`), published
+    together (`documents.publish_documents`: all or none).
 
     `out` is a local folder or an object-store prefix."""
     env = environment()
-    write_json(storage.join(out, f"{name}.json"), data)
-    write_text(storage.join(out, f"{name}.md"), env.get_template(f"{name}.md.j2").render({var: data}))
-    write_text(storage.join(out, f"{name}.html"), env.get_template(f"{name}.html.j2").render({var: data, "v": visuals}))
-    return out
+    return publish_documents(
+        out,
+        {
+            f"{name}.json": json_bytes(data),
+            f"{name}.md": env.get_template(f"{name}.md.j2").render({var: data}).encode("utf-8"),
+            f"{name}.html": env.get_template(f"{name}.html.j2").render({var: data, "v": visuals}).encode("utf-8"),
+        },
+    )

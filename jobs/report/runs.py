@@ -38,6 +38,7 @@ class RunFiles:
     files: list[str]  # the job's own shard files (see `job_shard_files`)
     columns: list[str]  # the output's columns (the first file's)
     file_rows: list[int] | None = None  # rows per file, once known (see `scan`)
+    left_out: list[str] = field(default_factory=list)  # planned shards not read (`--partial`; see `job_shard_files`)
 
     @property
     def clip_model(self) -> str | None:
@@ -56,19 +57,19 @@ class Run(RunFiles):
         return self.table.filter(mask)
 
 
-def locate_run(path: str | Path) -> RunFiles:
-    """A run's job.json and the files of its job, without reading them."""
+def locate_run(path: str | Path, partial: bool = False) -> RunFiles:
+    """A run's job.json and the files of its job, without reading them; `partial`: see `job_shard_files`."""
     path = storage.normalized(path) if storage.is_remote(str(path)) else str(Path(path))
     job = read_run_record(path)
-    files = job_shard_files(path, job)
-    with storage.open_input(files[0]) as source:
+    shards = job_shard_files(path, job, partial)
+    with storage.open_input(shards.files[0]) as source:
         columns = pq.ParquetFile(source).schema_arrow.names
-    return RunFiles(path=path, job=job, files=files, columns=columns)
+    return RunFiles(path=path, job=job, files=shards.files, columns=columns, left_out=shards.left_out)
 
 
-def open_run(path: str | Path) -> Run:
+def open_run(path: str | Path, partial: bool = False) -> Run:
     """Read a run's job.json and its rows' light columns (no images)."""
-    located = locate_run(path)
+    located = locate_run(path, partial)
     dataset = _dataset(located.files)
     names = [name for name in dataset.schema.names if name != C.IMAGE]
     batches = dataset.to_batches(columns=names, batch_size=_BATCH_ROWS)
@@ -144,28 +145,59 @@ def _images_in_file(parquet: pq.ParquetFile, ids: list, found: dict) -> None:
                 found[row_id] = image["bytes"]
 
 
-def job_shard_files(path: str, job: dict) -> list[str]:
+@dataclass(frozen=True)
+class ShardFiles:
+    """A run's shard files that belong to its job, and the planned shards present but left out."""
+
+    files: list[str]
+    left_out: list[str]  # `shard-00001.parquet (why)`: rows a reader of `files` does not see
+
+
+def job_shard_files(path: str, job: dict, partial: bool = False) -> ShardFiles:
     """The shard files in `data/` that belong to the job: a shard it planned, written by it (footer).
 
-    Anything else there (another job's shard, a stray copy) is left out with a warning, never counted."""
+    A planned shard's file that is not whole or not this job's (cut short, or rewritten by a rescore that has
+    not finished) holds rows the job has: refused, naming it, unless `partial` (then left out with a
+    warning). Anything else there (a stray copy, another name) is left out with a warning, never counted.
+    A planned shard without a file was not written (a run still going, or its shard failed: job.json says)."""
     data = layout.data_dir(path)
     key, planned = identity_key(job["identity"]), {layout.shard_file_name(i) for i in range(job["shards"])}
-    files, others = [], []
+    files, left_out, others = [], [], []
+    cut = False  # a file cut short or misplaced: `genbatch run` redoes its shard once the file is removed
     for file in storage.list_files(data):
         name = storage.name(file)
         if not layout.is_shard_file(name):
             continue
-        footer = read_footer(file) if name in planned else None
-        if footer is not None and footer.job_key == key and layout.shard_file_name(footer.shard) == name:
-            files.append(file)
-        else:
+        if name not in planned:
             others.append(name)
+            continue
+        footer = read_footer(file)
+        if footer is None:
+            left_out.append(f"{name} (cut short or unreadable)")
+            cut = True
+        elif footer.job_key != key:
+            left_out.append(f"{name} (another job's, e.g. a rescore not finished)")
+        elif layout.shard_file_name(footer.shard) != name:
+            left_out.append(f"{name} (holds shard {footer.shard})")
+            cut = True
+        else:
+            files.append(file)
+    if left_out and not partial:
+        fix = "remove the files cut short and rerun genbatch run to redo them" if cut else "finish the rescore"
+        raise OutputError(
+            f"{path}: {len(left_out)} of {job['shards']} shards cannot be read as this job's: {some_of(left_out)}; "
+            f"{fix}, or rerun with --partial to go on without their rows"
+        )
     if others:
         shown = some_of(others)
         logger.warning("%s: %d shard files are not part of this job, left out: %s", data, len(others), shown)
+    if left_out:
+        logger.warning(
+            "%s: --partial: %d shards left out, their rows are not read: %s", path, len(left_out), some_of(left_out)
+        )
     if not files:
         raise OutputError(f"{path}: no shard files of this job in {data}")
-    return files
+    return ShardFiles(files, left_out)
 
 
 def _dataset(files: list[str]) -> ds.Dataset:

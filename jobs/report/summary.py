@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.errors import UsageError
+from jobs.report.documents import check_destination
 from jobs.report.render import CLIP_SCORE_DEFINITION, histogram_uri, thumbnail_uri, write_documents
 from jobs.report.runs import Run, RunFiles, fetch_rows, locate_run, scan
 from jobs.report.stats import bootstrap_mean_ci, summarize_scores
@@ -19,6 +20,7 @@ from workers import storage
 DEFAULT_GROUP_COLUMN = "category"
 SHOWN_ROWS = 12
 MAX_FAILED_LISTED = 100
+REPORT_FILES = ("report.json", "report.md", "report.html")
 
 
 def pick_group_column(run: RunFiles, by: str | None) -> str | None:
@@ -62,14 +64,20 @@ def run_settings(run: RunFiles, schedulers: set | None = None) -> dict:
 
 
 def build_report(
-    run_dir: str | Path, by: str | None = None, shown: int = SHOWN_ROWS, reference: str | None = None, **set_options
+    run_dir: str | Path,
+    by: str | None = None,
+    shown: int = SHOWN_ROWS,
+    reference: str | None = None,
+    partial: bool = False,
+    **set_options,
 ) -> tuple[dict, dict]:
     """The report's figures (report.json) and what only the HTML needs (thumbnails, histogram).
 
     One pass over the few columns the figures need, a batch at a time (`RunTally`), then the rows shown
     (failed rows, best and worst images) fetched by position: memory stays flat whatever the run's size.
-    With a `reference` (see `set_metrics.compute_set_metrics`, which takes `set_options`), `set_metrics` too."""
-    run = locate_run(run_dir)
+    With a `reference` (see `set_metrics.compute_set_metrics`, which takes `set_options`), `set_metrics` too.
+    `partial`: go on without the shards that are not whole or not the job's (see `runs.job_shard_files`)."""
+    run = locate_run(run_dir, partial)
     column = pick_group_column(run, by)
     extra_scores = [name for name in C.SCORES if name in run.columns]
     tally = RunTally(column, reconstruct=C.RECON_MSE in run.columns, extra_scores=extra_scores)
@@ -88,6 +96,7 @@ def build_report(
         "groups": {column: tally.group_stats()} if column else {},
         "settings": run_settings(run, tally.schedulers),
         "failed_rows": [],
+        "shards_left_out": run.left_out,  # --partial: their rows are not in these figures
     }
     if extra_scores:
         data["scores"] = tally.extra_score_stats()
@@ -226,11 +235,16 @@ def _tile(row: dict, image: dict) -> dict:
 
 
 def write_report(
-    run_dir: str | Path, out_dir: str | Path | None = None, by: str | None = None, **set_metric_options
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    by: str | None = None,
+    partial: bool = False,
+    **set_metric_options,
 ) -> str:
     """Write report.json/.md/.html into `out_dir` (default RUN/report; a local folder or an object-store prefix).
 
     `reference`, `fid_weights`, `cmmd_model`: set-level metrics against a reference set (`set_metrics`)."""
-    data, visuals = build_report(run_dir, by, **set_metric_options)
     out = str(out_dir) if out_dir else storage.join(str(run_dir), "report")
+    check_destination(out, list(REPORT_FILES))  # before the work, not after it
+    data, visuals = build_report(run_dir, by, partial=partial, **set_metric_options)
     return write_documents(out, "report", data, visuals, "r")
