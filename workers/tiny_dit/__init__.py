@@ -13,6 +13,8 @@ from pathlib import Path
 
 from workers import tiny
 from workers.tiny_dit.flux import save_tiny_flux
+from workers.tiny_dit.qwen_image import save_tiny_qwen_image
+from workers.tiny_dit.sd3 import save_tiny_sd3
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,11 @@ class TinyDiT:
 
 TINY_DITS: dict[str, TinyDiT] = {
     model.name: model
-    for model in (TinyDiT("tiny-flux", "FluxPipeline", "1", save_tiny_flux),)
+    for model in (
+        TinyDiT("tiny-flux", "FluxPipeline", "1", save_tiny_flux),
+        TinyDiT("tiny-sd3", "StableDiffusion3Pipeline", "1", save_tiny_sd3),
+        TinyDiT("tiny-qwen-image", "QwenImagePipeline", "1", save_tiny_qwen_image),
+    )
 }
 
 

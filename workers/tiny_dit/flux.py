@@ -10,49 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from workers.tiny import TEXT_DIM
-from workers.tiny_dit.text_encoders import T5_DIM, clip_text_encoder, t5_text_encoder
+from workers.tiny_dit.components import T5_DIM, clip_text_encoder, flow_match_scheduler, kl_vae, t5_text_encoder
 
 LATENT_CHANNELS = 16
-# FLUX.1's VAE latent normalisation (ae.safetensors config).
-SCALING_FACTOR = 0.3611
-SHIFT_FACTOR = 0.1159
-
-
-def flux_vae(seed: int = 0):
-    """A tiny FLUX.1-style VAE: 16 latent channels, no quant convs, FLUX.1's scaling and shift."""
-    import torch
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        block_out_channels=(8, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=LATENT_CHANNELS,
-        norm_num_groups=4,
-        sample_size=32,
-        scaling_factor=SCALING_FACTOR,
-        shift_factor=SHIFT_FACTOR,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
-
-
-def flow_match_scheduler():
-    """FLUX.1-dev's scheduler settings: the shift grows with the image's token count."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    return FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-    )
 
 
 def save_tiny_flux(folder: Path) -> None:
@@ -75,8 +35,17 @@ def save_tiny_flux(folder: Path) -> None:
     text_encoder, tokenizer = clip_text_encoder(seed=1)
     text_encoder_2, tokenizer_2 = t5_text_encoder(seed=2)
     pipeline = FluxPipeline(
-        scheduler=flow_match_scheduler(),
-        vae=flux_vae(seed=3),
+        # FLUX.1-dev's scheduler_config.json: the shift grows with the image's token count.
+        scheduler=flow_match_scheduler(
+            shift=3.0,
+            use_dynamic_shifting=True,
+            base_shift=0.5,
+            max_shift=1.15,
+            base_image_seq_len=256,
+            max_image_seq_len=4096,
+        ),
+        # FLUX.1's VAE latent normalisation (ae.safetensors config).
+        vae=kl_vae(seed=3, scaling_factor=0.3611, shift_factor=0.1159, latent_channels=LATENT_CHANNELS),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         text_encoder_2=text_encoder_2,

@@ -21,3 +21,62 @@ def build_t5_tokenizer():
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
     pieces += [(char, -3.0) for char in CHARACTERS]
     return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=T5_MAX_TOKENS)
+
+
+# Qwen's chat tokens (Qwen-Image's Qwen2.5-VL, Z-Image's and FLUX.2 klein's Qwen3), and its vision tokens so that
+# the Qwen2.5-VL config can name them.
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+# Qwen-Image drops the first 34 hidden states: its template's system prompt is 34 tokens in Qwen's vocabulary.
+# Giving its words whole-word tokens keeps that count (the tokenizer test checks it), so only the prompt's
+# states reach the transformer.
+QWEN_IMAGE_SYSTEM_PREFIX = (
+    "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial "
+    "relationships of the objects and background:<|im_end|>\n<|im_start|>user\n"
+)
+QWEN_IMAGE_DROP_TOKENS = 34
+# Qwen3's chat template, cut to what the pipelines use: user turns, the generation prompt, and the empty thinking
+# block that `enable_thinking=False` adds (FLUX.2 klein); Z-Image asks for `enable_thinking=True` (no block).
+QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+def build_qwen_tokenizer():
+    """A Qwen2 byte-level BPE fast tokenizer: every byte a token, the chat templates' words whole tokens."""
+    import re
+
+    from tokenizers import pre_tokenizers
+    from transformers import Qwen2TokenizerFast
+
+    byte_chars = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {char: index for index, char in enumerate(sorted(byte_chars))}
+    merges: list[tuple[str, str]] = []
+    # Qwen's pre-tokenizer keeps a word's leading space, which byte-level BPE writes as "Ġ".
+    template_text = re.sub(r"<\|[a-z_]+\|>", "", QWEN_IMAGE_SYSTEM_PREFIX) + "\nassistant"
+    for word in sorted(set(re.findall(r" ?[A-Za-z]+", template_text))):
+        word = word.replace(" ", "Ġ")
+        for end in range(2, len(word) + 1):
+            if word[:end] not in vocab:
+                merges.append((word[: end - 1], word[end - 1]))
+                vocab[word[:end]] = len(vocab)
+    for token in QWEN_SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    tokenizer = Qwen2TokenizerFast(
+        vocab=vocab,
+        merges=merges,
+        model_max_length=32768,
+        additional_special_tokens=QWEN_SPECIAL_TOKENS[1:],
+        chat_template=QWEN3_CHAT_TEMPLATE,
+    )
+    tokenizer.add_tokens(["<think>", "</think>"])  # plain added tokens in Qwen3, not special
+    return tokenizer
