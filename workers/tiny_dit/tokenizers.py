@@ -7,6 +7,7 @@ vocabularies hold single characters only: prompts tokenize long, which exercises
 
 from __future__ import annotations
 
+import re
 import string
 
 # Every printable, non-space ASCII character is a token; others map to the unknown token (or bytes).
@@ -53,22 +54,15 @@ QWEN3_CHAT_TEMPLATE = (
 
 def build_qwen_tokenizer():
     """A Qwen2 byte-level BPE fast tokenizer: every byte a token, the chat templates' words whole tokens."""
-    import re
-
     from tokenizers import pre_tokenizers
     from transformers import Qwen2TokenizerFast
 
     byte_chars = pre_tokenizers.ByteLevel.alphabet()
     vocab = {char: index for index, char in enumerate(sorted(byte_chars))}
-    merges: list[tuple[str, str]] = []
     # Qwen's pre-tokenizer keeps a word's leading space, which byte-level BPE writes as "Ġ".
     template_text = re.sub(r"<\|[a-z_]+\|>", "", QWEN_IMAGE_SYSTEM_PREFIX) + "\nassistant"
-    for word in sorted(set(re.findall(r" ?[A-Za-z]+", template_text))):
-        word = word.replace(" ", "Ġ")
-        for end in range(2, len(word) + 1):
-            if word[:end] not in vocab:
-                merges.append((word[: end - 1], word[end - 1]))
-                vocab[word[:end]] = len(vocab)
+    words = [word.replace(" ", "Ġ") for word in re.findall(r" ?[A-Za-z]+", template_text)]
+    merges = _whole_word_merges(words, vocab)
     for token in QWEN_SPECIAL_TOKENS:
         vocab[token] = len(vocab)
     tokenizer = Qwen2TokenizerFast(
@@ -80,3 +74,38 @@ def build_qwen_tokenizer():
     )
     tokenizer.add_tokens(["<think>", "</think>"])  # plain added tokens in Qwen3, not special
     return tokenizer
+
+
+def build_gemma_tokenizer():
+    """A Gemma fast tokenizer (Sana's Gemma2): `<pad>`=0, `<eos>`=1, `<bos>`=2, `<unk>`=3, `<mask>`=4 as Gemma
+    numbers them, a `<bos>` before every prompt, spaces as "▁", and byte fallback for other characters."""
+    from transformers import GemmaTokenizerFast
+
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    tokens += [f"<0x{byte:02X}>" for byte in range(256)]
+    tokens += ["▁", *CHARACTERS]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    # Whole-word tokens for the instruction SanaPipeline puts before every prompt: it stays ~200 tokens long
+    # (~300 in Gemma's vocabulary) instead of ~1,300 characters, which would dominate the tiny model's time.
+    instruction = "\n".join(_sana_instruction())
+    merges = _whole_word_merges(["▁" + word for word in re.findall(r"[A-Za-z]+", instruction)], vocab)
+    return GemmaTokenizerFast(vocab=vocab, merges=merges)
+
+
+def _sana_instruction() -> list[str]:
+    import inspect
+
+    from diffusers import SanaPipeline
+
+    return inspect.signature(SanaPipeline.__call__).parameters["complex_human_instruction"].default
+
+
+def _whole_word_merges(words: list[str], vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """BPE merges (and vocabulary entries, added to `vocab`) that join each word's characters into one token."""
+    merges = []
+    for word in sorted(set(words)):
+        for end in range(2, len(word) + 1):
+            if word[:end] not in vocab:
+                merges.append((word[: end - 1], word[end - 1]))
+                vocab[word[:end]] = len(vocab)
+    return merges
