@@ -84,14 +84,15 @@ def test_a_whole_clip_folder_passes_the_driver_check(tmp_path, no_ray):
 
 
 def test_a_cached_hub_clip_is_read_from_the_cache(text_only_clip, tmp_path, no_ray):
-    cache_file("genbatch-test/text-only-clip", "config.json")
-    snapshot = next((Path(os.environ["HF_HUB_CACHE"]) / "models--genbatch-test--text-only-clip" / "snapshots").iterdir())
-    shutil.copy(text_only_clip / "model.safetensors", snapshot / "model.safetensors")
+    hub_id = "genbatch-test/text-only-clip"
+    cache_file(hub_id, "config.json")
+    snapshots = Path(os.environ["HF_HUB_CACHE"]) / "models--genbatch-test--text-only-clip" / "snapshots"
+    shutil.copy(text_only_clip / "model.safetensors", next(snapshots.iterdir()) / "model.safetensors")
     manifest = write_manifest(tmp_path / "p.parquet", {"prompt": ["a lighthouse"]})
-    path = write_config(tmp_path / "job.yaml", manifest, tmp_path / "out", clip={"model": "genbatch-test/text-only-clip"})
+    path = write_config(tmp_path / "job.yaml", manifest, tmp_path / "out", clip={"model": hub_id})
     with pytest.raises(ConfigError) as caught:
         check_models(load_config(path))
-    assert str(caught.value) == f"clip.model: genbatch-test/text-only-clip: {DRIVER_SAYS}"
+    assert str(caught.value) == f"clip.model: {hub_id}: {DRIVER_SAYS}"
 
 
 def test_rescore_refuses_it_as_pickscore_and_leaves_the_run_as_it_was(tmp_path, text_only_clip, capsys, no_ray):

@@ -93,7 +93,9 @@ def _diffusers_unexpected(model, variant: str | None) -> set[str]:
     if stored is None:
         return set()
     renamed = dict.fromkeys(stored)
-    model._fix_state_dict_keys_on_load(renamed)  # diffusers' own renaming of old attention-block names
+    rename = getattr(model, "_fix_state_dict_keys_on_load", None)  # diffusers' renaming of old attention-block names
+    if rename is not None:
+        rename(renamed)
     unexpected = set(renamed) - set(model.state_dict())
     for pattern in model._keys_to_ignore_on_load_unexpected or ():
         unexpected = {key for key in unexpected if re.search(pattern, key) is None}
@@ -121,7 +123,8 @@ def weight_file_keys(folder: str, variant: str | None = None) -> set[str] | None
     """The tensor names a model folder's safetensors weights hold (the `variant`'s where it has them, as the
     loaders choose), from headers or the shard index only; None where the folder has no safetensors weights."""
     files = os.listdir(folder)
-    variants = {m["variant"] for m in map(_SINGLE.match, files) if m} | {m["variant"] for m in map(_INDEX.match, files) if m}
+    found = [m for pattern in (_SINGLE, _INDEX) for m in map(pattern.match, files) if m]
+    variants = {m["variant"] for m in found}
     chosen = variant if variant in variants else None
     indexes = [name for name in files if (m := _INDEX.match(name)) and m["variant"] == chosen]
     if indexes:
