@@ -5,6 +5,7 @@ Without it transformers gives the missing tensors random values (diffusers empty
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -168,3 +169,20 @@ def test_the_built_in_models_load_without_a_false_alarm():
         load_pipeline(ref, None, None, CPU, torch.float32)
     for ref in (tiny.TINY, tiny.TINY_PICKSCORE):
         load_clip(ref, CPU)
+
+
+def test_the_weights_read_are_those_the_loaders_pick(tmp_path):
+    from workers.weights_check import weight_file_keys
+
+    stem = "diffusion_pytorch_model"
+    save_file({"plain": torch.zeros(1)}, tmp_path / f"{stem}.safetensors")
+    save_file({"half": torch.zeros(1)}, tmp_path / f"{stem}.fp16.safetensors")
+    save_file({"other": torch.zeros(1)}, tmp_path / "model.safetensors")  # another library's name: not read
+    assert weight_file_keys(str(tmp_path), "fp16", stem=stem) == {"half"}
+    assert weight_file_keys(str(tmp_path), "bf16", stem=stem) == {"plain"}  # no such variant: the plain file
+    assert weight_file_keys(str(tmp_path), None, stem=stem) == {"plain"}
+    index = {"metadata": {}, "weight_map": {"a": "s-1.safetensors", "b": "s-2.safetensors"}}
+    (tmp_path / f"{stem}.safetensors.index.fp16.json").write_text(json.dumps(index))
+    assert weight_file_keys(str(tmp_path), "fp16", stem=stem) == {"a", "b"}
+    (tmp_path / "empty").mkdir()
+    assert weight_file_keys(str(tmp_path / "empty"), stem=stem) is None

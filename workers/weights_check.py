@@ -25,10 +25,6 @@ FOREIGN = "the folder holds weights this model has no place for"
 # What a whole CLIPModel's weights hold: both towers, both projections and the logit scale.
 CLIP_PARTS = ("text_model.*", "vision_model.*", "text_projection.weight", "visual_projection.weight", "logit_scale")
 
-# Weights files as transformers and diffusers save them: NAME.safetensors, NAME.VARIANT.safetensors, and sharded,
-# NAME.safetensors.index.json or NAME.safetensors.index.VARIANT.json listing the shards.
-_SINGLE = re.compile(r"^[^.]+(?:\.(?P<variant>[^.]+))?\.safetensors$")
-_INDEX = re.compile(r"^[^.]+\.safetensors\.index(?:\.(?P<variant>[^.]+))?\.json$")
 
 
 def names(keys: Iterable[str]) -> str:
@@ -62,11 +58,11 @@ def check_loading_info(where: str, model, info: dict) -> None:
 
 def check_pipeline(where: str, pipeline, variant: str | None = None) -> None:
     """Raise for the first of a loaded pipeline's models that its folder did not fill. `where` names the pipeline's
-    folder or hub id; each model is named by its subfolder (`WHERE/unet`).
-
-    diffusers keeps a missing tensor on the `meta` device (it has no values at all) and ignores a tensor its model
-    has no place for, so those are found from the model and its safetensors headers. transformers marks each
-    parameter it filled from the checkpoint (tied ones included) with `_is_hf_initialized`; one it made up has none."""
+    folder or hub id; each model is named by its subfolder (`WHERE/unet`). A pipeline's loader passes no loading
+    info on, so it is found again from each model: diffusers' models by comparing their state dict with the
+    safetensors headers as diffusers does; transformers' by the `_is_hf_initialized` mark it puts on each parameter
+    it filled from the checkpoint (tied ones included; one it made up has none). The tensors a transformers model
+    in a pipeline ignores (unexpected ones) are not seen: they cost nothing, as no weight is random for them."""
     import torch
 
     for name, component in pipeline.components.items():
@@ -82,31 +78,39 @@ def _component_problems(component, variant: str | None) -> tuple[set[str], set[s
     from diffusers import ModelMixin
 
     if isinstance(component, ModelMixin):
-        missing = {key for key, tensor in component.state_dict().items() if tensor.device.type == "meta"}
-        return missing, _diffusers_unexpected(component, variant)
+        return _diffusers_problems(component, variant)
     return _transformers_missing(component), set()
 
 
-def _diffusers_unexpected(model, variant: str | None) -> set[str]:
+def _diffusers_problems(model, variant: str | None) -> tuple[set[str], set[str]]:
+    """What diffusers itself counts as missing and unexpected (its `_load_pretrained_model`): the model's state dict
+    against the file's tensor names, old attention-block names renamed as it renames them. Where the file cannot be
+    read back, the tensors it left on the `meta` device (no values at all) are the missing ones."""
+    expected = model.state_dict()
+    on_meta = {key for key, tensor in expected.items() if tensor.device.type == "meta"}
     folder = getattr(model.config, "_name_or_path", None)
-    stored = weight_file_keys(folder, variant) if isinstance(folder, str) and os.path.isdir(folder) else None
+    stored = None
+    if isinstance(folder, str) and os.path.isdir(folder):
+        stored = weight_file_keys(folder, variant, stem="diffusion_pytorch_model")
     if stored is None:
-        return set()
+        return on_meta, set()
     renamed = dict.fromkeys(stored)
     rename = getattr(model, "_fix_state_dict_keys_on_load", None)  # diffusers' renaming of old attention-block names
     if rename is not None:
         rename(renamed)
-    unexpected = set(renamed) - set(model.state_dict())
+    unexpected = set(renamed) - set(expected)
     for pattern in model._keys_to_ignore_on_load_unexpected or ():
         unexpected = {key for key in unexpected if re.search(pattern, key) is None}
-    return unexpected
+    return on_meta | (set(expected) - set(renamed)), unexpected
 
 
 def _transformers_missing(model) -> set[str]:
-    parameters = dict(model.named_parameters(remove_duplicate=False))
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        return set()  # another library's model: nothing it marks to read
+    parameters = dict(model.named_parameters(remove_duplicate=False))  # a tied parameter under each of its names
     marked = {key for key, parameter in parameters.items() if getattr(parameter, "_is_hf_initialized", False)}
-    if not marked:
-        return set()  # not a transformers model, or one whose loader does not mark what it filled: nothing to tell
     ignored = getattr(model, "_keys_to_ignore_on_load_missing", None) or ()
     return {key for key in set(parameters) - marked if not any(re.search(pattern, key) for pattern in ignored)}
 
@@ -119,24 +123,27 @@ def safetensors_keys(path: str) -> set[str]:
     return {name for name in header if name != "__metadata__"}
 
 
-def weight_file_keys(folder: str, variant: str | None = None) -> set[str] | None:
-    """The tensor names a model folder's safetensors weights hold (the `variant`'s where it has them, as the
-    loaders choose), from headers or the shard index only; None where the folder has no safetensors weights."""
-    files = os.listdir(folder)
-    found = [m for pattern in (_SINGLE, _INDEX) for m in map(pattern.match, files) if m]
-    variants = {m["variant"] for m in found}
-    chosen = variant if variant in variants else None
-    indexes = [name for name in files if (m := _INDEX.match(name)) and m["variant"] == chosen]
-    if indexes:
-        keys: set[str] = set()
-        for name in indexes:
-            with open(os.path.join(folder, name), encoding="utf-8") as handle:
-                keys |= set(json.load(handle)["weight_map"])
-        return keys
-    singles = [name for name in files if (m := _SINGLE.match(name)) and m["variant"] == chosen]
-    if not singles:
-        return None
-    return set().union(*(safetensors_keys(os.path.join(folder, name)) for name in singles))
+def weight_file_keys(folder: str, variant: str | None = None, stem: str = "model") -> set[str] | None:
+    """The tensor names in a model folder's safetensors weights as the loaders name them (transformers: `model`,
+    diffusers: `diffusion_pytorch_model`; `STEM.VARIANT.safetensors` first, as they try it, or the shard index
+    `STEM.safetensors.index[.VARIANT].json`), from the headers or the index only; None where there are none."""
+    for chosen in dict.fromkeys((variant, None)):
+        index = os.path.join(folder, _with_variant(f"{stem}.safetensors.index.json", chosen))
+        if os.path.isfile(index):
+            with open(index, encoding="utf-8") as handle:
+                return set(json.load(handle)["weight_map"])
+        single = os.path.join(folder, _with_variant(f"{stem}.safetensors", chosen))
+        if os.path.isfile(single):
+            return safetensors_keys(single)
+    return None
+
+
+def _with_variant(name: str, variant: str | None) -> str:
+    """`model.safetensors` as `model.fp16.safetensors`: the variant before the last suffix, as the loaders put it."""
+    if variant is None:
+        return name
+    head, _, suffix = name.rpartition(".")
+    return f"{head}.{variant}.{suffix}"
 
 
 def clip_folder_problem(folder: str) -> str | None:
