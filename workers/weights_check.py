@@ -26,7 +26,6 @@ FOREIGN = "the folder holds weights this model has no place for"
 CLIP_PARTS = ("text_model.*", "vision_model.*", "text_projection.weight", "visual_projection.weight", "logit_scale")
 
 
-
 def names(keys: Iterable[str]) -> str:
     """`a, b, c and 7 more`: the first few names, sorted, and how many more there are."""
     ordered = sorted(keys)
