@@ -406,6 +406,7 @@ def report_command(args: argparse.Namespace) -> int:
 
     if args.reference is None and (args.fid_weights or args.cmmd_model):
         raise UsageError("--fid-weights and --cmmd-model need --reference")
+    check_cmmd_model(args.cmmd_model)
     runs = sweep_runs(args.run)
     if runs:  # a sweep folder: the leaderboard over its runs
         out = write_leaderboard(
@@ -428,6 +429,15 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_cmmd_model(ref: str | None) -> None:
+    """Before any image is read: a --cmmd-model folder that is not a whole CLIP would embed with random weights."""
+    from jobs.preflight import clip_weights_problem
+
+    problem = clip_weights_problem(ref)
+    if problem:
+        raise UsageError(f"--cmmd-model: {problem}")
+
+
 def status_command(args: argparse.Namespace) -> int:
     from jobs.status import format_status, format_sweep_status, is_sweep_folder, job_status, sweep_status
     from workers import storage
@@ -446,6 +456,7 @@ def compare_command(args: argparse.Namespace) -> int:
     from jobs.report.compare import write_comparison
     from workers import storage
 
+    check_cmmd_model(args.cmmd_model)
     out = write_comparison(
         args.runs,
         args.output,

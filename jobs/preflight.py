@@ -4,12 +4,21 @@ Without it every actor would find out on its own, each after minutes of retries,
 
 from __future__ import annotations
 
+import os
 import re
 
 from jobs.config import JobConfig
 from jobs.errors import ConfigError, one_line
 from workers.errors import ModelNotFoundError
-from workers.loading import check_hub_model, explain_load_error, is_cached, is_hub_model, quiet_hub
+from workers.loading import (
+    check_hub_model,
+    explain_load_error,
+    is_builtin,
+    is_cached,
+    is_hub_model,
+    looks_like_path,
+    quiet_hub,
+)
 
 # One request with no retries: a model that cannot be had fails the job in seconds.
 HUB_TIMEOUT_S = 10
@@ -25,7 +34,7 @@ def check_before_start(config: JobConfig) -> None:
 def check_models(config: JobConfig) -> None:
     """Raise ConfigError, one line naming the key and what to do, for a hub model the job could not load."""
     check_model("model.id", config.model.id, config.model.revision, "model_index.json")
-    check_model("clip.model", config.clip.model, None, "config.json")
+    check_clip("clip.model", config.clip.model)
     check_score_models(config)
 
 
@@ -33,10 +42,43 @@ def check_score_models(config: JobConfig) -> None:
     """The `scores` section's models and head (genbatch rescore checks only these)."""
     scores = config.scores
     if scores.pickscore is not None:
-        check_model("scores.pickscore.model", scores.pickscore.model, None, "config.json")
+        check_clip("scores.pickscore.model", scores.pickscore.model)
     if scores.aesthetic is not None:
-        check_model("scores.aesthetic.model", scores.aesthetic.model, None, "config.json")
+        check_clip("scores.aesthetic.model", scores.aesthetic.model)
         check_aesthetic_head(scores.aesthetic.head, scores.aesthetic.model)
+
+
+def check_clip(key: str, ref: str | None) -> None:
+    """A CLIP reference: the hub can give it (`check_model`), and its weights, where they are at hand, are a
+    whole CLIPModel's (`clip_weights_problem`)."""
+    check_model(key, ref, None, "config.json")
+    problem = clip_weights_problem(ref)
+    if problem:
+        raise ConfigError(f"{key}: {problem}")
+
+
+def clip_weights_problem(ref: str | None) -> str | None:
+    """`WHERE: not a complete CLIPModel: ...` for a local folder, or a hub model already in the cache, whose
+    safetensors headers lack a part of a CLIPModel (a text encoder alone would load with a random vision tower);
+    None otherwise, or where the weights are not at hand (the actor checks them once it has loaded them)."""
+    from workers.weights_check import clip_folder_problem
+
+    if ref is None or is_builtin(ref):
+        return None
+    if looks_like_path(ref):
+        folder: str | None = os.path.expanduser(ref)
+    elif is_hub_model(ref):
+        quiet_hub()
+        from huggingface_hub import try_to_load_from_cache
+
+        config_file = try_to_load_from_cache(ref, "config.json")
+        folder = os.path.dirname(config_file) if isinstance(config_file, str) else None
+    else:
+        folder = None
+    if folder is None or not os.path.isdir(folder):
+        return None
+    problem = clip_folder_problem(folder)
+    return f"{folder if looks_like_path(ref) else ref}: {problem}" if problem else None
 
 
 def check_aesthetic_head(head: str, clip_ref: str) -> None:

@@ -47,3 +47,8 @@ class ShardWriteError(ShardError, OSError):
 
 class FencedOut(ShardError, OSError):
     """This run no longer holds the output folder's lock: another run took it, so nothing is published."""
+
+
+class IncompleteWeightsError(WorkerError, ValueError):
+    """A model folder whose weights lack some of the model's tensors (or hold others): loaded, it would run on
+    random weights. The message names the folder and the first missing tensors."""

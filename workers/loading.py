@@ -12,6 +12,7 @@ import re
 
 from workers import tiny, tiny_dit
 from workers.errors import ModelNotFoundError
+from workers.weights_check import check_loading_info, check_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +239,7 @@ def load_pipeline(ref: str, revision: str | None, scheduler: str | None, device,
         )
     except OSError as error:
         raise explain_load_error(ref, revision, error) from error
+    check_pipeline(source, pipeline, variant)  # before `.to`: a tensor diffusers left out has no values to move
     if scheduler is not None:
         pipeline.scheduler = build_scheduler(scheduler, pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
@@ -252,8 +254,11 @@ def load_clip(ref: str, device):
     logger.info("loading CLIP %s (%s)", ref, source)
     check_hub_model(ref, None, "config.json")
     try:
-        model = CLIPModel.from_pretrained(source, use_safetensors=True, device_map=weights_device_map(device))
+        model, info = CLIPModel.from_pretrained(
+            source, use_safetensors=True, device_map=weights_device_map(device), output_loading_info=True
+        )
         processor = CLIPProcessor.from_pretrained(source)
     except OSError as error:
         raise explain_load_error(ref, None, error) from error
+    check_loading_info(source, model, info)
     return model.to(device).eval(), processor
