@@ -152,7 +152,8 @@ def test_a_model_too_big_for_the_largest_gpu_is_refused_in_one_line(tmp_path):
     with pytest.raises(ConfigError) as refused:
         fit.check_fit(config, estimate, [L4, {"CPU": 64.0}])
     assert str(refused.value) == (
-        "model needs ~54 GB per worker in bf16; the cluster's largest GPU has 24 GB: use a smaller model, or larger GPUs"
+        "model needs ~54 GB per worker in bf16; the cluster's largest GPU has 24 GB: "
+        "use a smaller model, or larger GPUs"
     )
     fit.check_fit(config, estimate, [L4, H100])  # the H100 holds it
 
