@@ -517,13 +517,3 @@ class _MetaTokenizer:
 
     def __len__(self) -> int:
         return self.vocab
-
-
-def analytic_flux_transformer_flop(spec: DitSpec, size: int) -> float:
-    """FLUX.1's transformer FLOP per evaluation, by hand: every double-stream and single-stream block does
-    12 d^2 multiply-adds per token (double: q, k, v, out and a 4x MLP per stream; single: q, k, v, the 4x MLP
-    in and the joint (d + 4d) -> d out) and 2 N^2 d in attention over all N tokens; 2 FLOP per multiply-add."""
-    d = spec.transformer["num_attention_heads"] * spec.transformer["attention_head_dim"]
-    n = spec.image_tokens(size) + spec.text_tokens
-    blocks = spec.transformer["num_layers"] + spec.transformer["num_single_layers"]
-    return 2 * blocks * (12 * d * d * n + 2 * n * n * d)
