@@ -32,7 +32,15 @@ from pathlib import Path
 
 from jobs.config import JobConfig
 from jobs.errors import ConfigError
-from jobs.weights import TensorInfo, WeightsError, folder_tensors, pipeline_components
+from jobs.weights import (
+    Files,
+    LocalFiles,
+    TensorInfo,
+    WeightsError,
+    folder_tensors,
+    holds_weights,
+    pipeline_components,
+)
 from workers.fastpaths import _DECODE_BYTES_PER_PIXEL as DECODE_BYTES_PER_PIXEL
 from workers.loading import is_builtin, is_hub_model
 from workers.quantize import _ALIGNMENT as QUANTIZE_ALIGNMENT
@@ -153,77 +161,144 @@ def estimate_job(config: JobConfig) -> Estimate:
     size = DTYPE_SIZES[dtype]
     parts: list[Part] = []
     unknown: list[str] = []
-    pipeline = model_folder(config.model.id, config.model.revision, "model_index.json")
-    if isinstance(pipeline, str):
-        unknown.append(f"model.id {config.model.id}: {pipeline}")
-    elif pipeline is not None and not (pipeline / "model_index.json").is_file():
-        unknown.append(f"model.id {config.model.id}: no model_index.json")
-    elif pipeline is not None:
-        components = pipeline_components(pipeline)
-        denoiser = "transformer" if "transformer" in components else "unet"
-        for name, folder in components.items():
-            tensors = _tensors("model.id", folder, config.model.variant)
-            if tensors is None:
-                if _holds_weights(folder):
-                    unknown.append(f"model.id {name}: no safetensors weights in {folder}")
-                continue
-            loaded = sum(cast_bytes(tensor, size) for tensor in tensors)
-            running = loaded
-            if name == denoiser and config.performance.quantize != "none":
-                running = sum(
-                    quantized_bytes(tensor, size, config.performance.quantize, config.performance.quantize_min_features)
-                    for tensor in tensors
-                )
-            parts.append(Part(name, loaded, running))
+    model = config.model
+    try:
+        files = model_files(model.id, model.revision, "model_index.json")
+        if isinstance(files, str):
+            unknown.append(f"model.id {model.id}: {files}")
+        elif files is not None and not files.has("model_index.json"):
+            unknown.append(f"model.id {model.id}: no model_index.json")
+        elif files is not None:
+            parts += pipeline_parts(files, config, size, unknown)
+    except HubUnavailable as why:
+        unknown.append(f"model.id {model.id}: {why}")
     # CLIP and the scorers' CLIPs stay in fp32; a scorer sharing clip.model's CLIP shares its copy.
     scorers = {"clip.model": config.clip.model}
     if config.scores.pickscore is not None:
         scorers["scores.pickscore.model"] = config.scores.pickscore.model
     if config.scores.aesthetic is not None:
         scorers["scores.aesthetic.model"] = config.scores.aesthetic.model
-    seen: set[str] = set()
+    named: dict[str, str] = {}  # model -> the first key naming it
     for key, ref in scorers.items():
-        if ref is None or ref in seen:
-            continue
-        seen.add(ref)
-        found = model_folder(ref, None, "config.json")
-        if isinstance(found, str):
-            unknown.append(f"{key} {ref}: {found}")
-        elif found is not None:
-            tensors = _tensors(key, found, None)
-            if tensors is None:
-                unknown.append(f"{key}: no safetensors weights in {found}")
-                continue
-            size_fp32 = sum(cast_bytes(tensor, 4) for tensor in tensors)
-            parts.append(Part(key, size_fp32, size_fp32))
+        if ref is not None:
+            named.setdefault(ref, key)
+    for ref, key in named.items():
+        try:
+            found = model_files(ref, None, "config.json")
+            if isinstance(found, str):
+                unknown.append(f"{key} {ref}: {found}")
+            elif found is not None:
+                tensors = _tensors(key, found, "", None)
+                if tensors is None:
+                    unknown.append(f"{key}: no safetensors weights in {found}")
+                    continue
+                size_fp32 = sum(cast_bytes(tensor, 4) for tensor in tensors)
+                parts.append(Part(key, size_fp32, size_fp32))
+        except HubUnavailable as why:
+            unknown.append(f"{key} {ref}: {why}")
     return Estimate(dtype, tuple(parts), activation_bytes(config, size), tuple(unknown))
 
 
-def model_folder(ref: str | None, revision: str | None, index_file: str) -> Path | str | None:
-    """The local folder holding `ref`'s files; None for none to size (no model, or a built-in: a few MB);
-    a string saying why where the sizes cannot be known before the actors download the model."""
+def pipeline_parts(files: Files, config: JobConfig, size: int, unknown: list[str]) -> list[Part]:
+    """One Part per component the pipeline loads; components whose weights cannot be sized go to `unknown`."""
+    parts = []
+    components = pipeline_components(files)
+    denoiser = "transformer" if "transformer" in components else "unet"
+    for name in components:
+        tensors = _tensors("model.id", files, name, config.model.variant)
+        if tensors is None:
+            if holds_weights(files, name):
+                unknown.append(f"model.id {name}: no safetensors weights in {files}/{name}")
+            continue
+        loaded = sum(cast_bytes(tensor, size) for tensor in tensors)
+        running = loaded
+        quantize = config.performance.quantize
+        if name == denoiser and quantize != "none":
+            minimum = config.performance.quantize_min_features
+            running = sum(quantized_bytes(tensor, size, quantize, minimum) for tensor in tensors)
+        parts.append(Part(name, loaded, running))
+    return parts
+
+
+def model_files(ref: str | None, revision: str | None, index_file: str) -> Files | str | None:
+    """Where `ref`'s files are read from; None for none to size (no model, or a built-in: a few MB); a
+    string saying why where the sizes cannot be known before the actors download the model."""
     if ref is None or is_builtin(ref):
         return None
     if not is_hub_model(ref):
-        return Path(os.path.expanduser(ref))
-    from huggingface_hub import try_to_load_from_cache
+        return LocalFiles(Path(os.path.expanduser(ref)))
+    from huggingface_hub import constants, try_to_load_from_cache
 
-    found = try_to_load_from_cache(ref, index_file, revision=revision)
-    if not isinstance(found, str):
+    cached = try_to_load_from_cache(ref, index_file, revision=revision)
+    snapshot = Path(cached).parent if isinstance(cached, str) else None
+    if snapshot is None and constants.HF_HUB_OFFLINE:
         return "not in the Hugging Face cache, so its weight sizes are unknown until the actors download it"
-    return Path(found).parent
+    return HubFiles(ref, revision, snapshot, online=not constants.HF_HUB_OFFLINE)
 
 
-def _tensors(key: str, folder: Path, variant: str | None) -> list[TensorInfo] | None:
+class HubUnavailable(Exception):
+    """The hub could not tell a model's sizes (no network, an error): the estimate says so and goes on."""
+
+
+class HubFiles:
+    """A hub model's files: from the local cache where it holds them, else from the hub, whose safetensors
+    headers are read with HTTP range requests (a few KB each; no tensor is downloaded)."""
+
+    def __init__(self, ref: str, revision: str | None, snapshot: Path | None, online: bool):
+        self.ref, self.revision, self.online = ref, revision, online
+        self.local = LocalFiles(snapshot) if snapshot is not None else None
+        self.remote: set[str] | None = None
+        if online:
+            self.remote = set(self._ask(lambda api: api.list_repo_files(ref, revision=revision)))
+
+    def _ask(self, call):
+        import httpx2
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            return call(HfApi())
+        except (HfHubHTTPError, httpx2.RequestError, OSError, ValueError) as error:  # the sizes are unknown
+            raise HubUnavailable(f"could not read its weight sizes from the hub ({type(error).__name__})") from None
+
+    def _cached(self, path: str) -> bool:
+        return self.local is not None and self.local.has(path)
+
+    def has(self, path: str) -> bool:
+        return self._cached(path) or (self.remote is not None and path in self.remote)
+
+    def under(self, folder: str) -> list[str]:
+        names = set(self.local.under(folder)) if self.local is not None else set()
+        names |= {name for name in self.remote or () if name.rpartition("/")[0] == folder}
+        return sorted(names)
+
+    def read_json(self, path: str) -> dict:
+        if self._cached(path) or not self.online:
+            assert self.local is not None
+            return self.local.read_json(path)
+        from huggingface_hub import hf_hub_download
+
+        local = self._ask(lambda api: hf_hub_download(self.ref, path, revision=self.revision))  # small: kept cached
+        return LocalFiles(Path(local).parent).read_json(Path(local).name)
+
+    def tensors(self, path: str) -> list[TensorInfo]:
+        if self._cached(path):
+            assert self.local is not None
+            return self.local.tensors(path)
+        if not self.online:
+            raise HubUnavailable(f"{path} is not in the Hugging Face cache")
+        metadata = self._ask(lambda api: api.parse_safetensors_file_metadata(self.ref, path, revision=self.revision))
+        return [TensorInfo(name, info.dtype, tuple(info.shape)) for name, info in metadata.tensors.items()]
+
+    def __str__(self) -> str:
+        return f"{self.ref} (Hugging Face hub)"
+
+
+def _tensors(key: str, files: Files, folder: str, variant: str | None) -> list[TensorInfo] | None:
     try:
-        return folder_tensors(folder, variant)
+        return folder_tensors(files, folder, variant)
     except WeightsError as error:
         raise WeightsError(f"{key}: {error}") from None
-
-
-def _holds_weights(folder: Path) -> bool:
-    # A component folder with only a config (a scheduler, a tokenizer) has nothing to load onto the GPU.
-    return any(folder.glob("*.safetensors*")) or any(folder.glob("*.bin")) or any(folder.glob("*.pt*"))
 
 
 def cast_bytes(tensor: TensorInfo, size: int) -> float:

@@ -13,6 +13,7 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 # Bytes per element of each safetensors dtype.
 DTYPE_BYTES = {
@@ -96,53 +97,93 @@ def read_header(path: str | Path) -> list[TensorInfo]:
     return tensors
 
 
-def weight_files(folder: Path, variant: str | None = None) -> list[Path] | None:
-    """The .safetensors files `from_pretrained` loads from one component folder; None when it has none.
+class Files(Protocol):
+    """Where a model's files are read from: a local folder (LocalFiles), or the hub (jobs.fit.HubFiles).
+    Paths are relative to the model's root, with `/`."""
 
-    A variant's files (`model.fp16.safetensors`, the index `model.safetensors.index.fp16.json`) where
-    `variant` is set and the folder has them, else the plain ones, as diffusers falls back to."""
+    def has(self, path: str) -> bool: ...
+
+    def under(self, folder: str) -> list[str]: ...  # the paths of the files in `folder`
+
+    def read_json(self, path: str) -> dict: ...
+
+    def tensors(self, path: str) -> list[TensorInfo]: ...
+
+
+class LocalFiles:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def has(self, path: str) -> bool:
+        return (self.root / path).is_file()
+
+    def under(self, folder: str) -> list[str]:
+        where = self.root / folder
+        return sorted(f"{folder}/{p.name}" for p in where.iterdir() if p.is_file()) if where.is_dir() else []
+
+    def read_json(self, path: str) -> dict:
+        try:
+            value = json.loads((self.root / path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise WeightsError(f"{self.root / path}: cannot be read as JSON ({error})") from None
+        if not isinstance(value, dict):
+            raise WeightsError(f"{self.root / path}: not a JSON object")
+        return value
+
+    def tensors(self, path: str) -> list[TensorInfo]:
+        return read_header(self.root / path)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+
+def weight_files(files: Files, folder: str = "", variant: str | None = None) -> list[str] | None:
+    """The .safetensors files `from_pretrained` loads from one component `folder` (\"\": the root); None when
+    it has none. A variant's files (`model.fp16.safetensors`, the index `model.safetensors.index.fp16.json`)
+    where `variant` is set and the folder has them, else the plain ones, as diffusers falls back to."""
+    prefix = f"{folder}/" if folder else ""
     for wanted in [variant, None] if variant else [None]:
         for stem in WEIGHT_STEMS:
-            index = folder / (f"{stem}.safetensors.index.{wanted}.json" if wanted else f"{stem}.safetensors.index.json")
-            if index.is_file():
-                return _sharded_files(index)
-            single = folder / (f"{stem}.{wanted}.safetensors" if wanted else f"{stem}.safetensors")
-            if single.is_file():
+            index = prefix + (f"{stem}.safetensors.index.{wanted}.json" if wanted else f"{stem}.safetensors.index.json")
+            if files.has(index):
+                return _sharded_files(files, index, prefix)
+            single = prefix + (f"{stem}.{wanted}.safetensors" if wanted else f"{stem}.safetensors")
+            if files.has(single):
                 return [single]
     return None
 
 
-def _sharded_files(index: Path) -> list[Path]:
+def _sharded_files(files: Files, index: str, prefix: str) -> list[str]:
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        names = sorted(set(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        names = sorted(set(files.read_json(index)["weight_map"].values()))
+    except (KeyError, TypeError, AttributeError):
         raise WeightsError(f"{index}: not a safetensors index (no weight_map)") from None
-    return [index.parent / name for name in names]
+    return [prefix + name for name in names]
 
 
-def folder_tensors(folder: Path, variant: str | None = None) -> list[TensorInfo] | None:
+def folder_tensors(files: Files, folder: str = "", variant: str | None = None) -> list[TensorInfo] | None:
     """Every tensor of one component (or single-model) folder; None when it has no safetensors weights."""
-    files = weight_files(folder, variant)
-    if files is None:
+    paths = weight_files(files, folder, variant)
+    if paths is None:
         return None
-    return [tensor for path in files for tensor in read_header(path)]
+    return [tensor for path in paths for tensor in files.tensors(path)]
 
 
-def pipeline_components(folder: Path) -> dict[str, Path]:
-    """The component folders a diffusers pipeline folder's model_index.json names and genbatch loads:
-    entries given as [library, class] (not [null, null]), less the safety checker."""
-    index = folder / "model_index.json"
-    try:
-        entries = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise WeightsError(f"{index}: cannot be read as JSON ({error})") from None
-    return {
-        name: folder / name
+def holds_weights(files: Files, folder: str) -> bool:
+    """True when a component folder has weight files of any format (a scheduler's or tokenizer's has none)."""
+    return any(path.endswith((".safetensors", ".bin", ".pt", ".pth", ".ckpt")) for path in files.under(folder))
+
+
+def pipeline_components(files: Files) -> list[str]:
+    """The component folders a diffusers pipeline's model_index.json names and genbatch loads: entries
+    given as [library, class] (not [null, null]), less the safety checker."""
+    entries = files.read_json("model_index.json")
+    return [
+        name
         for name, value in entries.items()
         if not name.startswith("_")
         and name not in NOT_LOADED
         and isinstance(value, list)
         and len(value) == 2
         and value[0] is not None
-    }
+    ]

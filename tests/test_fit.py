@@ -16,7 +16,7 @@ from jobs import cluster, fit
 from jobs.config import JobConfig
 from jobs.errors import ConfigError
 from jobs.preflight import check_before_start
-from jobs.weights import folder_tensors, read_header, weight_files
+from jobs.weights import LocalFiles, folder_tensors, read_header, weight_files
 from tests.conftest import small_config, write_manifest
 
 GB = 1e9
@@ -86,10 +86,10 @@ def test_header_sums_equal_the_tensors_nbytes_of_the_tiny_pipeline(tiny_dirs):
 
     pipeline, clip = tiny_dirs
     for folder in [pipeline / name for name in ("unet", "vae", "text_encoder")] + [clip]:
-        files = weight_files(folder)
+        files = weight_files(LocalFiles(folder))
         assert files is not None
-        tensors = {name: tensor for path in files for name, tensor in load_file(path).items()}
-        infos = folder_tensors(folder)
+        tensors = {name: tensor for path in files for name, tensor in load_file(folder / path).items()}
+        infos = folder_tensors(LocalFiles(folder))
         assert infos is not None
         assert {t.name: (t.dtype, t.shape) for t in infos} == {
             name: (SAFETENSORS_DTYPES[t.dtype], tuple(t.shape)) for name, t in tensors.items()
@@ -103,7 +103,7 @@ def test_the_estimate_of_a_local_folder_is_its_weights_in_the_jobs_dtype_plus_th
     pipeline, clip = tiny_dirs
 
     def bytes_as(folder: Path, size: int) -> int:
-        tensors = load_file(weight_files(folder)[0]).values()  # type: ignore[index]
+        tensors = load_file(folder / weight_files(LocalFiles(folder))[0]).values()  # type: ignore[index]
         return sum(t.numel() * (size if t.is_floating_point() else t.element_size()) for t in tensors)
 
     config = job(pipeline, clip={"model": str(clip)}, generation={"width": 64, "height": 64, "guidance_scale": 7.5})
@@ -137,10 +137,11 @@ def test_sharded_weights_are_summed_from_their_index_and_a_variant_is_preferred(
     weight_map = {"a.weight": "diffusion_pytorch_model-00001-of-00002.safetensors"}
     weight_map["b.weight"] = "diffusion_pytorch_model-00002-of-00002.safetensors"
     (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    assert sum(t.nbytes for t in folder_tensors(folder) or []) == 4 * (100 + 20)
+    files = LocalFiles(tmp_path)
+    assert sum(t.nbytes for t in folder_tensors(files, "transformer") or []) == 4 * (100 + 20)
     header_only(folder / "diffusion_pytorch_model.fp16.safetensors", {"a.weight": ("F16", (3, 3))})
-    assert [t.shape for t in folder_tensors(folder, "fp16") or []] == [(3, 3)]
-    assert len(folder_tensors(folder, "bf16") or []) == 2  # no such variant: the plain files, as diffusers does
+    assert [t.shape for t in folder_tensors(files, "transformer", "fp16") or []] == [(3, 3)]
+    assert len(folder_tensors(files, "transformer", "bf16") or []) == 2  # no such variant: the plain files
 
 
 def test_a_model_too_big_for_the_largest_gpu_is_refused_in_one_line(tmp_path):
@@ -202,6 +203,49 @@ def test_a_hub_model_not_in_the_cache_is_sized_as_unknown(tmp_path, caplog):
     )
     fit.check_fit(config, estimate, [H100])
     assert caplog.records[0].getMessage().startswith("sizes uncertain: model.id black-forest-labs/FLUX.1-dev: ")
+
+
+def test_a_hub_model_not_in_the_cache_is_sized_from_its_headers_on_the_hub(tmp_path, monkeypatch):
+    """Online, the headers are read with range requests (parse_safetensors_file_metadata), never the tensors."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.utils import SafetensorsFileMetadata
+    from huggingface_hub.utils import TensorInfo as HubTensor
+
+    local = dit_pipeline(tmp_path / "remote", 20e9, 2.2e9)  # what the hub holds, read through the fakes below
+    asked: list[str] = []
+
+    class FakeApi:
+        def list_repo_files(self, repo_id, revision=None):
+            return [str(path.relative_to(local)) for path in local.rglob("*") if path.is_file()]
+
+        def parse_safetensors_file_metadata(self, repo_id, filename, revision=None):
+            asked.append(filename)
+            tensors = {
+                t.name: HubTensor(dtype=t.dtype, shape=list(t.shape), data_offsets=(0, t.nbytes))  # type: ignore[arg-type]
+                for t in read_header(local / filename)
+            }
+            return SafetensorsFileMetadata(metadata={}, tensors=tensors)
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, path, revision=None: str(local / path))
+    estimate = fit.estimate_job(job("Qwen/Qwen-Image"))
+    assert estimate.unknown == ()
+    assert estimate.weights_bytes == pytest.approx(44.4 * GB, rel=1e-3)
+    assert sorted(asked) == [
+        "text_encoder/model.safetensors",
+        "transformer/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+    ]
+
+    def no_network(self, repo_id, revision=None):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(FakeApi, "list_repo_files", no_network)
+    assert fit.estimate_job(job("Qwen/Qwen-Image")).unknown == (
+        "model.id Qwen/Qwen-Image: could not read its weight sizes from the hub (OSError)",
+    )
 
 
 def test_cpu_jobs_skip_the_check_and_read_no_header(tmp_path):
