@@ -47,13 +47,14 @@ from workers.quantize import _ALIGNMENT as QUANTIZE_ALIGNMENT
 
 logger = logging.getLogger(__name__)
 
-GB = 1e9
+# Sizes are in GiB, printed "GB" as GPU memory is labelled (an "80 GB" H100 has 79.6 GiB usable by CUDA).
+GB = 2**30
 FIXED_BYTES = 1.5 * GB
 WEIGHTS_SLACK = 0.10
 DENOISER_BYTES_PER_PIXEL = 512
 DTYPE_SIZES = {"bf16": 2, "fp16": 2, "fp32": 4}
 SCALE_BYTES = 4  # one fp32 scale per output row of a quantized Linear weight
-# Nominal memory of each GPU type as Ray labels nodes (the `accelerator_type:X` resource, the device name's
+# Nominal memory of each GPU type (GiB) as Ray labels nodes (the `accelerator_type:X` resource, the device name's
 # model token), in GB: (smallest, largest) where one name covers several sizes (A100 40/80 GB, V100
 # 16/32 GB, H100 80/94 GB): such a GPU refuses nothing between the two, it only warns.
 GPU_MEMORY_GB: dict[str, tuple[float, float]] = {
@@ -129,7 +130,7 @@ class Estimate:
         return max(self.loaded_bytes + FIXED_BYTES, self.weights_bytes + self.margin_bytes)
 
     def record(self) -> dict:
-        """For job.json's `estimate`: GB, rounded to 0.01."""
+        """For job.json's `estimate`: GiB, rounded to 0.01."""
         return {
             "dtype": self.dtype,
             "weights_gb": _gb(self.weights_bytes),
