@@ -93,6 +93,9 @@ GPU_MEMORY_GB: dict[str, tuple[float, float]] = {
     "AMD-Instinct-MI355X-OAM": (288, 288),
 }
 ACCELERATOR_PREFIX = "accelerator_type:"
+# A need this small fits any GPU that runs diffusion models (8 GB: a P4, the smallest in GPU_MEMORY_GB), so a
+# GPU of unknown size is not worth a warning (the built-in tiny models need ~2 GB, nearly all of it margin).
+SMALL_NEED_GB = 8
 
 
 @dataclass(frozen=True)
@@ -394,7 +397,7 @@ def fit_verdict(
     largest = max((high for _, high in sizes.known.values()), default=None)
     if largest is not None and per_gpu > largest and not sizes.unknown:
         return Verdict(f"{needs}; the cluster's largest GPU has {largest:g} GB: use {_or(advice)}")
-    if sizes.unknown:
+    if sizes.unknown and need > SMALL_NEED_GB:
         unknown = ", ".join(sizes.unknown)
         warnings.append(f"could not tell whether the model fits ({needs}): GPU memory unknown for {unknown}")
     small = sorted(f"{kind} ({_range(low, high)} GB)" for kind, (low, high) in sizes.known.items() if per_gpu > low)

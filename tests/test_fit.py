@@ -192,6 +192,10 @@ def test_uncertain_numbers_warn_instead_of_refusing(tmp_path, caplog):
         "could not tell whether the model fits (model needs ~54 GB per worker in bf16): GPU memory unknown for "
         "a node with 1 GPU(s) of a type Ray does not name",
     ]
+    caplog.clear()
+    tiny = job("tiny")  # a built-in: ~5 GB, all of it margin, fits any GPU worth naming
+    fit.check_fit(tiny, fit.estimate_job(tiny), [{"GPU": 1.0}])
+    assert caplog.records == []
 
 
 def test_a_hub_model_not_in_the_cache_is_sized_as_unknown(tmp_path, caplog):
