@@ -237,7 +237,13 @@ def model_files(ref: str | None, revision: str | None, index_file: str) -> Files
     snapshot = Path(cached).parent if isinstance(cached, str) else None
     if snapshot is None and constants.HF_HUB_OFFLINE:
         return "not in the Hugging Face cache, so its weight sizes are unknown until the actors download it"
-    return HubFiles(ref, revision, snapshot, online=not constants.HF_HUB_OFFLINE)
+    key = (ref, revision, snapshot, constants.HF_HUB_OFFLINE)
+    if key not in _HUB_FILES:  # a sweep sizes the same model for each of its runs: ask the hub once
+        _HUB_FILES[key] = HubFiles(ref, revision, snapshot, online=not constants.HF_HUB_OFFLINE)
+    return _HUB_FILES[key]
+
+
+_HUB_FILES: dict[tuple, HubFiles] = {}
 
 
 class HubUnavailable(Exception):
@@ -252,6 +258,7 @@ class HubFiles:
         self.ref, self.revision, self.online = ref, revision, online
         self.local = LocalFiles(snapshot) if snapshot is not None else None
         self.remote: set[str] | None = None
+        self.headers: dict[str, list[TensorInfo]] = {}  # path -> its tensors, read once
         if online:
             self.remote = set(self._ask(lambda api: api.list_repo_files(ref, revision=revision)))
 
@@ -291,8 +298,10 @@ class HubFiles:
             return self.local.tensors(path)
         if not self.online:
             raise HubUnavailable(f"{path} is not in the Hugging Face cache")
-        metadata = self._ask(lambda api: api.parse_safetensors_file_metadata(self.ref, path, revision=self.revision))
-        return [TensorInfo(name, info.dtype, tuple(info.shape)) for name, info in metadata.tensors.items()]
+        if path not in self.headers:
+            ask = self._ask(lambda api: api.parse_safetensors_file_metadata(self.ref, path, revision=self.revision))
+            self.headers[path] = [TensorInfo(name, info.dtype, tuple(info.shape)) for name, info in ask.tensors.items()]
+        return self.headers[path]
 
     def __str__(self) -> str:
         return f"{self.ref} (Hugging Face hub)"

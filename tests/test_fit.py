@@ -233,6 +233,7 @@ def test_a_hub_model_not_in_the_cache_is_sized_from_its_headers_on_the_hub(tmp_p
             return SafetensorsFileMetadata(metadata={}, tensors=tensors)
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(fit, "_HUB_FILES", {})
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, path, revision=None: str(local / path))
     estimate = fit.estimate_job(job("Qwen/Qwen-Image"))
@@ -243,11 +244,14 @@ def test_a_hub_model_not_in_the_cache_is_sized_from_its_headers_on_the_hub(tmp_p
         "transformer/diffusion_pytorch_model.safetensors",
         "vae/diffusion_pytorch_model.safetensors",
     ]
+    fit.estimate_job(job("Qwen/Qwen-Image", generation={"width": 512}))  # a sweep's next run: asked once
+    assert len(asked) == 3
 
     def no_network(self, repo_id, revision=None):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(FakeApi, "list_repo_files", no_network)
+    fit._HUB_FILES.clear()
     assert fit.estimate_job(job("Qwen/Qwen-Image")).unknown == (
         "model.id Qwen/Qwen-Image: could not read its weight sizes from the hub (OSError)",
     )
