@@ -137,6 +137,17 @@ def test_flux_rows_print_the_published_anchors_and_the_goals_with_the_fp8_drift(
     assert "(transformer 2083, vae decode 10; the transformer 99.5%)" in table
 
 
+def test_gpu_check_asks_for_the_wheels_it_installs_before_doing_anything(tmp_path):
+    done = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh"), "--out", str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert (done.returncode, done.stderr) == (
+        2,
+        "gpu_check.sh: give the folder of wheels to install (or --tiny for the CPU check)\n",
+    )
+    assert (tmp_path / "results.md").read_text() == ""  # nothing was run
+
+
 @pytest.mark.slow  # a smoke run of the benchmark (a Ray job per measurement), stopped by SIGTERM mid-run
 def test_a_stopped_smoke_run_prints_and_appends_what_it_measured(tmp_path):
     results = tmp_path / "RESULTS.md"
