@@ -11,10 +11,10 @@
 #
 # The steps, each under a time limit of its own (SIGTERM: gpu_throughput.py prints and keeps the rows it
 # finished, so a slow step costs its own rows only):
-#   1. SD1.5-sized, 512 px, 50 steps, batch 16, compile on, genbatch: quantize none (goal >= 4.0 images/s)
+#   1. SD1.5-sized, 512 px, 50 steps, batch 16, 32 rows, compile on, genbatch: quantize none (goal >= 4.0 images/s)
 #      and fp8 (goal >= 4.7), with fp8's drift from the unquantized images;
 #   2. the compile cache: first-image time of a warm actor against a cold one (goal <= 40%), tiny model;
-#   3. FLUX.1-dev-sized, 1024 px, 28 steps, batch 1, plain diffusers runner on a pipeline built on the GPU
+#   3. FLUX.1-dev-sized, 1024 px, 28 steps, batch 1, 3 rows, plain diffusers runner on a pipeline built on the GPU
 #      (--in-memory: no 34 GB folder to write), compile off and on (goal >= 0.25 images/s compiled);
 #   4. the same with fp8, compiled (goal >= 0.33 images/s), drift against step 3's images.
 # Every table is appended to OUT/results.md (default $OUT, else ./gpu-check-out) and printed at the end.
@@ -46,7 +46,7 @@ python="${PYTHON:-python}"
 if [ "$tiny" = 1 ]; then
     sd_limit=300; cache_limit=900; flux_limit=900; fp8_limit=600
 else
-    sd_limit=200; cache_limit=110; flux_limit=150; fp8_limit=110
+    sd_limit=210; cache_limit=90; flux_limit=130; fp8_limit=100  # 530 s, plus ~30 s of installs
 fi
 
 started=$(date +%s)
@@ -94,14 +94,14 @@ if [ "$tiny" = 1 ]; then
     bench "$fp8_limit" --smoke --model flux-dev-sized --in-memory --runners plain --batch-sizes 1 --rows 3 \
         --compile on --quantize int8 --threads 2 --model-dir "$models/flux"
 else
-    bench "$sd_limit" --batch-sizes 16 --compile on --quantize none fp8 --runners genbatch --rows 48 \
+    bench "$sd_limit" --batch-sizes 16 --compile on --quantize none fp8 --runners genbatch --rows 32 \
         --model-dir "$models/sd"
     note "compile_cache.py --device cuda"
     timeout --foreground -s TERM "$cache_limit" "$python" "$repo/benchmarks/compile_cache.py" --device cuda --rounds 1 \
         > "$out/compile_cache.txt" 2>> "$log" || note "compile_cache.py: exit $?"
-    bench "$flux_limit" --model flux-dev-sized --in-memory --runners plain --batch-sizes 1 --rows 4 \
+    bench "$flux_limit" --model flux-dev-sized --in-memory --runners plain --batch-sizes 1 --rows 3 \
         --compile both --quantize none --model-dir "$models/flux"
-    bench "$fp8_limit" --model flux-dev-sized --in-memory --runners plain --batch-sizes 1 --rows 4 \
+    bench "$fp8_limit" --model flux-dev-sized --in-memory --runners plain --batch-sizes 1 --rows 3 \
         --compile on --quantize fp8 --model-dir "$models/flux"
 fi
 
