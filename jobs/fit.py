@@ -437,8 +437,8 @@ def check_fit(config: JobConfig, estimate: Estimate | None, nodes: list[dict]) -
     if verdict.refusal is not None:
         raise ConfigError(fit_verdict(estimate, sizes, gpus, advice(config, sizes)).refusal or verdict.refusal)
     largest = max((high for _, high in sizes.known.values()), default=None) if sizes else None
-    if largest is not None:
-        logger.info("model needs %s; the cluster's largest GPU has %g GB", estimate.describe(), largest)
+    known = f"; the cluster's largest GPU has {largest:g} GB" if largest is not None else ""
+    logger.info("model needs %s%s", estimate.describe(), known)
     for warning in verdict.warnings:
         logger.warning("%s", warning)
 

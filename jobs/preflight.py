@@ -4,7 +4,6 @@ Without it every actor would find out on its own, each after minutes of retries,
 
 from __future__ import annotations
 
-import logging
 import re
 
 from jobs.config import JobConfig
@@ -13,8 +12,6 @@ from jobs.fit import Estimate, estimate_job
 from jobs.weights import WeightsError
 from workers.errors import ModelNotFoundError
 from workers.loading import check_hub_model, explain_load_error, is_cached, is_hub_model, quiet_hub
-
-logger = logging.getLogger(__name__)
 
 # One request with no retries: a model that cannot be had fails the job in seconds.
 HUB_TIMEOUT_S = 10
@@ -35,11 +32,9 @@ def estimate_memory(config: JobConfig) -> Estimate | None:
     if config.resources.gpus_per_worker == 0:
         return None
     try:
-        estimate = estimate_job(config)
+        return estimate_job(config)
     except WeightsError as error:
         raise ConfigError(str(error)) from None
-    logger.info("model needs %s", estimate.describe())
-    return estimate
 
 
 def check_models(config: JobConfig) -> None:
