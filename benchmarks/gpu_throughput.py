@@ -50,6 +50,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import dit_models as dit
 import pyarrow as pa
 import pyarrow.parquet as pq
 from throughput import make_manifest
@@ -304,7 +305,7 @@ SMOKE_SDXL = ModelSpec(
 class Mode:
     """What a run measures; --smoke swaps all of it for something a CPU finishes quickly."""
 
-    spec: ModelSpec
+    spec: ModelSpec | dit.DitSpec
     device: str
     dtype: str  # genbatch's model.dtype
     steps: int
@@ -326,7 +327,32 @@ MODES = {
     ("sdxl-sized", False): Mode(SDXL_SIZED, "cuda", "bf16", 20, 1024, 8.0, (1, 4, 8), (False, True), 16, 16),
     ("sd15-sized", True): Mode(SMOKE, "cpu", "fp32", 2, 64, 7.5, (1, 2), (False,), min_rows=8, shard_rows=4),
     ("sdxl-sized", True): Mode(SMOKE_SDXL, "cpu", "fp32", 2, 64, 8.0, (1, 2), (False,), min_rows=8, shard_rows=4),
+    # The DiT families at 1024 px with their own default steps and guidance (benchmarks/dit_models.py).
+    ("flux-dev-sized", False): Mode(dit.FLUX_DEV_SIZED, "cuda", "bf16", 28, 1024, 3.5, (1, 4), (False, True), 8, 8),
+    ("sd35-sized", False): Mode(dit.SD35_SIZED, "cuda", "bf16", 28, 1024, 3.5, (1, 4), (False, True), 8, 8),
+    ("qwen-image-sized", False): Mode(dit.QWEN_IMAGE_SIZED, "cuda", "bf16", 50, 1024, 4.0, (1,), (False, True), 4, 4),
+    ("flux-dev-sized", True): Mode(dit.TINY_FLUX, "cpu", "fp32", 2, 64, 3.5, (1, 2), (False,), 8, 4),
 }
+DIT_MODELS = tuple(dit.DIT_SPECS)
+# Published FLUX.1-dev figures (1024x1024, one H100) to print beside ours, and the issue's goals for them.
+FLUX_ANCHORS = (
+    "FLUX.1-dev 1024², 28 steps, one H100, xDiT: 6.71 s eager, 4.30 s compiled per image "
+    "(0.149 / 0.233 images/s); SGLang H100 baseline: 7.35 s at 50 steps"
+)
+FLUX_GOAL_COMPILED = 0.25  # images/s, compiled bf16: ahead of xDiT's 0.233
+FLUX_GOAL_FP8 = 0.33  # images/s with performance.quantize: fp8
+
+
+def denoiser_of(spec) -> str:
+    return "transformer" if isinstance(spec, dit.DitSpec) else "unet"
+
+
+def scorer_configs(spec) -> tuple[dict, dict]:
+    """The CLIP scorer's text and vision configs: ViT-L/14 for every full-sized model, the smoke ones for tiny."""
+    if isinstance(spec, ModelSpec):
+        return spec.text, spec.vision
+    return (SMOKE_TEXT, SMOKE_VISION) if spec.weights_dtype == "fp32" else (VIT_L14_TEXT, VIT_L14_VISION)
+
 
 # --- Building the models -------------------------------------------------------------------------------
 
@@ -356,24 +382,20 @@ def _scheduler(spec: ModelSpec):
     return getattr(diffusers, spec.scheduler)(**spec.scheduler_config)
 
 
-def build_models(spec: ModelSpec, folder: Path) -> tuple[Path, Path]:
+def build_models(spec: ModelSpec | dit.DitSpec, folder: Path, pipeline: bool = True) -> tuple[Path, Path]:
     """The pipeline and CLIP folders under `folder`, built with random weights on first use. The BUILT
-    marker is written last, so an interrupted build is redone and a finished one is never rebuilt."""
+    marker is written last, so an interrupted build is redone and a finished one is never rebuilt.
+    `pipeline` False builds the CLIP scorer only (--in-memory: the plain runner builds its pipeline itself)."""
     sd_dir, clip_dir = folder / "sd", folder / "clip"
-    marker = folder / "BUILT"
+    marker = folder / ("BUILT" if pipeline else "BUILT-clip")
     if marker.is_file() and marker.read_text() == BUILD_VERSION:
         logger.info("reusing models in %s", folder)
         return sd_dir, clip_dir
+    if isinstance(spec, dit.DitSpec):
+        return _build_dit(spec, folder, marker, pipeline)
     import torch
     from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import (
-        CLIPConfig,
-        CLIPImageProcessor,
-        CLIPModel,
-        CLIPProcessor,
-        CLIPTextModel,
-        CLIPTextModelWithProjection,
-    )
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     logger.info("building %s with random weights in %s (once)", spec.name, folder)
     started = time.perf_counter()
@@ -412,13 +434,48 @@ def build_models(spec: ModelSpec, folder: Path) -> tuple[Path, Path]:
         )
     pipeline.save_pretrained(sd_dir, safe_serialization=True)
     del pipeline, unet, vae, text_encoder
+    _save_scorer(spec.text, spec.vision, clip_dir)
+    marker.write_text(BUILD_VERSION)
+    logger.info("built in %.0fs", time.perf_counter() - started)
+    return sd_dir, clip_dir
 
-    image_size = spec.vision["image_size"]
-    config = CLIPConfig(
-        text_config=_text_config(spec.text, tokenizer).to_dict(),
-        vision_config=spec.vision,
-        projection_dim=spec.vision["projection_dim"],
-    )
+
+def _build_dit(spec: dit.DitSpec, folder: Path, marker: Path, pipeline: bool) -> tuple[Path, Path]:
+    """A DiT pipeline folder, built on the GPU where there is one (its weights made there, in bf16) and saved."""
+    import torch
+
+    started = time.perf_counter()
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    if pipeline:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        logger.info("building %s with random weights on %s, saving it in %s (once)", spec.name, device, folder)
+        built = dit.build_pipeline(spec, device, spec.weights_dtype)
+        built.save_pretrained(folder / "sd", safe_serialization=True)
+        del built
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    _save_scorer(*scorer_configs(spec), folder / "clip")
+    marker.write_text(BUILD_VERSION)
+    logger.info("built in %.0fs", time.perf_counter() - started)
+    return folder / "sd", folder / "clip"
+
+
+def _clip_config(text: dict, vision: dict, tokenizer):
+    from transformers import CLIPConfig
+
+    text_config = _text_config(text, tokenizer).to_dict()
+    return CLIPConfig(text_config=text_config, vision_config=vision, projection_dim=vision["projection_dim"])
+
+
+def _save_scorer(text: dict, vision: dict, clip_dir: Path) -> None:
+    """The CLIP scorer (random weights, fp32) and its processor."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tokenizer = _tokenizer()
+    image_size = vision["image_size"]
+    config = _clip_config(text, vision, tokenizer)
     torch.manual_seed(1)
     CLIPModel(config).save_pretrained(clip_dir, safe_serialization=True)
     # CLIP's own preprocessing: resize the shortest edge, centre-crop, OpenAI mean/std (the defaults).
@@ -426,9 +483,6 @@ def build_models(spec: ModelSpec, folder: Path) -> tuple[Path, Path]:
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(clip_dir)
-    marker.write_text(BUILD_VERSION)
-    logger.info("built in %.0fs", time.perf_counter() - started)
-    return sd_dir, clip_dir
 
 
 # --- FLOP per image -----------------------------------------------------------------------------------
@@ -437,27 +491,34 @@ def build_models(spec: ModelSpec, folder: Path) -> tuple[Path, Path]:
 @dataclass(frozen=True)
 class FlopCount:
     parts: dict[str, float]  # FLOP per image, by model
-    unet_evaluations: int
+    unet_evaluations: int  # the denoiser's (UNet or transformer) evaluations per image
 
     @property
     def per_image(self) -> float:
         return sum(self.parts.values())
 
+    @property
+    def denoiser_share(self) -> float:
+        denoiser = self.parts.get("unet", self.parts.get("transformer", 0.0))
+        return denoiser / self.per_image if self.per_image else 0.0
+
     def describe(self) -> str:
         return ", ".join(f"{name} {value / 1e12:.4g}" for name, value in self.parts.items())
 
 
-def count_flop_per_image(spec: ModelSpec, steps: int, size: int, prompt: str) -> FlopCount:
+def count_flop_per_image(spec: ModelSpec | dit.DitSpec, steps: int, size: int, prompt: str) -> FlopCount:
     """FLOP per image by part, counted on meta tensors (shapes only: seconds, no memory, no GPU)."""
+    if isinstance(spec, dit.DitSpec):
+        parts = dit.count_flop(spec, steps, size, {"clip": count_clip_flop(*scorer_configs(spec), prompt)})
+        return FlopCount(parts, steps * spec.evaluations_per_step)
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
-    from transformers import CLIPConfig, CLIPModel, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = _tokenizer()
     text_config = _text_config(spec.text, tokenizer)
     tokens = spec.text["max_position_embeddings"]
-    prompt_tokens = len(tokenizer(prompt, truncation=True, max_length=tokens)["input_ids"])
     latent = size // 8
     scheduler = _scheduler(spec)
     scheduler.set_timesteps(steps)
@@ -468,13 +529,6 @@ def count_flop_per_image(spec: ModelSpec, steps: int, size: int, prompt: str) ->
         text_encoders = [CLIPTextModel(text_config)]
         if spec.text_2 is not None:
             text_encoders.append(CLIPTextModelWithProjection(_text_config(spec.text_2, tokenizer)))
-        clip = CLIPModel(
-            CLIPConfig(
-                text_config=text_config.to_dict(),
-                vision_config=spec.vision,
-                projection_dim=spec.vision["projection_dim"],
-            )
-        )
 
     def flop(call) -> float:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -490,7 +544,6 @@ def count_flop_per_image(spec: ModelSpec, steps: int, size: int, prompt: str) ->
         if spec.text_2 is not None
         else None
     )
-    image = spec.vision["image_size"]
     parts = {
         # CFG: each step runs the UNet on the prompt and the negative prompt, as one batch of 2.
         "unet": evaluations
@@ -504,10 +557,27 @@ def count_flop_per_image(spec: ModelSpec, steps: int, size: int, prompt: str) ->
         ),
         "text encoder": sum(flop(lambda e=e: e(zeros(2, tokens, dtype=torch.long))) for e in text_encoders),
         "vae decode": flop(lambda: vae.decode(zeros(1, 4, latent, latent))),
-        "clip": flop(lambda: clip.get_image_features(pixel_values=zeros(1, 3, image, image)))
-        + flop(lambda: clip.get_text_features(input_ids=zeros(1, prompt_tokens, dtype=torch.long))),
+        "clip": count_clip_flop(spec.text, spec.vision, prompt),
     }
     return FlopCount(parts, evaluations)
+
+
+def count_clip_flop(text: dict, vision: dict, prompt: str) -> float:
+    """The CLIP scorer's FLOP for one image and its prompt (meta device)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import CLIPModel
+
+    tokenizer = _tokenizer()
+    prompt_tokens = len(tokenizer(prompt, truncation=True, max_length=text["max_position_embeddings"])["input_ids"])
+    config = _clip_config(text, vision, tokenizer)
+    with torch.device("meta"):
+        clip = CLIPModel(config)
+    image = vision["image_size"]
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        clip.get_image_features(pixel_values=torch.zeros(1, 3, image, image, device="meta"))
+        clip.get_text_features(input_ids=torch.zeros(1, prompt_tokens, device="meta", dtype=torch.long))
+    return float(counter.get_total_flops())
 
 
 # --- The two runners ---------------------------------------------------------------------------------------
@@ -521,6 +591,7 @@ class Run:
     threads: int
     rows: int | None  # fixed rows per measurement, else max(4 x batch, mode.min_rows)
     min_features: int  # performance.quantize_min_features
+    in_memory: bool = False  # the plain runner builds its DiT pipeline on the device instead of loading a folder
 
     def rows_for(self, batch: int) -> int:
         rows = self.rows or max(4 * batch, self.mode.min_rows)
@@ -588,39 +659,53 @@ def plain_loop(
     from transformers import CLIPModel, CLIPProcessor
 
     started = time.perf_counter()
+    spec = run.mode.spec
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[run.mode.dtype]
-    pipe = AutoPipelineForText2Image.from_pretrained(sd_dir, dtype=dtype, use_safetensors=True).to(run.mode.device)
+    if run.in_memory:
+        pipe, quantized = _in_memory_pipeline(spec, run, quantize)
+    else:
+        pipe = AutoPipelineForText2Image.from_pretrained(sd_dir, dtype=dtype, use_safetensors=True)
+        pipe = pipe.to(run.mode.device)
+        quantized = "none"
     pipe.set_progress_bar_config(disable=True)
-    if compile:
-        pipe.unet.to(memory_format=torch.channels_last)
-    if quantize != "none":
+    name = denoiser_of(spec)
+    denoiser = getattr(pipe, name)
+    if compile and name == "unet":
+        denoiser.to(memory_format=torch.channels_last)
+    if quantize != quantized:
         from workers.quantize import quantize_unet
 
-        quantize_unet(pipe.unet, quantize, run.min_features)  # the same layers as genbatch's, before compiling
+        quantize_unet(denoiser, quantize, run.min_features)  # the same layers as genbatch's, before compiling
+        if run.in_memory:
+            _IN_MEMORY["quantized"] = quantize
     if compile:
-        # The UNet is where the time goes; channels_last plus torch.compile is diffusers' own advice.
-        # Default mode: max-autotune would take several minutes of tuning per batch size.
-        pipe.unet = torch.compile(pipe.unet, fullgraph=True)
+        # The denoiser is where the time goes; channels_last (UNet) plus torch.compile is diffusers' own
+        # advice. Default mode: max-autotune would take several minutes of tuning per batch size.
+        setattr(pipe, name, torch.compile(denoiser, fullgraph=True))
     clip = CLIPModel.from_pretrained(clip_dir, use_safetensors=True).to(run.mode.device).eval()
     processor = CLIPProcessor.from_pretrained(clip_dir)
     table = pq.read_table(manifest).to_pylist()
     out.mkdir(parents=True)
-    marks, records, scores = [], [], {}
+    marks, records, scores, kept = [], [], {}, {}
     for start in range(0, len(table), batch):
         # 1. Generate: each row's noise from its own CPU generator, as genbatch does.
         rows = table[start : start + batch]
         prompts = [row["prompt"] for row in rows]
-        images = pipe(
-            prompts,
-            # genbatch passes each row's negative prompt (the config's "" here); SDXL would put zeros in
-            # place of an absent one (force_zeros_for_empty_prompt), other work than encoding "".
-            negative_prompt=[""] * len(prompts),
-            num_inference_steps=run.steps,
-            guidance_scale=run.mode.guidance,
-            width=run.size,
-            height=run.size,
-            generator=[torch.Generator("cpu").manual_seed(row["seed"]) for row in rows],
-        ).images
+        generators = [torch.Generator("cpu").manual_seed(row["seed"]) for row in rows]
+        if isinstance(spec, dit.DitSpec):
+            images = pipe(**dit.call_arguments(spec, prompts, run.steps, run.size), generator=generators).images
+        else:
+            images = pipe(
+                prompts,
+                # genbatch passes each row's negative prompt (the config's "" here); SDXL would put zeros in
+                # place of an absent one (force_zeros_for_empty_prompt), other work than encoding "".
+                negative_prompt=[""] * len(prompts),
+                num_inference_steps=run.steps,
+                guidance_scale=run.mode.guidance,
+                width=run.size,
+                height=run.size,
+                generator=generators,
+            ).images
         # 2. Score.
         inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True, truncation=True)
         with torch.inference_mode():
@@ -633,6 +718,8 @@ def plain_loop(
             score = 100 * max(cosine, 0.0)
             records.append({**row, "image": buffer.getvalue(), "clip_score": score})
             scores[row["id"]] = score
+            if isinstance(spec, dit.DitSpec):  # its fp8 drift is measured on the plain runner's images
+                kept[row["id"]] = buffer.getvalue()
         if len(records) >= run.shard_size(batch) or start + batch >= len(table):
             pq.write_table(pa.Table.from_pylist(records), out / f"shard-{start:05d}.parquet")
             records = []
@@ -647,15 +734,38 @@ def plain_loop(
         images_per_s=steady_rate(len(table), batch, marks),
         wall_s=time.perf_counter() - started,
         clip_scores=scores,
+        images=kept,
     )
+    setattr(pipe, name, denoiser)  # uncompiled again: an in-memory pipeline serves the next point too
     # Give the GPU back before genbatch's actor loads its own copy.
-    del pipe, clip
+    del pipe, clip, denoiser
     if compile:
         torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return measurement
+
+
+# --in-memory: the plain runner's DiT pipeline, built once on the device and kept for every point; quantizing
+# changes it in place, so a point of another quantize option than it holds builds it anew.
+_IN_MEMORY: dict = {}
+
+
+def _in_memory_pipeline(spec, run: Run, quantize: str):
+    """The kept pipeline and the quantize option it already has."""
+    import torch
+
+    if "pipe" in _IN_MEMORY and _IN_MEMORY["quantized"] not in ("none", quantize):
+        _IN_MEMORY.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if "pipe" not in _IN_MEMORY:
+        started = time.perf_counter()
+        _IN_MEMORY.update(pipe=dit.build_pipeline(spec, run.mode.device, run.mode.dtype), quantized="none")
+        logger.info("built %s on %s in %.0fs", spec.name, run.mode.device, time.perf_counter() - started)
+    return _IN_MEMORY["pipe"], _IN_MEMORY["quantized"]
 
 
 def genbatch_job(
@@ -878,28 +988,35 @@ def render_table(
         torchao_version = f", torchao {torchao.__version__}"
     except ImportError:
         torchao_version = ", torchao not installed"
-    issue = f"; the issue estimates {ISSUE_TFLOP_PER_IMAGE:g} T" if not smoke and not sdxl else ""
-    scheduler = "PNDM" if run.mode.spec.scheduler == "PNDMScheduler" else "Euler"
+    spec = run.mode.spec
+    is_dit = isinstance(spec, dit.DitSpec)
+    issue = f"; the issue estimates {ISSUE_TFLOP_PER_IMAGE:g} T" if not smoke and not sdxl and not is_dit else ""
+    if is_dit:
+        scheduler = "flow-matching Euler"
+    else:
+        scheduler = "PNDM" if spec.scheduler == "PNDMScheduler" else "Euler"
+    denoiser = "transformer" if is_dit else "UNet"
+    guidance = f"CFG {run.mode.guidance:g}" if not is_dit or spec.cfg else f"distilled guidance {run.mode.guidance:g}"
     lines = [
         f"### {title}: {when}, {device_name}{' (INTERRUPTED)' if stopped else ''}",
         "",
         f"- torch {torch.__version__}, diffusers {diffusers.__version__}, transformers {transformers.__version__}"
         f"{torchao_version}, CUDA {torch.version.cuda or 'none'}, {run.threads} CPU threads per runner",
         f"- {run.mode.spec.name}, random weights, {run.mode.dtype} (CLIP in fp32, as genbatch loads it)",
-        f"- {run.size}x{run.size} px, {run.steps} steps ({scheduler}: {flop.unet_evaluations} UNet evaluations), "
-        f"CFG {run.mode.guidance:g}, CLIP score, PNG level {PNG_COMPRESS_LEVEL}, Parquet; one runner at a time, "
-        "one device",
+        f"- {run.size}x{run.size} px, {run.steps} steps ({scheduler}: {flop.unet_evaluations} {denoiser} "
+        f"evaluations), {guidance}, CLIP score, PNG level {PNG_COMPRESS_LEVEL}, Parquet; one runner at a time, "
+        "one device" + ("; plain runner's pipeline built on the device (--in-memory)" if run.in_memory else ""),
         f"- FLOP per image: {per_image / 1e12:.4g} T, counted with torch.utils.flop_counter on the meta device "
-        f"({flop.describe()}){issue}",
+        f"({flop.describe()}; the {denoiser} {100 * flop.denoiser_share:.1f}%){issue}",
         f"- % of bf16 peak against {args.peak_tflops:g} TFLOP/s (dense bf16, whatever the quantization)"
         + ("; not meaningful on a CPU" if smoke else "")
         + f"; steady state after the first micro-batch; median of {args.repeats} alternating run(s)",
         "- start-up: from the runner's start to the end of its first micro-batch (loading, actor, compiling); "
         "total: the whole run, start-up included",
-        f"- quantize: performance.quantize of the UNet's Linear layers at least {run.min_features} wide "
-        "(quantize_min_features; workers/quantize.py); drift: genbatch's "
-        "images against its unquantized ones of the same ids and seeds, mean |Δ CLIP score| and PSNR over their "
-        f"pixels (baseline: {baseline or 'none'})",
+        f"- quantize: performance.quantize of the {denoiser}'s Linear layers at least {run.min_features} wide "
+        "(quantize_min_features; workers/quantize.py); drift: "
+        f"{'the' if is_dit else 'genbatch' + chr(39) + 's'} images against the unquantized ones of the same ids and "
+        f"seeds, mean |Δ CLIP score| and PSNR over their pixels (baseline: {baseline or 'none'})",
     ]
     if stopped:
         lines.append(f"- **interrupted** ({stopped}): the rows below are the measurements that finished")
@@ -917,11 +1034,11 @@ def render_table(
         peak = "n/a" if smoke else f"{100 * tflops / args.peak_tflops:.1f}"
         point = (m.batch, m.compile, m.quantize)
         ratio, drift = "", ("", "")
+        if m.drift is not None:
+            drift = m.drift.cells()
         if m.runner == "genbatch":
             if point in plain_rate:
                 ratio = f"{m.images_per_s / plain_rate[point]:.2f}x"
-            if m.drift is not None:
-                drift = m.drift.cells()
             if best is None or m.images_per_s > best.images_per_s:
                 best = m
         else:
@@ -930,7 +1047,9 @@ def render_table(
             f"| {m.batch} | {'on' if m.compile else 'off'} | {m.quantize} | {m.runner} | {m.rows} | {m.startup_s:.1f} "
             f"| {m.wall_s:.1f} | {m.images_per_s:.3f} | {tflops:.4g} | {peak} | {ratio} | {drift[0]} | {drift[1]} |"
         )
-    if best is not None and not smoke:
+    if is_dit and spec.transformer_class == "FluxTransformer2DModel":
+        lines += ["", *flux_goal_lines(results, smoke)]
+    if best is not None and not smoke and not is_dit:
         top_pct = 100 * best.images_per_s * per_image / 1e12 / args.peak_tflops
         where = f"at batch {best.batch}, compile {'on' if best.compile else 'off'}, quantize {best.quantize}"
         if sdxl:
@@ -953,11 +1072,46 @@ def render_table(
     return "\n".join(lines) + "\n"
 
 
+def flux_goal_lines(results: list[Measurement], smoke: bool) -> list[str]:
+    """The published FLUX.1-dev anchors beside ours, and the issue's two goals with the best row for each
+    (any runner: genbatch's DiT rows wait for its family seam)."""
+
+    def best(rows: list[Measurement]) -> Measurement | None:
+        return max(rows, key=lambda m: m.images_per_s, default=None)
+
+    def verdict(row: Measurement | None, goal: float) -> str:
+        if row is None:
+            return "not measured"
+        where = f"{row.runner}, batch {row.batch}"
+        if row.drift is not None:
+            where += f", drift {row.drift.cells()[0]} Δ CLIP / {row.drift.cells()[1]} dB"
+        met = "n/a (CPU smoke test)" if smoke else ("met" if row.images_per_s >= goal else "NOT met")
+        return f"{row.images_per_s:.3f} images/s, {1 / row.images_per_s:.2f} s per image ({where}): {met}"
+
+    compiled = best([m for m in results if m.compile and m.quantize == "none"])
+    fp8 = best([m for m in results if m.quantize == "fp8"])
+    goal = "Goal FLUX.1-dev-sized >="
+    return [
+        f"Published: {FLUX_ANCHORS}.",
+        f"{goal} {FLUX_GOAL_COMPILED:g} images/s compiled bf16: {verdict(compiled, FLUX_GOAL_COMPILED)}.",
+        f"{goal} {FLUX_GOAL_FP8:g} images/s with fp8: {verdict(fp8, FLUX_GOAL_FP8)}.",
+    ]
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny models, 64 px, 2 steps, batch 1 and 2, on the CPU")
     parser.add_argument(
-        "--model", choices=("sd15-sized", "sdxl-sized"), default="sd15-sized", help="default sd15-sized"
+        "--model",
+        choices=("sd15-sized", "sdxl-sized", *DIT_MODELS),
+        default="sd15-sized",
+        help="default sd15-sized; the DiT ones at 1024 px with their family's steps (28, 28, 50)",
+    )
+    parser.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="DiT models, plain runner only: build the pipeline on the device instead of writing and loading a "
+        "folder (FLUX.1-dev-sized: 34 GB), for a short GPU slot",
     )
     parser.add_argument("--build-only", action="store_true", help="build the models and count FLOP, then stop")
     parser.add_argument("--flop-only", action="store_true", help="count FLOP per image on the meta device, then stop")
@@ -1008,7 +1162,11 @@ def main(argv=None) -> int:
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    if (args.model, args.smoke) not in MODES:
+        raise SystemExit(f"gpu_throughput.py: --smoke has no tiny variant of {args.model} (flux-dev-sized has one)")
     mode = MODES[(args.model, args.smoke)]
+    if args.in_memory and (not isinstance(mode.spec, dit.DitSpec) or args.runners != ["plain"]):
+        raise SystemExit("gpu_throughput.py: --in-memory is for the DiT models' plain runner: add --runners plain")
     measuring = not (args.build_only or args.flop_only)
     if mode.device == "cuda" and measuring and not torch.cuda.is_available():
         sys.exit("gpu_throughput.py: no CUDA GPU is visible; this measures GPU throughput (--smoke checks it on a CPU)")
@@ -1021,6 +1179,7 @@ def main(argv=None) -> int:
         threads=args.threads,
         rows=args.rows,
         min_features=args.quantize_min_features or (16 if mode.smoke else MIN_FEATURES),
+        in_memory=args.in_memory,
     )
     batch_sizes = tuple(args.batch_sizes or mode.batch_sizes)
     compiles = {"off": (False,), "on": (True,), "both": (False, True), None: mode.compile}[args.compile]
@@ -1029,17 +1188,25 @@ def main(argv=None) -> int:
 
     flop = count_flop_per_image(mode.spec, run.steps, run.size, "a photo of object number 0")
     logger.info(
-        "FLOP per image: %.4g T (%s T; %d UNet evaluations)",
+        "FLOP per image: %.4g T (%s T; %d %s evaluations, %.1f%% of the FLOP)",
         flop.per_image / 1e12,
         flop.describe(),
         flop.unet_evaluations,
+        denoiser_of(mode.spec),
+        100 * flop.denoiser_share,
     )
+    if args.flop_only:
+        print(
+            f"{args.model}: {flop.per_image / 1e12:.4g} TFLOP per image ({flop.describe()} T), "
+            f"{denoiser_of(mode.spec)} {100 * flop.denoiser_share:.1f}%",
+            flush=True,
+        )
     if args.flop_only:
         return 0
     from workers.tiny import cache_root
 
     model_dir = args.model_dir or cache_root() / f"bench-{mode.spec.folder}-v{BUILD_VERSION}"
-    sd_dir, clip_dir = build_models(mode.spec, model_dir)
+    sd_dir, clip_dir = build_models(mode.spec, model_dir, pipeline=not args.in_memory)
     if not measuring:
         return 0
 
@@ -1062,6 +1229,8 @@ def main(argv=None) -> int:
         signal.signal(stop, _stop_on_signal)
     baseline = Baseline(model_dir, run)
     points = [(b, c, q) for b in batch_sizes for c in compiles for q in args.quantize]
+    if args.in_memory:  # unquantized points first: quantizing changes the kept pipeline in place
+        points.sort(key=lambda point: point[2] != "none")
     runners = tuple(name for name in RUNNERS if name in args.runners)
     results: list[Measurement] = []
     stopped: str | None = None
@@ -1082,11 +1251,12 @@ def main(argv=None) -> int:
                         f"{type(error).__name__}: {' '.join(str(error).split())}"
                     )
                 finally:
+                    # Rows with images (genbatch's; the plain runner's for DiT models) feed and meet the baseline.
                     for m in results:
-                        if m.runner == "genbatch" and m.quantize == "none" and m.drift is None:
+                        if m.images and m.quantize == "none" and m.drift is None:
                             baseline.add(m)
                     for m in results:
-                        if m.runner == "genbatch" and m.drift is None:
+                        if m.images and m.drift is None:
                             m.drift = baseline.drift(m)
     finally:
         ray.shutdown()

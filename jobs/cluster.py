@@ -107,6 +107,13 @@ def actor_resources(config: JobConfig) -> ActorResources:
     return resources
 
 
+def live_nodes() -> list[dict]:
+    """The resources of the cluster's live nodes, as `ray.nodes()` gives them (GPU, accelerator_type:H100...)."""
+    import ray
+
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
 def capacity(resources: ActorResources) -> int:
     """How many actors of `resources` the cluster's live nodes can hold at once (counting every slot,
     those this job's actors already hold included)."""

@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from jobs import cluster, signals, worker_reuse
+from jobs import cluster, fit, signals, worker_reuse
 from jobs.actor_backend import RayBackend
 from jobs.config import JobConfig
 from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks, describe_pool
@@ -98,7 +98,7 @@ def run_job(
     warnings = job_warnings(config, manifest)
     for warning in warnings:
         logger.warning("%s", warning)
-    check_before_start(config)
+    estimate = check_before_start(config)  # what one actor needs in GPU memory; None on CPUs
     shards = plan_shards(manifest, config.shard_size, config.generation.images_per_prompt)
     identity = job_identity(config, manifest)
     key = identity_key(identity)
@@ -114,7 +114,7 @@ def run_job(
         plan = plan_resume(output, shards, key, retry_failed)
         if previous is not None and not plan.has_shards:
             previous = None  # a folder without a complete shard belongs to no job: start afresh
-        record = job_record(config, manifest, identity, len(shards), previous, warnings)
+        record = job_record(config, manifest, identity, len(shards), previous, warnings, estimate)
         if not plan.todo:
             # Every shard is already complete: start nothing; rewrite job.json only if it is lost or does
             # not say so yet (a run killed after its last shard).
@@ -133,6 +133,7 @@ def run_job(
             recorded = True
             cluster.connect(address, forward_actor_logs, announce=lambda message: announce(message, progress))
             resources = cluster.actor_resources(config)
+            fit.check_fit(config, estimate, cluster.live_nodes())  # before any actor loads the model
             settings = worker_settings(
                 config, output, key, max(1, int(resources.num_cpus)), lock.token, plan.images_to_generate
             )
@@ -256,6 +257,7 @@ def job_record(
     shards: int,
     previous: dict | None,
     warnings: list[str],
+    estimate: fit.Estimate | None = None,
 ) -> dict:
     return {
         "status": "running",
@@ -269,6 +271,8 @@ def job_record(
         },
         "shards": shards,
         "warnings": warnings,
+        # What one actor needs in GPU memory (jobs.fit), before it loaded anything; null for CPU actors.
+        "estimate": estimate.record() if estimate is not None else None,
         "versions": package_versions(),
         "started_at": (previous or {}).get("started_at") or utc_now(),
         "resumed_at": utc_now() if previous else None,

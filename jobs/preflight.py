@@ -9,6 +9,8 @@ import re
 
 from jobs.config import JobConfig
 from jobs.errors import ConfigError, one_line
+from jobs.fit import Estimate, estimate_job
+from jobs.weights import WeightsError
 from workers.errors import ModelNotFoundError
 from workers.loading import (
     check_hub_model,
@@ -25,10 +27,23 @@ HUB_TIMEOUT_S = 10
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def check_before_start(config: JobConfig) -> None:
-    """Everything a job's actors would otherwise find out one by one: its models, scorers and quantization."""
+def check_before_start(config: JobConfig) -> Estimate | None:
+    """Everything a job's actors would otherwise find out one by one: its models, scorers and quantization.
+    Returns what one actor needs in GPU memory (None for CPU actors), for jobs.fit.check_fit to set against
+    the cluster's GPUs once Ray is connected."""
     check_models(config)
     check_quantize(config)
+    return estimate_memory(config)
+
+
+def estimate_memory(config: JobConfig) -> Estimate | None:
+    """jobs.fit's estimate from the models' safetensors headers; None where the actors run on the CPU."""
+    if config.resources.gpus_per_worker == 0:
+        return None
+    try:
+        return estimate_job(config)
+    except WeightsError as error:
+        raise ConfigError(str(error)) from None
 
 
 def check_models(config: JobConfig) -> None:

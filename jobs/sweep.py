@@ -19,7 +19,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 
-from jobs import cluster, signals
+from jobs import cluster, fit, signals
 from jobs.actor_backend import RayBackend
 from jobs.config import JobConfig
 from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks, describe_pool
@@ -38,7 +38,7 @@ from jobs.jobfile import identity_key, read_job_file, write_job_file
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest
 from jobs.planner import plan_shards
-from jobs.preflight import check_before_start
+from jobs.preflight import check_before_start, estimate_memory
 from jobs.progress import Progress, announce
 from jobs.resume import (
     ResumePlan,
@@ -249,7 +249,8 @@ def _plan(run: _Run, retry_failed: bool) -> None:
     warnings = job_warnings(config, run.manifest)
     for warning in warnings:
         logger.warning("%s: %s", run.sweep.folder, warning)
-    run.record = job_record(config, run.manifest, run.identity, len(run.shards), previous, warnings)
+    estimate = estimate_memory(config)
+    run.record = job_record(config, run.manifest, run.identity, len(run.shards), previous, warnings, estimate)
     run.previous_status = (previous or {}).get("status")
 
 
@@ -316,6 +317,9 @@ def _run_group(
             write_job_file(run.output, run.record)
             recorded.append(run)
         resources = cluster.actor_resources(first)
+        # The group's actors serve every run of it: the run that needs most memory (resolution, batch) decides.
+        estimates = [estimate_memory(run.sweep.config) for run in group]
+        fit.check_fit(first, max(estimates, key=lambda e: e.need_bytes if e else 0), cluster.live_nodes())
         threads = max(1, int(resources.num_cpus))
         settings = [
             worker_settings(run.sweep.config, run.output, run.key, threads, run.lock.token, images) for run in group

@@ -103,6 +103,51 @@ def test_sdxl_sized_flop_are_counted_on_the_meta_device():
     assert 280e12 < flop.per_image < 283e12  # 281.3 T: 270.4 UNet, 10.5 VAE decode (README, Performance)
 
 
+def test_flux_dev_sized_transformer_flop_match_an_analytic_count():
+    # By hand: each of the 19 double-stream and 38 single-stream blocks does 12 d^2 multiply-adds per token
+    # (double: q, k, v, out and a 4x MLP for each stream; single: q, k, v, a 4x MLP in, (d + 4d) -> d out)
+    # and 2 N^2 d in attention over all N = 4096 image + 512 T5 tokens; 2 FLOP per multiply-add. The
+    # embedders and the per-block modulations (one token each) are under 0.1%.
+    d, n = 24 * 128, (1024 // 16) ** 2 + 512
+    analytic = 2 * (19 + 38) * (12 * d * d * n + 2 * n * n * d)
+    counted = bench.dit.count_transformer_flop(bench.dit.FLUX_DEV_SIZED, 1024)  # meta device: no weights
+    assert counted == pytest.approx(analytic, rel=2e-3)  # 74.38 T counted, 74.36 T by hand
+    assert analytic / 1e12 == pytest.approx(74.36, abs=0.01)
+
+
+def test_flux_rows_print_the_published_anchors_and_the_goals_with_the_fp8_drift():
+    run = bench.Run(bench.MODES[("flux-dev-sized", False)], 28, 1024, 16, None, 512, in_memory=True)
+    rows = [
+        bench.Measurement("plain diffusers", 1, False, "none", 8, 60.0, 0.16, 100.0, drift=bench.Drift(8, 0, math.inf)),
+        bench.Measurement("plain diffusers", 1, True, "none", 8, 90.0, 0.26, 120.0, drift=bench.Drift(8, 0, math.inf)),
+        bench.Measurement("plain diffusers", 1, True, "fp8", 8, 90.0, 0.31, 120.0, drift=bench.Drift(8, 0.42, 31.25)),
+    ]
+    flop = bench.FlopCount({"transformer": 2083e12, "vae decode": 10e12}, 28)
+    table = bench.render_table(run, Namespace(peak_tflops=989.0, repeats=1), "H100", flop, rows, "8 images")
+    lines = table.splitlines()
+    assert "| 1 | on | fp8 | plain diffusers | 8 | 90.0 | 120.0 | 0.310 | 648.8 | 65.6 |  | 0.420 | 31.2 |" in lines
+    assert lines[-3:] == [
+        "Published: FLUX.1-dev 1024², 28 steps, one H100, xDiT: 6.71 s eager, 4.30 s compiled per image "
+        "(0.149 / 0.233 images/s); SGLang H100 baseline: 7.35 s at 50 steps.",
+        "Goal FLUX.1-dev-sized >= 0.25 images/s compiled bf16: 0.260 images/s, 3.85 s per image (plain diffusers, "
+        "batch 1, drift 0.000 Δ CLIP / inf dB): met.",
+        "Goal FLUX.1-dev-sized >= 0.33 images/s with fp8: 0.310 images/s, 3.23 s per image (plain diffusers, "
+        "batch 1, drift 0.420 Δ CLIP / 31.2 dB): NOT met.",
+    ]
+    assert "(transformer 2083, vae decode 10; the transformer 99.5%)" in table
+
+
+def test_gpu_check_asks_for_the_wheels_it_installs_before_doing_anything(tmp_path):
+    done = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh"), "--out", str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert (done.returncode, done.stderr) == (
+        2,
+        "gpu_check.sh: give the folder of wheels to install (or --tiny for the CPU check)\n",
+    )
+    assert (tmp_path / "results.md").read_text() == ""  # nothing was run
+
+
 @pytest.mark.slow  # a smoke run of the benchmark (a Ray job per measurement), stopped by SIGTERM mid-run
 def test_a_stopped_smoke_run_prints_and_appends_what_it_measured(tmp_path):
     results = tmp_path / "RESULTS.md"
