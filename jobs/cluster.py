@@ -6,7 +6,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def connect(address: str | None, forward_actor_logs: bool = True, announce=logge
         # Ship the actor-side package so cluster nodes can import it without an install.
         runtime_env = {"py_modules": [str(Path(__file__).resolve().parent.parent / "workers")]}
     kwargs = {"_node_ip_address": "127.0.0.1"} if local else {}
-    with signals.ray_keeps_our_handlers():
+    with signals.ray_keeps_our_handlers(), ray_processes_in_their_own_session(local):
         ray.init(
             # "local" starts a new instance even if another cluster runs on this machine.
             address=address or ("local" if local else None),
@@ -55,6 +56,33 @@ def connect(address: str | None, forward_actor_logs: bool = True, announce=logge
             runtime_env=runtime_env,
             **kwargs,
         )
+
+
+@contextmanager
+def ray_processes_in_their_own_session(local: bool) -> Iterator[None]:
+    """The processes of a local Ray instance (GCS, raylet, and through the raylet the actors) start in a
+    session of their own, out of the driver's process group: a stop signal sent to the group (systemd,
+    Slurm, `timeout`, a terminal's hang-up) then reaches the driver alone, which stops the actors through
+    a cluster still alive to do it. Killed with the group, Ray left the driver waiting on calls that could
+    not be answered, and an actor orphaned mid-shard could publish it after job.json was written. Ray's
+    kernel fate-sharing still ends them if the driver dies, however it dies."""
+    if not local or sys.platform == "win32":
+        yield
+        return
+    import ray._private.services as services
+
+    original = services.ConsolePopen
+
+    class PopenInOwnSession(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):
+            kwargs["start_new_session"] = True
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = PopenInOwnSession
+    try:
+        yield
+    finally:
+        services.ConsolePopen = original
 
 
 def _route_ray_logs() -> None:
@@ -144,19 +172,23 @@ def stop_workers(actors: list, workers: Sequence[WorkerInfo] = (), timeout: floa
     """Kill the actors and wait until they are gone, so none can still be writing afterwards.
 
     Ray reports a killed actor dead as soon as the kill is recorded, which can be before its process
-    has exited; so the processes of the actors on this node (`workers`: their pids) are awaited too."""
+    has exited; so the processes of the actors on this node (`workers`: their pids) are awaited too.
+    Each wait has its own `timeout`: a cluster going down with the driver (all of a service's processes
+    signalled at once) can leave Ray's answer late, and the processes must still be seen gone."""
     import ray
 
-    deadline = time.monotonic() + timeout
     for actor in actors:
         ray.kill(actor, no_restart=True)
     # A call on a killed actor resolves (with an error) once Ray has recorded the kill.
     probes = [actor.ready.remote() for actor in actors]
     ray.wait(probes, num_returns=len(probes), timeout=timeout)
     here = ray.get_runtime_context().get_node_id()
-    for pid in {info.pid for info in workers if info.node_id == here}:
+    deadline = time.monotonic() + timeout
+    for pid in sorted({info.pid for info in workers if info.node_id == here}):
         while _process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
+        if _process_alive(pid):
+            logger.warning("worker process %d is still running %gs after it was stopped", pid, timeout)
 
 
 def _process_alive(pid: int) -> bool:
