@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -44,6 +46,17 @@ def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
 def own_ray_env() -> dict:
     """The environment of a CLI that starts a Ray instance of its own (no RAY_ADDRESS to join)."""
     return {**{key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}, "RAY_ADDRESS": ""}
+
+
+@contextmanager
+def ended_at_exit(process: subprocess.Popen) -> Iterator[None]:
+    """A CLI in a session of its own outlives a failed test: kill it (its Ray instance follows it)."""
+    try:
+        yield
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def process_group(pgid: int) -> list[int]:
@@ -156,10 +169,11 @@ def test_sigterm_to_the_whole_process_group_reaches_the_driver_alone(tmp_path):
     cluster (Ray killed with the group left it waiting ~40 s on calls that could not be answered, and an
     orphaned actor publishing a shard after job.json counted), and what is on disk is what job.json says."""
     process, output = start_job(tmp_path, env=own_ray_env())
-    wait_until(process, lambda: len(shards_on_disk(output)) >= 2)
-    assert process_group(process.pid) == [process.pid]  # Ray's processes and the actors are elsewhere
-    os.killpg(process.pid, signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=60)  # Slurm's grace is 30 s; it takes a few here
+    with ended_at_exit(process):
+        wait_until(process, lambda: len(shards_on_disk(output)) >= 2)
+        assert process_group(process.pid) == [process.pid]  # Ray's processes and the actors are elsewhere
+        os.killpg(process.pid, signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)  # Slurm's grace is 30 s; it takes a few here
     assert process.returncode == 143, stderr
     assert_stopped_cleanly(output, stdout, stderr, "SIGTERM")
 
@@ -178,10 +192,11 @@ def test_sigterm_to_the_whole_process_group_stops_a_rescore_with_whole_shards(tm
         return [read_footer(str(path)).job_key for path in shards_on_disk(run)]
 
     process = start_cli("rescore", str(run), "--set", "scores.pickscore.model=tiny-pickscore", env=own_ray_env())
-    wait_until(process, lambda: sum(key != old_key for key in keys()) >= 2)
-    assert process_group(process.pid) == [process.pid]
-    os.killpg(process.pid, signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=60)
+    with ended_at_exit(process):
+        wait_until(process, lambda: sum(key != old_key for key in keys()) >= 2)
+        assert process_group(process.pid) == [process.pid]
+        os.killpg(process.pid, signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
     assert (process.returncode, stdout) == (143, ""), stderr
     assert stderr.splitlines()[-1] == "genbatch: interrupted by SIGTERM"
     assert "Traceback" not in stderr
