@@ -182,7 +182,7 @@ def test_sigterm_to_the_whole_process_group_stops_a_rescore_with_whole_shards(tm
     from jobs.cli import main
     from workers.writer import read_footer
 
-    manifest = write_manifest(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(48)]})
+    manifest = write_manifest(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(32)]})
     run = tmp_path / "run"
     assert main(["run", str(write_config(tmp_path / "job.yaml", manifest, run, shard_size=1)), "--quiet"]) == 0
     before = job_record(run)
@@ -203,5 +203,5 @@ def test_sigterm_to_the_whole_process_group_stops_a_rescore_with_whole_shards(tm
     # Each shard whole, as the run wrote it or rescored; nothing half-written; the run's record untouched.
     assert [path.name for path in sorted((run / "data").iterdir())] == [path.name for path in shards_on_disk(run)]
     rescored = sum(key != old_key for key in keys())
-    assert len(keys()) == 48 and 2 <= rescored < 48
+    assert len(keys()) == 32 and 2 <= rescored < 32
     assert job_record(run) == before
