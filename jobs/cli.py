@@ -13,7 +13,7 @@ import sys
 from importlib import metadata
 
 from jobs import signals
-from jobs.errors import GenbatchError, UsageError
+from jobs.errors import GenbatchError, UsageError, WorkerStartError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,15 +273,20 @@ def run_command(args: argparse.Namespace) -> int:
         progress = "bar"
     if config.sweep:
         return sweep_command(args, config, progress)
-    summary = run_job(
-        config,
-        address=args.address,
-        progress=progress,
-        overwrite=args.overwrite,
-        retry_failed=args.retry_failed,
-        forward_actor_logs=args.log_format == "text",
-        allow_version_change=args.allow_version_change,
-    )
+    try:
+        summary = run_job(
+            config,
+            address=args.address,
+            progress=progress,
+            overwrite=args.overwrite,
+            retry_failed=args.retry_failed,
+            forward_actor_logs=args.log_format == "text",
+            allow_version_change=args.allow_version_change,
+        )
+    except WorkerStartError as error:
+        if error.summary is not None:  # no worker loaded: the rows are counted as not run, then the error
+            _print_not_started(error.summary, args.log_format == "json", error.exit_code)
+        raise
     if summary.interrupted:
         _error(f"interrupted by {summary.signal}", args.log_format == "json", exit_code=summary.exit_code)
     if args.log_format == "json":
@@ -312,6 +317,18 @@ def run_command(args: argparse.Namespace) -> int:
     )
     print(f"genbatch: output: {summary.output}")
     return summary.exit_code
+
+
+def _print_not_started(summary, json_logs: bool, exit_code: int) -> None:
+    """The summary of a run whose workers all failed to load: nothing ran, nothing new is on disk."""
+    if json_logs:
+        print(json.dumps({"event": "summary", **summary.as_dict(), "status": "failed", "exit_code": exit_code}))
+        return
+    print(
+        f"genbatch: failed: {summary.ok} ok, {summary.failed} failed, {summary.not_run} not run "
+        f"of {summary.images} rows in {summary.shards} shards (no worker could load the models)"
+    )
+    print(f"genbatch: output: {summary.output}")
 
 
 def sweep_command(args: argparse.Namespace, config, progress: str) -> int:

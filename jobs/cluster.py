@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from jobs.errors import ConfigError
 from workers.tasks import RescoreSettings, WorkerInfo, WorkerSettings
 
 logger = logging.getLogger(__name__)
+
+KILL_GRACE_SECONDS = 3.0  # a killed actor's process still running after this is killed outright
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ def connect(address: str | None, forward_actor_logs: bool = True, announce=logge
         # Ship the actor-side package so cluster nodes can import it without an install.
         runtime_env = {"py_modules": [str(Path(__file__).resolve().parent.parent / "workers")]}
     kwargs = {"_node_ip_address": "127.0.0.1"} if local else {}
-    with signals.ray_keeps_our_handlers():
+    with signals.ray_keeps_our_handlers(), ray_processes_in_their_own_session(local):
         ray.init(
             # "local" starts a new instance even if another cluster runs on this machine.
             address=address or ("local" if local else None),
@@ -55,6 +59,33 @@ def connect(address: str | None, forward_actor_logs: bool = True, announce=logge
             runtime_env=runtime_env,
             **kwargs,
         )
+
+
+@contextmanager
+def ray_processes_in_their_own_session(local: bool) -> Iterator[None]:
+    """The processes of a local Ray instance (GCS, raylet, and through the raylet the actors) start in a
+    session of their own, out of the driver's process group: a stop signal sent to the group (`timeout`,
+    `kill -TERM -- -PGID`, a terminal's Ctrl-C or hang-up) then reaches the driver alone, which stops the
+    actors through a cluster still alive to do it. Killed with the group, Ray left the driver waiting on
+    calls that could not be answered, and an actor orphaned mid-shard could publish it after job.json
+    was written. Ray's kernel fate-sharing still ends them if the driver dies, however it dies."""
+    if not local or sys.platform == "win32":
+        yield
+        return
+    import ray._private.services as services
+
+    original = services.ConsolePopen
+
+    class PopenInOwnSession(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):
+            kwargs["start_new_session"] = True
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = PopenInOwnSession
+    try:
+        yield
+    finally:
+        services.ConsolePopen = original
 
 
 def _route_ray_logs() -> None:
@@ -151,19 +182,51 @@ def stop_workers(actors: list, workers: Sequence[WorkerInfo] = (), timeout: floa
     """Kill the actors and wait until they are gone, so none can still be writing afterwards.
 
     Ray reports a killed actor dead as soon as the kill is recorded, which can be before its process
-    has exited; so the processes of the actors on this node (`workers`: their pids) are awaited too."""
+    has exited; so the processes of the actors on this node (`workers`: their pids) are awaited too,
+    and one still running KILL_GRACE_SECONDS after its kill is killed outright (its shard file is
+    published whole or not at all). That bounds the stop when Ray itself is going down: systemd and
+    Slurm signal every process of a job, and an actor whose raylet is shutting down takes its time."""
     import ray
 
-    deadline = time.monotonic() + timeout
     for actor in actors:
         ray.kill(actor, no_restart=True)
+    killed_at = time.monotonic()
+    deadline = killed_at + timeout
     # A call on a killed actor resolves (with an error) once Ray has recorded the kill.
-    probes = [actor.ready.remote() for actor in actors]
-    ray.wait(probes, num_returns=len(probes), timeout=timeout)
+    pending = [actor.ready.remote() for actor in actors]
     here = ray.get_runtime_context().get_node_id()
-    for pid in {info.pid for info in workers if info.node_id == here}:
-        while _process_alive(pid) and time.monotonic() < deadline:
+    running = {info.pid for info in workers if info.node_id == here}
+    while time.monotonic() < deadline:
+        running = {pid for pid in running if _process_alive(pid)}
+        if pending and not _local_ray_is_gone():
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.1)
+        elif not running:
+            return
+        else:
             time.sleep(0.02)
+        if running and time.monotonic() - killed_at > KILL_GRACE_SECONDS:
+            for pid in running:
+                _kill_outright(pid)
+    for pid in running:
+        logger.warning("worker process %d is still running %gs after it was stopped", pid, timeout)
+
+
+def _kill_outright(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # gone already, or not ours to kill
+        pass
+
+
+def _local_ray_is_gone() -> bool:
+    """Whether the Ray instance this driver started (not one it joined) has lost its raylet."""
+    import ray._private.worker as ray_worker
+
+    node = getattr(ray_worker, "_global_node", None)
+    if node is None:
+        return False
+    raylets = getattr(node, "all_processes", {}).get("raylet", [])
+    return any(info.process.poll() is not None for info in raylets)
 
 
 def _process_alive(pid: int) -> bool:

@@ -137,7 +137,9 @@ class Dispatcher:
             waitables = [a.ready_ref for a in self.actors if a.alive and a.ready_ref is not None]
             waitables += list(self._tasks)
             if not waitables:
-                self._fail_pending("no worker is alive")
+                if self.outcome.workers:  # actors ran shards, then all died: what is left fails
+                    self._fail_pending("no worker is alive")
+                # A pool that never loaded ran nothing: its shards stay pending, not run (start_errors say why).
                 break
             ready = self.backend.wait(waitables, _WAIT_SECONDS)
             for item in ready:

@@ -178,8 +178,10 @@ def run_job(
         stop_run(dispatcher, output, follow, finished=interrupt is None)
         outcome = dispatcher.outcome if dispatcher is not None else DispatchOutcome()
         if interrupt is None and not outcome.workers and outcome.start_errors:
-            record_failure(output, record, outcome, guard.seen)
-            raise WorkerStartError(f"no worker could load the models: {outcome.start_errors[0]}")
+            # Nothing ran: job.json and the summary count this run's rows as not run, as the disk has them.
+            summary = summarize(manifest, shards, plan, outcome, {}, output, started)
+            record_failure(output, record, outcome, guard.seen, summary)
+            raise WorkerStartError(f"no worker could load the models: {outcome.start_errors[0]}", summary)
         # 5. Record and return the outcome: for an interrupted run, what is on disk now.
         late = {}
         if interrupt is not None:
@@ -211,10 +213,17 @@ def stop_run(dispatcher: Dispatcher | None, output: str, follow: Progress, finis
     remove_temp_files(output)
 
 
-def record_failure(output: str, record: dict, outcome: DispatchOutcome, versions: list[dict | None]) -> None:
-    """Mark the run failed; on the way out of an error, so a failure here is logged, not raised over it."""
+def record_failure(
+    output: str,
+    record: dict,
+    outcome: DispatchOutcome,
+    versions: list[dict | None],
+    summary: JobSummary | None = None,
+) -> None:
+    """Mark the run failed (with its counts, when they are known); on the way out of an error, so a failure
+    here is logged, not raised over it."""
     try:
-        record_end(output, record, "failed", None, outcome, versions)
+        record_end(output, record, "failed", summary, outcome, versions)
     except (OSError, GenbatchError) as error:
         logger.warning("could not record the failure in %s: %s", output, one_line(error))
 

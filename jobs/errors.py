@@ -47,9 +47,14 @@ class UsageError(GenbatchError):
 
 
 class WorkerStartError(GenbatchError):
-    """No actor could load its models."""
+    """No actor could load its models. `summary` (a jobs.driver.JobSummary, when a run's driver raised it)
+    counts the rows, none of them run, for the CLI to print before the error."""
 
     exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, message: str, summary: object | None = None):
+        super().__init__(message)
+        self.summary = summary
 
 
 class RescoreError(GenbatchError):

@@ -323,7 +323,7 @@ def test_an_actor_that_cannot_load_is_recorded_and_the_others_run_every_shard():
     assert run.worker_counts[-1] == (1, 1) and run.progress_sum == (16, 0)
 
 
-def test_when_no_actor_can_start_every_shard_fails_with_no_worker_is_alive():
+def test_when_no_actor_can_start_no_shard_runs_and_none_is_counted_failed():
     backend = FakeBackend(
         faults={("0#1", "ready"): WorkerLoadError("OSError: out of memory"), ("1#1", "ready"): DIE}
     )
@@ -331,9 +331,10 @@ def test_when_no_actor_can_start_every_shard_fails_with_no_worker_is_alive():
     outcome = run.run()
     assert outcome.start_errors == ["OSError: out of memory", DIED]
     assert outcome.workers == [] and backend.runs == []
-    assert run.failed() == [(0, "no worker is alive"), (1, "no worker is alive"), (2, "no worker is alive")]
+    # Not run, not failed: the progress line and the summary must not call these rows failed.
+    assert outcome.failures == [] and [shard.index for shard in run.dispatcher.pending] == [0, 1, 2]
     assert (outcome.retries, outcome.replaced_workers) == (0, 0)
-    assert run.progress_sum == (12, 12) and run.worker_counts == [(0, 2), (0, 1), (0, 0)]
+    assert run.progress == [] and run.worker_counts == [(0, 2), (0, 1), (0, 0)]
 
 
 def test_when_every_actor_is_dead_the_pending_shards_fail():
@@ -502,7 +503,7 @@ def test_an_elastic_pool_grows_only_after_an_actor_loaded(capacity_every_wait):
     run = Run(backend, workers=AUTO, shard_count=6)
     outcome = run.run()
     assert backend.started == ["0#1", "1#1"] and len(outcome.start_errors) == 2
-    assert [failure.error for failure in outcome.failures] == ["no worker is alive"] * 6
+    assert outcome.failures == [] and len(run.dispatcher.pending) == 6  # not run
 
 
 def test_a_failed_start_keeps_its_slot_empty(capacity_every_wait):

@@ -284,6 +284,29 @@ def test_workers_that_cannot_load_the_model_fail_the_job_clearly(job_dir, capsys
     assert json.loads((output / "job.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow  # an actor of its own that fails to load
+def test_a_pool_that_never_loaded_counts_its_rows_not_run_and_prints_a_summary(tmp_path, capsys, ray_session):
+    manifest = write_manifest(tmp_path / "p.parquet", {"prompt": ["a", "b", "c"]})
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    output = tmp_path / "out"
+    config = write_config(tmp_path / "job.yaml", manifest, output, model={"id": str(empty)})
+    assert main(["run", str(config), "--log-format", "json"]) == 2
+    stdout, stderr = capsys.readouterr()
+    records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    last_progress = [record for record in records if record.get("event") == "progress"][-1]
+    assert (last_progress["rows_done"], last_progress["failed"]) == (0, 0)  # nothing ran, so nothing failed
+    assert records[-1]["event"] == "error" and "no worker could load the models" in records[-1]["message"]
+    (summary,) = [json.loads(line) for line in stdout.splitlines()]
+    assert (summary["event"], summary["status"], summary["exit_code"]) == ("summary", "failed", 2)
+    counts = ("rows", "ok", "failed", "not_run", "shards_failed")
+    assert [summary[key] for key in counts] == [3, 0, 0, 3, 0]
+    record = json.loads((output / "job.json").read_text())
+    assert record["status"] == "failed" and record["failed_shards"] == []
+    assert [record["counts"][key] for key in counts] == [3, 0, 0, 3, 0]
+    assert not list((output / "data").glob("*.parquet"))
+
+
 def test_resources_no_node_can_host_are_refused(job_dir, capsys, ray_session):
     tmp_path, manifest, _ = job_dir
     code, _ = run_job(tmp_path, "greedy", manifest, resources={"gpus_per_worker": 4})

@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -27,15 +29,46 @@ def start_job(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[subp
     manifest = write_manifest(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(ROWS)]})
     output = tmp_path / "out"
     config = write_config(tmp_path / "job.yaml", manifest, output, shard_size=SHARD_SIZE, generation={"steps": 4})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "run", str(config), "--quiet", *args],
+    return start_cli("run", str(config), "--quiet", *args, env=env), output
+
+
+def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": os.getcwd(), **(env or {})},
-        start_new_session=True,  # a signal to the test runner's group must not reach it
+        start_new_session=True,  # a signal to the test runner's group must not reach it; its own group, as `setsid`
     )
-    return process, output
+
+
+def own_ray_env() -> dict:
+    """The environment of a CLI that starts a Ray instance of its own (no RAY_ADDRESS to join)."""
+    return {**{key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}, "RAY_ADDRESS": ""}
+
+
+@contextmanager
+def ended_at_exit(process: subprocess.Popen) -> Iterator[None]:
+    """A CLI in a session of its own outlives a failed test: kill it (its Ray instance follows it)."""
+    try:
+        yield
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def process_group(pgid: int) -> list[int]:
+    """The pids of the processes in group `pgid`, from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.getpgid(int(entry.name)) == pgid:
+                members.append(int(entry.name))
+        except ProcessLookupError:  # gone meanwhile
+            continue
+    return members
 
 
 def wait_until(process: subprocess.Popen, ready, timeout: float = 120) -> None:
@@ -105,8 +138,7 @@ def test_a_signal_while_workers_load_stops_the_job_with_json_only_output(
 def test_sigterm_while_ray_itself_starts_is_handled_by_genbatch_not_ray(tmp_path, ray_session):
     """Without --address genbatch starts Ray; Ray's own SIGTERM handlers (exit 1, 15, or 134 with a stack
     dump) must not take over while it does."""
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    process, output = start_job(tmp_path, "--log-format", "json", env={**env, "RAY_ADDRESS": ""})
+    process, output = start_job(tmp_path, "--log-format", "json", env=own_ray_env())
     wait_until(process, lambda: job_record(output).get("status") == "running")
     time.sleep(1.0)  # well inside ray.init, which takes several seconds here
     process.send_signal(signal.SIGTERM)
@@ -129,3 +161,47 @@ def test_more_signals_during_shutdown_do_not_cut_it_short(tmp_path, session_addr
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr  # the first signal decides
     assert_stopped_cleanly(output, stdout, stderr, "SIGTERM")
+
+
+def test_sigterm_to_the_whole_process_group_reaches_the_driver_alone(tmp_path):
+    """systemd, Slurm and `timeout` signal the whole process group (`setsid genbatch run …; kill -TERM -- -PGID`).
+    The Ray instance the driver started is out of the group: the driver stops its actors through a live
+    cluster (Ray killed with the group left it waiting ~40 s on calls that could not be answered, and an
+    orphaned actor publishing a shard after job.json counted), and what is on disk is what job.json says."""
+    process, output = start_job(tmp_path, env=own_ray_env())
+    with ended_at_exit(process):
+        wait_until(process, lambda: len(shards_on_disk(output)) >= 2)
+        assert process_group(process.pid) == [process.pid]  # Ray's processes and the actors are elsewhere
+        os.killpg(process.pid, signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)  # Slurm's grace is 30 s; it takes a few here
+    assert process.returncode == 143, stderr
+    assert_stopped_cleanly(output, stdout, stderr, "SIGTERM")
+
+
+def test_sigterm_to_the_whole_process_group_stops_a_rescore_with_whole_shards(tmp_path, ray_session):
+    from jobs.cli import main
+    from workers.writer import read_footer
+
+    manifest = write_manifest(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(32)]})
+    run = tmp_path / "run"
+    assert main(["run", str(write_config(tmp_path / "job.yaml", manifest, run, shard_size=1)), "--quiet"]) == 0
+    before = job_record(run)
+    old_key = read_footer(str(shards_on_disk(run)[0])).job_key
+
+    def keys() -> list[str]:
+        return [read_footer(str(path)).job_key for path in shards_on_disk(run)]
+
+    process = start_cli("rescore", str(run), "--set", "scores.pickscore.model=tiny-pickscore", env=own_ray_env())
+    with ended_at_exit(process):
+        wait_until(process, lambda: sum(key != old_key for key in keys()) >= 2)
+        assert process_group(process.pid) == [process.pid]
+        os.killpg(process.pid, signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    assert (process.returncode, stdout) == (143, ""), stderr
+    assert stderr.splitlines()[-1] == "genbatch: interrupted by SIGTERM"
+    assert "Traceback" not in stderr
+    # Each shard whole, as the run wrote it or rescored; nothing half-written; the run's record untouched.
+    assert [path.name for path in sorted((run / "data").iterdir())] == [path.name for path in shards_on_disk(run)]
+    rescored = sum(key != old_key for key in keys())
+    assert len(keys()) == 32 and 2 <= rescored < 32
+    assert job_record(run) == before
