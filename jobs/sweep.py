@@ -38,6 +38,7 @@ from jobs.jobfile import identity_key, read_job_file, write_job_file
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest
 from jobs.planner import plan_shards
+from jobs.model_family import check_manifest
 from jobs.preflight import check_before_start
 from jobs.progress import Progress, announce
 from jobs.resume import (
@@ -167,6 +168,7 @@ def run_sweep(
         where = (run_config.manifest, run_config.mode)
         if where not in manifests:
             manifests[where] = read_manifest(*where)
+        check_manifest(run_config, manifests[where])  # columns the run's model family cannot use
         loads = actor_key(run_config)  # models, scorers, quantization: what the checks look at
         if loads not in checked:
             check_before_start(run_config)

@@ -47,3 +47,7 @@ class ShardWriteError(ShardError, OSError):
 
 class FencedOut(ShardError, OSError):
     """This run no longer holds the output folder's lock: another run took it, so nothing is published."""
+
+
+class UnknownFamilyError(WorkerError, ValueError):
+    """A model whose pipeline class (model_index.json `_class_name`) is of no family genbatch knows."""

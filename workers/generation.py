@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from workers import columns as C
+from workers import families
 from workers.rows import RowSpec
 from workers.schedulers import seed_noise_sampler
 
@@ -28,15 +29,18 @@ def generate(pipeline, rows: list[RowSpec], pad_to: int | None = None, init_imag
         size = {"width": first.width, "height": first.height}
     else:  # image-to-image takes its size from the init images (already width x height)
         size = {"image": init_images + [init_images[-1]] * padding, "strength": first.strength}
+    # The family says which guidance arguments its pipelines take (negative prompts, true CFG, token limit).
+    guidance = families.for_pipeline(pipeline).call_arguments(
+        [row.negative_prompt for row in padded], first.guidance_scale, first.true_cfg_scale, first.max_sequence_length
+    )
     # inference_mode, not just the pipeline's own no_grad: no version counters or view tracking per op.
     with torch.inference_mode():
         result = pipeline(
             prompt=[row.prompt for row in padded],
-            negative_prompt=[row.negative_prompt for row in padded],
             num_inference_steps=first.steps,
-            guidance_scale=first.guidance_scale,
             generator=[torch.Generator("cpu").manual_seed(row.seed) for row in padded],
             output_type="pt",
+            **guidance,
             **size,
         )
     return result.images[: len(rows)].permute(0, 2, 3, 1).float()

@@ -5,7 +5,8 @@ Class names are strings so the driver can validate names without importing diffu
 
 from __future__ import annotations
 
-SCHEDULERS: dict[str, tuple[str, dict]] = {
+# For UNet models trained to predict noise (Stable Diffusion 1/2, SDXL).
+UNET_SCHEDULERS: dict[str, tuple[str, dict]] = {
     "ddim": ("DDIMScheduler", {}),
     "pndm": ("PNDMScheduler", {}),
     "lms": ("LMSDiscreteScheduler", {}),
@@ -21,6 +22,19 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
     "dpmpp_sde": ("DPMSolverSDEScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
 }
+
+# For flow-matching models (FLUX, SD3, Qwen-Image, ...): Euler on the model's own sigma schedule, or with
+# its sigmas respaced (Karras, exponential, beta); Heun only where the pipeline passes no sigmas of its own.
+FLOW_MATCH_SCHEDULERS: dict[str, tuple[str, dict]] = {
+    "flow_match_euler": ("FlowMatchEulerDiscreteScheduler", {}),
+    "flow_match_euler_karras": ("FlowMatchEulerDiscreteScheduler", {"use_karras_sigmas": True}),
+    "flow_match_euler_exponential": ("FlowMatchEulerDiscreteScheduler", {"use_exponential_sigmas": True}),
+    "flow_match_euler_beta": ("FlowMatchEulerDiscreteScheduler", {"use_beta_sigmas": True}),
+    "flow_match_heun": ("FlowMatchHeunDiscreteScheduler", {}),
+}
+
+# Every name a config may give; which apply to a model is its family's (workers.families).
+SCHEDULERS: dict[str, tuple[str, dict]] = {**UNET_SCHEDULERS, **FLOW_MATCH_SCHEDULERS}
 
 
 def build_scheduler(name: str, base_config):
