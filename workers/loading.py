@@ -10,7 +10,7 @@ import logging
 import os
 import re
 
-from workers import tiny
+from workers import tiny, tiny_dit
 from workers.errors import ModelNotFoundError, UnknownFamilyError
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def missing_model_folder(ref: str | None) -> str | None:
 
 
 def is_builtin(ref: str) -> bool:
-    return ref in (tiny.TINY, tiny.TINY_SDXL, tiny.TINY_PICKSCORE)
+    return ref in (tiny.TINY, tiny.TINY_SDXL, tiny.TINY_PICKSCORE) or tiny_dit.is_tiny_dit(ref)
 
 
 def is_hub_id(ref: str) -> bool:
@@ -63,6 +63,8 @@ def pipeline_source(ref: str) -> str:
     """What to hand to `from_pretrained` for a pipeline reference."""
     if ref == tiny.TINY_SDXL:
         return str(tiny.tiny_sdxl_dir())
+    if tiny_dit.is_tiny_dit(ref):
+        return str(tiny_dit.tiny_dit_dir(ref))
     return _source(ref, tiny.tiny_pipeline_dir)
 
 
