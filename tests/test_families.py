@@ -1,0 +1,392 @@
+"""Every DiT model family end to end on its built-in tiny model, against plain diffusers calls of its pipelines.
+
+One entry of CASES per family: a family plugs in by adding its case. Each family's jobs share one session
+actor (jobs.worker_reuse): only the batch size, the scheduler and the generation settings change between them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from dataclasses import dataclass, field
+
+import diffusers
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPModel, CLIPProcessor
+
+from jobs.cli import main
+from jobs.config import load_config
+from tests.conftest import read_output, small_config, worker_settings_for, write_config, write_manifest
+from tests.reference import decode_png, reference_cosine
+from workers.loading import pipeline_source
+from workers.schedulers import build_scheduler
+
+SIZE = 32
+PROMPTS = {"id": ["a", "b", "c"], "prompt": ["a red fox", "a lighthouse at dusk", "three green apples"]}
+PROMPTS["seed"] = [3, 14, 15]
+CPU_ACTOR = {"workers": 1, "gpus_per_worker": 0, "cpus_per_worker": 1}
+
+
+@dataclass(frozen=True)
+class Case:
+    """What the tests need to know of a family: its tiny model, its pipelines and what to run it with."""
+
+    model: str
+    text_to_image: str
+    image_to_image: str | None
+    generation: dict  # steps and guidance for the tests' jobs (and the plain calls)
+    schedulers: tuple[str, str]  # two that apply, to sweep over (the first: the model's own kind)
+    foreign_scheduler: str  # one that does not apply
+    title: str  # the family's name in messages
+    applicable: str  # the schedulers the refusal lists
+    extra_call: dict = field(default_factory=dict)  # what genbatch passes besides (max_sequence_length, ...)
+
+    def __str__(self) -> str:
+        return self.model
+
+
+FLOW_MATCH_EULER = "flow_match_euler, flow_match_euler_karras, flow_match_euler_exponential, flow_match_euler_beta"
+CASES = [
+    Case(
+        model="tiny-flux",
+        text_to_image="FluxPipeline",
+        image_to_image="FluxImg2ImgPipeline",
+        generation={"steps": 2, "guidance_scale": 3.5},
+        schedulers=("flow_match_euler", "flow_match_euler_karras"),
+        foreign_scheduler="dpmpp_2m",
+        title="FLUX.1",
+        applicable=FLOW_MATCH_EULER,
+    ),
+]
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def plain_image(pipeline, case: Case, prompt: str, seed: int, **call) -> np.ndarray:
+    """What a user gets from a plain call of the family's pipeline, as uint8 pixels."""
+    arguments = {
+        "num_inference_steps": case.generation["steps"],
+        "guidance_scale": case.generation["guidance_scale"],
+        "width": SIZE,
+        "height": SIZE,
+        **call,
+    }
+    if "image" in arguments:  # image-to-image takes its size from the image
+        del arguments["width"], arguments["height"]
+    image = pipeline(prompt, generator=torch.Generator("cpu").manual_seed(seed), **arguments).images[0]
+    return np.asarray(image)
+
+
+def run(tmp_path, name: str, case: Case, manifest, **sections) -> tuple[int, object]:
+    output = tmp_path / name
+    generation = {"width": SIZE, "height": SIZE, **case.generation, **sections.pop("generation", {})}
+    resources = {**CPU_ACTOR, "batch_size": 1, **sections.pop("resources", {})}
+    config = write_config(
+        tmp_path / f"{name}.yaml",
+        manifest,
+        output,
+        model={"id": case.model},
+        generation=generation,
+        resources=resources,
+        **sections,
+    )
+    return main(["run", str(config), "--quiet"]), output
+
+
+@pytest.fixture(scope="module", params=CASES, ids=str)
+def family(request, tmp_path_factory, ray_session):
+    """A family's case, the plain pipeline, and its base job (batch size 1) and batched job (3 rows a call,
+    2 images per prompt), run on one actor."""
+    case = request.param
+    tmp_path = tmp_path_factory.mktemp(case.model)
+    manifest = write_manifest(tmp_path / "prompts.parquet", PROMPTS)
+    code, base = run(tmp_path, "base", case, manifest)
+    assert code == 0
+    code, batched = run(
+        tmp_path, "batched", case, manifest, resources={"batch_size": 3}, generation={"images_per_prompt": 2}
+    )
+    assert code == 0
+    torch.set_num_threads(1)  # as in the actors (cpus_per_worker: 1): the same reduction order
+    pipeline = getattr(diffusers, case.text_to_image).from_pretrained(pipeline_source(case.model), use_safetensors=True)
+    pipeline.set_progress_bar_config(disable=True)
+    return case, pipeline, tmp_path, manifest, read_output(base), read_output(batched)
+
+
+def test_images_equal_a_plain_pipeline_call_exactly_alone_and_within_one_level_batched(family):
+    case, pipeline, _, _, base, batched = family
+    assert base.column("id").to_pylist() == PROMPTS["id"]
+    assert set(base.column("model").to_pylist()) == {case.model}
+    assert base.column("status").to_pylist() == ["ok"] * 3
+    for row in base.to_pylist():
+        expected = plain_image(pipeline, case, row["prompt"], row["seed"])
+        assert np.array_equal(decode_png(row["image"]["bytes"]), expected), row["id"]
+    # Batched three to a call, each image is still its own seed's: within one 8-bit level of the lone call.
+    alone = {row["id"]: decode_png(row["image"]["bytes"]).astype(int) for row in base.to_pylist()}
+    firsts = [row for row in batched.to_pylist() if row["image_index"] == 0]
+    assert [row["id"] for row in firsts] == PROMPTS["id"]
+    for row in firsts:
+        assert np.abs(decode_png(row["image"]["bytes"]).astype(int) - alone[row["id"]]).max() <= 1, row["id"]
+
+
+def test_images_per_prompt_gives_each_image_its_own_seed(family):
+    case, pipeline, _, _, _, batched = family
+    assert batched.num_rows == 6
+    assert batched.column("id").to_pylist() == [i for i in PROMPTS["id"] for _ in range(2)]
+    assert batched.column("image_index").to_pylist() == [0, 1] * 3
+    second = batched.to_pylist()[1]
+    assert second["seed"] != PROMPTS["seed"][0]
+    expected = plain_image(pipeline, case, second["prompt"], second["seed"])
+    assert np.abs(decode_png(second["image"]["bytes"]).astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_clip_scores_equal_transformers_on_the_written_images(family, tiny_dirs):
+    _, _, _, _, base, _ = family
+    model, processor = CLIPModel.from_pretrained(tiny_dirs[1]).eval(), CLIPProcessor.from_pretrained(tiny_dirs[1])
+    for row in base.to_pylist():
+        expected = reference_cosine(model, processor, decode_png(row["image"]["bytes"]), row["prompt"])
+        assert row["clip_cosine"] == pytest.approx(expected, abs=1e-4), row["id"]
+
+
+def test_image_to_image_equals_a_plain_call_of_the_family_image_to_image_pipeline(family):
+    case, pipeline, tmp_path, _, base, _ = family
+    if case.image_to_image is None:
+        pytest.skip(f"{case.title} has no image-to-image pipeline")
+    inits = [row["image"]["bytes"] for row in base.to_pylist()]
+    manifest = write_manifest(
+        tmp_path / "img2img.parquet", {**PROMPTS, "init_image": pa.array(inits), "strength": [0.5, 0.75, 1.0]}
+    )
+    code, output = run(tmp_path, "img2img", case, manifest)
+    assert code == 0
+    img2img = getattr(diffusers, case.image_to_image).from_pipe(pipeline)
+    for row, init, strength in zip(read_output(output).to_pylist(), inits, [0.5, 0.75, 1.0]):
+        image = Image.open(io.BytesIO(init)).convert("RGB")
+        expected = plain_image(img2img, case, row["prompt"], row["seed"], image=image, strength=strength)
+        assert np.array_equal(decode_png(row["image"]["bytes"]), expected), row["id"]
+
+
+def test_a_sweep_over_schedulers_and_guidance_runs_each_as_a_plain_call(family):
+    case, pipeline, tmp_path, manifest, base, _ = family
+    sweep = {"model.scheduler": list(case.schedulers), "generation.guidance_scale": [case.generation["guidance_scale"]]}
+    code, output = run(tmp_path, "sweep", case, manifest, sweep=sweep)
+    assert code == 0
+    own = pipeline.scheduler
+    guidance = case.generation["guidance_scale"]
+    for name in case.schedulers:
+        table = read_output(output / f"guidance_scale={guidance},scheduler={name}")
+        assert set(table.column("scheduler").to_pylist()) == {name}
+        first = table.to_pylist()[0]
+        pipeline.scheduler = build_scheduler(name, own.config)
+        try:
+            expected = plain_image(pipeline, case, first["prompt"], first["seed"])
+        finally:
+            pipeline.scheduler = own
+        assert np.array_equal(decode_png(first["image"]["bytes"]), expected), name
+    # The model's own kind of scheduler, named, gives the images of the model's own scheduler.
+    own_kind = read_output(output / f"guidance_scale={guidance},scheduler={case.schedulers[0]}")
+    assert own_kind.column("image_sha256").to_pylist() == base.column("image_sha256").to_pylist()
+
+
+def test_rescore_adds_a_score_to_a_family_run(family):
+    case, _, tmp_path, _, _, _ = family
+    base = tmp_path / "base"
+    assert main(["rescore", str(base), "--set", "scores.pickscore.model=tiny-pickscore", "--quiet"]) == 0
+    table = read_output(base)
+    assert table.column("pickscore").null_count == 0
+    assert json.loads((base / "job.json").read_text())["config"]["model"]["id"] == case.model
+
+
+def test_reconstruct_round_trips_through_the_family_vae_with_its_shift_and_scale(family, tmp_path):
+    """In-process (one actor is all reconstruct needs): MSE, PSNR and latent statistics against the VAE by hand."""
+    from workers.tasks import ShardTask
+    from workers.worker import GenerationWorker
+
+    case, pipeline, _, _, base, _ = family
+    inits = [row["image"]["bytes"] for row in base.to_pylist()]
+    manifest = write_manifest(tmp_path / "images.parquet", {"id": PROMPTS["id"], "init_image": pa.array(inits)})
+    settings = worker_settings_for(
+        tmp_path / "out", mode="reconstruct", model={"id": case.model}, generation={"width": SIZE, "height": SIZE}
+    )
+    worker = GenerationWorker(settings, 0)
+    assert worker.load_error is None, worker.load_error
+    result = list(worker.run_shard(ShardTask(0, str(manifest), 0, 3, 0, has_id_column=True)))[-1]
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(result.file)
+    vae = pipeline.vae
+    scale, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
+    for row, init in zip(table.to_pylist(), inits):
+        pixels = np.asarray(Image.open(io.BytesIO(init)).convert("RGB"))
+        x = torch.tensor(pixels, dtype=torch.float32).permute(2, 0, 1)[None] / 127.5 - 1
+        with torch.no_grad():
+            latent = (vae.encode(x).latent_dist.mode() - shift) * scale
+            decoded = vae.decode(latent / scale + shift).sample
+        expected = ((decoded[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        written = decode_png(row["image"]["bytes"])
+        assert np.abs(written.astype(int) - expected.astype(int)).max() <= 1, row["id"]
+        assert row["latent_mean"] == pytest.approx(float(latent.mean()), abs=1e-5)
+        assert row["latent_std"] == pytest.approx(float(latent.std()), abs=1e-5)
+        mse = float(((written.astype(float) - pixels.astype(float)) / 255).__pow__(2).mean())
+        assert row["recon_mse"] == pytest.approx(mse, rel=1e-9)
+
+
+# Config-time behaviour: no actor, no Ray.
+
+
+def config_file(tmp_path, model: str, drop: tuple[str, ...] = (), **sections):
+    """A small job config for `model` (its generation keys in `drop` left unset), written to job.yaml."""
+    import yaml
+
+    raw = small_config(tmp_path / "m.parquet", tmp_path / "out", **{"model": {"id": model}, **sections})
+    raw["generation"] = {key: value for key, value in raw["generation"].items() if key not in drop}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def test_defaults_come_from_the_family_and_the_model_config(tmp_path, model_cache):
+    """FLUX.1-dev-shaped tiny-flux: 28 steps, guidance 3.5; a schnell-shaped copy (no guidance embedding):
+    4 steps, guidance 0; Stable Diffusion keeps genbatch's 30 and 7.5, and its identity has no new keys."""
+    from jobs.manifest import Manifest
+    from jobs.resume import job_identity
+
+    unset = {"drop": ("steps", "guidance_scale")}
+    flux = load_config(config_file(tmp_path, "tiny-flux", **unset))
+    assert (flux.generation.steps, flux.generation.guidance_scale) == (28, 3.5)
+    assert (flux.generation.true_cfg_scale, flux.generation.max_sequence_length) == (1.0, 512)
+    schnell = shutil.copytree(pipeline_source("tiny-flux"), tmp_path / "schnell")
+    transformer = json.loads((schnell / "transformer" / "config.json").read_text())
+    (schnell / "transformer" / "config.json").write_text(json.dumps(transformer | {"guidance_embeds": False}))
+    fast = load_config(config_file(tmp_path, str(schnell), **unset))
+    assert (fast.generation.steps, fast.generation.guidance_scale) == (4, 0.0)
+    sd = load_config(config_file(tmp_path, "tiny", **unset))
+    assert (sd.generation.steps, sd.generation.guidance_scale) == (30, 7.5)
+    manifest = Manifest("m", (), ("prompt",), False, 1, "f")
+    assert set(job_identity(sd, manifest)["generation"]) == {
+        "steps", "guidance_scale", "width", "height", "negative_prompt", "images_per_prompt", "strength",
+        "init_image_policy",
+    }  # fmt: skip
+    # Set by the user, a value stays; a sweep's run for another model gets that model's defaults.
+    assert load_config(config_file(tmp_path, "tiny-flux"), ["generation.steps=5"]).generation.steps == 5
+    from jobs.sweep_plan import expand_sweep
+
+    both = load_config(config_file(tmp_path, "tiny", sweep={"model.id": ["tiny", "tiny-flux"]}, **unset))
+    runs = {run.config.model.id: run.config.generation for run in expand_sweep(both, "job.yaml")}
+    assert (runs["tiny"].steps, runs["tiny-flux"].steps, runs["tiny-flux"].guidance_scale) == (30, 28, 3.5)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_a_scheduler_of_another_kind_is_refused_naming_those_that_apply(case, tmp_path, capsys, model_cache):
+    path = config_file(tmp_path, case.model, model={"id": case.model, "scheduler": case.foreign_scheduler})
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"genbatch: {path}: model.scheduler: scheduler {case.foreign_scheduler!r} does not apply to {case.title} "
+        f"models; choose one of: {case.applicable}"
+    )
+
+
+def test_flow_schedulers_are_refused_for_stable_diffusion(tmp_path, capsys, model_cache):
+    path = config_file(tmp_path, "tiny", model={"id": "tiny", "scheduler": "flow_match_euler"})
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "model.scheduler: scheduler 'flow_match_euler' does not apply to Stable Diffusion 1/2 models; choose one of: "
+        "ddim, pndm, lms, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras, dpmpp_sde, unipc"
+    )
+
+
+def test_negative_prompts_where_flux_takes_none_are_refused(tmp_path, capsys, model_cache):
+    path = config_file(tmp_path, "tiny-flux", generation={"negative_prompt": "blurry"})
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"genbatch: {path}: generation.negative_prompt: FLUX.1 takes a negative prompt only with "
+        "generation.true_cfg_scale > 1"
+    )
+    manifest = write_manifest(
+        tmp_path / "m.parquet", {"id": ["a", "b", "c"], "prompt": ["x", "y", "z"], "negative_prompt": ["", None, "dark"]}
+    )
+    path = config_file(tmp_path, "tiny-flux")
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"genbatch: {manifest}: column 'negative_prompt': FLUX.1 takes a negative prompt only with "
+        "generation.true_cfg_scale > 1, and 1 row has one (ids: c); remove the column or its values"
+    )
+    # With true CFG on, the same manifest is accepted (the job is not run here).
+    config = load_config(path, ["generation.true_cfg_scale=4"])
+    from jobs.manifest import read_manifest
+    from jobs.model_family import check_manifest
+
+    check_manifest(config, read_manifest(str(manifest)))
+
+
+def test_true_cfg_and_sequence_length_are_refused_where_the_family_has_none(tmp_path, capsys, model_cache):
+    path = config_file(tmp_path, "tiny", generation={"true_cfg_scale": 4.0})
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"genbatch: {path}: generation.true_cfg_scale: Stable Diffusion 1/2 has no true CFG (its guidance_scale is "
+        "classifier-free guidance); remove the key"
+    )
+    path = config_file(tmp_path, "tiny-flux", generation={"max_sequence_length": 1024})
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"genbatch: {path}: generation.max_sequence_length: FLUX.1 reads at most 512 tokens, got 1024"
+    )
+
+
+def test_a_model_of_an_unknown_family_is_refused_before_any_actor_starts(tmp_path, capsys, tiny_dirs):
+    folder = shutil.copytree(tiny_dirs[0], tmp_path / "kandinsky")
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps(index | {"_class_name": "KandinskyV22Pipeline"}))
+    path = config_file(tmp_path, str(folder))
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"genbatch: {path}: model.id: {folder}: pipeline class 'KandinskyV22Pipeline' is not a model family genbatch "
+        "knows; it knows: Stable Diffusion 1/2 (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), "
+        "FLUX.1 (FluxPipeline)"
+    )
+
+
+def test_builtin_facts_match_the_built_models(model_cache):
+    """What the families declare of their built-ins (read by the driver without building them) is what the
+    built folders hold."""
+    from workers import families
+
+    for family in families.FAMILIES:
+        for ref, files in family.builtins.items():
+            folder = pipeline_source(ref)
+            index = json.loads(open(f"{folder}/model_index.json", encoding="utf-8").read())
+            assert index["_class_name"] in family.class_names, ref
+            for name, facts in files.items():
+                config = json.loads(open(f"{folder}/{name}", encoding="utf-8").read())
+                assert {key: config[key] for key in facts} == facts, (ref, name)
+
+
+def test_compile_and_quantize_act_on_the_transformer(model_cache):
+    from workers.fastpaths import apply_fast_paths
+    from workers.loading import load_pipeline
+    from workers.tasks import FastPaths
+
+    pipeline = load_pipeline("tiny-flux", None, None, torch.device("cpu"), torch.float32)
+    fast = FastPaths(
+        compile=True,
+        compile_cache=None,
+        channels_last=True,
+        quantize="int8",
+        quantize_min_features=16,
+        vae_slicing=False,
+        vae_tiling=False,
+        clip_preprocess="processor",
+        writer_threads=0,
+    )
+    settings = worker_settings_for("unused", model={"id": "tiny-flux"})
+    applied = apply_fast_paths(pipeline, fast, torch.device("cpu"), 2, settings.defaults)
+    # No channels_last for a transformer; the per-image embedding and modulation layers are left out.
+    assert applied[0].startswith("quantize int8: ") and applied[1:] == ["compile"]
+    assert isinstance(pipeline.transformer, torch._dynamo.eval_frame.OptimizedModule)
