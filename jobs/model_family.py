@@ -87,9 +87,9 @@ def _resolve_sequence_length(family: Family, config: JobConfig) -> None:
         return
     if generation.max_sequence_length is None:
         generation.max_sequence_length = family.max_sequence_length
-    elif generation.max_sequence_length > family.max_sequence_length:
+    elif generation.max_sequence_length > (family.token_limit or 0):
         raise ValueError(
-            f"generation.max_sequence_length: {family.title} reads at most {family.max_sequence_length} tokens, "
+            f"generation.max_sequence_length: {family.title} reads at most {family.token_limit} tokens, "
             f"got {generation.max_sequence_length}"
         )
 

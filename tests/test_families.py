@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import diffusers
@@ -45,9 +46,31 @@ class Case:
     title: str  # the family's name in messages
     applicable: str  # the schedulers the refusal lists
     extra_call: dict = field(default_factory=dict)  # what genbatch passes besides (max_sequence_length, ...)
+    # The VAE round trip by hand: (pipeline, images in [-1, 1]) -> (the denoiser's latents, decoded images).
+    vae_round_trip: Callable = field(default=None)
+    # Why a negative prompt is refused; "": where the family takes one, and for FLUX.1 (tested on its own below).
+    negative_prompt_rule: str = ""
+    defaults: tuple[int, float] | None = None  # the model's default steps and guidance_scale
 
     def __str__(self) -> str:
         return self.model
+
+
+def scaled_round_trip(pipeline, x):
+    """Stable Diffusion, FLUX.1, SD3, Z-Image: latents scaled and shifted by the VAE config's factors."""
+    vae = pipeline.vae
+    scale, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
+    latent = (vae.encode(x).latent_dist.mode() - shift) * scale
+    return latent, vae.decode(latent / scale + shift).sample
+
+
+def flux2_round_trip(pipeline, x):
+    """FLUX.2: the pipeline's own encoding (2x2 patches, batch-norm statistics), decoded as its __call__ does."""
+    vae = pipeline.vae
+    latent = pipeline._encode_vae_image(x, generator=None)
+    mean = vae.bn.running_mean.view(1, -1, 1, 1)
+    std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps)
+    return latent, vae.decode(pipeline._unpatchify_latents(latent * std + mean)).sample
 
 
 FLOW_MATCH_EULER = "flow_match_euler, flow_match_euler_karras, flow_match_euler_exponential, flow_match_euler_beta"
@@ -61,6 +84,21 @@ CASES = [
         foreign_scheduler="dpmpp_2m",
         title="FLUX.1",
         applicable=FLOW_MATCH_EULER,
+        vae_round_trip=scaled_round_trip,
+        defaults=(28, 3.5),
+    ),
+    Case(
+        model="tiny-flux2",
+        text_to_image="Flux2KleinPipeline",
+        image_to_image=None,
+        generation={"steps": 2, "guidance_scale": 4.0},  # klein base: CFG against the empty negative it makes
+        schedulers=("flow_match_euler", "flow_match_euler_karras"),
+        foreign_scheduler="dpmpp_2m",
+        title="FLUX.2",
+        applicable=FLOW_MATCH_EULER,
+        vae_round_trip=flux2_round_trip,
+        negative_prompt_rule="FLUX.2 takes no negative prompt",
+        defaults=(50, 4.0),  # klein base (not distilled)
     ),
 ]
 
@@ -78,11 +116,13 @@ def plain_image(pipeline, case: Case, prompt: str, seed: int, **call) -> np.ndar
         "guidance_scale": case.generation["guidance_scale"],
         "width": SIZE,
         "height": SIZE,
+        **case.extra_call,
         **call,
     }
     if "image" in arguments:  # image-to-image takes its size from the image
         del arguments["width"], arguments["height"]
-    image = pipeline(prompt, generator=torch.Generator("cpu").manual_seed(seed), **arguments).images[0]
+    # `prompt` by keyword: FLUX.2's first positional argument is a reference image.
+    image = pipeline(prompt=prompt, generator=torch.Generator("cpu").manual_seed(seed), **arguments).images[0]
     return np.asarray(image)
 
 
@@ -221,14 +261,11 @@ def test_reconstruct_round_trips_through_the_family_vae_with_its_shift_and_scale
     import pyarrow.parquet as pq
 
     table = pq.read_table(result.file)
-    vae = pipeline.vae
-    scale, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
     for row, init in zip(table.to_pylist(), inits):
         pixels = np.asarray(Image.open(io.BytesIO(init)).convert("RGB"))
         x = torch.tensor(pixels, dtype=torch.float32).permute(2, 0, 1)[None] / 127.5 - 1
         with torch.no_grad():
-            latent = (vae.encode(x).latent_dist.mode() - shift) * scale
-            decoded = vae.decode(latent / scale + shift).sample
+            latent, decoded = case.vae_round_trip(pipeline, x)
         expected = ((decoded[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
         written = decode_png(row["image"]["bytes"])
         assert np.abs(written.astype(int) - expected.astype(int)).max() <= 1, row["id"]
@@ -284,6 +321,12 @@ def test_defaults_come_from_the_family_and_the_model_config(tmp_path, model_cach
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
+def test_unset_steps_and_guidance_are_the_models_defaults(case, tmp_path, model_cache):
+    config = load_config(config_file(tmp_path, case.model, drop=("steps", "guidance_scale")))
+    assert (config.generation.steps, config.generation.guidance_scale) == case.defaults
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
 def test_a_scheduler_of_another_kind_is_refused_naming_those_that_apply(case, tmp_path, capsys, model_cache):
     path = config_file(tmp_path, case.model, model={"id": case.model, "scheduler": case.foreign_scheduler})
     assert main(["run", str(path)]) == 2
@@ -326,6 +369,20 @@ def test_negative_prompts_where_flux_takes_none_are_refused(tmp_path, capsys, mo
     check_manifest(config, read_manifest(str(manifest)))
 
 
+@pytest.mark.parametrize("case", [case for case in CASES if case.negative_prompt_rule], ids=str)
+def test_negative_prompts_are_refused_where_the_family_takes_none(case, tmp_path, capsys, model_cache):
+    path = config_file(tmp_path, case.model, generation={"negative_prompt": "blurry"})
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == f"genbatch: {path}: generation.negative_prompt: {case.negative_prompt_rule}"
+    manifest = write_manifest(tmp_path / "m.parquet", {"id": ["a", "b"], "prompt": ["x", "y"], "negative_prompt": ["", "dark"]})
+    path = config_file(tmp_path, case.model)
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"genbatch: {manifest}: column 'negative_prompt': {case.negative_prompt_rule}, and 1 row has one (ids: b); "
+        "remove the column or its values"
+    )
+
+
 def test_true_cfg_and_sequence_length_are_refused_where_the_family_has_none(tmp_path, capsys, model_cache):
     path = config_file(tmp_path, "tiny", generation={"true_cfg_scale": 4.0})
     assert main(["run", str(path)]) == 2
@@ -349,7 +406,7 @@ def test_a_model_of_an_unknown_family_is_refused_before_any_actor_starts(tmp_pat
     assert capsys.readouterr().err.strip() == (
         f"genbatch: {path}: model.id: {folder}: pipeline class 'KandinskyV22Pipeline' is not a model family genbatch "
         "knows; it knows: Stable Diffusion 1/2 (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), "
-        "FLUX.1 (FluxPipeline)"
+        "FLUX.1 (FluxPipeline), FLUX.2 (Flux2KleinPipeline)"
     )
 
 

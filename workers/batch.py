@@ -110,7 +110,9 @@ class BatchRunner:
 
         # 2. Denoise and decode (or, in reconstruct mode, encode and decode), on the device.
         if self.mode == "reconstruct":
-            images, means, stds = generation.reconstruct(self.pipeline.vae, images_in)
+            images, means, stds = generation.reconstruct(
+                self.pipeline.vae, images_in, families.for_pipeline(self.pipeline).latents
+            )
         elif images_in is not None:
             images = generation.generate(self._image_to_image(), rows, pad_to=self.pad_to, init_images=images_in)
         else:

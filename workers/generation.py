@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from workers import columns as C
 from workers import families
+from workers.families.latents import SCALE_SHIFT, LatentCodec
 from workers.rows import RowSpec
 from workers.schedulers import seed_noise_sampler
 
@@ -46,11 +47,11 @@ def generate(pipeline, rows: list[RowSpec], pad_to: int | None = None, init_imag
     return result.images[: len(rows)].permute(0, 2, 3, 1).float()
 
 
-def reconstruct(vae, init_images: list):
+def reconstruct(vae, init_images: list, codec: LatentCodec = SCALE_SHIFT):
     """Encode each image with the VAE and decode it back: (images N,H,W,3 in [0, 1], latent means, stds).
 
-    The latent is the posterior's mode (deterministic), scaled as the UNet sees it (scaling_factor,
-    0.18215 for SD 1.x); its mean and std are per image.
+    The latent is the posterior's mode (deterministic), normalised as the denoiser sees it by the family's
+    `codec` (Stable Diffusion: scaling_factor, 0.18215 for SD 1.x); its mean and std are per image.
     """
     import numpy as np
     import torch
@@ -58,10 +59,8 @@ def reconstruct(vae, init_images: list):
     pixels = torch.from_numpy(np.stack([np.asarray(image) for image in init_images]))
     with torch.inference_mode():
         x = pixels.to(vae.device, vae.dtype).permute(0, 3, 1, 2) / 127.5 - 1
-        scale = vae.config.scaling_factor
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        latents = (vae.encode(x).latent_dist.mode() - shift) * scale
-        decoded = vae.decode(latents / scale + shift).sample
+        latents = codec.encode(vae, x)
+        decoded = codec.decode(vae, latents)
         flat = latents.float().flatten(1)
         means, stds = flat.mean(dim=1).tolist(), flat.std(dim=1).tolist()
     images = (decoded.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)

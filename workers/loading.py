@@ -187,11 +187,13 @@ def text_to_image_class(source: str, revision: str | None):
     (not AutoPipelineForText2Image, which imports every pipeline diffusers has) saves each actor a second."""
     import diffusers
 
-    return getattr(diffusers, model_family_of(source, revision).text_to_image)
+    family, class_name = model_family_of(source, revision)
+    return getattr(diffusers, family.text_to_image_for(class_name))
 
 
 def model_family_of(source: str, revision: str | None):
-    """The family (workers.families.Family) of the pipeline at `source` (a folder or a hub id)."""
+    """The family (workers.families.Family) of the pipeline at `source` (a folder or a hub id), and the
+    `_class_name` its model_index.json names."""
     from workers import families
 
     index = _cached_file(source, revision, "model_index.json")
@@ -206,7 +208,7 @@ def model_family_of(source: str, revision: str | None):
     family = families.for_class_name(class_name)
     if family is None:
         raise UnknownFamilyError(families.unknown_class_message(class_name))
-    return family
+    return family, class_name
 
 
 def _cached_file(source: str, revision: str | None, name: str) -> str | None:
@@ -232,8 +234,8 @@ def load_pipeline(ref: str, revision: str | None, scheduler: str | None, device,
     logger.info("loading pipeline %s (%s)", ref, source)
     check_hub_model(ref, revision, "model_index.json")
     try:
-        family = model_family_of(source, revision)
-        pipeline = getattr(diffusers, family.text_to_image).from_pretrained(
+        family, class_name = model_family_of(source, revision)
+        pipeline = getattr(diffusers, family.text_to_image_for(class_name)).from_pretrained(
             source,
             revision=revision,
             variant=variant,

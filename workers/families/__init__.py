@@ -12,11 +12,12 @@ from __future__ import annotations
 from workers.errors import UnknownFamilyError
 from workers.families.base import CompilePayback, ConfigReader, Defaults, Family
 from workers.families.flux import FLUX
+from workers.families.flux2 import FLUX2
 from workers.families.stable_diffusion import STABLE_DIFFUSION, STABLE_DIFFUSION_XL
 
 __all__ = ["FAMILIES", "CompilePayback", "ConfigReader", "Defaults", "Family", "for_class_name", "for_pipeline"]
 
-FAMILIES: tuple[Family, ...] = (STABLE_DIFFUSION, STABLE_DIFFUSION_XL, FLUX)
+FAMILIES: tuple[Family, ...] = (STABLE_DIFFUSION, STABLE_DIFFUSION_XL, FLUX, FLUX2)
 
 
 def for_class_name(class_name: str | None) -> Family | None:

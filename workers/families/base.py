@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from workers.families.latents import SCALE_SHIFT, LatentCodec
+
 # Reads a JSON file of the model folder (`transformer/config.json`); None when it cannot be read.
 ConfigReader = Callable[[str], "dict | None"]
 
@@ -47,7 +49,8 @@ class Family:
     `negative_prompt` says when the family's pipelines take a negative prompt: `cfg` with classifier-free
     guidance (Stable Diffusion: `negative_prompt` + `guidance_scale` > 1), `true_cfg` only with
     `generation.true_cfg_scale` > 1 (FLUX.1, whose `guidance_scale` is the distilled guidance embedded in
-    the transformer, not CFG), `never` for models without one."""
+    the transformer, not CFG), `never` for models without one. With `guidance` "cfg", guidance is on above
+    `cfg_above` (1 for most; Z-Image guides from any guidance_scale > 0)."""
 
     name: str  # short key: sd, sdxl, flux
     title: str  # as users know it: "Stable Diffusion 1/2", "FLUX.1"
@@ -64,6 +67,21 @@ class Family:
     payback: CompilePayback
     builtins: Mapping[str, Mapping[str, dict]] = field(default_factory=dict)  # tiny id -> its config files' facts
     load_arguments: Mapping[str, object] = field(default_factory=dict)  # extra from_pretrained keywords
+    # Keywords every call of the family's pipelines gets (Sana: no resolution binning, the size asked is made).
+    fixed_call_arguments: Mapping[str, object] = field(default_factory=dict)
+    cfg_above: float = 1.0  # guidance "cfg": the guidance_scale above which the denoiser runs twice
+    sequence_length_limit: int | None = None  # the most tokens the text encoder takes; None: max_sequence_length
+    latents: LatentCodec = SCALE_SHIFT  # how the VAE's latents are normalised for the denoiser (reconstruct mode)
+    # Other text-to-image classes of the family, loaded as themselves (FLUX.2 dev next to FLUX.2 klein).
+    other_text_to_image: tuple[str, ...] = ()
+
+    def text_to_image_for(self, class_name: str | None) -> str:
+        """The pipeline class to load a model whose model_index.json names `class_name`."""
+        return class_name if class_name in self.other_text_to_image else self.text_to_image
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.sequence_length_limit or self.max_sequence_length
 
     def takes_negative_prompt(self, true_cfg_scale: float | None) -> bool:
         if self.negative_prompt == "cfg":
@@ -80,13 +98,13 @@ class Family:
         """How many times the denoiser sees each image per step: CFG runs it on the prompt and the negative
         prompt (diffusers batches both for Stable Diffusion, and calls it twice for true CFG)."""
         if self.guidance == "cfg":
-            return 2 if guidance_scale > 1 else 1
+            return 2 if guidance_scale > self.cfg_above else 1
         return 2 if self.takes_negative_prompt(true_cfg_scale) else 1
 
     def call_arguments(self, negative_prompts: list[str], guidance_scale: float, true_cfg_scale: float | None,
                        max_sequence_length: int | None) -> dict:
         """The keyword arguments of the pipeline call that carry genbatch's guidance settings."""
-        arguments: dict[str, object] = {"guidance_scale": guidance_scale}
+        arguments: dict[str, object] = {"guidance_scale": guidance_scale, **self.fixed_call_arguments}
         if self.negative_prompt == "cfg":
             arguments["negative_prompt"] = negative_prompts
         elif self.takes_negative_prompt(true_cfg_scale):
