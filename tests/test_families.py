@@ -73,6 +73,13 @@ def flux2_round_trip(pipeline, x):
     return latent, vae.decode(pipeline._unpatchify_latents(latent * std + mean)).sample
 
 
+def dc_ae_round_trip(pipeline, x):
+    """Sana's DC-AE: a deterministic latent, scaled only (no shift), decoded as SanaPipeline does."""
+    vae = pipeline.vae
+    latent = vae.encode(x).latent * vae.config.scaling_factor
+    return latent, vae.decode(latent / vae.config.scaling_factor).sample
+
+
 FLOW_MATCH_EULER = "flow_match_euler, flow_match_euler_karras, flow_match_euler_exponential, flow_match_euler_beta"
 CASES = [
     Case(
@@ -99,6 +106,19 @@ CASES = [
         vae_round_trip=flux2_round_trip,
         negative_prompt_rule="FLUX.2 takes no negative prompt",
         defaults=(50, 4.0),  # klein base (not distilled)
+    ),
+    Case(
+        model="tiny-sana",
+        text_to_image="SanaPipeline",
+        image_to_image=None,
+        generation={"steps": 2, "guidance_scale": 4.5},
+        schedulers=("flow_dpmpp_2m", "flow_match_euler"),
+        foreign_scheduler="dpmpp_2m",
+        title="Sana",
+        applicable=f"flow_dpmpp_2m, {FLOW_MATCH_EULER}, flow_match_heun",
+        extra_call={"use_resolution_binning": False},  # genbatch makes the size asked, as every family
+        vae_round_trip=dc_ae_round_trip,
+        defaults=(20, 4.5),
     ),
 ]
 
@@ -409,7 +429,7 @@ def test_a_model_of_an_unknown_family_is_refused_before_any_actor_starts(tmp_pat
         f"genbatch: error: {path}: model.id: {folder}: pipeline class 'KandinskyV22Pipeline' is not a model family genbatch "
         "knows; it knows: Stable Diffusion 1/2 (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), "
         "FLUX.1 (FluxPipeline), FLUX.2 (Flux2KleinPipeline), Stable Diffusion 3 (StableDiffusion3Pipeline), "
-        "Qwen-Image (QwenImagePipeline), Z-Image (ZImagePipeline)"
+        "Qwen-Image (QwenImagePipeline), Z-Image (ZImagePipeline), Sana (SanaPipeline)"
     )
 
 

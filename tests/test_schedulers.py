@@ -37,6 +37,7 @@ FLOW_MATCH_CLASSES = {
     "flow_match_euler_exponential": "FlowMatchEulerDiscreteScheduler",
     "flow_match_euler_beta": "FlowMatchEulerDiscreteScheduler",
     "flow_match_heun": "FlowMatchHeunDiscreteScheduler",
+    "flow_dpmpp_2m": "DPMSolverMultistepScheduler",
 }
 
 

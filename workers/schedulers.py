@@ -33,8 +33,16 @@ FLOW_MATCH_SCHEDULERS: dict[str, tuple[str, dict]] = {
     "flow_match_heun": ("FlowMatchHeunDiscreteScheduler", {}),
 }
 
+# DPM-Solver++ on flow sigmas, for flow models whose pipeline passes no sigmas (Sana's own kind of scheduler).
+FLOW_SOLVER_SCHEDULERS: dict[str, tuple[str, dict]] = {
+    "flow_dpmpp_2m": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "prediction_type": "flow_prediction", "use_flow_sigmas": True},
+    ),
+}
+
 # Every name a config may give; which apply to a model is its family's (workers.families).
-SCHEDULERS: dict[str, tuple[str, dict]] = {**UNET_SCHEDULERS, **FLOW_MATCH_SCHEDULERS}
+SCHEDULERS: dict[str, tuple[str, dict]] = {**UNET_SCHEDULERS, **FLOW_MATCH_SCHEDULERS, **FLOW_SOLVER_SCHEDULERS}
 
 
 def build_scheduler(name: str, base_config):
@@ -42,6 +50,9 @@ def build_scheduler(name: str, base_config):
     import diffusers
 
     class_name, overrides = SCHEDULERS[name]
+    if class_name.startswith("FlowMatch") and "flow_shift" in base_config and "shift" not in base_config:
+        # A DPM-Solver flow config (Sana's) names its timestep shift `flow_shift`; the model was trained with it.
+        overrides = {"shift": base_config["flow_shift"], **overrides}
     return getattr(diffusers, class_name).from_config(base_config, **overrides)
 
 
