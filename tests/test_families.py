@@ -108,6 +108,18 @@ CASES = [
         defaults=(50, 4.0),  # klein base (not distilled)
     ),
     Case(
+        model="tiny-z-image",
+        text_to_image="ZImagePipeline",
+        image_to_image="ZImageImg2ImgPipeline",
+        generation={"steps": 2, "guidance_scale": 2.0},  # CFG against the empty negative (Turbo's 0 would skip it)
+        schedulers=("flow_match_euler", "flow_match_euler_karras"),
+        foreign_scheduler="flow_match_heun",
+        title="Z-Image",
+        applicable=FLOW_MATCH_EULER,
+        vae_round_trip=scaled_round_trip,  # FLUX.1's VAE
+        defaults=(9, 0.0),  # Z-Image-Turbo's
+    ),
+    Case(
         model="tiny-sana",
         text_to_image="SanaPipeline",
         image_to_image=None,
@@ -344,6 +356,16 @@ def test_defaults_come_from_the_family_and_the_model_config(tmp_path, model_cach
 def test_unset_steps_and_guidance_are_the_models_defaults(case, tmp_path, model_cache):
     config = load_config(config_file(tmp_path, case.model, drop=("steps", "guidance_scale")))
     assert (config.generation.steps, config.generation.guidance_scale) == case.defaults
+
+
+def test_the_denoiser_runs_twice_per_step_where_the_family_guides():
+    """CFG starts above guidance_scale 1 for most, above 0 for Z-Image; true CFG needs true_cfg_scale > 1."""
+    from workers.families import FAMILIES
+
+    twice = {family.name: family.batch_multiplier for family in FAMILIES}
+    assert (twice["z-image"](0.5, None), twice["z-image"](0.0, None)) == (2, 1)
+    assert (twice["sana"](4.5, None), twice["sana"](1.0, None), twice["flux2"](4.0, None)) == (2, 1, 2)
+    assert (twice["qwen-image"](1.0, 4.0), twice["qwen-image"](4.0, 1.0)) == (2, 1)
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)

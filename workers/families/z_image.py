@@ -23,6 +23,7 @@ Z_IMAGE = Family(
     # The pipeline passes its own sigmas and shift (mu): the Euler variants only.
     schedulers=tuple(name for name in FLOW_MATCH_SCHEDULERS if name.startswith("flow_match_euler")),
     guidance="cfg",
+    cfg_above=0.0,  # ZImagePipeline guides from any guidance_scale > 0 (not > 1 as most)
     negative_prompt="cfg",
     max_sequence_length=512,
     defaults=_defaults,
