@@ -5,6 +5,7 @@ guidance is `true_cfg_scale` with a negative prompt (the transformer runs twice 
 from __future__ import annotations
 
 from workers.families.base import CompilePayback, ConfigReader, Defaults, Family
+from workers.families.latents import PER_CHANNEL
 from workers.schedulers import FLOW_MATCH_SCHEDULERS
 
 
@@ -29,4 +30,6 @@ QWEN_IMAGE = Family(
     defaults=_defaults,
     payback=CompilePayback(120.0, 1 / 6.71, 1 / 4.30, "estimate: FLUX.1-dev's published figures stand in"),
     builtins={"tiny-qwen-image": {}},
+    sequence_length_limit=1024,  # QwenImagePipeline refuses more
+    latents=PER_CHANNEL,  # its video VAE normalises each latent channel by the config's latents_mean/std
 )
