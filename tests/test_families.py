@@ -118,6 +118,18 @@ CASES = [
         defaults=(50, 4.0),  # klein base (not distilled)
     ),
     Case(
+        model="tiny-sd3",
+        text_to_image="StableDiffusion3Pipeline",
+        image_to_image="StableDiffusion3Img2ImgPipeline",
+        generation={"steps": 2, "guidance_scale": 4.5},  # CFG, the batch doubled, against the empty negative
+        schedulers=("flow_match_euler", "flow_match_heun"),
+        foreign_scheduler="dpmpp_2m",
+        title="Stable Diffusion 3",
+        applicable=f"{FLOW_MATCH_EULER}, flow_match_heun",
+        vae_round_trip=scaled_round_trip,
+        defaults=(28, 3.5),  # SD3.5-shaped (qk_norm)
+    ),
+    Case(
         model="tiny-qwen-image",
         text_to_image="QwenImagePipeline",
         image_to_image="QwenImageImg2ImgPipeline",
@@ -450,6 +462,20 @@ def test_negative_prompts_are_refused_where_the_family_takes_none(case, tmp_path
         f"genbatch: error: {manifest}: column 'negative_prompt': {case.negative_prompt_rule}, and 1 row has one (ids: b); "
         "remove the column or its values"
     )
+
+
+def test_the_token_limit_is_the_text_encoders_not_the_default(tmp_path, capsys, model_cache):
+    """SD3 reads 256 T5 tokens unless told more, up to T5's 512; Qwen-Image 512, up to 1024."""
+    for model, default, limit, title in (("tiny-sd3", 256, 512, "Stable Diffusion 3"), ("tiny-qwen-image", 512, 1024, "Qwen-Image")):
+        assert load_config(config_file(tmp_path, model)).generation.max_sequence_length == default
+        path = config_file(tmp_path, model, generation={"max_sequence_length": limit})
+        assert load_config(path).generation.max_sequence_length == limit
+        path = config_file(tmp_path, model, generation={"max_sequence_length": limit + 1})
+        assert main(["run", str(path)]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"genbatch: error: {path}: generation.max_sequence_length: {title} reads at most {limit} tokens, "
+            f"got {limit + 1}"
+        )
 
 
 def test_true_cfg_and_sequence_length_are_refused_where_the_family_has_none(tmp_path, capsys, model_cache):

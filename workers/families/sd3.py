@@ -27,6 +27,7 @@ SD3 = Family(
     guidance="cfg",
     negative_prompt="cfg",
     max_sequence_length=256,
+    sequence_length_limit=512,  # T5's; StableDiffusion3Pipeline refuses more
     defaults=_defaults,
     # No published compiled/eager pair for SD3.5 was found; FLUX.1-dev's (a DiT of similar size) stands in.
     payback=CompilePayback(90.0, 1 / 6.71, 1 / 4.30, "estimate: FLUX.1-dev's published figures stand in"),
