@@ -64,6 +64,10 @@ class Family:
     defaults: Callable[[ConfigReader], Defaults]  # from the model's own config files where it has them
     payback: CompilePayback
     builtins: Mapping[str, Mapping[str, dict]] = field(default_factory=dict)  # tiny id -> its config files' facts
+    # How the VAE's latents are normalised for the denoiser (`reconstruct` mode): `scale_shift`: (z - shift_factor)
+    # * scaling_factor (SD, SDXL, FLUX.1, SD3); `per_channel`: (z - latents_mean[c]) / latents_std[c] of a video
+    # VAE that takes a frame axis (Qwen-Image).
+    latents: Literal["scale_shift", "per_channel"] = "scale_shift"
     load_arguments: Mapping[str, object] = field(default_factory=dict)  # extra from_pretrained keywords
 
     def takes_negative_prompt(self, true_cfg_scale: float | None) -> bool:
