@@ -349,17 +349,21 @@ def test_a_scheduler_of_another_kind_is_refused_naming_those_that_apply(case, tm
     path = config_file(tmp_path, case.model, model={"id": case.model, "scheduler": case.foreign_scheduler})
     assert main(["run", str(path)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"genbatch: error: {path}: model.scheduler: scheduler {case.foreign_scheduler!r} does not apply to {case.title} "
-        f"models; choose one of: {case.applicable}"
+        f"genbatch: error: {path}: model.scheduler: scheduler {case.foreign_scheduler!r} does not apply to "
+        f"{case.title} models; choose one of: {case.applicable}"
     )
 
 
 def test_flow_schedulers_are_refused_for_stable_diffusion(tmp_path, capsys, model_cache):
     path = config_file(tmp_path, "tiny", model={"id": "tiny", "scheduler": "flow_match_euler"})
     assert main(["run", str(path)]) == 2
-    assert capsys.readouterr().err.strip().endswith(
-        "model.scheduler: scheduler 'flow_match_euler' does not apply to Stable Diffusion 1/2 models; choose one of: "
-        "ddim, pndm, lms, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras, dpmpp_sde, unipc"
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            "model.scheduler: scheduler 'flow_match_euler' does not apply to Stable Diffusion 1/2 models; "
+            "choose one of: ddim, pndm, lms, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras, dpmpp_sde, unipc"
+        )
     )
 
 
@@ -371,7 +375,8 @@ def test_negative_prompts_where_flux_takes_none_are_refused(tmp_path, capsys, mo
         "generation.true_cfg_scale > 1"
     )
     manifest = write_manifest(
-        tmp_path / "m.parquet", {"id": ["a", "b", "c"], "prompt": ["x", "y", "z"], "negative_prompt": ["", None, "dark"]}
+        tmp_path / "m.parquet",
+        {"id": ["a", "b", "c"], "prompt": ["x", "y", "z"], "negative_prompt": ["", None, "dark"]},
     )
     path = config_file(tmp_path, "tiny-flux")
     assert main(["run", str(path)]) == 2
@@ -391,8 +396,8 @@ def test_true_cfg_and_sequence_length_are_refused_where_the_family_has_none(tmp_
     path = config_file(tmp_path, "tiny", generation={"true_cfg_scale": 4.0})
     assert main(["run", str(path)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"genbatch: error: {path}: generation.true_cfg_scale: Stable Diffusion 1/2 has no true CFG (its guidance_scale is "
-        "classifier-free guidance); remove the key"
+        f"genbatch: error: {path}: generation.true_cfg_scale: Stable Diffusion 1/2 has no true CFG (its "
+        "guidance_scale is classifier-free guidance); remove the key"
     )
     path = config_file(tmp_path, "tiny-flux", generation={"max_sequence_length": 1024})
     assert main(["run", str(path)]) == 2
