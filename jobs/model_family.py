@@ -40,7 +40,6 @@ def apply_model_family(config: JobConfig) -> None:
     found = find_family(config)
     if found is None:
         return
-    family = found.family
     generation = config.generation
     given = set(generation.model_fields_set)
     try:

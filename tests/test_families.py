@@ -45,7 +45,7 @@ class Case:
     foreign_scheduler: str  # one that does not apply
     title: str  # the family's name in messages
     applicable: str  # the schedulers the refusal lists
-    extra_call: dict = field(default_factory=dict)  # what genbatch passes besides (max_sequence_length, ...)
+    extra_call: dict = field(default_factory=dict)  # what genbatch passes besides (empty negative prompts, ...)
     # The VAE round trip by hand: (pipeline, images in [-1, 1]) -> (the denoiser's latents, decoded images).
     vae_round_trip: Callable = field(default=None)
     # Why a negative prompt is refused; "": where the family takes one, and for FLUX.1 (tested on its own below).
@@ -121,11 +121,12 @@ CASES = [
         model="tiny-sd3",
         text_to_image="StableDiffusion3Pipeline",
         image_to_image="StableDiffusion3Img2ImgPipeline",
-        generation={"steps": 2, "guidance_scale": 4.5},  # CFG, the batch doubled, against the empty negative
+        generation={"steps": 2, "guidance_scale": 3.5},
         schedulers=("flow_match_euler", "flow_match_heun"),
-        foreign_scheduler="dpmpp_2m",
+        foreign_scheduler="euler_a",
         title="Stable Diffusion 3",
         applicable=f"{FLOW_MATCH_EULER}, flow_match_heun",
+        extra_call={"negative_prompt": ""},
         vae_round_trip=scaled_round_trip,
         defaults=(28, 3.5),  # SD3.5-shaped (qk_norm)
     ),
@@ -133,14 +134,12 @@ CASES = [
         model="tiny-qwen-image",
         text_to_image="QwenImagePipeline",
         image_to_image="QwenImageImg2ImgPipeline",
-        # guidance_scale only matters for guidance-distilled variants (the tiny one is not; diffusers warns).
-        generation={"steps": 2, "guidance_scale": 1.0, "true_cfg_scale": 4.0},
+        generation={"steps": 2, "guidance_scale": 1.0},  # true_cfg_scale: the family's 4.0, with "" as negative
         schedulers=("flow_match_euler", "flow_match_euler_karras"),
-        foreign_scheduler="flow_dpmpp_2m",
+        foreign_scheduler="flow_match_heun",
         title="Qwen-Image",
         applicable=FLOW_MATCH_EULER,
-        # True CFG with the empty negative prompt genbatch gives rows without one.
-        extra_call={"true_cfg_scale": 4.0, "negative_prompt": ""},
+        extra_call={"negative_prompt": "", "true_cfg_scale": 4.0},
         vae_round_trip=per_channel_round_trip,
         defaults=(50, 1.0),
     ),
@@ -148,11 +147,12 @@ CASES = [
         model="tiny-z-image",
         text_to_image="ZImagePipeline",
         image_to_image="ZImageImg2ImgPipeline",
-        generation={"steps": 2, "guidance_scale": 2.0},  # CFG against the empty negative (Turbo's 0 would skip it)
-        schedulers=("flow_match_euler", "flow_match_euler_karras"),
-        foreign_scheduler="flow_match_heun",
+        generation={"steps": 2, "guidance_scale": 3.0},
+        schedulers=("flow_match_euler", "flow_match_euler_beta"),
+        foreign_scheduler="unipc",
         title="Z-Image",
         applicable=FLOW_MATCH_EULER,
+        extra_call={"negative_prompt": ""},
         vae_round_trip=scaled_round_trip,  # FLUX.1's VAE
         defaults=(9, 0.0),  # Z-Image-Turbo's
     ),
@@ -165,11 +165,23 @@ CASES = [
         foreign_scheduler="dpmpp_2m",
         title="Sana",
         applicable=f"flow_dpmpp_2m, {FLOW_MATCH_EULER}, flow_match_heun",
-        extra_call={"use_resolution_binning": False},  # genbatch makes the size asked, as every family
+        extra_call={"use_resolution_binning": False},  # genbatch makes the size asked, as for every family
         vae_round_trip=dc_ae_round_trip,
         defaults=(20, 4.5),
     ),
 ]
+# Every family's jobs, pixels and scores run in `make test`; the image-to-image, sweep, rescore and reconstruct
+# tests of all but FLUX.1 (whose run the same code) only in `make test-long`, to keep the suite's time.
+FIRST = CASES[0].model
+
+
+def core(cases=CASES):
+    return [pytest.param(case, id=case.model) for case in cases]
+
+
+def full(cases=CASES):
+    marks = {case.model: () if case.model == FIRST else (pytest.mark.minutes,) for case in cases}
+    return [pytest.param(case, id=case.model, marks=marks[case.model]) for case in cases]
 
 
 def png(pixels: np.ndarray) -> bytes:
@@ -211,7 +223,7 @@ def run(tmp_path, name: str, case: Case, manifest, **sections) -> tuple[int, obj
     return main(["run", str(config), "--quiet"]), output
 
 
-@pytest.fixture(scope="module", params=CASES, ids=str)
+@pytest.fixture(scope="module")
 def family(request, tmp_path_factory, ray_session):
     """A family's case, the plain pipeline, and its base job (batch size 1) and batched job (3 rows a call,
     2 images per prompt), run on one actor."""
@@ -230,6 +242,7 @@ def family(request, tmp_path_factory, ray_session):
     return case, pipeline, tmp_path, manifest, read_output(base), read_output(batched)
 
 
+@pytest.mark.parametrize("family", core(), indirect=True)
 def test_images_equal_a_plain_pipeline_call_exactly_alone_and_within_one_level_batched(family):
     case, pipeline, _, _, base, batched = family
     assert base.column("id").to_pylist() == PROMPTS["id"]
@@ -246,6 +259,7 @@ def test_images_equal_a_plain_pipeline_call_exactly_alone_and_within_one_level_b
         assert np.abs(decode_png(row["image"]["bytes"]).astype(int) - alone[row["id"]]).max() <= 1, row["id"]
 
 
+@pytest.mark.parametrize("family", core(), indirect=True)
 def test_images_per_prompt_gives_each_image_its_own_seed(family):
     case, pipeline, _, _, _, batched = family
     assert batched.num_rows == 6
@@ -257,6 +271,7 @@ def test_images_per_prompt_gives_each_image_its_own_seed(family):
     assert np.abs(decode_png(second["image"]["bytes"]).astype(int) - expected.astype(int)).max() <= 1
 
 
+@pytest.mark.parametrize("family", core(), indirect=True)
 def test_clip_scores_equal_transformers_on_the_written_images(family, tiny_dirs):
     _, _, _, _, base, _ = family
     model, processor = CLIPModel.from_pretrained(tiny_dirs[1]).eval(), CLIPProcessor.from_pretrained(tiny_dirs[1])
@@ -265,6 +280,7 @@ def test_clip_scores_equal_transformers_on_the_written_images(family, tiny_dirs)
         assert row["clip_cosine"] == pytest.approx(expected, abs=1e-4), row["id"]
 
 
+@pytest.mark.parametrize("family", full(), indirect=True)
 def test_image_to_image_equals_a_plain_call_of_the_family_image_to_image_pipeline(family):
     case, pipeline, tmp_path, _, base, _ = family
     if case.image_to_image is None:
@@ -282,6 +298,7 @@ def test_image_to_image_equals_a_plain_call_of_the_family_image_to_image_pipelin
         assert np.array_equal(decode_png(row["image"]["bytes"]), expected), row["id"]
 
 
+@pytest.mark.parametrize("family", full(), indirect=True)
 def test_a_sweep_over_schedulers_and_guidance_runs_each_as_a_plain_call(family):
     case, pipeline, tmp_path, manifest, base, _ = family
     sweep = {"model.scheduler": list(case.schedulers), "generation.guidance_scale": [case.generation["guidance_scale"]]}
@@ -304,6 +321,7 @@ def test_a_sweep_over_schedulers_and_guidance_runs_each_as_a_plain_call(family):
     assert own_kind.column("image_sha256").to_pylist() == base.column("image_sha256").to_pylist()
 
 
+@pytest.mark.parametrize("family", full(), indirect=True)
 def test_rescore_adds_a_score_to_a_family_run(family):
     case, _, tmp_path, _, _, _ = family
     base = tmp_path / "base"
@@ -313,6 +331,7 @@ def test_rescore_adds_a_score_to_a_family_run(family):
     assert json.loads((base / "job.json").read_text())["config"]["model"]["id"] == case.model
 
 
+@pytest.mark.parametrize("family", full(), indirect=True)
 def test_reconstruct_round_trips_through_the_family_vae_with_its_shift_and_scale(family, tmp_path):
     """In-process (one actor is all reconstruct needs): MSE, PSNR and latent statistics against the VAE by hand."""
     from workers.tasks import ShardTask
@@ -389,38 +408,26 @@ def test_defaults_come_from_the_family_and_the_model_config(tmp_path, model_cach
     assert (runs["tiny"].steps, runs["tiny-flux"].steps, runs["tiny-flux"].guidance_scale) == (30, 28, 3.5)
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_unset_steps_and_guidance_are_the_models_defaults(case, tmp_path, model_cache):
-    config = load_config(config_file(tmp_path, case.model, drop=("steps", "guidance_scale")))
-    assert (config.generation.steps, config.generation.guidance_scale) == case.defaults
-
-
-def test_the_denoiser_runs_twice_per_step_where_the_family_guides():
-    """CFG starts above guidance_scale 1 for most, above 0 for Z-Image; true CFG needs true_cfg_scale > 1."""
-    from workers.families import FAMILIES
-
-    twice = {family.name: family.batch_multiplier for family in FAMILIES}
-    assert (twice["z-image"](0.5, None), twice["z-image"](0.0, None)) == (2, 1)
-    assert (twice["sana"](4.5, None), twice["sana"](1.0, None), twice["flux2"](4.0, None)) == (2, 1, 2)
-    assert (twice["qwen-image"](1.0, 4.0), twice["qwen-image"](4.0, 1.0)) == (2, 1)
-
-
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", core())
 def test_a_scheduler_of_another_kind_is_refused_naming_those_that_apply(case, tmp_path, capsys, model_cache):
     path = config_file(tmp_path, case.model, model={"id": case.model, "scheduler": case.foreign_scheduler})
     assert main(["run", str(path)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"genbatch: error: {path}: model.scheduler: scheduler {case.foreign_scheduler!r} does not apply to {case.title} "
-        f"models; choose one of: {case.applicable}"
+        f"genbatch: error: {path}: model.scheduler: scheduler {case.foreign_scheduler!r} does not apply to "
+        f"{case.title} models; choose one of: {case.applicable}"
     )
 
 
 def test_flow_schedulers_are_refused_for_stable_diffusion(tmp_path, capsys, model_cache):
     path = config_file(tmp_path, "tiny", model={"id": "tiny", "scheduler": "flow_match_euler"})
     assert main(["run", str(path)]) == 2
-    assert capsys.readouterr().err.strip().endswith(
-        "model.scheduler: scheduler 'flow_match_euler' does not apply to Stable Diffusion 1/2 models; choose one of: "
-        "ddim, pndm, lms, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras, dpmpp_sde, unipc"
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            "model.scheduler: scheduler 'flow_match_euler' does not apply to Stable Diffusion 1/2 models; "
+            "choose one of: ddim, pndm, lms, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras, dpmpp_sde, unipc"
+        )
     )
 
 
@@ -432,7 +439,8 @@ def test_negative_prompts_where_flux_takes_none_are_refused(tmp_path, capsys, mo
         "generation.true_cfg_scale > 1"
     )
     manifest = write_manifest(
-        tmp_path / "m.parquet", {"id": ["a", "b", "c"], "prompt": ["x", "y", "z"], "negative_prompt": ["", None, "dark"]}
+        tmp_path / "m.parquet",
+        {"id": ["a", "b", "c"], "prompt": ["x", "y", "z"], "negative_prompt": ["", None, "dark"]},
     )
     path = config_file(tmp_path, "tiny-flux")
     assert main(["run", str(path)]) == 2
@@ -448,42 +456,12 @@ def test_negative_prompts_where_flux_takes_none_are_refused(tmp_path, capsys, mo
     check_manifest(config, read_manifest(str(manifest)))
 
 
-@pytest.mark.parametrize("case", [case for case in CASES if case.negative_prompt_rule], ids=str)
-def test_negative_prompts_are_refused_where_the_family_takes_none(case, tmp_path, capsys, model_cache):
-    path = config_file(tmp_path, case.model, generation={"negative_prompt": "blurry"})
-    assert main(["run", str(path)]) == 2
-    assert capsys.readouterr().err.strip() == (
-        f"genbatch: error: {path}: generation.negative_prompt: {case.negative_prompt_rule}"
-    )
-    manifest = write_manifest(tmp_path / "m.parquet", {"id": ["a", "b"], "prompt": ["x", "y"], "negative_prompt": ["", "dark"]})
-    path = config_file(tmp_path, case.model)
-    assert main(["run", str(path)]) == 2
-    assert capsys.readouterr().err.strip() == (
-        f"genbatch: error: {manifest}: column 'negative_prompt': {case.negative_prompt_rule}, and 1 row has one (ids: b); "
-        "remove the column or its values"
-    )
-
-
-def test_the_token_limit_is_the_text_encoders_not_the_default(tmp_path, capsys, model_cache):
-    """SD3 reads 256 T5 tokens unless told more, up to T5's 512; Qwen-Image 512, up to 1024."""
-    for model, default, limit, title in (("tiny-sd3", 256, 512, "Stable Diffusion 3"), ("tiny-qwen-image", 512, 1024, "Qwen-Image")):
-        assert load_config(config_file(tmp_path, model)).generation.max_sequence_length == default
-        path = config_file(tmp_path, model, generation={"max_sequence_length": limit})
-        assert load_config(path).generation.max_sequence_length == limit
-        path = config_file(tmp_path, model, generation={"max_sequence_length": limit + 1})
-        assert main(["run", str(path)]) == 2
-        assert capsys.readouterr().err.strip() == (
-            f"genbatch: error: {path}: generation.max_sequence_length: {title} reads at most {limit} tokens, "
-            f"got {limit + 1}"
-        )
-
-
 def test_true_cfg_and_sequence_length_are_refused_where_the_family_has_none(tmp_path, capsys, model_cache):
     path = config_file(tmp_path, "tiny", generation={"true_cfg_scale": 4.0})
     assert main(["run", str(path)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"genbatch: error: {path}: generation.true_cfg_scale: Stable Diffusion 1/2 has no true CFG (its guidance_scale is "
-        "classifier-free guidance); remove the key"
+        f"genbatch: error: {path}: generation.true_cfg_scale: Stable Diffusion 1/2 has no true CFG (its "
+        "guidance_scale is classifier-free guidance); remove the key"
     )
     path = config_file(tmp_path, "tiny-flux", generation={"max_sequence_length": 1024})
     assert main(["run", str(path)]) == 2
@@ -499,8 +477,8 @@ def test_a_model_of_an_unknown_family_is_refused_before_any_actor_starts(tmp_pat
     path = config_file(tmp_path, str(folder))
     assert main(["run", str(path)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"genbatch: error: {path}: model.id: {folder}: pipeline class 'KandinskyV22Pipeline' is not a model family genbatch "
-        "knows; it knows: Stable Diffusion 1/2 (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), "
+        f"genbatch: error: {path}: model.id: {folder}: pipeline class 'KandinskyV22Pipeline' is not a model family "
+        "genbatch knows; it knows: Stable Diffusion 1/2 (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), "
         "FLUX.1 (FluxPipeline), FLUX.2 (Flux2KleinPipeline), Stable Diffusion 3 (StableDiffusion3Pipeline), "
         "Qwen-Image (QwenImagePipeline), Z-Image (ZImagePipeline), Sana (SanaPipeline)"
     )
@@ -543,3 +521,66 @@ def test_compile_and_quantize_act_on_the_transformer(model_cache):
     # No channels_last for a transformer; the per-image embedding and modulation layers are left out.
     assert applied[0].startswith("quantize int8: ") and applied[1:] == ["compile"]
     assert isinstance(pipeline.transformer, torch._dynamo.eval_frame.OptimizedModule)
+
+
+def test_a_hub_model_in_the_cache_gets_its_family_defaults_and_checks(tmp_path, capsys, model_cache):
+    """The family of a hub id comes from the Hugging Face cache before any actor starts (offline, as here)."""
+    from tests.test_hub_loading import put_in_hub_cache
+
+    put_in_hub_cache("genbatch-test/flux-in-the-cache", pipeline_source("tiny-flux"))
+    path = config_file(tmp_path, "genbatch-test/flux-in-the-cache", drop=("steps", "guidance_scale"))
+    config = load_config(path)
+    assert (config.generation.steps, config.generation.guidance_scale) == (28, 3.5)
+    assert main(["run", str(path), "--set", "model.scheduler=ddim"]) == 2
+    assert "model.scheduler: scheduler 'ddim' does not apply to FLUX.1 models" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", core())
+def test_unset_steps_and_guidance_are_the_models_defaults(case, tmp_path, model_cache):
+    config = load_config(config_file(tmp_path, case.model, drop=("steps", "guidance_scale")))
+    assert (config.generation.steps, config.generation.guidance_scale) == case.defaults
+
+
+def test_the_denoiser_runs_twice_per_step_where_the_family_guides():
+    """CFG starts above guidance_scale 1 for most, above 0 for Z-Image; true CFG needs true_cfg_scale > 1."""
+    from workers.families import FAMILIES
+
+    twice = {family.name: family.batch_multiplier for family in FAMILIES}
+    assert (twice["z-image"](0.5, None), twice["z-image"](0.0, None)) == (2, 1)
+    assert (twice["sana"](4.5, None), twice["sana"](1.0, None), twice["flux2"](4.0, None)) == (2, 1, 2)
+    assert (twice["qwen-image"](1.0, 4.0), twice["qwen-image"](4.0, 1.0)) == (2, 1)
+
+
+@pytest.mark.parametrize("case", core([case for case in CASES if case.negative_prompt_rule]))
+def test_negative_prompts_are_refused_where_the_family_takes_none(case, tmp_path, capsys, model_cache):
+    path = config_file(tmp_path, case.model, generation={"negative_prompt": "blurry"})
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"genbatch: error: {path}: generation.negative_prompt: {case.negative_prompt_rule}"
+    )
+    manifest = write_manifest(
+        tmp_path / "m.parquet", {"id": ["a", "b"], "prompt": ["x", "y"], "negative_prompt": ["", "dark"]}
+    )
+    path = config_file(tmp_path, case.model)
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"genbatch: error: {manifest}: column 'negative_prompt': {case.negative_prompt_rule}, and 1 row has one "
+        "(ids: b); remove the column or its values"
+    )
+
+
+def test_the_token_limit_is_the_text_encoders_not_the_default(tmp_path, capsys, model_cache):
+    """SD3 reads 256 T5 tokens unless told more, up to T5's 512; Qwen-Image 512, up to 1024."""
+    for model, default, limit, title in (
+        ("tiny-sd3", 256, 512, "Stable Diffusion 3"),
+        ("tiny-qwen-image", 512, 1024, "Qwen-Image"),
+    ):
+        assert load_config(config_file(tmp_path, model)).generation.max_sequence_length == default
+        path = config_file(tmp_path, model, generation={"max_sequence_length": limit})
+        assert load_config(path).generation.max_sequence_length == limit
+        path = config_file(tmp_path, model, generation={"max_sequence_length": limit + 1})
+        assert main(["run", str(path)]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"genbatch: error: {path}: generation.max_sequence_length: {title} reads at most {limit} tokens, "
+            f"got {limit + 1}"
+        )

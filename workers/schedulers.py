@@ -37,7 +37,12 @@ FLOW_MATCH_SCHEDULERS: dict[str, tuple[str, dict]] = {
 FLOW_SOLVER_SCHEDULERS: dict[str, tuple[str, dict]] = {
     "flow_dpmpp_2m": (
         "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, "prediction_type": "flow_prediction", "use_flow_sigmas": True},
+        {
+            "algorithm_type": "dpmsolver++",
+            "solver_order": 2,
+            "prediction_type": "flow_prediction",
+            "use_flow_sigmas": True,
+        },
     ),
 }
 

@@ -102,8 +102,13 @@ class Family:
             return 2 if guidance_scale > self.cfg_above else 1
         return 2 if self.takes_negative_prompt(true_cfg_scale) else 1
 
-    def call_arguments(self, negative_prompts: list[str], guidance_scale: float, true_cfg_scale: float | None,
-                       max_sequence_length: int | None) -> dict:
+    def call_arguments(
+        self,
+        negative_prompts: list[str],
+        guidance_scale: float,
+        true_cfg_scale: float | None,
+        max_sequence_length: int | None,
+    ) -> dict:
         """The keyword arguments of the pipeline call that carry genbatch's guidance settings."""
         arguments: dict[str, object] = {"guidance_scale": guidance_scale, **self.fixed_call_arguments}
         if self.negative_prompt == "cfg":
