@@ -584,3 +584,20 @@ def test_the_token_limit_is_the_text_encoders_not_the_default(tmp_path, capsys, 
             f"genbatch: error: {path}: generation.max_sequence_length: {title} reads at most {limit} tokens, "
             f"got {limit + 1}"
         )
+
+
+def test_flux2_dev_loads_as_itself_and_sana_euler_keeps_the_model_shift(model_cache):
+    """A family's other text-to-image class (FLUX.2 dev) loads as itself, its image-to-image classes as the
+    text-to-image one; a flow-matching Euler scheduler built from Sana's flow DPM-Solver config keeps its shift."""
+    from workers.families import for_class_name
+
+    flux2, flux = for_class_name("Flux2Pipeline"), for_class_name("FluxImg2ImgPipeline")
+    assert (flux2.text_to_image_for("Flux2Pipeline"), flux2.text_to_image_for("Flux2KleinPipeline")) == (
+        "Flux2Pipeline",
+        "Flux2KleinPipeline",
+    )
+    assert flux.text_to_image_for("FluxImg2ImgPipeline") == "FluxPipeline"
+    own = json.loads(open(f"{pipeline_source('tiny-sana')}/scheduler/scheduler_config.json", encoding="utf-8").read())
+    assert own["flow_shift"] == 3.0
+    assert build_scheduler("flow_match_euler", own).config.shift == 3.0
+    assert build_scheduler("flow_dpmpp_2m", own).config.flow_shift == 3.0
