@@ -457,3 +457,15 @@ def test_compile_and_quantize_act_on_the_transformer(model_cache):
     # No channels_last for a transformer; the per-image embedding and modulation layers are left out.
     assert applied[0].startswith("quantize int8: ") and applied[1:] == ["compile"]
     assert isinstance(pipeline.transformer, torch._dynamo.eval_frame.OptimizedModule)
+
+
+def test_a_hub_model_in_the_cache_gets_its_family_defaults_and_checks(tmp_path, capsys, model_cache):
+    """The family of a hub id comes from the Hugging Face cache before any actor starts (offline, as here)."""
+    from tests.test_hub_loading import put_in_hub_cache
+
+    put_in_hub_cache("genbatch-test/flux-in-the-cache", pipeline_source("tiny-flux"))
+    path = config_file(tmp_path, "genbatch-test/flux-in-the-cache", drop=("steps", "guidance_scale"))
+    config = load_config(path)
+    assert (config.generation.steps, config.generation.guidance_scale) == (28, 3.5)
+    assert main(["run", str(path), "--set", "model.scheduler=ddim"]) == 2
+    assert "model.scheduler: scheduler 'ddim' does not apply to FLUX.1 models" in capsys.readouterr().err

@@ -68,6 +68,7 @@ class Family:
     # * scaling_factor (SD, SDXL, FLUX.1, SD3); `per_channel`: (z - latents_mean[c]) / latents_std[c] of a video
     # VAE that takes a frame axis (Qwen-Image).
     latents: Literal["scale_shift", "per_channel"] = "scale_shift"
+    config_files: tuple[str, ...] = ()  # the model's files `defaults` reads (fetched before loading a hub model)
     load_arguments: Mapping[str, object] = field(default_factory=dict)  # extra from_pretrained keywords
 
     def takes_negative_prompt(self, true_cfg_scale: float | None) -> bool:
