@@ -97,6 +97,27 @@ CASES = [
         applicable=FLOW_MATCH_EULER,
         extra_call={"negative_prompt": ""},
     ),
+    Case(
+        model="tiny-sana",
+        text_to_image="SanaPipeline",
+        image_to_image=None,
+        generation={"steps": 2, "guidance_scale": 4.5},
+        schedulers=("dpmpp_2m",),
+        foreign_scheduler="flow_match_euler",
+        title="Sana",
+        applicable="dpmpp_2m",
+        extra_call={"negative_prompt": "", "use_resolution_binning": False},
+    ),
+    Case(
+        model="tiny-flux2",
+        text_to_image="Flux2KleinPipeline",
+        image_to_image=None,
+        generation={"steps": 2, "guidance_scale": 4.0},  # CFG against an empty prompt: no negative prompt
+        schedulers=("flow_match_euler", "flow_match_euler_exponential"),
+        foreign_scheduler="ddim",
+        title="FLUX.2",
+        applicable=FLOW_MATCH_EULER,
+    ),
 ]
 # Every family's jobs, pixels and scores run in `make test`; the image-to-image, sweep, rescore and reconstruct
 # tests of all but FLUX.1 (whose run the same code) only in `make test-long`, to keep the suite's time.
@@ -130,7 +151,7 @@ def plain_image(pipeline, case: Case, prompt: str, seed: int, **call) -> np.ndar
     }
     if "image" in arguments:  # image-to-image takes its size from the image
         del arguments["width"], arguments["height"]
-    image = pipeline(prompt, generator=torch.Generator("cpu").manual_seed(seed), **arguments).images[0]
+    image = pipeline(prompt=prompt, generator=torch.Generator("cpu").manual_seed(seed), **arguments).images[0]
     return np.asarray(image)
 
 
@@ -286,9 +307,12 @@ def test_reconstruct_round_trips_through_the_family_vae_with_its_shift_and_scale
                 std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
                 latent = (vae.encode(x[:, :, None]).latent_dist.mode() - mean) / std
                 decoded = vae.decode(latent * std + mean).sample[:, :, 0]
-            else:
-                scale, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
-                latent = (vae.encode(x).latent_dist.mode() - shift) * scale
+            else:  # FLUX.2's VAE has no factors; Sana's DC-AE is deterministic
+                scale = getattr(vae.config, "scaling_factor", None) or 1.0
+                shift = getattr(vae.config, "shift_factor", None) or 0.0
+                encoded = vae.encode(x)
+                mode = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latent
+                latent = (mode - shift) * scale
                 decoded = vae.decode(latent / scale + shift).sample
         expected = ((decoded[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
         written = decode_png(row["image"]["bytes"])
@@ -392,6 +416,14 @@ def test_negative_prompts_where_flux_takes_none_are_refused(tmp_path, capsys, mo
     check_manifest(config, read_manifest(str(manifest)))
 
 
+def test_a_negative_prompt_for_flux2_which_takes_none_is_refused(tmp_path, capsys, model_cache):
+    path = config_file(tmp_path, "tiny-flux2", generation={"negative_prompt": "blurry"})
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"genbatch: error: {path}: generation.negative_prompt: FLUX.2 takes no negative prompt"
+    )
+
+
 def test_true_cfg_and_sequence_length_are_refused_where_the_family_has_none(tmp_path, capsys, model_cache):
     path = config_file(tmp_path, "tiny", generation={"true_cfg_scale": 4.0})
     assert main(["run", str(path)]) == 2
@@ -416,7 +448,7 @@ def test_a_model_of_an_unknown_family_is_refused_before_any_actor_starts(tmp_pat
         f"genbatch: error: {path}: model.id: {folder}: pipeline class 'KandinskyV22Pipeline' is not a model family "
         "genbatch knows; it knows: Stable Diffusion 1/2 (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), "
         "FLUX.1 (FluxPipeline), Stable Diffusion 3 (StableDiffusion3Pipeline), Qwen-Image (QwenImagePipeline), "
-        "Z-Image (ZImagePipeline)"
+        "Z-Image (ZImagePipeline), Sana (SanaPipeline), FLUX.2 (Flux2KleinPipeline)"
     )
 
 

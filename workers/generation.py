@@ -66,10 +66,13 @@ def reconstruct(vae, init_images: list, latents: str = "scale_shift"):
             std = torch.tensor(vae.config.latents_std).view(channels).to(vae.device, vae.dtype)
             z = (vae.encode(x[:, :, None]).latent_dist.mode() - mean) / std
             decoded = vae.decode(z * std + mean).sample[:, :, 0]
-        else:
-            scale = vae.config.scaling_factor
+        else:  # a VAE without the factors (FLUX.2's normalises later, in its pipeline) gives its latents as they are
+            scale = getattr(vae.config, "scaling_factor", None) or 1.0
             shift = getattr(vae.config, "shift_factor", None) or 0.0
-            z = (vae.encode(x).latent_dist.mode() - shift) * scale
+            encoded = vae.encode(x)
+            # A KL VAE's posterior mode; a deterministic one's (Sana's DC-AE) latent.
+            latent = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latent
+            z = (latent - shift) * scale
             decoded = vae.decode(z / scale + shift).sample
         flat = z.float().flatten(1)
         means, stds = flat.mean(dim=1).tolist(), flat.std(dim=1).tolist()

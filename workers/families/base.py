@@ -68,6 +68,7 @@ class Family:
     # * scaling_factor (SD, SDXL, FLUX.1, SD3); `per_channel`: (z - latents_mean[c]) / latents_std[c] of a video
     # VAE that takes a frame axis (Qwen-Image).
     latents: Literal["scale_shift", "per_channel"] = "scale_shift"
+    call_arguments_fixed: Mapping[str, object] = field(default_factory=dict)  # passed to every pipeline call
     config_files: tuple[str, ...] = ()  # the model's files `defaults` reads (fetched before loading a hub model)
     load_arguments: Mapping[str, object] = field(default_factory=dict)  # extra from_pretrained keywords
 
@@ -104,7 +105,7 @@ class Family:
             arguments.update(negative_prompt=negative_prompts, true_cfg_scale=true_cfg_scale)
         if self.max_sequence_length is not None:
             arguments["max_sequence_length"] = max_sequence_length or self.max_sequence_length
-        return arguments
+        return {**arguments, **self.call_arguments_fixed}
 
     def scheduler_problem(self, name: str | None) -> str | None:
         """Why the scheduler `name` cannot run this family's models, in one line; None when it can."""
