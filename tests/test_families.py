@@ -456,6 +456,14 @@ def test_negative_prompts_where_flux_takes_none_are_refused(tmp_path, capsys, mo
     check_manifest(config, read_manifest(str(manifest)))
 
 
+def test_a_negative_prompt_for_flux2_which_takes_none_is_refused(tmp_path, capsys, model_cache):
+    path = config_file(tmp_path, "tiny-flux2", generation={"negative_prompt": "blurry"})
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"genbatch: error: {path}: generation.negative_prompt: FLUX.2 takes no negative prompt"
+    )
+
+
 def test_true_cfg_and_sequence_length_are_refused_where_the_family_has_none(tmp_path, capsys, model_cache):
     path = config_file(tmp_path, "tiny", generation={"true_cfg_scale": 4.0})
     assert main(["run", str(path)]) == 2
@@ -479,8 +487,8 @@ def test_a_model_of_an_unknown_family_is_refused_before_any_actor_starts(tmp_pat
     assert capsys.readouterr().err.strip() == (
         f"genbatch: error: {path}: model.id: {folder}: pipeline class 'KandinskyV22Pipeline' is not a model family "
         "genbatch knows; it knows: Stable Diffusion 1/2 (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), "
-        "FLUX.1 (FluxPipeline), FLUX.2 (Flux2KleinPipeline), Stable Diffusion 3 (StableDiffusion3Pipeline), "
-        "Qwen-Image (QwenImagePipeline), Z-Image (ZImagePipeline), Sana (SanaPipeline)"
+        "FLUX.1 (FluxPipeline), Stable Diffusion 3 (StableDiffusion3Pipeline), Qwen-Image (QwenImagePipeline), "
+        "Z-Image (ZImagePipeline), Sana (SanaPipeline), FLUX.2 (Flux2KleinPipeline)"
     )
 
 

@@ -21,7 +21,16 @@ from workers.families.z_image import Z_IMAGE
 
 __all__ = ["FAMILIES", "CompilePayback", "ConfigReader", "Defaults", "Family", "for_class_name", "for_pipeline"]
 
-FAMILIES: tuple[Family, ...] = (STABLE_DIFFUSION, STABLE_DIFFUSION_XL, FLUX, FLUX2, SD3, QWEN_IMAGE, Z_IMAGE, SANA)
+FAMILIES: tuple[Family, ...] = (
+    STABLE_DIFFUSION,
+    STABLE_DIFFUSION_XL,
+    FLUX,
+    SD3,
+    QWEN_IMAGE,
+    Z_IMAGE,
+    SANA,
+    FLUX2,
+)
 
 
 def for_class_name(class_name: str | None) -> Family | None:

@@ -67,9 +67,9 @@ class Family:
     defaults: Callable[[ConfigReader], Defaults]  # from the model's own config files where it has them
     payback: CompilePayback
     builtins: Mapping[str, Mapping[str, dict]] = field(default_factory=dict)  # tiny id -> its config files' facts
+    call_arguments_fixed: Mapping[str, object] = field(default_factory=dict)  # passed to every pipeline call
+    config_files: tuple[str, ...] = ()  # the model's files `defaults` reads (fetched before loading a hub model)
     load_arguments: Mapping[str, object] = field(default_factory=dict)  # extra from_pretrained keywords
-    # Keywords every call of the family's pipelines gets (Sana: no resolution binning, the size asked is made).
-    fixed_call_arguments: Mapping[str, object] = field(default_factory=dict)
     cfg_above: float = 1.0  # guidance "cfg": the guidance_scale above which the denoiser runs twice
     sequence_length_limit: int | None = None  # the most tokens the text encoder takes; None: max_sequence_length
     latents: LatentCodec = SCALE_SHIFT  # how the VAE's latents are normalised for the denoiser (reconstruct mode)
@@ -110,14 +110,14 @@ class Family:
         max_sequence_length: int | None,
     ) -> dict:
         """The keyword arguments of the pipeline call that carry genbatch's guidance settings."""
-        arguments: dict[str, object] = {"guidance_scale": guidance_scale, **self.fixed_call_arguments}
+        arguments: dict[str, object] = {"guidance_scale": guidance_scale}
         if self.negative_prompt == "cfg":
             arguments["negative_prompt"] = negative_prompts
         elif self.takes_negative_prompt(true_cfg_scale):
             arguments.update(negative_prompt=negative_prompts, true_cfg_scale=true_cfg_scale)
         if self.max_sequence_length is not None:
             arguments["max_sequence_length"] = max_sequence_length or self.max_sequence_length
-        return arguments
+        return {**arguments, **self.call_arguments_fixed}
 
     def scheduler_problem(self, name: str | None) -> str | None:
         """Why the scheduler `name` cannot run this family's models, in one line; None when it can."""

@@ -39,8 +39,7 @@ FLUX2 = Family(
     negative_prompt="never",
     max_sequence_length=512,
     defaults=_defaults,
-    # No published FLUX.2 figures: FLUX.1-dev's (xDiT, 1024 px, 28 steps, H100) stand in until measured.
-    payback=CompilePayback(90.0, 1 / 6.71, 1 / 4.30, "FLUX.1-dev's published xDiT figures, not measured for FLUX.2"),
+    payback=CompilePayback(60.0, 1 / 2.0, 1 / 1.4, "estimate: a 4B DiT, not measured"),
     builtins={"tiny-flux2": {"model_index.json": {"is_distilled": False}}},
     latents=BATCH_NORM,
 )
