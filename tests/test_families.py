@@ -531,3 +531,15 @@ def test_online_the_driver_fetches_a_hub_pipelines_index_and_applies_its_family(
     resolved = resolved_again(config)
     assert (resolved.generation.steps, resolved.generation.guidance_scale) == (28, 3.5)
     assert resolved.generation.max_sequence_length == 512
+
+
+def test_init_images_for_a_family_without_image_to_image_are_refused(tmp_path, capsys, model_cache):
+    manifest = write_manifest(
+        tmp_path / "m.parquet", {"id": ["a", "b"], "prompt": ["x", "y"], "init_image": [None, b"1"]}
+    )
+    path = config_file(tmp_path, "tiny-sana", generation={"steps": 2, "guidance_scale": 4.5})
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"genbatch: error: {manifest}: column 'init_image': Sana has no image-to-image pipeline, and 1 row has one "
+        "(ids: b); remove the column or its values"
+    )
