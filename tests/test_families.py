@@ -609,3 +609,45 @@ def test_flux2_dev_loads_as_itself_and_sana_euler_keeps_the_model_shift(model_ca
     assert own["flow_shift"] == 3.0
     assert build_scheduler("flow_match_euler", own).config.shift == 3.0
     assert build_scheduler("flow_dpmpp_2m", own).config.flow_shift == 3.0
+
+
+def test_online_the_driver_fetches_a_hub_pipelines_index_and_applies_its_family(tmp_path, monkeypatch, model_cache):
+    """A hub model not in the cache: preflight fetches its model_index.json and transformer/config.json (small
+    files, no weights) so that the family's defaults are resolved, and recorded, before any actor starts."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from jobs.model_family import resolved_again
+    from jobs.preflight import check_models
+    from tests.test_hub_loading import put_in_hub_cache
+
+    repo = "genbatch-test/flux-on-the-hub"
+    fetched = []
+
+    def hf_hub_download(repo_id, filename, **options):
+        fetched.append(filename)
+        put_in_hub_cache(repo_id, pipeline_source("tiny-flux"))  # as a download would leave it
+        return huggingface_hub.try_to_load_from_cache(repo_id, filename)
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, **options: None)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    config = load_config(config_file(tmp_path, repo, drop=("steps", "guidance_scale"), clip={"model": "tiny"}))
+    assert (config.generation.steps, config.generation.guidance_scale) == (30, 7.5)  # not known yet
+    check_models(config)
+    assert fetched == ["model_index.json"]  # transformer/config.json came with it
+    resolved = resolved_again(config)
+    assert (resolved.generation.steps, resolved.generation.guidance_scale) == (28, 3.5)
+    assert resolved.generation.max_sequence_length == 512
+
+
+def test_init_images_for_a_family_without_image_to_image_are_refused(tmp_path, capsys, model_cache):
+    manifest = write_manifest(
+        tmp_path / "m.parquet", {"id": ["a", "b"], "prompt": ["x", "y"], "init_image": [None, b"1"]}
+    )
+    path = config_file(tmp_path, "tiny-sana", generation={"steps": 2, "guidance_scale": 4.5})
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"genbatch: error: {manifest}: column 'init_image': Sana has no image-to-image pipeline, and 1 row has one "
+        "(ids: b); remove the column or its values"
+    )
