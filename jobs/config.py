@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jobs.errors import ConfigError, one_line
+from jobs.model_family import apply_model_family
 from workers import storage
 from workers.loading import missing_model_folder, unknown_model_ref
 from workers.quantize import MIN_FEATURES
@@ -29,7 +30,9 @@ class ModelConfig(_Section):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to load.")
     variant: str | None = Field(None, description="Weights variant to load, e.g. fp16 (*.fp16.safetensors).")
     scheduler: str | None = Field(
-        None, description=f"null keeps the model's scheduler; else one of: {', '.join(SCHEDULERS)}."
+        None,
+        description=f"null keeps the model's scheduler; else one of those of its family (README: Model families): "
+        f"{', '.join(SCHEDULERS)}.",
     )
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 (fp16 where unsupported) on GPU, fp32 on CPU."
@@ -49,8 +52,14 @@ class ModelConfig(_Section):
 
 
 class GenerationConfig(_Section):
-    steps: int = Field(30, ge=1, description="Denoising steps per image.")
-    guidance_scale: float = Field(7.5, ge=0, allow_inf_nan=False, description="<= 1 disables classifier-free guidance.")
+    steps: int = Field(30, ge=1, description="Denoising steps per image; unset: the model family's default.")
+    guidance_scale: float = Field(
+        7.5,
+        ge=0,
+        allow_inf_nan=False,
+        description="Classifier-free guidance (<= 1 disables it), or FLUX.1's distilled guidance; unset: the "
+        "model family's default.",
+    )
     width: int = Field(512, ge=8, description="Image width in pixels, a multiple of 8.")
     height: int = Field(512, ge=8, description="Image height in pixels, a multiple of 8.")
     negative_prompt: str = Field("", description="Used for rows without a negative_prompt of their own.")
@@ -62,6 +71,19 @@ class GenerationConfig(_Section):
     )
     init_image_policy: Literal["resize", "error"] = Field(
         "resize", description="An init image whose size is not the row's width x height: resize it, or fail the row."
+    )
+    true_cfg_scale: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Real classifier-free guidance with the negative prompt, for families whose guidance_scale is "
+        "distilled (FLUX.1): > 1 runs the denoiser twice per step; null: the family's default (1: off).",
+    )
+    max_sequence_length: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens the T5/LLM text encoder reads per prompt (FLUX.1: up to 512); null: the family's "
+        "default. CLIP encoders and CLIP scoring always read 77.",
     )
 
     @field_validator("width", "height")
@@ -289,6 +311,12 @@ class JobConfig(_Section):
         "under output (jobs.sweep); null: one run.",
     )
 
+    @model_validator(mode="after")
+    def _model_family(self) -> JobConfig:
+        """Settings resolved from, and checked against, the model's family (jobs.model_family)."""
+        apply_model_family(self)
+        return self
+
     @field_validator("sweep")
     @classmethod
     def _sweep_axes(cls, axes: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
@@ -370,8 +398,12 @@ def describe_validation_error(error: ValidationError) -> str:
     """pydantic's errors as one line: `key: problem; key: problem`."""
     problems = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        if item["type"] == "extra_forbidden":
+        key = ".".join(str(part) for part in item["loc"])
+        if not key and item["type"] == "value_error":  # a whole-config check: its message names the keys
+            problems.append(item["msg"].removeprefix("Value error, "))
+        elif not key:
+            problems.append(f"(top level): {item['msg']}")
+        elif item["type"] == "extra_forbidden":
             problems.append(f"unknown key {key!r}")
         elif item["type"] == "missing":
             problems.append(f"missing key {key!r}")

@@ -38,7 +38,8 @@ def job_identity(config: JobConfig, manifest: Manifest) -> dict:
     return {
         "mode": config.mode,
         "model": config.model.model_dump(mode="json"),
-        "generation": config.generation.model_dump(mode="json"),
+        # Settings of other families (true_cfg_scale, ...) are None, and left out: SD jobs keep their keys.
+        "generation": config.generation.model_dump(mode="json", exclude_none=True),
         "clip": config.clip.model_dump(mode="json"),
         "output": config.output.model_dump(mode="json", exclude={"path"}),
         "seed": config.seed,

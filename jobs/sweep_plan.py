@@ -46,6 +46,8 @@ def expand_sweep(config: JobConfig, source: str) -> list[SweepRun]:
     JobConfig whose output is its folder under the sweep's output. Raises ConfigError naming the key and value."""
     axes = config.sweep or {}
     base = config.model_dump(mode="json", exclude={"sweep"})
+    # Generation settings the user left to the model's family are resolved again for each run's model.
+    base["generation"] = config.generation.model_dump(mode="json", exclude_unset=True)
     # Each value alone first, so that a bad one is named as `key=value` with what is wrong with it; then
     # as validation made it (2 and 2.0 of a float setting are one value): the same job twice is refused.
     for key, values in axes.items():

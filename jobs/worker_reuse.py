@@ -44,7 +44,8 @@ _parked: list[_Parked] | None = None  # None: not inside keep_workers()
 def key_of(worker_class: Any, resources: Any, settings: WorkerSettings) -> Key:
     # The job's size matters only through the compile decision it leads to (performance.compile: auto).
     size = settings.images_per_worker
-    pays_back = int(size is None or size >= COMPILE_PAYS_BACK_AFTER) if settings.fast.compile == "auto" else None
+    after = _compile_pays_back_after(settings)
+    pays_back = int(size is None or size >= after) if settings.fast.compile == "auto" else None
     # On GPUs, and wherever the model is compiled, the batch and image sizes decide how the actor was set up
     # (VAE slicing, compiled shapes: workers.fastpaths); elsewhere an actor takes any.
     shaped = bool(getattr(resources, "num_gpus", 0)) or settings.fast.compile is True
@@ -61,6 +62,18 @@ def key_of(worker_class: Any, resources: Any, settings: WorkerSettings) -> Key:
         images_per_worker=pays_back,
     )
     return worker_class, resources, (per_job, shape)
+
+
+def _compile_pays_back_after(settings: WorkerSettings) -> int:
+    """Images per worker from which `compile: auto` compiles, by the model's family (SD's where unknown)."""
+    from workers.errors import UnknownFamilyError
+    from workers.families.lookup import model_family
+
+    try:
+        found = model_family(settings.model, settings.revision)
+    except UnknownFamilyError:
+        found = None
+    return found.family.payback.pays_back_after if found is not None else COMPILE_PAYS_BACK_AFTER
 
 
 @contextmanager

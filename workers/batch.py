@@ -11,7 +11,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from workers import generation
+from workers import families, generation
 from workers.errors import InitImageError, describe
 from workers.output import RowOutput
 from workers.rows import RowSpec
@@ -110,7 +110,9 @@ class BatchRunner:
 
         # 2. Denoise and decode (or, in reconstruct mode, encode and decode), on the device.
         if self.mode == "reconstruct":
-            images, means, stds = generation.reconstruct(self.pipeline.vae, images_in)
+            images, means, stds = generation.reconstruct(
+                self.pipeline.vae, images_in, families.for_pipeline(self.pipeline).latents
+            )
         elif images_in is not None:
             images = generation.generate(self._image_to_image(), rows, pad_to=self.pad_to, init_images=images_in)
         else:
@@ -156,9 +158,12 @@ class BatchRunner:
     def _image_to_image(self):
         """The image-to-image pipeline sharing the actor's modules (no second copy of the weights)."""
         if self._img2img is None:
-            from diffusers import AutoPipelineForImage2Image
+            import diffusers
 
-            self._img2img = AutoPipelineForImage2Image.from_pipe(self.pipeline)
+            family = families.for_pipeline(self.pipeline)
+            if family.image_to_image is None:
+                raise ValueError(f"{family.title} has no image-to-image pipeline: rows with an init_image cannot run")
+            self._img2img = getattr(diffusers, family.image_to_image).from_pipe(self.pipeline)
             self._img2img.set_progress_bar_config(disable=True)
         return self._img2img
 

@@ -26,6 +26,8 @@ import re
 from dataclasses import asdict, dataclass
 
 from workers import storage, tiny
+from workers.families import Family
+from workers.families.stable_diffusion import STABLE_DIFFUSION
 from workers.provenance import device_description
 from workers.tasks import WorkerSettings
 
@@ -34,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CompileKey:
-    """What a compiled UNet and VAE decoder depend on. Every field goes into the file name (readably, or
+    """What a compiled denoiser and VAE decoder depend on. Every field goes into the file name (readably, or
     through its hash), so a change of any (a library upgrade, another GPU or image size) gives a new file
     instead of a useless load."""
 
@@ -48,7 +50,7 @@ class CompileKey:
     batch_size: int  # micro-batches are padded to it when compiled, so it fixes the shapes
     width: int
     height: int
-    guidance: bool  # classifier-free guidance (guidance_scale > 1) doubles the batch the UNet sees
+    guidance: bool  # classifier-free guidance doubles the batch the denoiser sees (Family.batch_multiplier)
     quantize: str = "none"  # performance.quantize: a quantized UNet is another graph
 
     def file_name(self) -> str:
@@ -64,8 +66,9 @@ class CompileKey:
         return f"{re.sub(r'[^A-Za-z0-9.-]+', '_', readable)}-{digest}.torch-cache"
 
 
-def compile_key(settings: WorkerSettings, device, dtype) -> CompileKey:
-    """The key of an actor's compiled models: its libraries, its device, and what fixes the shapes."""
+def compile_key(settings: WorkerSettings, device, dtype, family: Family = STABLE_DIFFUSION) -> CompileKey:
+    """The key of an actor's compiled models: its libraries, its device, and what fixes the shapes (the
+    model's family says how its batch grows under guidance)."""
     import diffusers
     import torch
 
@@ -80,7 +83,7 @@ def compile_key(settings: WorkerSettings, device, dtype) -> CompileKey:
         batch_size=settings.batch_size,
         width=settings.defaults.width,
         height=settings.defaults.height,
-        guidance=settings.defaults.guidance_scale > 1,
+        guidance=family.batch_multiplier(settings.defaults.guidance_scale, settings.defaults.true_cfg_scale) > 1,
         quantize=quantize_label(settings.fast.quantize, settings.fast.quantize_min_features),
     )
 

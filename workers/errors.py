@@ -52,3 +52,7 @@ class FencedOut(ShardError, OSError):
 class IncompleteWeightsError(WorkerError, ValueError):
     """A model folder whose weights lack some of the model's tensors (or hold others): loaded, it would run on
     random weights. The message names the folder and the first missing tensors."""
+
+
+class UnknownFamilyError(WorkerError, ValueError):
+    """A model whose pipeline class (model_index.json `_class_name`) is of no family genbatch knows."""

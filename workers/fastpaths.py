@@ -4,9 +4,10 @@ except `quantize` (workers.quantize), which is part of the job's identity."""
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
+from workers.families import CompilePayback, for_pipeline
+from workers.families.stable_diffusion import STABLE_DIFFUSION
 from workers.tasks import FastPaths, GenerationDefaults
 
 logger = logging.getLogger(__name__)
@@ -15,14 +16,15 @@ logger = logging.getLogger(__name__)
 # resolution, a dozen live at once, 2-byte dtype); used only to decide whether to slice a batch.
 _DECODE_BYTES_PER_PIXEL = 128 * 12 * 2
 
-# What torch.compile costs and gives, measured on an H100 (SD1.5, 512 px, 50 steps, batch 16, bf16;
-# README, Performance): start-up 32.1 s without, 72.5 s with it (compiling is the difference), then
-# 2.62 images/s without and 4.19 with. Compiling saves (1/2.62 - 1/4.19) s per image, so it pays back
-# its ~40 s once a worker makes about 280 images; `auto` skips it for jobs smaller than that.
-COMPILE_SECONDS = 72.5 - 32.1
-UNCOMPILED_IMAGES_PER_S = 2.62
-COMPILED_IMAGES_PER_S = 4.19
-COMPILE_PAYS_BACK_AFTER = math.ceil(COMPILE_SECONDS / (1 / UNCOMPILED_IMAGES_PER_S - 1 / COMPILED_IMAGES_PER_S))
+# What torch.compile costs and gives, per family (workers.families.base.CompilePayback). Stable Diffusion's,
+# measured on an H100 (SD1.5, 512 px, 50 steps, batch 16, bf16; README, Performance): start-up 32.1 s
+# without, 72.5 s with it (compiling is the difference), then 2.62 images/s without and 4.19 with. Compiling
+# saves (1/2.62 - 1/4.19) s per image, so it pays back its ~40 s once a worker makes about 280 images.
+_SD_PAYBACK = STABLE_DIFFUSION.payback
+COMPILE_SECONDS = _SD_PAYBACK.compile_seconds
+UNCOMPILED_IMAGES_PER_S = _SD_PAYBACK.uncompiled_images_per_s
+COMPILED_IMAGES_PER_S = _SD_PAYBACK.compiled_images_per_s
+COMPILE_PAYS_BACK_AFTER = _SD_PAYBACK.pays_back_after
 
 
 @dataclass(frozen=True)
@@ -33,9 +35,13 @@ class CompileChoice:
     reason: str
 
 
-def choose_compile(setting: bool | str, device, images_per_worker: int | None) -> CompileChoice:
+def choose_compile(
+    setting: bool | str, device, images_per_worker: int | None, payback: CompilePayback = _SD_PAYBACK
+) -> CompileChoice:
     """`true`/`false` as set; `auto`: on CUDA only (on the CPU, Inductor's C++ build takes minutes and
-    gains little), and not for a job whose share of images per worker cannot pay back the compile time."""
+    gains little), and not for a job whose share of images per worker cannot pay back the compile time
+    (the model family's figures: `payback`)."""
+    seconds, after = payback.compile_seconds, payback.pays_back_after
     if setting is True:
         return CompileChoice(True, "on: performance.compile is true")
     if setting is False:
@@ -44,13 +50,13 @@ def choose_compile(setting: bool | str, device, images_per_worker: int | None) -
         return CompileChoice(False, f"off: auto compiles on GPUs only, this actor runs on {device.type}")
     if images_per_worker is None:
         return CompileChoice(True, "on: auto, on a GPU, for a job of unknown size")
-    if images_per_worker < COMPILE_PAYS_BACK_AFTER:
+    if images_per_worker < after:
         return CompileChoice(
             False,
-            f"off: {images_per_worker} images per worker cannot pay back ~{COMPILE_SECONDS:.0f} s of compiling "
-            f"(auto compiles from {COMPILE_PAYS_BACK_AFTER}; set performance.compile: true to compile anyway)",
+            f"off: {images_per_worker} images per worker cannot pay back ~{seconds:.0f} s of compiling "
+            f"(auto compiles from {after}; set performance.compile: true to compile anyway)",
         )
-    return CompileChoice(True, f"on: auto, {images_per_worker} images per worker pay back ~{COMPILE_SECONDS:.0f} s")
+    return CompileChoice(True, f"on: auto, {images_per_worker} images per worker pay back ~{seconds:.0f} s")
 
 
 def apply_fast_paths(pipeline, fast: FastPaths, device, batch_size: int, defaults: GenerationDefaults) -> list[str]:
@@ -58,12 +64,15 @@ def apply_fast_paths(pipeline, fast: FastPaths, device, batch_size: int, default
     is `quantize int8: 40 of 50 Linear layers`."""
     import torch
 
-    from workers.quantize import quantize_unet
+    from workers.quantize import quantize_denoiser
 
+    family = for_pipeline(pipeline)
+    denoiser = getattr(pipeline, family.denoiser)  # the UNet or the transformer: nearly all of the work
     on_gpu = device.type == "cuda"
     enabled = []
-    if fast.channels_last is True or (fast.channels_last == "auto" and on_gpu):
-        pipeline.unet.to(memory_format=torch.channels_last)
+    # Only convolutional models gain from channels_last: a transformer's activations are (tokens, features).
+    if family.channels_last and (fast.channels_last is True or (fast.channels_last == "auto" and on_gpu)):
+        denoiser.to(memory_format=torch.channels_last)
         pipeline.vae.to(memory_format=torch.channels_last)
         enabled.append("channels_last")
     if fast.vae_tiling:
@@ -75,12 +84,12 @@ def apply_fast_paths(pipeline, fast: FastPaths, device, batch_size: int, default
         pipeline.vae.enable_slicing()
         enabled.append("vae_slicing")
     if fast.quantize != "none":
-        # After channels_last (which only moves convolutions' weights), before compiling the quantized UNet.
-        quantized = quantize_unet(pipeline.unet, fast.quantize, fast.quantize_min_features)
+        # After channels_last (which only moves convolutions' weights), before compiling the quantized denoiser.
+        quantized = quantize_denoiser(denoiser, fast.quantize, fast.quantize_min_features)
         enabled.append(f"quantize {quantized.describe()}")
     if choose_compile(fast.compile, device, images_per_worker=None).on:  # the actor passes its choice resolved
         # Shapes never change mid-job: micro-batches are padded to batch_size (see generation.generate).
-        pipeline.unet = torch.compile(pipeline.unet, dynamic=False)
+        setattr(pipeline, family.denoiser, torch.compile(denoiser, dynamic=False))
         pipeline.vae.decode = torch.compile(pipeline.vae.decode, dynamic=False)
         enabled.append("compile")
     return enabled

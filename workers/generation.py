@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from workers import columns as C
+from workers import families
+from workers.families.latents import SCALE_SHIFT, LatentCodec
 from workers.rows import RowSpec
 from workers.schedulers import seed_noise_sampler
 
@@ -28,25 +30,28 @@ def generate(pipeline, rows: list[RowSpec], pad_to: int | None = None, init_imag
         size = {"width": first.width, "height": first.height}
     else:  # image-to-image takes its size from the init images (already width x height)
         size = {"image": init_images + [init_images[-1]] * padding, "strength": first.strength}
+    # The family says which guidance arguments its pipelines take (negative prompts, true CFG, token limit).
+    guidance = families.for_pipeline(pipeline).call_arguments(
+        [row.negative_prompt for row in padded], first.guidance_scale, first.true_cfg_scale, first.max_sequence_length
+    )
     # inference_mode, not just the pipeline's own no_grad: no version counters or view tracking per op.
     with torch.inference_mode():
         result = pipeline(
             prompt=[row.prompt for row in padded],
-            negative_prompt=[row.negative_prompt for row in padded],
             num_inference_steps=first.steps,
-            guidance_scale=first.guidance_scale,
             generator=[torch.Generator("cpu").manual_seed(row.seed) for row in padded],
             output_type="pt",
+            **guidance,
             **size,
         )
     return result.images[: len(rows)].permute(0, 2, 3, 1).float()
 
 
-def reconstruct(vae, init_images: list):
+def reconstruct(vae, init_images: list, codec: LatentCodec = SCALE_SHIFT):
     """Encode each image with the VAE and decode it back: (images N,H,W,3 in [0, 1], latent means, stds).
 
-    The latent is the posterior's mode (deterministic), scaled as the UNet sees it (scaling_factor,
-    0.18215 for SD 1.x); its mean and std are per image.
+    The latent is the posterior's mode (deterministic), normalised as the denoiser sees it by the family's
+    `codec` (Stable Diffusion: scaling_factor, 0.18215 for SD 1.x); its mean and std are per image.
     """
     import numpy as np
     import torch
@@ -54,10 +59,8 @@ def reconstruct(vae, init_images: list):
     pixels = torch.from_numpy(np.stack([np.asarray(image) for image in init_images]))
     with torch.inference_mode():
         x = pixels.to(vae.device, vae.dtype).permute(0, 3, 1, 2) / 127.5 - 1
-        scale = vae.config.scaling_factor
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        latents = (vae.encode(x).latent_dist.mode() - shift) * scale
-        decoded = vae.decode(latents / scale + shift).sample
+        latents = codec.encode(vae, x)
+        decoded = codec.decode(vae, latents)
         flat = latents.float().flatten(1)
         means, stds = flat.mean(dim=1).tolist(), flat.std(dim=1).tolist()
     images = (decoded.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)

@@ -11,7 +11,7 @@ import os
 import re
 
 from workers import tiny, tiny_dit
-from workers.errors import ModelNotFoundError
+from workers.errors import ModelNotFoundError, UnknownFamilyError
 from workers.weights_check import check_loading_info, check_pipeline
 
 logger = logging.getLogger(__name__)
@@ -182,27 +182,34 @@ def weights_device_map(device) -> str | None:
     return "cuda" if device.type == "cuda" else None
 
 
-# The text-to-image pipeline of each Stable Diffusion family, by the class a model's model_index.json names
-# (as diffusers' AutoPipelineForText2Image maps them).
-_TEXT_TO_IMAGE = {
-    f"StableDiffusion{family}{task}Pipeline": f"StableDiffusion{family}Pipeline"
-    for family in ("", "XL")
-    for task in ("", "Img2Img", "Inpaint")
-}
-
-
 def text_to_image_class(source: str, revision: str | None):
-    """The pipeline class to load `source` with. For the Stable Diffusion families, the one class itself:
-    AutoPipelineForText2Image finds the same class but imports every pipeline family diffusers has first,
-    about a second of each actor's start-up. Any other model goes through AutoPipelineForText2Image."""
+    """The text-to-image pipeline class of `source`'s family (workers.families), from its model_index.json
+    `_class_name`; a hub model's index is fetched first where it is not in the cache. Importing the one class
+    (not AutoPipelineForText2Image, which imports every pipeline diffusers has) saves each actor a second."""
     import diffusers
 
+    family, class_name = model_family_of(source, revision)
+    return getattr(diffusers, family.text_to_image_for(class_name))
+
+
+def model_family_of(source: str, revision: str | None):
+    """The family (workers.families.Family) of the pipeline at `source` (a folder or a hub id), and the
+    `_class_name` its model_index.json names."""
+    from workers import families
+
     index = _cached_file(source, revision, "model_index.json")
-    name = None
-    if index is not None:
-        with open(index, encoding="utf-8") as file:
-            name = _TEXT_TO_IMAGE.get(json.load(file).get("_class_name"))
-    return getattr(diffusers, name) if name else diffusers.AutoPipelineForText2Image
+    if index is None and is_hub_id(source):
+        from huggingface_hub import hf_hub_download
+
+        index = hf_hub_download(source, "model_index.json", revision=revision)
+    if index is None:
+        raise ModelNotFoundError(f"{source} has no model_index.json: it is not a diffusers pipeline folder")
+    with open(index, encoding="utf-8") as file:
+        class_name = json.load(file).get("_class_name")
+    family = families.for_class_name(class_name)
+    if family is None:
+        raise UnknownFamilyError(families.unknown_class_message(class_name))
+    return family, class_name
 
 
 def _cached_file(source: str, revision: str | None, name: str) -> str | None:
@@ -220,22 +227,23 @@ def _cached_file(source: str, revision: str | None, name: str) -> str | None:
 
 def load_pipeline(ref: str, revision: str | None, scheduler: str | None, device, dtype, variant: str | None = None):
     """The text-to-image pipeline named by `ref`, on `device` in `dtype`, with the scheduler swapped if asked."""
+    import diffusers
+
     from workers.schedulers import build_scheduler
 
     source = pipeline_source(ref)
     logger.info("loading pipeline %s (%s)", ref, source)
     check_hub_model(ref, revision, "model_index.json")
     try:
-        pipeline = text_to_image_class(source, revision).from_pretrained(
+        family, class_name = model_family_of(source, revision)
+        pipeline = getattr(diffusers, family.text_to_image_for(class_name)).from_pretrained(
             source,
             revision=revision,
             variant=variant,
             dtype=dtype,
             device_map=weights_device_map(device),
             use_safetensors=True,
-            # Batch evaluation needs the real image behind every score, not a blacked-out one.
-            safety_checker=None,
-            requires_safety_checker=False,
+            **family.load_arguments,  # Stable Diffusion's: no safety checker (scores need the real image)
         )
     except OSError as error:
         raise explain_load_error(ref, revision, error) from error

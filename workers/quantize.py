@@ -1,10 +1,11 @@
-"""performance.quantize: the UNet's large nn.Linear layers in fp8 or int8 (torchao), past the bf16 ceiling.
+"""performance.quantize: the denoiser's (UNet's or transformer's) large nn.Linear layers in fp8 or int8 (torchao).
 
 Both options quantize activations per token and weights per output channel, on the fly ("dynamic":
 no calibration data); the matrix products then run on the GPU's fp8 or int8 tensor cores. Only the
-UNet is quantized: it does nearly all of a job's work, while the text encoders, the VAE and CLIP run
-once per image and stay as loaded. Unlike the other fast paths this changes pixels beyond float
-rounding, so the setting is part of a job's identity (jobs.resume.job_identity).
+denoiser (the family's `unet` or `transformer`, workers.families) is quantized: it does nearly all of a
+job's work, while the text encoders, the VAE and CLIP run once per image and stay as loaded. Unlike the
+other fast paths this changes pixels beyond float rounding, so the setting is part of a job's identity
+(jobs.resume.job_identity).
 
 - `fp8`: float8 (e4m3) activations and weights, on CUDA GPUs of compute capability 8.9 or newer
   (Ada, Hopper, Blackwell), the first with fp8 tensor cores; elsewhere it is refused, at config time
@@ -18,6 +19,7 @@ quantization into the surrounding kernels.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from workers.errors import WorkerLoadError
@@ -36,6 +38,10 @@ QUANTIZE_OPTIONS = ("none", "fp8", "int8")
 # SD1.5's and SDXL's 640- and 1280-channel attention and every feed-forward, and leaves out the
 # 320-channel level, whose products are too thin to gain. benchmarks/gpu_throughput.py measures it.
 MIN_FEATURES = 512
+
+# Layers that see one row per image, not one per latent pixel or token: the UNet's time embedding, a DiT's
+# timestep/text embedding and its adaptive-norm modulation (`norm1.linear`, `norm_out.linear`).
+_PER_IMAGE = re.compile(r"time_emb|time_text_embed|norm\w*\.linear$")
 
 # fp8 matrix products (torch._scaled_mm) need both dimensions in multiples of 16; int8 ones want 8.
 _ALIGNMENT = {"fp8": 16, "int8": 8}
@@ -110,19 +116,19 @@ def import_torchao(option: str):
 
 def is_quantizable(module, name: str, option: str, min_features: int) -> bool:
     """A Linear layer wide enough to gain (see MIN_FEATURES), with dimensions the fast kernels accept. The
-    time-embedding layers are left out whatever their width: they see one row per image, not one per
-    latent pixel, so there is nothing to gain."""
+    time-embedding and modulation layers are left out whatever their width: they see one row per image,
+    not one per latent pixel or token, so there is nothing to gain (_PER_IMAGE)."""
     import torch
 
-    if not isinstance(module, torch.nn.Linear) or "time_emb" in name:
+    if not isinstance(module, torch.nn.Linear) or _PER_IMAGE.search(name):
         return False
     dims = (module.in_features, module.out_features)
     return min(dims) >= min_features and all(dim % _ALIGNMENT[option] == 0 for dim in dims)
 
 
-def quantize_unet(unet, option: str, min_features: int = MIN_FEATURES) -> QuantizedLayers:
-    """Quantize `unet`'s Linear layers of at least `min_features` in and out, in place (weights where they
-    are, on the actor's device)."""
+def quantize_denoiser(unet, option: str, min_features: int = MIN_FEATURES) -> QuantizedLayers:
+    """Quantize the denoiser's (a UNet's or a DiT's) Linear layers of at least `min_features` in and out, in
+    place (weights where they are, on the actor's device)."""
     import torch
 
     linear = sum(isinstance(module, torch.nn.Linear) for module in unet.modules())
@@ -143,5 +149,8 @@ def quantize_unet(unet, option: str, min_features: int = MIN_FEATURES) -> Quanti
         # matmuls fused with their rescale): a compiled quantized UNet takes longer to compile, and runs faster.
         quantization.quantize_(unet, config, filter_fn=lambda module, name: name in chosen)
     done = QuantizedLayers(option, len(chosen), linear)
-    logger.info("quantized the UNet, %s (those with in and out features >= %d)", done.describe(), min_features)
+    logger.info("quantized the denoiser, %s (those with in and out features >= %d)", done.describe(), min_features)
     return done
+
+
+quantize_unet = quantize_denoiser  # the name it had before DiT families

@@ -28,12 +28,23 @@ class RowSpec:
     init_image: bytes | str | None = None  # image-to-image (or reconstruct) input: encoded bytes, a path or a URI
     strength: float | None = None  # image-to-image rows only
     image_index: int = 0  # which of the row's generation.images_per_prompt images
+    true_cfg_scale: float | None = None  # the job's generation.true_cfg_scale (families with true CFG)
+    max_sequence_length: int | None = None  # the job's T5/LLM token limit (families with such encoders)
 
     @property
     def batch_key(self) -> tuple:
         """Rows that share this key can go through the pipeline in one call."""
         image_to_image = self.init_image is not None
-        return (self.steps, self.guidance_scale, self.width, self.height, image_to_image, self.strength)
+        return (
+            self.steps,
+            self.guidance_scale,
+            self.width,
+            self.height,
+            image_to_image,
+            self.strength,
+            self.true_cfg_scale,
+            self.max_sequence_length,
+        )
 
 
 def derive_seed(job_seed: int, row_id: object) -> int:
@@ -99,6 +110,8 @@ def resolve_rows(table: pa.Table, ids: pa.Array, defaults: GenerationDefaults, j
                 height=int(_default(heights[i], defaults.height)),
                 init_image=init_images[i],
                 strength=None if init_images[i] is None else float(_default(strengths[i], defaults.strength)),
+                true_cfg_scale=defaults.true_cfg_scale,
+                max_sequence_length=defaults.max_sequence_length,
             )
         )
     return specs

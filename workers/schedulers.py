@@ -5,7 +5,8 @@ Class names are strings so the driver can validate names without importing diffu
 
 from __future__ import annotations
 
-SCHEDULERS: dict[str, tuple[str, dict]] = {
+# For UNet models trained to predict noise (Stable Diffusion 1/2, SDXL).
+UNET_SCHEDULERS: dict[str, tuple[str, dict]] = {
     "ddim": ("DDIMScheduler", {}),
     "pndm": ("PNDMScheduler", {}),
     "lms": ("LMSDiscreteScheduler", {}),
@@ -22,12 +23,41 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
     "unipc": ("UniPCMultistepScheduler", {}),
 }
 
+# For flow-matching models (FLUX, SD3, Qwen-Image, ...): Euler on the model's own sigma schedule, or with
+# its sigmas respaced (Karras, exponential, beta); Heun only where the pipeline passes no sigmas of its own.
+FLOW_MATCH_SCHEDULERS: dict[str, tuple[str, dict]] = {
+    "flow_match_euler": ("FlowMatchEulerDiscreteScheduler", {}),
+    "flow_match_euler_karras": ("FlowMatchEulerDiscreteScheduler", {"use_karras_sigmas": True}),
+    "flow_match_euler_exponential": ("FlowMatchEulerDiscreteScheduler", {"use_exponential_sigmas": True}),
+    "flow_match_euler_beta": ("FlowMatchEulerDiscreteScheduler", {"use_beta_sigmas": True}),
+    "flow_match_heun": ("FlowMatchHeunDiscreteScheduler", {}),
+}
+
+# DPM-Solver++ on flow sigmas, for flow models whose pipeline passes no sigmas (Sana's own kind of scheduler).
+FLOW_SOLVER_SCHEDULERS: dict[str, tuple[str, dict]] = {
+    "flow_dpmpp_2m": (
+        "DPMSolverMultistepScheduler",
+        {
+            "algorithm_type": "dpmsolver++",
+            "solver_order": 2,
+            "prediction_type": "flow_prediction",
+            "use_flow_sigmas": True,
+        },
+    ),
+}
+
+# Every name a config may give; which apply to a model is its family's (workers.families).
+SCHEDULERS: dict[str, tuple[str, dict]] = {**UNET_SCHEDULERS, **FLOW_MATCH_SCHEDULERS, **FLOW_SOLVER_SCHEDULERS}
+
 
 def build_scheduler(name: str, base_config):
     """A scheduler of the named kind, built from the model's own scheduler config."""
     import diffusers
 
     class_name, overrides = SCHEDULERS[name]
+    if class_name.startswith("FlowMatch") and "flow_shift" in base_config and "shift" not in base_config:
+        # A DPM-Solver flow config (Sana's) names its timestep shift `flow_shift`; the model was trained with it.
+        overrides = {"shift": base_config["flow_shift"], **overrides}
     return getattr(diffusers, class_name).from_config(base_config, **overrides)
 
 

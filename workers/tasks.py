@@ -24,6 +24,8 @@ class GenerationDefaults:
     negative_prompt: str
     strength: float  # image-to-image rows without their own
     init_image_policy: str  # "resize" or "error"
+    true_cfg_scale: float | None  # real CFG with negative prompts where the family has it (FLUX.1); None: n/a
+    max_sequence_length: int | None  # T5/LLM text encoders' token limit (the family's default); None: n/a
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import fields, replace
 from datetime import datetime, timezone
 
 from workers import columns as C
-from workers import quantize
+from workers import families, quantize
 from workers.batch import BatchRunner, collect_encoded, micro_batches
 from workers.errors import WorkerLoadError, describe
 from workers.fence import check_fence
@@ -76,10 +76,13 @@ class GenerationWorker:
         quantize.check_device(settings.fast.quantize, self.device, dtype)  # before spending time on the weights
         # Loaded with the model's own scheduler, kept: any other is built from its config (`_use_scheduler`).
         self.pipeline = load_pipeline(settings.model, settings.revision, None, self.device, dtype, settings.variant)
+        self.family = families.for_pipeline(self.pipeline)
         self.model_scheduler = self.pipeline.scheduler
         self.scheduler_name: str | None = None  # the scheduler the pipeline has now; None: the model's own
-        # Whether to compile is decided here, where the device is known.
-        self.compile = choose_compile(settings.fast.compile, self.device, settings.images_per_worker)
+        self._check_scheduler(settings.scheduler)  # before compiling: a sweep's bad one would waste it
+        # Whether to compile is decided here, where the device and the model's family are known.
+        payback = self.family.payback
+        self.compile = choose_compile(settings.fast.compile, self.device, settings.images_per_worker, payback)
         cache_hit = self._prepare_compile(dtype) if self.compile.on else None
         fast = replace(settings.fast, compile=self.compile.on)
         applied = apply_fast_paths(self.pipeline, fast, self.device, settings.batch_size, settings.defaults)
@@ -144,7 +147,7 @@ class GenerationWorker:
         fast = self.settings.fast
         if fast.compile == "auto":  # chosen for the user: should the compiler fail, the model runs uncompiled
             torch._dynamo.config.suppress_errors = True
-        location = cache_file(fast.compile_cache, compile_key(self.settings, self.device, dtype))
+        location = cache_file(fast.compile_cache, compile_key(self.settings, self.device, dtype, self.family))
         loaded = load_artifacts(location)
         self.save_compiled_to = None if loaded else location
         return loaded
@@ -171,9 +174,16 @@ class GenerationWorker:
             return
         from workers.schedulers import build_scheduler
 
+        self._check_scheduler(name)
         scheduler = self.model_scheduler if name is None else build_scheduler(name, self.model_scheduler.config)
         self.batch_runner.set_scheduler(scheduler)
         self.scheduler_name = name
+
+    def _check_scheduler(self, name: str | None) -> None:
+        """Refuse a scheduler the model's family cannot run (the driver refuses it where it knows the family)."""
+        problem = self.family.scheduler_problem(name)
+        if problem:
+            raise WorkerLoadError(f"model.scheduler: {problem}")
 
     def _scheduler_label(self, name: str | None) -> str:
         return name or type(self.model_scheduler).__name__
