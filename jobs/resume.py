@@ -10,6 +10,7 @@ from jobs.config import JobConfig
 from jobs.errors import OutputError, some_of
 from jobs.manifest import Manifest
 from workers import layout, storage
+from workers.step_cache import PARAMETERS as STEP_CACHE_PARAMETERS
 from workers.tasks import ShardTask
 from workers.writer import ShardFooter, read_footer, remove_temp_files
 
@@ -18,18 +19,20 @@ logger = logging.getLogger(__name__)
 
 # Identity entries that are left out at their default (quantize_identity): compared as that default,
 # so that turning one on or off names the setting (`performance.quantize: 'none' -> 'int8'`).
-_LEFT_OUT_AT_DEFAULT = {"performance": {"quantize": "none"}}
+_LEFT_OUT_AT_DEFAULT = {"performance": {"quantize": "none", "cache": "none"}}
 
 
 def quantize_identity(config: JobConfig) -> dict:
-    """performance.quantize in a job's identity: absent when off, so the keys of jobs that do not quantize
-    stay what they were before the option existed; with it, which layers it changed changes pixels too."""
+    """performance.quantize and performance.cache in a job's identity: each absent when off, so the keys of jobs
+    that use neither stay what they were before the options existed; with quantize, which layers it changed
+    changes pixels too, and with a cache, its parameters."""
     performance = config.performance
-    if performance.quantize == "none":
-        return {}
-    return {
-        "performance": {"quantize": performance.quantize, "quantize_min_features": performance.quantize_min_features}
-    }
+    identity: dict = {}
+    if performance.quantize != "none":
+        identity.update(quantize=performance.quantize, quantize_min_features=performance.quantize_min_features)
+    if performance.cache != "none":  # a step cache changes pixels too (workers.step_cache); absent when off
+        identity.update(performance.model_dump(mode="json", include={"cache", *STEP_CACHE_PARAMETERS[performance.cache]}))
+    return {"performance": identity} if identity else {}
 
 
 def job_identity(config: JobConfig, manifest: Manifest) -> dict:
