@@ -305,7 +305,7 @@ class PerformanceConfig(_Section):
         for key in ("cache_threshold", "cache_warmup_steps", "cache_interval"):
             if getattr(self, key) is not None and key not in PARAMETERS[self.cache]:
                 takes = ", ".join(PARAMETERS[self.cache]) or "no parameters"
-                raise ValueError(f"performance.{key}: cache {self.cache!r} takes {takes}; remove the key")
+                raise ValueError(f"{key}: cache {self.cache!r} takes {takes}; remove the key")
         return self
 
     @field_validator("compile_cache")
