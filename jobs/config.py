@@ -250,11 +250,11 @@ class PerformanceConfig(_Section):
     )
     cache: Literal["none", "first_block", "taylorseer", "magcache"] = Field(
         "none",
-        description="Reuse work across denoising steps with diffusers' cache hooks on the denoiser (workers.step_cache; "
-        "changes pixels, so part of the job's identity). first_block: skip the other blocks while the first block's "
-        "output changes less than cache_threshold (decided for a whole micro-batch at once); taylorseer: predict the "
-        "attention outputs every step but each cache_interval-th after cache_warmup_steps; magcache: skip steps while "
-        "the model's known residual magnitudes change less than cache_threshold.",
+        description="Reuse work across denoising steps with diffusers' cache hooks on the denoiser "
+        "(workers.step_cache; changes pixels, so part of the job's identity). first_block: skip the other blocks "
+        "while the first block's output changes less than cache_threshold (decided for a whole micro-batch at once); "
+        "taylorseer: predict the attention outputs every step but each cache_interval-th after cache_warmup_steps; "
+        "magcache: skip steps while the model's known residual magnitudes change less than cache_threshold.",
     )
     cache_threshold: float | None = Field(
         None, gt=0, description="first_block (default 0.05) and magcache (default 0.06): higher skips more."

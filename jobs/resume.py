@@ -31,7 +31,8 @@ def quantize_identity(config: JobConfig) -> dict:
     if performance.quantize != "none":
         identity.update(quantize=performance.quantize, quantize_min_features=performance.quantize_min_features)
     if performance.cache != "none":  # a step cache changes pixels too (workers.step_cache); absent when off
-        identity.update(performance.model_dump(mode="json", include={"cache", *STEP_CACHE_PARAMETERS[performance.cache]}))
+        cache = {"cache", *STEP_CACHE_PARAMETERS[performance.cache]}
+        identity.update(performance.model_dump(mode="json", include=cache))
     return {"performance": identity} if identity else {}
 
 

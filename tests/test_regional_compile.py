@@ -62,7 +62,11 @@ def test_regional_is_refused_for_a_family_without_repeated_blocks_at_config_time
         "for Stable Diffusion 1/2 models; use true or auto"
     )
     flux = write_config(
-        tmp_path / "flux.yaml", "m.parquet", tmp_path / "out", model={"id": "tiny-flux"}, performance={"compile": "regional"}
+        tmp_path / "flux.yaml",
+        "m.parquet",
+        tmp_path / "out",
+        model={"id": "tiny-flux"},
+        performance={"compile": "regional"},
     )
     assert load_config(flux).performance.compile == "regional"
 
@@ -92,7 +96,8 @@ def test_regional_compile_gives_the_full_compiles_pixels_within_float_rounding(t
         started = time.perf_counter()
         result = list(worker.run_shard(ShardTask(0, str(manifest), 0, 2, 0, has_id_column=False)))[-1]
         seconds[mode] = time.perf_counter() - started
-        images[mode] = [decode_png(image["bytes"]).astype(int) for image in pq.read_table(result.file).column("image").to_pylist()]
+        written = pq.read_table(result.file).column("image").to_pylist()
+        images[mode] = [decode_png(image["bytes"]).astype(int) for image in written]
     logger.warning("shard seconds (compiling included): %s", seconds)
     for mode in (True, "regional"):
         for got, expected in zip(images[mode], images[False]):

@@ -30,11 +30,15 @@ OPTIONS = {
     "first_block": ({"cache_threshold": 1.0}, lambda: FirstBlockCacheConfig(threshold=1.0)),
     "taylorseer": (
         {"cache_warmup_steps": 1, "cache_interval": 2},
-        lambda: TaylorSeerCacheConfig(disable_cache_before_step=1, cache_interval=2, taylor_factors_dtype=torch.float32),
+        lambda: TaylorSeerCacheConfig(
+            disable_cache_before_step=1, cache_interval=2, taylor_factors_dtype=torch.float32
+        ),
     ),
     "magcache": (
         {"cache_threshold": 0.5, "cache_warmup_steps": 1},
-        lambda: MagCacheConfig(threshold=0.5, retention_ratio=0.25, num_inference_steps=STEPS, mag_ratios=FLUX_MAG_RATIOS),
+        lambda: MagCacheConfig(
+            threshold=0.5, retention_ratio=0.25, num_inference_steps=STEPS, mag_ratios=FLUX_MAG_RATIOS
+        ),
     ),
 }
 
@@ -130,7 +134,8 @@ def test_a_cached_job_resumes_to_the_same_bytes_reuses_its_actor_cleanly_and_is_
     assert after.column("image_sha256").to_pylist() == before.column("image_sha256").to_pylist()
 
     other = {"prompt": ["a blue boat"], "seed": [7]}
-    config_b = write_config(tmp_path / "b.yaml", write_manifest(tmp_path / "b.parquet", other), tmp_path / "b", **sections)
+    manifest_b = write_manifest(tmp_path / "b.parquet", other)
+    config_b = write_config(tmp_path / "b.yaml", manifest_b, tmp_path / "b", **sections)
     assert main(["run", str(config_b), "--quiet"]) == 0
     for row in read_output(tmp_path / "b").to_pylist():
         [expected], skipped = plain_images(plain, OPTIONS["first_block"][1](), [row["prompt"]], [row["seed"]])
@@ -194,7 +199,9 @@ def test_cache_none_leaves_the_job_identity_and_output_columns_as_they_were(tmp_
     ],
 )
 def test_a_cache_the_family_or_option_cannot_run_is_one_line_at_config_time(tmp_path, model, performance, message):
-    path = write_config(tmp_path / "job.yaml", "m.parquet", tmp_path / "out", model={"id": model}, performance=performance)
+    path = write_config(
+        tmp_path / "job.yaml", "m.parquet", tmp_path / "out", model={"id": model}, performance=performance
+    )
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert str(error.value) == f"{path}: {message}"

@@ -129,7 +129,10 @@ class Family:
         """Why performance.compile `setting` cannot apply to this family, in one line; None when it can."""
         if setting != "regional" or self.regional_compile:
             return None
-        return f"'regional' compiles a model's repeated blocks, and genbatch has none listed for {self.title} models; use true or auto"
+        return (
+            f"'regional' compiles a model's repeated blocks, and genbatch has none listed for {self.title} models; "
+            "use true or auto"
+        )
 
     def scheduler_problem(self, name: str | None) -> str | None:
         """Why the scheduler `name` cannot run this family's models, in one line; None when it can."""
