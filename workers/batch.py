@@ -121,7 +121,8 @@ class BatchRunner:
 
         # 2. Denoise and decode (or, in reconstruct mode, encode and decode), on the device.
         if self.mode == "reconstruct":
-            images, means, stds = generation.reconstruct(self.pipeline.vae, images_in)
+            latents = families.for_pipeline(self.pipeline).latents
+            images, means, stds = generation.reconstruct(self.pipeline.vae, images_in, latents)
         else:
             pipeline = self.pipeline if images_in is None else self._image_to_image()
             images = generation.generate(
