@@ -187,6 +187,12 @@ def test_cache_none_leaves_the_job_identity_and_output_columns_as_they_were(tmp_
             "hooks; it supports none",
         ),
         (
+            "tiny-qwen-image",
+            {"cache": "magcache"},
+            "performance.cache: 'magcache' is not available for Qwen-Image models in diffusers' cache hooks; "
+            "it supports: first_block, taylorseer",
+        ),
+        (
             MODEL,
             {"cache": "taylorseer", "cache_threshold": 0.1},
             "performance: cache_threshold: cache 'taylorseer' takes cache_warmup_steps, cache_interval; remove the key",
