@@ -66,12 +66,17 @@ def check_same_job(output_dir: str, previous: dict, identity: dict) -> None:
     before = previous.get("identity")
     if before is None:
         raise OutputError(f"{output_dir}: holds output of an unknown job; rerun with --overwrite to replace it")
-    changes = _differences({**_LEFT_OUT_AT_DEFAULT, **before}, {**_LEFT_OUT_AT_DEFAULT, **identity})
+    changes = _differences(_with_defaults(before), _with_defaults(identity))
     if changes:
         raise OutputError(
             f"{output_dir}: holds a job with other settings ({'; '.join(changes)}); "
             "rerun with --overwrite to replace it, or choose another output folder"
         )
+
+
+def _with_defaults(identity: dict) -> dict:
+    """`identity` with the entries left out at their default put back, section by section."""
+    return {**identity, **{name: {**left, **identity.get(name, {})} for name, left in _LEFT_OUT_AT_DEFAULT.items()}}
 
 
 def _differences(before: dict, after: dict, prefix: str = "") -> list[str]:
