@@ -241,10 +241,31 @@ class OutputConfig(_Section):
 
 
 class PerformanceConfig(_Section):
-    compile: bool | Literal["auto"] = Field(
+    compile: bool | Literal["auto", "regional"] = Field(
         "auto",
-        description="torch.compile the UNet and VAE decoder; micro-batches are padded to batch_size. auto: on GPU, "
-        "unless the job has too few images per worker to pay back the compile time (workers.fastpaths).",
+        description="torch.compile the denoiser (UNet or transformer) and VAE decoder; micro-batches are padded to "
+        "batch_size. regional: compile only the transformer's repeated blocks (diffusers' compile_repeated_blocks), "
+        "for a fraction of the compile time. auto: on GPU, unless the job has too few images per worker to pay back "
+        "the compile time (workers.fastpaths), regionally for transformer (DiT) families.",
+    )
+    cache: Literal["none", "first_block", "taylorseer", "magcache"] = Field(
+        "none",
+        description="Reuse work across denoising steps with diffusers' cache hooks on the denoiser "
+        "(workers.step_cache; changes pixels, so part of the job's identity). first_block: skip the other blocks "
+        "while the first block's output changes less than cache_threshold (decided for a whole micro-batch at once); "
+        "taylorseer: predict the attention outputs every step but each cache_interval-th after cache_warmup_steps; "
+        "magcache: skip steps while the model's known residual magnitudes change less than cache_threshold.",
+    )
+    cache_threshold: float | None = Field(
+        None, gt=0, description="first_block (default 0.05) and magcache (default 0.06): higher skips more."
+    )
+    cache_warmup_steps: int | None = Field(
+        None,
+        ge=0,
+        description="taylorseer (default 3) and magcache (default: the first 20% of the steps): steps never skipped.",
+    )
+    cache_interval: int | None = Field(
+        None, ge=1, description="taylorseer (default 5): every cache_interval-th step after warm-up is computed."
     )
     compile_cache: str | None = Field(
         None,
@@ -275,6 +296,17 @@ class PerformanceConfig(_Section):
         description="CPU threads that encode and hash images while the next batch generates; 0: inline; "
         "auto: 2 with a GPU, 0 on CPU actors (where threads would compete with the model for cores).",
     )
+
+    @model_validator(mode="after")
+    def _cache_parameters(self) -> PerformanceConfig:
+        """A cache parameter the chosen cache does not take is refused, not ignored."""
+        from workers.step_cache import PARAMETERS
+
+        for key in ("cache_threshold", "cache_warmup_steps", "cache_interval"):
+            if getattr(self, key) is not None and key not in PARAMETERS[self.cache]:
+                takes = ", ".join(PARAMETERS[self.cache]) or "no parameters"
+                raise ValueError(f"{key}: cache {self.cache!r} takes {takes}; remove the key")
+        return self
 
     @field_validator("compile_cache")
     @classmethod

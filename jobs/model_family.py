@@ -75,6 +75,12 @@ def _apply(found: ModelFamily, config: JobConfig, given: set[str]) -> None:
     problem = family.scheduler_problem(config.model.scheduler)
     if problem:
         raise ValueError(f"model.scheduler: {problem}")
+    for key, problem in (
+        ("cache", family.cache_problem(config.performance.cache)),
+        ("compile", family.compile_problem(config.performance.compile)),
+    ):
+        if problem:
+            raise ValueError(f"performance.{key}: {problem}")
     if generation.negative_prompt and not family.takes_negative_prompt(generation.true_cfg_scale):
         raise ValueError(f"generation.negative_prompt: {family.negative_prompt_rule()}")
 

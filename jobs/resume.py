@@ -10,6 +10,7 @@ from jobs.config import JobConfig
 from jobs.errors import OutputError, some_of
 from jobs.manifest import Manifest
 from workers import layout, storage
+from workers.step_cache import PARAMETERS as STEP_CACHE_PARAMETERS
 from workers.tasks import ShardTask
 from workers.writer import ShardFooter, read_footer, remove_temp_files
 
@@ -18,18 +19,21 @@ logger = logging.getLogger(__name__)
 
 # Identity entries that are left out at their default (quantize_identity): compared as that default,
 # so that turning one on or off names the setting (`performance.quantize: 'none' -> 'int8'`).
-_LEFT_OUT_AT_DEFAULT = {"performance": {"quantize": "none"}}
+_LEFT_OUT_AT_DEFAULT = {"performance": {"quantize": "none", "cache": "none"}}
 
 
 def quantize_identity(config: JobConfig) -> dict:
-    """performance.quantize in a job's identity: absent when off, so the keys of jobs that do not quantize
-    stay what they were before the option existed; with it, which layers it changed changes pixels too."""
+    """performance.quantize and performance.cache in a job's identity: each absent when off, so the keys of jobs
+    that use neither stay what they were before the options existed; with quantize, which layers it changed
+    changes pixels too, and with a cache, its parameters."""
     performance = config.performance
-    if performance.quantize == "none":
-        return {}
-    return {
-        "performance": {"quantize": performance.quantize, "quantize_min_features": performance.quantize_min_features}
-    }
+    identity: dict = {}
+    if performance.quantize != "none":
+        identity.update(quantize=performance.quantize, quantize_min_features=performance.quantize_min_features)
+    if performance.cache != "none":  # a step cache changes pixels too (workers.step_cache); absent when off
+        cache = {"cache", *STEP_CACHE_PARAMETERS[performance.cache]}
+        identity.update(performance.model_dump(mode="json", include=cache))
+    return {"performance": identity} if identity else {}
 
 
 def job_identity(config: JobConfig, manifest: Manifest) -> dict:
@@ -62,12 +66,17 @@ def check_same_job(output_dir: str, previous: dict, identity: dict) -> None:
     before = previous.get("identity")
     if before is None:
         raise OutputError(f"{output_dir}: holds output of an unknown job; rerun with --overwrite to replace it")
-    changes = _differences({**_LEFT_OUT_AT_DEFAULT, **before}, {**_LEFT_OUT_AT_DEFAULT, **identity})
+    changes = _differences(_with_defaults(before), _with_defaults(identity))
     if changes:
         raise OutputError(
             f"{output_dir}: holds a job with other settings ({'; '.join(changes)}); "
             "rerun with --overwrite to replace it, or choose another output folder"
         )
+
+
+def _with_defaults(identity: dict) -> dict:
+    """`identity` with the entries left out at their default put back, section by section."""
+    return {**identity, **{name: {**left, **identity.get(name, {})} for name, left in _LEFT_OUT_AT_DEFAULT.items()}}
 
 
 def _differences(before: dict, after: dict, prefix: str = "") -> list[str]:

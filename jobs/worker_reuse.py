@@ -48,7 +48,7 @@ def key_of(worker_class: Any, resources: Any, settings: WorkerSettings) -> Key:
     pays_back = int(size is None or size >= after) if settings.fast.compile == "auto" else None
     # On GPUs, and wherever the model is compiled, the batch and image sizes decide how the actor was set up
     # (VAE slicing, compiled shapes: workers.fastpaths); elsewhere an actor takes any.
-    shaped = bool(getattr(resources, "num_gpus", 0)) or settings.fast.compile is True
+    shaped = bool(getattr(resources, "num_gpus", 0)) or settings.fast.compile in (True, "regional")
     shape = (settings.batch_size, settings.defaults.width, settings.defaults.height) if shaped else None
     per_job = dataclasses.replace(
         settings,
@@ -73,7 +73,7 @@ def _compile_pays_back_after(settings: WorkerSettings) -> int:
         found = model_family(settings.model, settings.revision)
     except UnknownFamilyError:
         found = None
-    return found.family.payback.pays_back_after if found is not None else COMPILE_PAYS_BACK_AFTER
+    return found.family.auto_payback().pays_back_after if found is not None else COMPILE_PAYS_BACK_AFTER
 
 
 @contextmanager

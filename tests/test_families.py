@@ -521,6 +521,10 @@ def test_compile_and_quantize_act_on_the_transformer(model_cache):
         quantize_min_features=16,
         vae_slicing=False,
         vae_tiling=False,
+        cache="none",
+        cache_threshold=None,
+        cache_warmup_steps=None,
+        cache_interval=None,
         clip_preprocess="processor",
         writer_threads=0,
     )

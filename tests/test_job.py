@@ -184,7 +184,8 @@ def test_job_file_records_config_manifest_versions_and_counts(job_dir):
     generation = {**GENERATION, "images_per_prompt": 1, "strength": 0.8, "init_image_policy": "resize"}
     assert record["identity"]["generation"] == generation and record["identity"]["shard_size"] == 3
     assert record["identity"]["mode"] == "generate"
-    assert record["config"]["generation"] == generation
+    # The settings of other families' (workers.families) are recorded as not applying; the identity leaves them out.
+    assert record["config"]["generation"] == {**generation, "true_cfg_scale": None, "max_sequence_length": None}
     assert record["config"]["shard_size"] == 3
     assert record["manifest"]["rows"] == 7 and len(record["manifest"]["fingerprint"]) == 64
     assert record["warnings"] == [

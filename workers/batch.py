@@ -46,8 +46,19 @@ class BatchResult:
 class BatchRunner:
     """Runs micro-batches through an actor's pipeline, CLIP scorer and image encoder."""
 
-    def __init__(self, pipeline, scorer, encoder, mode: str, pad_to: int | None, init_image_policy: str, scorers=()):
+    def __init__(
+        self,
+        pipeline,
+        scorer,
+        encoder,
+        mode: str,
+        pad_to: int | None,
+        init_image_policy: str,
+        scorers=(),
+        step_cache=None,
+    ):
         self.pipeline = pipeline
+        self.step_cache = step_cache  # workers.step_cache.StepCache; None: performance.cache is none
         self.scorer = scorer  # None: no CLIP scores
         self.scorers = list(scorers)  # the `scores` section's (workers.scorers), each filling its own column
         self.encoder = encoder
@@ -110,13 +121,16 @@ class BatchRunner:
 
         # 2. Denoise and decode (or, in reconstruct mode, encode and decode), on the device.
         if self.mode == "reconstruct":
-            images, means, stds = generation.reconstruct(
-                self.pipeline.vae, images_in, families.for_pipeline(self.pipeline).latents
-            )
-        elif images_in is not None:
-            images = generation.generate(self._image_to_image(), rows, pad_to=self.pad_to, init_images=images_in)
+            latents = families.for_pipeline(self.pipeline).latents
+            images, means, stds = generation.reconstruct(self.pipeline.vae, images_in, latents)
         else:
-            images = generation.generate(self.pipeline, rows, pad_to=self.pad_to)
+            pipeline = self.pipeline if images_in is None else self._image_to_image()
+            images = generation.generate(
+                pipeline, rows, pad_to=self.pad_to, init_images=images_in, step_cache=self.step_cache
+            )
+            if self.step_cache is not None:  # the hook decides for the whole micro-batch: each row gets its count
+                for position in runnable:
+                    outputs[position].cache_skipped_steps = self.step_cache.skipped
 
         # 3. Check finite: an image with NaN or Inf fails its row, not as a black PNG.
         finite = generation.finite_rows(images)

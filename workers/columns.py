@@ -33,6 +33,7 @@ LATENT_MEAN = "latent_mean"
 LATENT_STD = "latent_std"
 PICKSCORE = "pickscore"
 AESTHETIC = "aesthetic"
+CACHE_SKIPPED_STEPS = "cache_skipped_steps"  # performance.cache: denoiser passes the step cache skipped
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -92,7 +93,9 @@ SCORES: dict[str, pa.DataType] = {
 REPLACED_INPUTS = frozenset({ID, SEED, STRENGTH, *ROW_OVERRIDES})
 
 # A manifest may not carry these: they would be silently overwritten by genbatch's own output.
-RESERVED = (frozenset(GENERATED) | frozenset(RECONSTRUCTION) | frozenset(SCORES)) - REPLACED_INPUTS
+RESERVED = (
+    frozenset(GENERATED) | frozenset(RECONSTRUCTION) | frozenset(SCORES) | {CACHE_SKIPPED_STEPS}
+) - REPLACED_INPUTS
 
 
 def with_wide_offsets(table: pa.Table) -> pa.Table:

@@ -52,21 +52,27 @@ class CompileKey:
     height: int
     guidance: bool  # classifier-free guidance doubles the batch the denoiser sees (Family.batch_multiplier)
     quantize: str = "none"  # performance.quantize: a quantized UNet is another graph
+    regional: bool = False  # performance.compile: regional compiles the repeated blocks: other graphs
 
     def file_name(self) -> str:
         """Readable where it can be (`torch-2.13.0-cpu-tiny-float32-b8-512x512-...`), unique by its hash."""
         model = self.model.rstrip("/").rsplit("/", 1)[-1]
         shapes = f"b{self.batch_size}{'-cfg' if self.guidance else ''}-{self.width}x{self.height}"
         quantized = "" if self.quantize == "none" else f"-{self.quantize}"
-        readable = f"torch-{self.torch}-{self.device}-{model}-{self.dtype}{quantized}-{shapes}"
+        regional = "-regional" if self.regional else ""
+        readable = f"torch-{self.torch}-{self.device}-{model}-{self.dtype}{quantized}{regional}-{shapes}"
         fields = asdict(self)
         if self.quantize == "none":  # the files of unquantized models keep the names they had before the option
             del fields["quantize"]
+        if not self.regional:  # and those of whole-denoiser compiles theirs
+            del fields["regional"]
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
         return f"{re.sub(r'[^A-Za-z0-9.-]+', '_', readable)}-{digest}.torch-cache"
 
 
-def compile_key(settings: WorkerSettings, device, dtype, family: Family = STABLE_DIFFUSION) -> CompileKey:
+def compile_key(
+    settings: WorkerSettings, device, dtype, family: Family = STABLE_DIFFUSION, regional: bool = False
+) -> CompileKey:
     """The key of an actor's compiled models: its libraries, its device, and what fixes the shapes (the
     model's family says how its batch grows under guidance)."""
     import diffusers
@@ -85,6 +91,7 @@ def compile_key(settings: WorkerSettings, device, dtype, family: Family = STABLE
         height=settings.defaults.height,
         guidance=family.batch_multiplier(settings.defaults.guidance_scale, settings.defaults.true_cfg_scale) > 1,
         quantize=quantize_label(settings.fast.quantize, settings.fast.quantize_min_features),
+        regional=regional,
     )
 
 

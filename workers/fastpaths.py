@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from workers.families import CompilePayback, for_pipeline
+from workers.families import Family, for_pipeline
 from workers.families.stable_diffusion import STABLE_DIFFUSION
 from workers.tasks import FastPaths, GenerationDefaults
 
@@ -33,30 +33,43 @@ class CompileChoice:
 
     on: bool
     reason: str
+    regional: bool = False  # compile_repeated_blocks on the transformer instead of the whole denoiser
+
+    @property
+    def setting(self) -> bool | str:
+        """The choice as a resolved performance.compile value: false, true (the whole denoiser) or regional."""
+        return "regional" if self.on and self.regional else self.on
 
 
 def choose_compile(
-    setting: bool | str, device, images_per_worker: int | None, payback: CompilePayback = _SD_PAYBACK
+    setting: bool | str, device, images_per_worker: int | None, family: Family = STABLE_DIFFUSION
 ) -> CompileChoice:
-    """`true`/`false` as set; `auto`: on CUDA only (on the CPU, Inductor's C++ build takes minutes and
-    gains little), and not for a job whose share of images per worker cannot pay back the compile time
-    (the model family's figures: `payback`)."""
-    seconds, after = payback.compile_seconds, payback.pays_back_after
+    """`true`/`false`/`regional` as set; `auto`: on CUDA only (on the CPU, Inductor's C++ build takes minutes and
+    gains little), regionally where the family's denoiser is a transformer with repeated blocks listed, and not for
+    a job whose share of images per worker cannot pay back the compile time (the family's figures)."""
     if setting is True:
         return CompileChoice(True, "on: performance.compile is true")
+    if setting == "regional":
+        return CompileChoice(True, "on: performance.compile is regional (the repeated blocks)", regional=True)
     if setting is False:
         return CompileChoice(False, "off: performance.compile is false")
     if device.type != "cuda":
         return CompileChoice(False, f"off: auto compiles on GPUs only, this actor runs on {device.type}")
+    regional = family.auto_compiles_regionally
+    payback = family.auto_payback()
+    seconds, after = payback.compile_seconds, payback.pays_back_after
+    how = ", regionally" if regional else ""
     if images_per_worker is None:
-        return CompileChoice(True, "on: auto, on a GPU, for a job of unknown size")
+        return CompileChoice(True, f"on: auto, on a GPU, for a job of unknown size{how}", regional)
     if images_per_worker < after:
         return CompileChoice(
             False,
             f"off: {images_per_worker} images per worker cannot pay back ~{seconds:.0f} s of compiling "
             f"(auto compiles from {after}; set performance.compile: true to compile anyway)",
         )
-    return CompileChoice(True, f"on: auto, {images_per_worker} images per worker pay back ~{seconds:.0f} s")
+    return CompileChoice(
+        True, f"on: auto, {images_per_worker} images per worker pay back ~{seconds:.0f} s{how}", regional
+    )
 
 
 def apply_fast_paths(pipeline, fast: FastPaths, device, batch_size: int, defaults: GenerationDefaults) -> list[str]:
@@ -87,8 +100,13 @@ def apply_fast_paths(pipeline, fast: FastPaths, device, batch_size: int, default
         # After channels_last (which only moves convolutions' weights), before compiling the quantized denoiser.
         quantized = quantize_denoiser(denoiser, fast.quantize, fast.quantize_min_features)
         enabled.append(f"quantize {quantized.describe()}")
-    if choose_compile(fast.compile, device, images_per_worker=None).on:  # the actor passes its choice resolved
-        # Shapes never change mid-job: micro-batches are padded to batch_size (see generation.generate).
+    choice = choose_compile(fast.compile, device, images_per_worker=None)  # the actor passes its choice resolved
+    # Shapes never change mid-job: micro-batches are padded to batch_size (see generation.generate).
+    if choice.regional:  # each repeated block compiled in place: one graph per block class, reused down the stack
+        denoiser.compile_repeated_blocks(dynamic=False)
+        pipeline.vae.decode = torch.compile(pipeline.vae.decode, dynamic=False)
+        enabled.append("compile regional")
+    elif choice.on:
         setattr(pipeline, family.denoiser, torch.compile(denoiser, dynamic=False))
         pipeline.vae.decode = torch.compile(pipeline.vae.decode, dynamic=False)
         enabled.append("compile")

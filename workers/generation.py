@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from workers import columns as C
 from workers import families
 from workers.families.latents import SCALE_SHIFT, LatentCodec
@@ -9,12 +11,16 @@ from workers.rows import RowSpec
 from workers.schedulers import seed_noise_sampler
 
 
-def generate(pipeline, rows: list[RowSpec], pad_to: int | None = None, init_images: list | None = None):
+def generate(
+    pipeline, rows: list[RowSpec], pad_to: int | None = None, init_images: list | None = None, step_cache=None
+):
     """Images for `rows` as a float tensor (N, H, W, 3) in [0, 1] on the pipeline's device.
 
     Each image's noise comes only from its own CPU generator seeded with the row's seed, so an image
     does not depend on the batch it ran in. With `pad_to`, the batch is filled up with copies of its
     last row (dropped from the result), so a compiled model always sees the same batch size.
+    With `step_cache` (workers.step_cache.StepCache), its hook runs fresh for this call, and then its
+    `skipped` holds how many denoiser passes the call skipped (one count for the whole micro-batch).
     With `init_images` (PIL images, one per row), `pipeline` is an image-to-image pipeline and the rows'
     `strength` applies. Non-finite values are kept for the caller to find.
     """
@@ -34,8 +40,11 @@ def generate(pipeline, rows: list[RowSpec], pad_to: int | None = None, init_imag
     guidance = families.for_pipeline(pipeline).call_arguments(
         [row.negative_prompt for row in padded], first.guidance_scale, first.true_cfg_scale, first.max_sequence_length
     )
+    caching = contextlib.nullcontext() if step_cache is None else step_cache.run(first.steps)
     # inference_mode, not just the pipeline's own no_grad: no version counters or view tracking per op.
-    with torch.inference_mode():
+    with torch.inference_mode(), caching as counter:
+        if counter is not None:
+            guidance["callback_on_step_end"] = counter.on_step_end
         result = pipeline(
             prompt=[row.prompt for row in padded],
             num_inference_steps=first.steps,

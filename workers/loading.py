@@ -203,7 +203,7 @@ def model_family_of(source: str, revision: str | None):
 
         index = hf_hub_download(source, "model_index.json", revision=revision)
     if index is None:
-        raise ModelNotFoundError(f"{source} has no model_index.json: it is not a diffusers pipeline folder")
+        raise OSError(f"no file named model_index.json in {source}: not a diffusers pipeline folder")
     with open(index, encoding="utf-8") as file:
         class_name = json.load(file).get("_class_name")
     family = families.for_class_name(class_name)

@@ -26,6 +26,7 @@ class RowOutput:
     error: str | None = None
     reconstruction: dict | None = None  # mode: reconstruct: recon_mse, recon_psnr, latent_mean, latent_std
     scores: dict[str, float] = field(default_factory=dict)  # by column (columns.SCORES); absent: null
+    cache_skipped_steps: int | None = None  # performance.cache: denoiser passes its micro-batch skipped
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,11 @@ def build_output_table(
     labels: RunLabels,
     reconstruct: bool = False,
     scores: tuple[str, ...] = (),
+    cache: bool = False,
 ) -> pa.Table:
     """`id`, then the manifest's own columns unchanged, then the generated columns (see columns.py),
-    then, when `reconstruct`, the round-trip measurements, then the `scores` columns (columns.SCORES)."""
+    then, when `reconstruct`, the round-trip measurements, then the `scores` columns (columns.SCORES), then,
+    with a step cache (`cache`), how many denoiser passes it skipped."""
     passthrough = [name for name in manifest.column_names if name not in C.REPLACED_INPUTS]
     arrays = {C.ID: ids}
     manifest = C.with_wide_offsets(manifest)
@@ -82,6 +85,8 @@ def build_output_table(
             arrays[name] = pa.array(values, type=data_type)
     for name in scores:
         arrays[name] = pa.array([out.scores.get(name) for out in outputs], type=C.SCORES[name])
+    if cache:
+        arrays[C.CACHE_SKIPPED_STEPS] = pa.array([out.cache_skipped_steps for out in outputs], type=pa.int32())
     return pa.table(arrays)
 
 

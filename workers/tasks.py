@@ -42,13 +42,17 @@ class FastPaths:
     """Speed options (the config's `performance` section); none but `quantize` changes pixels by more than
     float rounding."""
 
-    compile: bool | str  # auto: resolved by the actor (workers.fastpaths.choose_compile)
+    compile: bool | str  # auto or regional: resolved by the actor (workers.fastpaths.choose_compile)
     compile_cache: str | None  # folder or URI of shared compiled kernels; None: under the genbatch cache
     channels_last: bool | str
     quantize: str  # none, fp8 or int8 (workers.quantize): the one option here that changes pixels
     quantize_min_features: int  # the narrowest Linear layer quantized
     vae_slicing: bool | str
     vae_tiling: bool
+    cache: str  # none, first_block, taylorseer or magcache (workers.step_cache): changes pixels
+    cache_threshold: float | None  # None: the cache's default
+    cache_warmup_steps: int | None
+    cache_interval: int | None
     clip_preprocess: str  # device, processor or auto
     writer_threads: int | str  # auto: 2 with a GPU, 0 on the CPU
 

@@ -80,11 +80,11 @@ class GenerationWorker:
         self.model_scheduler = self.pipeline.scheduler
         self.scheduler_name: str | None = None  # the scheduler the pipeline has now; None: the model's own
         self._check_scheduler(settings.scheduler)  # before compiling: a sweep's bad one would waste it
+        self.step_cache = self._step_cache()  # before compiling: the hooks go on the uncompiled blocks
         # Whether to compile is decided here, where the device and the model's family are known.
-        payback = self.family.payback
-        self.compile = choose_compile(settings.fast.compile, self.device, settings.images_per_worker, payback)
+        self.compile = choose_compile(settings.fast.compile, self.device, settings.images_per_worker, self.family)
         cache_hit = self._prepare_compile(dtype) if self.compile.on else None
-        fast = replace(settings.fast, compile=self.compile.on)
+        fast = replace(settings.fast, compile=self.compile.setting)
         applied = apply_fast_paths(self.pipeline, fast, self.device, settings.batch_size, settings.defaults)
         turned_on = ", ".join(applied) or "none"
         logger.info("worker-%d fast paths: %s; compile %s", self.index, turned_on, self.compile.reason)
@@ -109,6 +109,7 @@ class GenerationWorker:
             pad_to=settings.batch_size if self.compile.on else None,  # a compiled model sees one batch size
             init_image_policy=settings.defaults.init_image_policy,
             scorers=self.scorers,
+            step_cache=self.step_cache,
         )
         self._use_scheduler(settings.scheduler)
         self.labels = RunLabels(
@@ -137,6 +138,23 @@ class GenerationWorker:
             "%s ready on %s in %.1fs (pid %d)", self.info.name, self.device, self.info.load_seconds, os.getpid()
         )
 
+    def _step_cache(self):
+        """performance.cache's hook on the denoiser (workers.step_cache); None when it is none. Refuses, as the driver
+        does where it knows the family, an option the family's hooks do not support."""
+        from workers.step_cache import CacheSettings, StepCache
+
+        fast = self.settings.fast
+        for key, problem in (
+            ("cache", self.family.cache_problem(fast.cache)),
+            ("compile", self.family.compile_problem(fast.compile)),
+        ):
+            if problem:
+                raise WorkerLoadError(f"performance.{key}: {problem}")
+        if fast.cache == "none":
+            return None
+        denoiser = getattr(self.pipeline, self.family.denoiser)
+        return StepCache(denoiser, CacheSettings.of(fast), self.family.mag_ratios)
+
     def _prepare_compile(self, dtype) -> bool:
         """Before anything is compiled: load the kernels an earlier actor compiled for the same key, or plan to
         save this actor's after its first micro-batch. True when kernels were loaded."""
@@ -147,7 +165,8 @@ class GenerationWorker:
         fast = self.settings.fast
         if fast.compile == "auto":  # chosen for the user: should the compiler fail, the model runs uncompiled
             torch._dynamo.config.suppress_errors = True
-        location = cache_file(fast.compile_cache, compile_key(self.settings, self.device, dtype, self.family))
+        key = compile_key(self.settings, self.device, dtype, self.family, regional=self.compile.regional)
+        location = cache_file(fast.compile_cache, key)
         loaded = load_artifacts(location)
         self.save_compiled_to = None if loaded else location
         return loaded
@@ -235,6 +254,7 @@ class GenerationWorker:
             labels,
             reconstruct=settings.mode == "reconstruct",
             scores=score_columns(settings.scores),
+            cache=self.step_cache is not None,
         )
         output_table = fresh if previous is None else merge_retried(previous, fresh, todo)
         failed = output_table.column(C.STATUS).to_pylist().count(C.STATUS_ERROR)

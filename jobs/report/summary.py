@@ -80,7 +80,12 @@ def build_report(
     run = locate_run(run_dir, partial)
     column = pick_group_column(run, by)
     extra_scores = [name for name in C.SCORES if name in run.columns]
-    tally = RunTally(column, reconstruct=C.RECON_MSE in run.columns, extra_scores=extra_scores)
+    tally = RunTally(
+        column,
+        reconstruct=C.RECON_MSE in run.columns,
+        extra_scores=extra_scores,
+        step_cache=C.CACHE_SKIPPED_STEPS in run.columns,
+    )
     for batch in scan(run, tally.columns):
         tally.add(batch)
     tally.finish()
@@ -102,6 +107,9 @@ def build_report(
         data["scores"] = tally.extra_score_stats()
     if tally.reconstruct:
         data["reconstruction"] = tally.reconstruction_stats()
+    if tally.step_cache:
+        performance = (run.job.get("config") or {}).get("performance") or {}
+        data["step_cache"] = {"cache": performance.get("cache"), **tally.step_cache_stats()}
     if reference is not None:
         from jobs.report.set_metrics import compute_set_metrics
 
@@ -125,12 +133,20 @@ def build_report(
 class RunTally:
     """What a report needs from every row, added a batch at a time: counts, scores, groups, schedulers."""
 
-    def __init__(self, group_column: str | None, reconstruct: bool, extra_scores: list[str] | None = None):
-        self.group_column, self.reconstruct = group_column, reconstruct
+    def __init__(
+        self,
+        group_column: str | None,
+        reconstruct: bool,
+        extra_scores: list[str] | None = None,
+        step_cache: bool = False,
+    ):
+        self.group_column, self.reconstruct, self.step_cache = group_column, reconstruct, step_cache
         self.extra_scores = extra_scores or []  # score columns beside clip_score (scores: pickscore, aesthetic)
         self.columns = [C.STATUS, C.CLIP_SCORE, C.SCHEDULER] + ([group_column] if group_column else [])
         self.columns += list(C.RECONSTRUCTION) if reconstruct else []
         self.columns += self.extra_scores
+        self.columns += [C.CACHE_SKIPPED_STEPS, C.STEPS] if step_cache else []
+        self.cache_images = self.cache_skipped = self.cache_steps = 0  # over the rows with a count
         self._extra: dict[str, list[np.ndarray]] = {name: [] for name in self.extra_scores}
         self.rows = self.ok = self.failed = 0
         self.scores, self.positions, self.codes = np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
@@ -169,6 +185,11 @@ class RunTally:
             for name in C.RECONSTRUCTION:
                 values = batch.column(name).filter(done).to_numpy(zero_copy_only=False)
                 self._reconstruction[name].append(values.astype(np.float64))
+        if self.step_cache:
+            counted = pc.is_valid(batch.column(C.CACHE_SKIPPED_STEPS))
+            self.cache_images += int(pc.sum(counted.cast(pa.int64())).as_py() or 0)
+            self.cache_skipped += int(pc.sum(batch.column(C.CACHE_SKIPPED_STEPS)).as_py() or 0)
+            self.cache_steps += int(pc.sum(batch.column(C.STEPS).filter(counted)).as_py() or 0)
         self.rows += batch.num_rows
         self.ok += int(ok.sum())
         self.failed += int(failed.sum())
@@ -221,6 +242,19 @@ class RunTally:
             "exact": int((~np.isfinite(psnr)).sum()),  # round trips with MSE 0 (infinite PSNR)
             "latent_mean": summarize_scores(done[C.LATENT_MEAN]),
             "latent_std": summarize_scores(done[C.LATENT_STD]),
+        }
+
+
+    def step_cache_stats(self) -> dict:
+        """performance.cache runs: denoiser passes the cache skipped, over the images that have a count; the skip
+        rate is per denoising step (two passes a step under true CFG can make it pass 1)."""
+        steps = self.cache_steps
+        return {
+            "images": self.cache_images,
+            "skipped_steps": self.cache_skipped,
+            "steps": steps,
+            "skip_rate": self.cache_skipped / steps if steps else None,
+            "skipped_per_image": self.cache_skipped / self.cache_images if self.cache_images else None,
         }
 
 

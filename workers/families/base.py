@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from workers.families.latents import SCALE_SHIFT, LatentCodec
@@ -34,13 +34,21 @@ class CompilePayback:
     compile_seconds: float
     uncompiled_images_per_s: float
     compiled_images_per_s: float
-    source: str  # where the figures come from, in words
+    source: str  # where the figures come from, in words (and which are estimated)
+    # `performance.compile: regional` (compile_repeated_blocks): seconds compiling only the repeated blocks, at the
+    # same images per second; None: the family has no regional compile.
+    regional_compile_seconds: float | None = None
 
     @property
     def pays_back_after(self) -> int:
         """Images one worker must make before the compile time is won back."""
         saved = 1 / self.uncompiled_images_per_s - 1 / self.compiled_images_per_s
         return math.ceil(self.compile_seconds / saved)
+
+    def regional(self) -> CompilePayback:
+        """The figures of a regional compile: its compile seconds, the same speed."""
+        assert self.regional_compile_seconds is not None, "the family has no regional compile"
+        return replace(self, compile_seconds=self.regional_compile_seconds)
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,21 @@ class Family:
     @property
     def token_limit(self) -> int | None:
         return self.sequence_length_limit or self.max_sequence_length
+    # performance.cache options (workers.step_cache) diffusers' hooks support on this family's denoiser and
+    # pipelines: the denoiser must have diffusers' CacheMixin and its blocks be in diffusers' block registry.
+    step_caches: tuple[str, ...] = ()
+    mag_ratios: str | None = None  # MagCache's per-step ratios, a name in diffusers.hooks.mag_cache (model-dependent)
+    # performance.compile: regional (diffusers' compile_repeated_blocks): the denoiser lists its repeated blocks;
+    # `auto` then compiles regionally where the denoiser is a transformer.
+    regional_compile: bool = False
+
+    @property
+    def auto_compiles_regionally(self) -> bool:
+        return self.regional_compile and self.denoiser == "transformer"
+
+    def auto_payback(self) -> CompilePayback:
+        """The compile figures `performance.compile: auto` decides with: the regional ones where it compiles so."""
+        return self.payback.regional() if self.auto_compiles_regionally else self.payback
 
     def takes_negative_prompt(self, true_cfg_scale: float | None) -> bool:
         if self.negative_prompt == "cfg":
@@ -118,6 +141,22 @@ class Family:
         if self.max_sequence_length is not None:
             arguments["max_sequence_length"] = max_sequence_length or self.max_sequence_length
         return {**arguments, **self.call_arguments_fixed}
+
+    def cache_problem(self, name: str) -> str | None:
+        """Why performance.cache `name` cannot run on this family's models, in one line; None when it can."""
+        if name == "none" or name in self.step_caches:
+            return None
+        supported = f"it supports: {', '.join(self.step_caches)}" if self.step_caches else "it supports none"
+        return f"{name!r} is not available for {self.title} models in diffusers' cache hooks; {supported}"
+
+    def compile_problem(self, setting: bool | str) -> str | None:
+        """Why performance.compile `setting` cannot apply to this family, in one line; None when it can."""
+        if setting != "regional" or self.regional_compile:
+            return None
+        return (
+            f"'regional' compiles a model's repeated blocks, and genbatch has none listed for {self.title} models; "
+            "use true or auto"
+        )
 
     def scheduler_problem(self, name: str | None) -> str | None:
         """Why the scheduler `name` cannot run this family's models, in one line; None when it can."""

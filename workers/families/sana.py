@@ -35,6 +35,7 @@ SANA = Family(
     negative_prompt="cfg",
     max_sequence_length=300,
     defaults=_defaults,
+    # No step cache, no regional compile: its transformer has no CacheMixin, no _repeated_blocks in diffusers 0.42.
     payback=CompilePayback(60.0, 1 / 1.0, 1 / 0.8, "estimate: a 1.6B DiT at 20 steps, not measured"),
     builtins={"tiny-sana": {}},
     call_arguments_fixed={"use_resolution_binning": False},
