@@ -17,6 +17,7 @@ from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, ConfigError, GenbatchError, O
 from jobs.jobfile import identity_key, package_versions, read_job_file, utc_now, write_job_file
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest, seed_column_warning
+from jobs.adapters import check_adapter_column
 from jobs.model_family import check_manifest
 from jobs.planner import plan_shards
 from jobs.preflight import check_before_start
@@ -97,6 +98,7 @@ def run_job(
     # 1. Validate the whole manifest, and check that hub models can be had, before anything is written or started.
     manifest = read_manifest(config.manifest, config.mode)
     check_manifest(config, manifest)  # columns the model's family cannot use
+    check_adapter_column(config, manifest)  # adapter names that model.adapters lacks
     warnings = job_warnings(config, manifest)
     for warning in warnings:
         logger.warning("%s", warning)

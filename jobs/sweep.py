@@ -38,6 +38,7 @@ from jobs.jobfile import identity_key, read_job_file, write_job_file
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest
 from jobs.planner import plan_shards
+from jobs.adapters import check_adapter_column
 from jobs.model_family import check_manifest
 from jobs.preflight import check_before_start
 from jobs.progress import Progress, announce
@@ -169,6 +170,7 @@ def run_sweep(
         if where not in manifests:
             manifests[where] = read_manifest(*where)
         check_manifest(run_config, manifests[where])  # columns the run's model family cannot use
+        check_adapter_column(run_config, manifests[where])  # adapter names that model.adapters lacks
         loads = actor_key(run_config)  # models, scorers, quantization: what the checks look at
         if loads not in checked:
             check_before_start(run_config)

@@ -46,8 +46,11 @@ class BatchResult:
 class BatchRunner:
     """Runs micro-batches through an actor's pipeline, CLIP scorer and image encoder."""
 
-    def __init__(self, pipeline, scorer, encoder, mode: str, pad_to: int | None, init_image_policy: str, scorers=()):
+    def __init__(
+        self, pipeline, scorer, encoder, mode: str, pad_to: int | None, init_image_policy: str, scorers=(), adapters=None
+    ):
         self.pipeline = pipeline
+        self.adapters = adapters  # workers.adapters.AdapterSwitch for model.adapters; None: none
         self.scorer = scorer  # None: no CLIP scores
         self.scorers = list(scorers)  # the `scores` section's (workers.scorers), each filling its own column
         self.encoder = encoder
@@ -108,7 +111,10 @@ class BatchRunner:
         rows = [batch[position] for position in runnable]
         images_in = None if init_images is None else [init_images[position] for position in runnable]
 
-        # 2. Denoise and decode (or, in reconstruct mode, encode and decode), on the device.
+        # 2. Denoise and decode (or, in reconstruct mode, encode and decode), on the device, with the rows'
+        # adapter (shared by the batch: it is in the batch key).
+        if self.adapters is not None and self.mode != "reconstruct":
+            self.adapters.use(rows[0].adapter)
         if self.mode == "reconstruct":
             images, means, stds = generation.reconstruct(self.pipeline.vae, images_in)
         elif images_in is not None:

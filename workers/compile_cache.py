@@ -52,6 +52,7 @@ class CompileKey:
     height: int
     guidance: bool  # classifier-free guidance doubles the batch the denoiser sees (Family.batch_multiplier)
     quantize: str = "none"  # performance.quantize: a quantized UNet is another graph
+    loras: str = ""  # model.loras fused into the weights: their sha256s and weights, hashed; "": none
 
     def file_name(self) -> str:
         """Readable where it can be (`torch-2.13.0-cpu-tiny-float32-b8-512x512-...`), unique by its hash."""
@@ -62,6 +63,8 @@ class CompileKey:
         fields = asdict(self)
         if self.quantize == "none":  # the files of unquantized models keep the names they had before the option
             del fields["quantize"]
+        if not self.loras:  # and so do those of models without LoRAs
+            del fields["loras"]
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
         return f"{re.sub(r'[^A-Za-z0-9.-]+', '_', readable)}-{digest}.torch-cache"
 
@@ -85,7 +88,16 @@ def compile_key(settings: WorkerSettings, device, dtype, family: Family = STABLE
         height=settings.defaults.height,
         guidance=family.batch_multiplier(settings.defaults.guidance_scale, settings.defaults.true_cfg_scale) > 1,
         quantize=quantize_label(settings.fast.quantize, settings.fast.quantize_min_features),
+        loras=loras_label(settings.loras),
     )
+
+
+def loras_label(loras) -> str:
+    """The fused LoRAs (workers.tasks.LoraFile) as one short hash of their sha256s and weights; "" for none."""
+    if not loras:
+        return ""
+    described = json.dumps([(lora.sha256, lora.weight) for lora in loras])
+    return hashlib.sha256(described.encode()).hexdigest()[:16]
 
 
 def quantize_label(option: str, min_features: int) -> str:

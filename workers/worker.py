@@ -62,7 +62,7 @@ class GenerationWorker:
         import torch
 
         from workers.clip import ClipScorer
-        from workers.fastpaths import apply_fast_paths, choose_compile
+        from workers.fastpaths import CompileChoice, apply_fast_paths, choose_compile
         from workers.images import ImageEncoder
         from workers.loading import load_clip, load_pipeline, pick_device, pick_dtype
         from workers.scorers import build_scorers
@@ -80,9 +80,13 @@ class GenerationWorker:
         self.model_scheduler = self.pipeline.scheduler
         self.scheduler_name: str | None = None  # the scheduler the pipeline has now; None: the model's own
         self._check_scheduler(settings.scheduler)  # before compiling: a sweep's bad one would waste it
+        # LoRAs before quantizing and compiling: those act on the weights with the LoRAs fused in (and adapters on).
+        adapters = self._load_loras()
         # Whether to compile is decided here, where the device and the model's family are known.
         payback = self.family.payback
         self.compile = choose_compile(settings.fast.compile, self.device, settings.images_per_worker, payback)
+        if self.compile.on and settings.adapters:  # auto: the config refuses compile: true with adapters
+            self.compile = CompileChoice(False, "off: model.adapters switch between micro-batches, which would recompile")
         cache_hit = self._prepare_compile(dtype) if self.compile.on else None
         fast = replace(settings.fast, compile=self.compile.on)
         applied = apply_fast_paths(self.pipeline, fast, self.device, settings.batch_size, settings.defaults)
@@ -109,6 +113,7 @@ class GenerationWorker:
             pad_to=settings.batch_size if self.compile.on else None,  # a compiled model sees one batch size
             init_image_policy=settings.defaults.init_image_policy,
             scorers=self.scorers,
+            adapters=adapters,
         )
         self._use_scheduler(settings.scheduler)
         self.labels = RunLabels(
@@ -136,6 +141,18 @@ class GenerationWorker:
         logger.info(
             "%s ready on %s in %.1fs (pid %d)", self.info.name, self.device, self.info.load_seconds, os.getpid()
         )
+
+    def _load_loras(self):
+        """Fuse model.loras into the weights and load model.adapters; the AdapterSwitch, or None without adapters."""
+        from workers.adapters import AdapterSwitch, fuse_loras
+
+        settings = self.settings
+        for key, present in (("model.loras", settings.loras), ("model.adapters", settings.adapters)):
+            problem = self.family.lora_problem(key) if present else None
+            if problem:
+                raise WorkerLoadError(problem)
+        fuse_loras(self.pipeline, settings.loras)
+        return AdapterSwitch(self.pipeline, settings.adapters) if settings.adapters else None
 
     def _prepare_compile(self, dtype) -> bool:
         """Before anything is compiled: load the kernels an earlier actor compiled for the same key, or plan to

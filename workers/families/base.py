@@ -64,6 +64,15 @@ class Family:
     payback: CompilePayback
     builtins: Mapping[str, Mapping[str, dict]] = field(default_factory=dict)  # tiny id -> its config files' facts
     load_arguments: Mapping[str, object] = field(default_factory=dict)  # extra from_pretrained keywords
+    # Whether the text-to-image pipeline class has diffusers' LoRA loader mixin (`load_lora_weights`): model.loras
+    # and model.adapters need it. Stated here, not looked up, so the driver decides without importing diffusers.
+    lora: bool = False
+
+    def lora_problem(self, key: str) -> str | None:
+        """Why LoRAs (config `key`) cannot apply to this family's models, in one line; None when they can."""
+        if self.lora:
+            return None
+        return f"{key}: {self.title} pipelines ({self.text_to_image}) have no LoRA loader in diffusers; remove the key"
 
     def takes_negative_prompt(self, true_cfg_scale: float | None) -> bool:
         if self.negative_prompt == "cfg":

@@ -39,4 +39,5 @@ FLUX = Family(
     # image; the compile time is an estimate, not measured.
     payback=CompilePayback(90.0, 1 / 6.71, 1 / 4.30, "published: xDiT FLUX.1-dev 1024 px H100; compile time estimated"),
     builtins={"tiny-flux": {"transformer/config.json": {"guidance_embeds": True}}},
+    lora=True,  # FluxLoraLoaderMixin
 )

@@ -32,6 +32,7 @@ STABLE_DIFFUSION = Family(
     payback=CompilePayback(72.5 - 32.1, 2.62, 4.19, "measured: SD1.5 512 px, 50 steps, batch 16, bf16, H100"),
     builtins={"tiny": {}},
     load_arguments=_NO_SAFETY_CHECKER,
+    lora=True,  # StableDiffusionLoraLoaderMixin / StableDiffusionXLLoraLoaderMixin
 )
 
 STABLE_DIFFUSION_XL = Family(
@@ -52,4 +53,5 @@ STABLE_DIFFUSION_XL = Family(
     payback=CompilePayback(60.0, 1 / 3.31, 1 / 2.54, "published: diffusion-fast SDXL 1024 px H100; compile time estimated"),
     builtins={"tiny-sdxl": {}},
     load_arguments=_NO_SAFETY_CHECKER,
+    lora=True,  # StableDiffusionLoraLoaderMixin / StableDiffusionXLLoraLoaderMixin
 )
