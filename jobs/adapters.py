@@ -101,7 +101,9 @@ def check_adapter_column(config: JobConfig, manifest: Manifest) -> None:
         names = [C.ADAPTER] + ([C.ID] if manifest.has_id_column else [])
         table = pq.read_table(storage.open_input(manifest_file.path), columns=names)
         values = table.column(C.ADAPTER)
-        unknown = pc.and_(pc.is_valid(values), pc.invert(pc.is_in(values, value_set=pa.array(sorted(known), type=pa.string()))))
+        unknown = pc.and_(
+            pc.is_valid(values), pc.invert(pc.is_in(values, value_set=pa.array(sorted(known), type=pa.string())))
+        )
         rows = pc.indices_nonzero(pc.fill_null(unknown, False)).to_pylist()
         if not rows:
             continue
@@ -116,4 +118,3 @@ def check_adapter_column(config: JobConfig, manifest: Manifest) -> None:
             f"({'1 row' if len(rows) == 1 else f'{len(rows)} rows'}, ids: {some_of(ids)}); "
             f"known: {', '.join(sorted(known)) or 'none (model.adapters is empty)'}"
         )
-

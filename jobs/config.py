@@ -41,7 +41,9 @@ class LoraConfig(_Section):
         """Safetensors only (a pickle would run code); a folder or hub id must say which file, unless a folder
         holds exactly one (jobs.adapters finds it)."""
         if self.weight_name is not None and not self.weight_name.endswith(".safetensors"):
-            raise ValueError(f"weight_name {self.weight_name!r} is not a .safetensors file; LoRAs load from safetensors only")
+            raise ValueError(
+                f"weight_name {self.weight_name!r} is not a .safetensors file; LoRAs load from safetensors only"
+            )
         if os.path.isfile(self.path):
             if not self.path.endswith(".safetensors"):
                 raise ValueError(f"{self.path} is not a .safetensors file; LoRAs load from safetensors only")
@@ -373,15 +375,6 @@ class JobConfig(_Section):
         description="Dotted config keys mapped to lists of values: one run per combination, each in its own folder "
         "under output (jobs.sweep); null: one run.",
     )
-
-    @model_validator(mode="after")
-    def _adapters_uncompiled(self) -> JobConfig:
-        if self.model.adapters and self.performance.compile is True:
-            raise ValueError(
-                "model.adapters: switching adapters between micro-batches would recompile the compiled model; "
-                "set performance.compile: false or auto (auto then runs uncompiled)"
-            )
-        return self
 
     @model_validator(mode="after")
     def _model_family(self) -> JobConfig:

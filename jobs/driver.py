@@ -11,13 +11,13 @@ from pathlib import Path
 
 from jobs import cluster, signals, worker_reuse
 from jobs.actor_backend import RayBackend
+from jobs.adapters import check_adapter_column
 from jobs.config import JobConfig
 from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks, describe_pool
 from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, ConfigError, GenbatchError, OutputError, WorkerStartError, one_line
 from jobs.jobfile import identity_key, package_versions, read_job_file, utc_now, write_job_file
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest, seed_column_warning
-from jobs.adapters import check_adapter_column
 from jobs.model_family import check_manifest
 from jobs.planner import plan_shards
 from jobs.preflight import check_before_start

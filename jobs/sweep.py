@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 
 from jobs import cluster, signals
 from jobs.actor_backend import RayBackend
+from jobs.adapters import check_adapter_column
 from jobs.config import JobConfig
 from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks, describe_pool
 from jobs.driver import (
@@ -37,9 +38,8 @@ from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, OutputError, WorkerStartError
 from jobs.jobfile import identity_key, read_job_file, write_job_file
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest
-from jobs.planner import plan_shards
-from jobs.adapters import check_adapter_column
 from jobs.model_family import check_manifest
+from jobs.planner import plan_shards
 from jobs.preflight import check_before_start
 from jobs.progress import Progress, announce
 from jobs.resume import (

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import diffusers
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from jobs.cli import main
-from tests.conftest import read_output, write_config, write_manifest
+from tests.conftest import read_output, worker_settings_for, write_config, write_manifest
 from tests.reference import decode_png
 from workers.batch import micro_batches
 from workers.loading import pipeline_source
 from workers.rows import RowSpec
+from workers.tasks import ShardTask
+from workers.worker import GenerationWorker
 
 peft = pytest.importorskip("peft", reason="LoRAs need peft (pyproject's dependencies)")
 
@@ -110,34 +113,49 @@ def with_loras(model: Model, fused: list[tuple[Path, float]], active: list[tuple
 
 
 @pytest.fixture(scope="module", params=MODELS, ids=str)
-def lora_job(request, tmp_path_factory, ray_session):
-    """One job per model: LoRA `f` fused for every row, adapters x (a), y (b at 0.5) and z (a at 0.5 with c)
-    chosen per row, one row per pipeline call; the LoRA files and the job's output."""
+def lora_files(request, tmp_path_factory):
+    """A model and four LoRAs of it (f, a, b, c: each its own seed and rank), c also alone in a folder."""
     model = request.param
-    tmp_path = tmp_path_factory.mktemp(model.id)
-    loras = {name: build_lora(model, tmp_path / "loras" / f"{name}.safetensors", seed, rank)
-             for name, seed, rank in (("f", 1, 2), ("a", 2, 4), ("b", 3, 2), ("c", 4, 8))}
-    (tmp_path / "folder").mkdir()
-    (tmp_path / "folder" / "c.safetensors").write_bytes(loras["c"].read_bytes())  # a folder holding one LoRA
-    manifest = write_manifest(tmp_path / "prompts.parquet", ROWS)
-    model_section = {
-        "id": model.id,
-        "loras": [{"path": str(loras["f"]), "weight": 0.7}],
-        "adapters": {
-            "x": [{"path": str(loras["a"])}],
-            "y": [{"path": str(loras["b"]), "weight": 0.5}],
-            "z": [{"path": str(loras["a"]), "weight": 0.5}, {"path": str(tmp_path / "folder")}],
-        },
+    tmp_path = tmp_path_factory.mktemp(f"loras-{model.id}")
+    loras = {
+        name: build_lora(model, tmp_path / f"{name}.safetensors", seed, rank)
+        for name, seed, rank in (("f", 1, 2), ("a", 2, 4), ("b", 3, 2), ("c", 4, 8))
     }
-    config = write_config(
-        tmp_path / "job.yaml",
-        manifest,
-        tmp_path / "out",
-        model=model_section,
-        generation={"width": SIZE, "height": SIZE, **model.generation},
-        clip={"model": None},
-        resources={"batch_size": 1},
-    )
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "c.safetensors").write_bytes(loras["c"].read_bytes())
+    return model, loras
+
+
+def adapters_section(loras: dict[str, Path]) -> dict:
+    """x: a; y: b at 0.5; z: a at 0.5 with c (given as the folder holding it)."""
+    return {
+        "x": [{"path": str(loras["a"])}],
+        "y": [{"path": str(loras["b"]), "weight": 0.5}],
+        "z": [{"path": str(loras["a"]), "weight": 0.5}, {"path": str(loras["c"].parent / "folder")}],
+    }
+
+
+def job_sections(model: Model, loras: dict[str, Path]) -> dict:
+    return {
+        "model": {
+            "id": model.id,
+            "loras": [{"path": str(loras["f"]), "weight": 0.7}],
+            "adapters": adapters_section(loras),
+        },
+        "generation": {"width": SIZE, "height": SIZE, **model.generation},
+        "clip": {"model": None},
+        "resources": {"batch_size": 1},
+    }
+
+
+@pytest.fixture(scope="module")
+def lora_job(lora_files, tmp_path_factory, ray_session):
+    """One job per model: LoRA f fused for every row, adapters x, y and z chosen per row, one row per pipeline
+    call; the LoRA files, the config and the job's output."""
+    model, loras = lora_files
+    tmp_path = tmp_path_factory.mktemp(model.id)
+    manifest = write_manifest(tmp_path / "prompts.parquet", ROWS)
+    config = write_config(tmp_path / "job.yaml", manifest, tmp_path / "out", **job_sections(model, loras))
     assert main(["run", str(config), "--quiet"]) == 0
     torch.set_num_threads(1)  # as in the actor (cpus_per_worker: 1): the same reduction order
     return model, loras, config, tmp_path / "out"
@@ -229,9 +247,51 @@ def test_an_unknown_adapter_is_a_manifest_error_naming_rows_and_known_names(lora
 
 def test_micro_batches_never_mix_adapters():
     rows = [
-        RowSpec(id=i, prompt="p", negative_prompt="", seed=i, steps=2, guidance_scale=1.0, width=8, height=8,
-                adapter=adapter)
+        RowSpec(
+            id=i,
+            prompt="p",
+            negative_prompt="",
+            seed=i,
+            steps=2,
+            guidance_scale=1.0,
+            width=8,
+            height=8,
+            adapter=adapter,
+        )
         for i, adapter in enumerate(["x", None, "x", "y", None, "x"])
     ]
     batches = micro_batches(rows, list(range(6)), batch_size=2)
     assert [sorted(batch) for batch in batches] == [[0, 2], [5], [1, 4], [3]]
+
+
+@pytest.mark.minutes  # Inductor builds C++ kernels: minutes on a small CPU (make test-long)
+def test_switching_adapters_on_a_compiled_model_recompiles_nothing_and_keeps_the_pixels(lora_files, tmp_path):
+    model, loras = lora_files
+    manifest = write_manifest(tmp_path / "prompts.parquet", ROWS)
+    task = ShardTask(0, str(manifest), 0, len(ROWS["id"]), 0, has_id_column=True)
+    plain = worker_settings_for(tmp_path / "plain", **job_sections(model, loras))
+    compiled = replace(
+        plain,
+        output_dir=str(tmp_path / "compiled"),
+        fast=replace(plain.fast, compile=True, compile_cache=str(tmp_path / "kernels")),
+    )
+
+    def images(settings) -> list[np.ndarray]:
+        worker = GenerationWorker(settings, 0)
+        assert worker.load_error is None
+        result = list(worker.run_shard(task))[-1]
+        table = pq.read_table(result.file)
+        assert table.column("status").to_pylist() == ["ok"] * len(ROWS["id"]), table.column("error").to_pylist()
+        return [decode_png(image["bytes"]) for image in table.column("image").to_pylist()]
+
+    expected = images(plain)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    # Rows run grouped by adapter (x, none, y, z): three switches after the first compile, and any guard that
+    # failed on a switch would recompile, which this turns into a row error.
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        got = images(compiled)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did compile
+    assert not torch._dynamo.utils.counters["recompiles"]
+    for row_id, a, b in zip(ROWS["id"], expected, got, strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 2, row_id

@@ -39,37 +39,68 @@ class AdapterSwitch:
     """model.adapters on one pipeline: every distinct LoRA file loaded once as a PEFT adapter; `use(name)` makes
     the named set active (with its weights), `use(None)` the model without any. Micro-batches never mix adapters
     (the adapter is part of workers.rows.RowSpec.batch_key), so switching happens between pipeline calls. The
-    image-to-image pipeline made by from_pipe shares the modules, so the switch applies to it too."""
+    image-to-image pipeline made by from_pipe shares the modules, so the switch applies to it too.
 
-    def __init__(self, pipeline, adapters: tuple[tuple[str, tuple[LoraFile, ...]], ...]):
+    Uncompiled, switching is diffusers' `set_adapters` (only the set's LoRAs run). On a compiled model that would
+    recompile at every switch (the active adapters and their float scales are constants of the graph), so there
+    every adapter stays active and each one's scale becomes a tensor, changed in place: the set's LoRAs get
+    their weights, the others 0. That is how PEFT's hotswap preparation (`enable_lora_hotswap`) keeps a compiled
+    graph: switching recompiles nothing, at the cost of every adapter's low-rank product at each step."""
+
+    def __init__(self, pipeline, adapters: tuple[tuple[str, tuple[LoraFile, ...]], ...], compiled: bool = False):
         self.pipeline = pipeline
         loaded: dict[tuple[str, str | None], str] = {}  # (source, weight_name) -> PEFT adapter name
-        self.sets: dict[str, tuple[list[str], list[float]]] = {}
+        self.sets: dict[str, dict[str, float]] = {}  # adapter -> its PEFT adapters' weights (a file twice: summed)
         for name, loras in adapters:
-            peft_names = []
+            weights: dict[str, float] = {}
             for lora in loras:
                 where = (lora.source, lora.weight_name)
                 if where not in loaded:
                     loaded[where] = f"genbatch_adapter_{len(loaded)}"
                     _load(pipeline, lora, loaded[where])
-                peft_names.append(loaded[where])
-            self.sets[name] = (peft_names, [lora.weight for lora in loras])
-        self.active: str | None = None
-        if self.sets:
-            pipeline.disable_lora()  # rows without an adapter: the model as it loaded
-            logger.info("loaded %d adapter(s) from %d LoRA file(s)", len(self.sets), len(loaded))
+                weights[loaded[where]] = weights.get(loaded[where], 0.0) + lora.weight
+            self.sets[name] = weights
+        self.scales = _scales_as_tensors(pipeline, list(loaded.values())) if compiled else None
+        self.active: str | None = "?"  # unknown: the first use() sets it
+        self.use(None)
+        logger.info("loaded %d adapter(s) from %d LoRA file(s)", len(self.sets), len(loaded))
 
     def use(self, name: str | None) -> None:
         """Make adapter `name` (None: none) the one the next pipeline calls run with."""
         if name == self.active:
             return
-        if name is None:
-            self.pipeline.disable_lora()
+        if name is not None and name not in self.sets:
+            known = ", ".join(self.sets) or "none"
+            raise ValueError(f"adapter {name!r} is not in model.adapters (known: {known})")
+        weights = {} if name is None else self.sets[name]
+        if self.scales is not None:
+            for scale, adapter, unit in self.scales:
+                scale.fill_(unit * weights.get(adapter, 0.0))
+        elif name is None:
+            self.pipeline.disable_lora()  # rows without an adapter: the model as it loaded
         else:
-            if name not in self.sets:
-                known = ", ".join(self.sets) or "none"
-                raise ValueError(f"adapter {name!r} is not in model.adapters (known: {known})")
-            names, weights = self.sets[name]
             self.pipeline.enable_lora()
-            self.pipeline.set_adapters(names, weights)
+            self.pipeline.set_adapters(list(weights), list(weights.values()))
         self.active = name
+
+
+def _scales_as_tensors(pipeline, adapters: list[str]) -> list[tuple[object, str, float]]:
+    """Activate every adapter in every LoRA layer of the pipeline and make each one's scale a 0-d tensor; the
+    tensors with their adapter and unit scale (lora_alpha / r: what weight 1 gives)."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    pipeline.enable_lora()
+    pipeline.set_adapters(adapters, [1.0] * len(adapters))
+    scales = []
+    for component in pipeline.components.values():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        for module in component.modules():
+            if isinstance(module, LoraLayer):
+                for adapter in adapters:
+                    if adapter in module.scaling:
+                        unit = module.scaling[adapter]  # weight 1, as set above
+                        module.scaling[adapter] = torch.tensor(0.0, device=module.weight.device)
+                        scales.append((module.scaling[adapter], adapter, float(unit)))
+    return scales

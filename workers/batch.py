@@ -47,7 +47,15 @@ class BatchRunner:
     """Runs micro-batches through an actor's pipeline, CLIP scorer and image encoder."""
 
     def __init__(
-        self, pipeline, scorer, encoder, mode: str, pad_to: int | None, init_image_policy: str, scorers=(), adapters=None
+        self,
+        pipeline,
+        scorer,
+        encoder,
+        mode: str,
+        pad_to: int | None,
+        init_image_policy: str,
+        scorers=(),
+        adapters=None,
     ):
         self.pipeline = pipeline
         self.adapters = adapters  # workers.adapters.AdapterSwitch for model.adapters; None: none

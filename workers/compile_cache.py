@@ -52,7 +52,7 @@ class CompileKey:
     height: int
     guidance: bool  # classifier-free guidance doubles the batch the denoiser sees (Family.batch_multiplier)
     quantize: str = "none"  # performance.quantize: a quantized UNet is another graph
-    loras: str = ""  # model.loras fused into the weights: their sha256s and weights, hashed; "": none
+    loras: str = ""  # model.loras (fused) and model.adapters: their sha256s and weights, hashed; "": none
 
     def file_name(self) -> str:
         """Readable where it can be (`torch-2.13.0-cpu-tiny-float32-b8-512x512-...`), unique by its hash."""
@@ -88,15 +88,18 @@ def compile_key(settings: WorkerSettings, device, dtype, family: Family = STABLE
         height=settings.defaults.height,
         guidance=family.batch_multiplier(settings.defaults.guidance_scale, settings.defaults.true_cfg_scale) > 1,
         quantize=quantize_label(settings.fast.quantize, settings.fast.quantize_min_features),
-        loras=loras_label(settings.loras),
+        loras=loras_label(settings.loras, settings.adapters),
     )
 
 
-def loras_label(loras) -> str:
-    """The fused LoRAs (workers.tasks.LoraFile) as one short hash of their sha256s and weights; "" for none."""
-    if not loras:
+def loras_label(loras, adapters) -> str:
+    """model.loras and model.adapters (workers.tasks.LoraFile) as one short hash of their sha256s and weights (the
+    adapters' LoRA layers are in the compiled graph); "" for none."""
+    if not loras and not adapters:
         return ""
-    described = json.dumps([(lora.sha256, lora.weight) for lora in loras])
+    fused = [(lora.sha256, lora.weight) for lora in loras]
+    named = [(name, [(lora.sha256, lora.weight) for lora in files]) for name, files in adapters]
+    described = json.dumps([fused, named])
     return hashlib.sha256(described.encode()).hexdigest()[:16]
 
 

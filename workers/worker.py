@@ -62,7 +62,7 @@ class GenerationWorker:
         import torch
 
         from workers.clip import ClipScorer
-        from workers.fastpaths import CompileChoice, apply_fast_paths, choose_compile
+        from workers.fastpaths import apply_fast_paths, choose_compile
         from workers.images import ImageEncoder
         from workers.loading import load_clip, load_pipeline, pick_device, pick_dtype
         from workers.scorers import build_scorers
@@ -80,13 +80,11 @@ class GenerationWorker:
         self.model_scheduler = self.pipeline.scheduler
         self.scheduler_name: str | None = None  # the scheduler the pipeline has now; None: the model's own
         self._check_scheduler(settings.scheduler)  # before compiling: a sweep's bad one would waste it
-        # LoRAs before quantizing and compiling: those act on the weights with the LoRAs fused in (and adapters on).
-        adapters = self._load_loras()
         # Whether to compile is decided here, where the device and the model's family are known.
         payback = self.family.payback
         self.compile = choose_compile(settings.fast.compile, self.device, settings.images_per_worker, payback)
-        if self.compile.on and settings.adapters:  # auto: the config refuses compile: true with adapters
-            self.compile = CompileChoice(False, "off: model.adapters switch between micro-batches, which would recompile")
+        # LoRAs before quantizing and compiling: those act on the weights with the LoRAs fused in (and adapters on).
+        adapters = self._load_loras()
         cache_hit = self._prepare_compile(dtype) if self.compile.on else None
         fast = replace(settings.fast, compile=self.compile.on)
         applied = apply_fast_paths(self.pipeline, fast, self.device, settings.batch_size, settings.defaults)
@@ -152,7 +150,9 @@ class GenerationWorker:
             if problem:
                 raise WorkerLoadError(problem)
         fuse_loras(self.pipeline, settings.loras)
-        return AdapterSwitch(self.pipeline, settings.adapters) if settings.adapters else None
+        if not settings.adapters:
+            return None
+        return AdapterSwitch(self.pipeline, settings.adapters, compiled=self.compile.on)
 
     def _prepare_compile(self, dtype) -> bool:
         """Before anything is compiled: load the kernels an earlier actor compiled for the same key, or plan to
