@@ -62,7 +62,7 @@ def _apply(found: ModelFamily, config: JobConfig, given: set[str]) -> None:
             generation.guidance_scale = defaults.guidance_scale
     if family.negative_prompt == "true_cfg":
         if generation.true_cfg_scale is None:
-            generation.true_cfg_scale = 1.0  # diffusers' default: no real CFG
+            generation.true_cfg_scale = found.defaults().true_cfg_scale or 1.0
     elif generation.true_cfg_scale is not None:
         raise ValueError(
             f"generation.true_cfg_scale: {family.title} has no true CFG (its guidance_scale is classifier-free "

@@ -198,7 +198,7 @@ def test_a_sweep_over_schedulers_and_guidance_runs_each_as_a_plain_call(family):
 def test_rescore_adds_a_score_to_a_family_run(family):
     case, _, tmp_path, _, _, _ = family
     base = tmp_path / "base"
-    assert main(["rescore", str(base), "--set", "scores.pickscore.model=tiny-pickscore", "--quiet"]) == 0
+    assert main(["rescore", str(base), "--set", "scores.pickscore.model=tiny-pickscore"]) == 0
     table = read_output(base)
     assert table.column("pickscore").null_count == 0
     assert json.loads((base / "job.json").read_text())["config"]["model"]["id"] == case.model
@@ -241,11 +241,11 @@ def test_reconstruct_round_trips_through_the_family_vae_with_its_shift_and_scale
 # Config-time behaviour: no actor, no Ray.
 
 
-def config_file(tmp_path, model: str, drop: tuple[str, ...] = (), **sections):
-    """A small job config for `model` (its generation keys in `drop` left unset), written to job.yaml."""
+def config_file(tmp_path, model_id: str, drop: tuple[str, ...] = (), **sections):
+    """A small job config for `model_id` (its generation keys in `drop` left unset), written to job.yaml."""
     import yaml
 
-    raw = small_config(tmp_path / "m.parquet", tmp_path / "out", **{"model": {"id": model}, **sections})
+    raw = small_config(tmp_path / "m.parquet", tmp_path / "out", **{"model": {"id": model_id}, **sections})
     raw["generation"] = {key: value for key, value in raw["generation"].items() if key not in drop}
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
@@ -288,7 +288,7 @@ def test_a_scheduler_of_another_kind_is_refused_naming_those_that_apply(case, tm
     path = config_file(tmp_path, case.model, model={"id": case.model, "scheduler": case.foreign_scheduler})
     assert main(["run", str(path)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"genbatch: {path}: model.scheduler: scheduler {case.foreign_scheduler!r} does not apply to {case.title} "
+        f"genbatch: error: {path}: model.scheduler: scheduler {case.foreign_scheduler!r} does not apply to {case.title} "
         f"models; choose one of: {case.applicable}"
     )
 
@@ -306,7 +306,7 @@ def test_negative_prompts_where_flux_takes_none_are_refused(tmp_path, capsys, mo
     path = config_file(tmp_path, "tiny-flux", generation={"negative_prompt": "blurry"})
     assert main(["run", str(path)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"genbatch: {path}: generation.negative_prompt: FLUX.1 takes a negative prompt only with "
+        f"genbatch: error: {path}: generation.negative_prompt: FLUX.1 takes a negative prompt only with "
         "generation.true_cfg_scale > 1"
     )
     manifest = write_manifest(
@@ -315,7 +315,7 @@ def test_negative_prompts_where_flux_takes_none_are_refused(tmp_path, capsys, mo
     path = config_file(tmp_path, "tiny-flux")
     assert main(["run", str(path)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"genbatch: {manifest}: column 'negative_prompt': FLUX.1 takes a negative prompt only with "
+        f"genbatch: error: {manifest}: column 'negative_prompt': FLUX.1 takes a negative prompt only with "
         "generation.true_cfg_scale > 1, and 1 row has one (ids: c); remove the column or its values"
     )
     # With true CFG on, the same manifest is accepted (the job is not run here).
@@ -330,13 +330,13 @@ def test_true_cfg_and_sequence_length_are_refused_where_the_family_has_none(tmp_
     path = config_file(tmp_path, "tiny", generation={"true_cfg_scale": 4.0})
     assert main(["run", str(path)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"genbatch: {path}: generation.true_cfg_scale: Stable Diffusion 1/2 has no true CFG (its guidance_scale is "
+        f"genbatch: error: {path}: generation.true_cfg_scale: Stable Diffusion 1/2 has no true CFG (its guidance_scale is "
         "classifier-free guidance); remove the key"
     )
     path = config_file(tmp_path, "tiny-flux", generation={"max_sequence_length": 1024})
     assert main(["run", str(path)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"genbatch: {path}: generation.max_sequence_length: FLUX.1 reads at most 512 tokens, got 1024"
+        f"genbatch: error: {path}: generation.max_sequence_length: FLUX.1 reads at most 512 tokens, got 1024"
     )
 
 
@@ -347,7 +347,7 @@ def test_a_model_of_an_unknown_family_is_refused_before_any_actor_starts(tmp_pat
     path = config_file(tmp_path, str(folder))
     assert main(["run", str(path)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"genbatch: {path}: model.id: {folder}: pipeline class 'KandinskyV22Pipeline' is not a model family genbatch "
+        f"genbatch: error: {path}: model.id: {folder}: pipeline class 'KandinskyV22Pipeline' is not a model family genbatch "
         "knows; it knows: Stable Diffusion 1/2 (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), "
         "FLUX.1 (FluxPipeline)"
     )

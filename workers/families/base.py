@@ -21,6 +21,7 @@ class Defaults:
 
     steps: int
     guidance_scale: float
+    true_cfg_scale: float | None = None  # families with true CFG (Family.negative_prompt `true_cfg`) only
 
 
 @dataclass(frozen=True)

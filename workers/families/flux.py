@@ -16,8 +16,8 @@ def _defaults(read: ConfigReader) -> Defaults:
     as their model cards and diffusers' examples use them. A transformer config that cannot be read counts as dev."""
     transformer = read("transformer/config.json") or {}
     if transformer.get("guidance_embeds") is False:
-        return Defaults(steps=4, guidance_scale=0.0)
-    return Defaults(steps=28, guidance_scale=3.5)
+        return Defaults(steps=4, guidance_scale=0.0, true_cfg_scale=1.0)
+    return Defaults(steps=28, guidance_scale=3.5, true_cfg_scale=1.0)
 
 
 FLUX = Family(

@@ -93,6 +93,7 @@ def build_gemma_tokenizer():
 
 
 def _sana_instruction() -> list[str]:
+    # Read from the installed pipeline rather than copied: its words are what every Sana prompt starts with.
     import inspect
 
     from diffusers import SanaPipeline
