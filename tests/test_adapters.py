@@ -295,3 +295,15 @@ def test_switching_adapters_on_a_compiled_model_recompiles_nothing_and_keeps_the
     assert not torch._dynamo.utils.counters["recompiles"]
     for row_id, a, b in zip(ROWS["id"], expected, got, strict=True):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 2, row_id
+
+
+def test_each_family_says_whether_its_pipeline_has_the_lora_loader():
+    from workers.families import FAMILIES
+
+    for family in FAMILIES:
+        assert family.lora == hasattr(getattr(diffusers, family.text_to_image), "load_lora_weights"), family.name
+    without = replace(FAMILIES[0], lora=False)
+    assert without.lora_problem("model.adapters") == (
+        "model.adapters: Stable Diffusion 1/2 pipelines (StableDiffusionPipeline) have no LoRA loader in diffusers; "
+        "remove the key"
+    )

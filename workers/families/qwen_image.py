@@ -29,4 +29,5 @@ QWEN_IMAGE = Family(
     defaults=_defaults,
     payback=CompilePayback(120.0, 1 / 6.71, 1 / 4.30, "estimate: FLUX.1-dev's published figures stand in"),
     builtins={"tiny-qwen-image": {}},
+    lora=True,  # QwenImageLoraLoaderMixin
 )

@@ -28,4 +28,5 @@ Z_IMAGE = Family(
     defaults=_defaults,
     payback=CompilePayback(60.0, 1 / 3.0, 1 / 2.0, "estimate: a 6B DiT at 9 steps, not measured"),
     builtins={"tiny-z-image": {}},
+    lora=True,  # ZImageLoraLoaderMixin
 )
