@@ -8,6 +8,7 @@ its file name.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from workers.tasks import LoraFile
 
@@ -84,7 +85,7 @@ class AdapterSwitch:
         self.active = name
 
 
-def _scales_as_tensors(pipeline, adapters: list[str]) -> list[tuple[object, str, float]]:
+def _scales_as_tensors(pipeline, adapters: list[str]) -> list[tuple[Any, str, float]]:
     """Activate every adapter in every LoRA layer of the pipeline and make each one's scale a 0-d tensor; the
     tensors with their adapter and unit scale (lora_alpha / r: what weight 1 gives)."""
     import torch
