@@ -445,9 +445,7 @@ def compare_command(args: argparse.Namespace) -> int:
 def rescore_command(args: argparse.Namespace) -> int:
     from jobs.rescore import rescore_run
 
-    summary = rescore_run(
-        args.run, args.overrides, address=args.address, forward_actor_logs=args.log_format == "text"
-    )
+    summary = rescore_run(args.run, args.overrides, address=args.address, forward_actor_logs=args.log_format == "text")
     if args.log_format == "json":
         print(json.dumps({"event": "summary", **summary.as_dict()}))
         return 0

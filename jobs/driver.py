@@ -18,7 +18,7 @@ from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, ConfigError, GenbatchError, O
 from jobs.jobfile import identity_key, package_versions, read_job_file, utc_now, write_job_file
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest, seed_column_warning
-from jobs.model_family import check_manifest
+from jobs.model_family import check_manifest, resolved_again
 from jobs.planner import plan_shards
 from jobs.preflight import check_before_start
 from jobs.progress import Progress, announce
@@ -97,12 +97,13 @@ def run_job(
         raise ConfigError("sweep: a sweep runs with jobs.sweep.run_sweep (genbatch run does), not run_job")
     # 1. Validate the whole manifest, and check that hub models can be had, before anything is written or started.
     manifest = read_manifest(config.manifest, config.mode)
-    check_manifest(config, manifest)  # columns the model's family cannot use
-    check_adapter_column(config, manifest)  # adapter names that model.adapters lacks
     warnings = job_warnings(config, manifest)
     for warning in warnings:
         logger.warning("%s", warning)
     check_before_start(config)
+    config = resolved_again(config)  # a hub model's family is known now that its model_index.json is cached
+    check_manifest(config, manifest)  # columns the model's family cannot use
+    check_adapter_column(config, manifest)  # adapter names that model.adapters lacks
     shards = plan_shards(manifest, config.shard_size, config.generation.images_per_prompt)
     identity = job_identity(config, manifest)
     key = identity_key(identity)

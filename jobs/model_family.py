@@ -8,6 +8,8 @@ Where it is not known, the actor refuses the same combinations when it loads (wo
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -20,6 +22,8 @@ from workers import storage
 from workers.errors import UnknownFamilyError
 from workers.families.base import Family
 from workers.families.lookup import ModelFamily, model_family
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from jobs.config import JobConfig
@@ -40,7 +44,6 @@ def apply_model_family(config: JobConfig) -> None:
     found = find_family(config)
     if found is None:
         return
-    family = found.family
     generation = config.generation
     given = set(generation.model_fields_set)
     try:
@@ -96,6 +99,38 @@ def _resolve_sequence_length(family: Family, config: JobConfig) -> None:
             f"generation.max_sequence_length: {family.title} reads at most {family.max_sequence_length} tokens, "
             f"got {generation.max_sequence_length}"
         )
+
+
+def fetch_family_files(ref: str, revision: str | None) -> None:
+    """Put a hub model's model_index.json, and the config files its family's defaults read, into the Hugging Face
+    cache (small JSON files, no weights), so that its family is known before any actor starts. A file that cannot
+    be had is left to the actors, which load the whole model anyway."""
+    from huggingface_hub import hf_hub_download
+
+    from workers import families
+
+    try:
+        with open(hf_hub_download(ref, "model_index.json", revision=revision), encoding="utf-8") as file:
+            family = families.for_class_name(json.load(file).get("_class_name"))
+        for name in family.config_files if family is not None else ():
+            hf_hub_download(ref, name, revision=revision)
+    except (OSError, ValueError) as error:
+        logger.info("could not fetch %s's model_index.json or config files before loading (%s)", ref, error)
+
+
+def resolved_again(config: JobConfig) -> JobConfig:
+    """`config` validated afresh, as if loaded now: the family of a hub model whose files were fetched since
+    (fetch_family_files) gives its defaults, and refuses what it cannot run. What the user set is kept."""
+    from pydantic import ValidationError
+
+    from jobs.config import JobConfig, describe_validation_error
+
+    raw = config.model_dump(mode="json")
+    raw["generation"] = config.generation.model_dump(mode="json", exclude_unset=True)
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error)) from None
 
 
 def check_manifest(config: JobConfig, manifest: Manifest) -> None:

@@ -8,6 +8,7 @@ import re
 
 from jobs.config import JobConfig
 from jobs.errors import ConfigError, one_line
+from jobs.model_family import fetch_family_files
 from workers.errors import ModelNotFoundError
 from workers.loading import check_hub_model, explain_load_error, is_cached, is_hub_model, quiet_hub
 
@@ -83,6 +84,8 @@ def check_model(key: str, ref: str | None, revision: str | None, index_file: str
         check_hub_model(ref, revision, index_file)  # with HF_HUB_OFFLINE=1: in the cache, or an error
         if not constants.HF_HUB_OFFLINE:
             _ask_hub(key, ref, revision, index_file)
+            if index_file == "model_index.json":  # a pipeline: know its family before any actor starts
+                fetch_family_files(ref, revision)
     except ModelNotFoundError as error:
         raise ConfigError(f"{key}: {plain(error)}") from None
 

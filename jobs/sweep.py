@@ -38,7 +38,7 @@ from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, OutputError, WorkerStartError
 from jobs.jobfile import identity_key, read_job_file, write_job_file
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest
-from jobs.model_family import check_manifest
+from jobs.model_family import check_manifest, resolved_again
 from jobs.planner import plan_shards
 from jobs.preflight import check_before_start
 from jobs.progress import Progress, announce
@@ -169,12 +169,16 @@ def run_sweep(
         where = (run_config.manifest, run_config.mode)
         if where not in manifests:
             manifests[where] = read_manifest(*where)
-        check_manifest(run_config, manifests[where])  # columns the run's model family cannot use
-        check_adapter_column(run_config, manifests[where])  # adapter names that model.adapters lacks
         loads = actor_key(run_config)  # models, scorers, quantization: what the checks look at
         if loads not in checked:
             check_before_start(run_config)
             checked.add(loads)
+    # Hub models' families are known now that their model_index.json is cached: their defaults apply.
+    sweep_runs = expand_sweep(resolved_again(config), source)
+    for sweep_run in sweep_runs:
+        run_manifest = manifests[(sweep_run.config.manifest, sweep_run.config.mode)]
+        check_manifest(sweep_run.config, run_manifest)
+        check_adapter_column(sweep_run.config, run_manifest)  # adapter names that model.adapters lacks
     output = prepare_output(config.output.path)
     if storage.exists(layout.job_file(output)):
         raise OutputError(f"{output}: holds a single job ({layout.JOB_FILE}); choose another output folder for a sweep")

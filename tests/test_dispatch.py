@@ -324,9 +324,7 @@ def test_an_actor_that_cannot_load_is_recorded_and_the_others_run_every_shard():
 
 
 def test_when_no_actor_can_start_every_shard_fails_with_no_worker_is_alive():
-    backend = FakeBackend(
-        faults={("0#1", "ready"): WorkerLoadError("OSError: out of memory"), ("1#1", "ready"): DIE}
-    )
+    backend = FakeBackend(faults={("0#1", "ready"): WorkerLoadError("OSError: out of memory"), ("1#1", "ready"): DIE})
     run = Run(backend, workers=2, shard_count=3)
     outcome = run.run()
     assert outcome.start_errors == ["OSError: out of memory", DIED]

@@ -44,7 +44,8 @@ class Case:
     foreign_scheduler: str  # one that does not apply
     title: str  # the family's name in messages
     applicable: str  # the schedulers the refusal lists
-    extra_call: dict = field(default_factory=dict)  # what genbatch passes besides (max_sequence_length, ...)
+    extra_call: dict = field(default_factory=dict)  # what genbatch passes for empty negative prompts (CFG)
+    latents: str = "scale_shift"  # how the VAE's latents are normalised (Family.latents)
 
     def __str__(self) -> str:
         return self.model
@@ -62,7 +63,74 @@ CASES = [
         title="FLUX.1",
         applicable=FLOW_MATCH_EULER,
     ),
+    Case(
+        model="tiny-sd3",
+        text_to_image="StableDiffusion3Pipeline",
+        image_to_image="StableDiffusion3Img2ImgPipeline",
+        generation={"steps": 2, "guidance_scale": 3.5},
+        schedulers=("flow_match_euler", "flow_match_heun"),
+        foreign_scheduler="euler_a",
+        title="Stable Diffusion 3",
+        applicable=f"{FLOW_MATCH_EULER}, flow_match_heun",
+        extra_call={"negative_prompt": ""},
+    ),
+    Case(
+        model="tiny-qwen-image",
+        text_to_image="QwenImagePipeline",
+        image_to_image="QwenImageImg2ImgPipeline",
+        generation={"steps": 2, "guidance_scale": 1.0},  # true_cfg_scale: the family's 4.0, with "" as negative
+        schedulers=("flow_match_euler", "flow_match_euler_karras"),
+        foreign_scheduler="flow_match_heun",
+        title="Qwen-Image",
+        applicable=FLOW_MATCH_EULER,
+        extra_call={"negative_prompt": "", "true_cfg_scale": 4.0},
+        latents="per_channel",
+    ),
+    Case(
+        model="tiny-z-image",
+        text_to_image="ZImagePipeline",
+        image_to_image="ZImageImg2ImgPipeline",
+        generation={"steps": 2, "guidance_scale": 3.0},
+        schedulers=("flow_match_euler", "flow_match_euler_beta"),
+        foreign_scheduler="unipc",
+        title="Z-Image",
+        applicable=FLOW_MATCH_EULER,
+        extra_call={"negative_prompt": ""},
+    ),
+    Case(
+        model="tiny-sana",
+        text_to_image="SanaPipeline",
+        image_to_image=None,
+        generation={"steps": 2, "guidance_scale": 4.5},
+        schedulers=("dpmpp_2m",),
+        foreign_scheduler="flow_match_euler",
+        title="Sana",
+        applicable="dpmpp_2m",
+        extra_call={"negative_prompt": "", "use_resolution_binning": False},
+    ),
+    Case(
+        model="tiny-flux2",
+        text_to_image="Flux2KleinPipeline",
+        image_to_image=None,
+        generation={"steps": 2, "guidance_scale": 4.0},  # CFG against an empty prompt: no negative prompt
+        schedulers=("flow_match_euler", "flow_match_euler_exponential"),
+        foreign_scheduler="ddim",
+        title="FLUX.2",
+        applicable=FLOW_MATCH_EULER,
+    ),
 ]
+# Every family's jobs, pixels and scores run in `make test`; the image-to-image, sweep, rescore and reconstruct
+# tests of all but FLUX.1 (whose run the same code) only in `make test-long`, to keep the suite's time.
+FIRST = CASES[0].model
+
+
+def core(cases=CASES):
+    return [pytest.param(case, id=case.model) for case in cases]
+
+
+def full(cases=CASES):
+    marks = {case.model: () if case.model == FIRST else (pytest.mark.minutes,) for case in cases}
+    return [pytest.param(case, id=case.model, marks=marks[case.model]) for case in cases]
 
 
 def png(pixels: np.ndarray) -> bytes:
@@ -78,11 +146,12 @@ def plain_image(pipeline, case: Case, prompt: str, seed: int, **call) -> np.ndar
         "guidance_scale": case.generation["guidance_scale"],
         "width": SIZE,
         "height": SIZE,
+        **case.extra_call,
         **call,
     }
     if "image" in arguments:  # image-to-image takes its size from the image
         del arguments["width"], arguments["height"]
-    image = pipeline(prompt, generator=torch.Generator("cpu").manual_seed(seed), **arguments).images[0]
+    image = pipeline(prompt=prompt, generator=torch.Generator("cpu").manual_seed(seed), **arguments).images[0]
     return np.asarray(image)
 
 
@@ -102,7 +171,7 @@ def run(tmp_path, name: str, case: Case, manifest, **sections) -> tuple[int, obj
     return main(["run", str(config), "--quiet"]), output
 
 
-@pytest.fixture(scope="module", params=CASES, ids=str)
+@pytest.fixture(scope="module")
 def family(request, tmp_path_factory, ray_session):
     """A family's case, the plain pipeline, and its base job (batch size 1) and batched job (3 rows a call,
     2 images per prompt), run on one actor."""
@@ -121,6 +190,7 @@ def family(request, tmp_path_factory, ray_session):
     return case, pipeline, tmp_path, manifest, read_output(base), read_output(batched)
 
 
+@pytest.mark.parametrize("family", core(), indirect=True)
 def test_images_equal_a_plain_pipeline_call_exactly_alone_and_within_one_level_batched(family):
     case, pipeline, _, _, base, batched = family
     assert base.column("id").to_pylist() == PROMPTS["id"]
@@ -137,6 +207,7 @@ def test_images_equal_a_plain_pipeline_call_exactly_alone_and_within_one_level_b
         assert np.abs(decode_png(row["image"]["bytes"]).astype(int) - alone[row["id"]]).max() <= 1, row["id"]
 
 
+@pytest.mark.parametrize("family", core(), indirect=True)
 def test_images_per_prompt_gives_each_image_its_own_seed(family):
     case, pipeline, _, _, _, batched = family
     assert batched.num_rows == 6
@@ -148,6 +219,7 @@ def test_images_per_prompt_gives_each_image_its_own_seed(family):
     assert np.abs(decode_png(second["image"]["bytes"]).astype(int) - expected.astype(int)).max() <= 1
 
 
+@pytest.mark.parametrize("family", core(), indirect=True)
 def test_clip_scores_equal_transformers_on_the_written_images(family, tiny_dirs):
     _, _, _, _, base, _ = family
     model, processor = CLIPModel.from_pretrained(tiny_dirs[1]).eval(), CLIPProcessor.from_pretrained(tiny_dirs[1])
@@ -156,6 +228,7 @@ def test_clip_scores_equal_transformers_on_the_written_images(family, tiny_dirs)
         assert row["clip_cosine"] == pytest.approx(expected, abs=1e-4), row["id"]
 
 
+@pytest.mark.parametrize("family", full(), indirect=True)
 def test_image_to_image_equals_a_plain_call_of_the_family_image_to_image_pipeline(family):
     case, pipeline, tmp_path, _, base, _ = family
     if case.image_to_image is None:
@@ -173,6 +246,7 @@ def test_image_to_image_equals_a_plain_call_of_the_family_image_to_image_pipelin
         assert np.array_equal(decode_png(row["image"]["bytes"]), expected), row["id"]
 
 
+@pytest.mark.parametrize("family", full(), indirect=True)
 def test_a_sweep_over_schedulers_and_guidance_runs_each_as_a_plain_call(family):
     case, pipeline, tmp_path, manifest, base, _ = family
     sweep = {"model.scheduler": list(case.schedulers), "generation.guidance_scale": [case.generation["guidance_scale"]]}
@@ -195,6 +269,7 @@ def test_a_sweep_over_schedulers_and_guidance_runs_each_as_a_plain_call(family):
     assert own_kind.column("image_sha256").to_pylist() == base.column("image_sha256").to_pylist()
 
 
+@pytest.mark.parametrize("family", full(), indirect=True)
 def test_rescore_adds_a_score_to_a_family_run(family):
     case, _, tmp_path, _, _, _ = family
     base = tmp_path / "base"
@@ -204,6 +279,7 @@ def test_rescore_adds_a_score_to_a_family_run(family):
     assert json.loads((base / "job.json").read_text())["config"]["model"]["id"] == case.model
 
 
+@pytest.mark.parametrize("family", full(), indirect=True)
 def test_reconstruct_round_trips_through_the_family_vae_with_its_shift_and_scale(family, tmp_path):
     """In-process (one actor is all reconstruct needs): MSE, PSNR and latent statistics against the VAE by hand."""
     from workers.tasks import ShardTask
@@ -222,13 +298,22 @@ def test_reconstruct_round_trips_through_the_family_vae_with_its_shift_and_scale
 
     table = pq.read_table(result.file)
     vae = pipeline.vae
-    scale, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
     for row, init in zip(table.to_pylist(), inits):
         pixels = np.asarray(Image.open(io.BytesIO(init)).convert("RGB"))
         x = torch.tensor(pixels, dtype=torch.float32).permute(2, 0, 1)[None] / 127.5 - 1
         with torch.no_grad():
-            latent = (vae.encode(x).latent_dist.mode() - shift) * scale
-            decoded = vae.decode(latent / scale + shift).sample
+            if case.latents == "per_channel":  # a video VAE: one frame, each channel normalised
+                mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+                std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+                latent = (vae.encode(x[:, :, None]).latent_dist.mode() - mean) / std
+                decoded = vae.decode(latent * std + mean).sample[:, :, 0]
+            else:  # FLUX.2's VAE has no factors; Sana's DC-AE is deterministic
+                scale = getattr(vae.config, "scaling_factor", None) or 1.0
+                shift = getattr(vae.config, "shift_factor", None) or 0.0
+                encoded = vae.encode(x)
+                mode = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latent
+                latent = (mode - shift) * scale
+                decoded = vae.decode(latent / scale + shift).sample
         expected = ((decoded[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
         written = decode_png(row["image"]["bytes"])
         assert np.abs(written.astype(int) - expected.astype(int)).max() <= 1, row["id"]
@@ -283,22 +368,27 @@ def test_defaults_come_from_the_family_and_the_model_config(tmp_path, model_cach
     assert (runs["tiny"].steps, runs["tiny-flux"].steps, runs["tiny-flux"].guidance_scale) == (30, 28, 3.5)
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", core())
 def test_a_scheduler_of_another_kind_is_refused_naming_those_that_apply(case, tmp_path, capsys, model_cache):
     path = config_file(tmp_path, case.model, model={"id": case.model, "scheduler": case.foreign_scheduler})
     assert main(["run", str(path)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"genbatch: error: {path}: model.scheduler: scheduler {case.foreign_scheduler!r} does not apply to {case.title} "
-        f"models; choose one of: {case.applicable}"
+        f"genbatch: error: {path}: model.scheduler: scheduler {case.foreign_scheduler!r} does not apply to "
+        f"{case.title} models; choose one of: {case.applicable}"
     )
 
 
 def test_flow_schedulers_are_refused_for_stable_diffusion(tmp_path, capsys, model_cache):
     path = config_file(tmp_path, "tiny", model={"id": "tiny", "scheduler": "flow_match_euler"})
     assert main(["run", str(path)]) == 2
-    assert capsys.readouterr().err.strip().endswith(
-        "model.scheduler: scheduler 'flow_match_euler' does not apply to Stable Diffusion 1/2 models; choose one of: "
-        "ddim, pndm, lms, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras, dpmpp_sde, unipc, euler_trailing"
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            "model.scheduler: scheduler 'flow_match_euler' does not apply to Stable Diffusion 1/2 models; "
+            "choose one of: ddim, pndm, lms, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras, dpmpp_sde, unipc, "
+            "euler_trailing"
+        )
     )
 
 
@@ -310,7 +400,8 @@ def test_negative_prompts_where_flux_takes_none_are_refused(tmp_path, capsys, mo
         "generation.true_cfg_scale > 1"
     )
     manifest = write_manifest(
-        tmp_path / "m.parquet", {"id": ["a", "b", "c"], "prompt": ["x", "y", "z"], "negative_prompt": ["", None, "dark"]}
+        tmp_path / "m.parquet",
+        {"id": ["a", "b", "c"], "prompt": ["x", "y", "z"], "negative_prompt": ["", None, "dark"]},
     )
     path = config_file(tmp_path, "tiny-flux")
     assert main(["run", str(path)]) == 2
@@ -326,12 +417,20 @@ def test_negative_prompts_where_flux_takes_none_are_refused(tmp_path, capsys, mo
     check_manifest(config, read_manifest(str(manifest)))
 
 
+def test_a_negative_prompt_for_flux2_which_takes_none_is_refused(tmp_path, capsys, model_cache):
+    path = config_file(tmp_path, "tiny-flux2", generation={"negative_prompt": "blurry"})
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"genbatch: error: {path}: generation.negative_prompt: FLUX.2 takes no negative prompt"
+    )
+
+
 def test_true_cfg_and_sequence_length_are_refused_where_the_family_has_none(tmp_path, capsys, model_cache):
     path = config_file(tmp_path, "tiny", generation={"true_cfg_scale": 4.0})
     assert main(["run", str(path)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"genbatch: error: {path}: generation.true_cfg_scale: Stable Diffusion 1/2 has no true CFG (its guidance_scale is "
-        "classifier-free guidance); remove the key"
+        f"genbatch: error: {path}: generation.true_cfg_scale: Stable Diffusion 1/2 has no true CFG (its "
+        "guidance_scale is classifier-free guidance); remove the key"
     )
     path = config_file(tmp_path, "tiny-flux", generation={"max_sequence_length": 1024})
     assert main(["run", str(path)]) == 2
@@ -347,9 +446,10 @@ def test_a_model_of_an_unknown_family_is_refused_before_any_actor_starts(tmp_pat
     path = config_file(tmp_path, str(folder))
     assert main(["run", str(path)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"genbatch: error: {path}: model.id: {folder}: pipeline class 'KandinskyV22Pipeline' is not a model family genbatch "
-        "knows; it knows: Stable Diffusion 1/2 (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), "
-        "FLUX.1 (FluxPipeline)"
+        f"genbatch: error: {path}: model.id: {folder}: pipeline class 'KandinskyV22Pipeline' is not a model family "
+        "genbatch knows; it knows: Stable Diffusion 1/2 (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), "
+        "FLUX.1 (FluxPipeline), Stable Diffusion 3 (StableDiffusion3Pipeline), Qwen-Image (QwenImagePipeline), "
+        "Z-Image (ZImagePipeline), Sana (SanaPipeline), FLUX.2 (Flux2KleinPipeline)"
     )
 
 
@@ -390,3 +490,15 @@ def test_compile_and_quantize_act_on_the_transformer(model_cache):
     # No channels_last for a transformer; the per-image embedding and modulation layers are left out.
     assert applied[0].startswith("quantize int8: ") and applied[1:] == ["compile"]
     assert isinstance(pipeline.transformer, torch._dynamo.eval_frame.OptimizedModule)
+
+
+def test_a_hub_model_in_the_cache_gets_its_family_defaults_and_checks(tmp_path, capsys, model_cache):
+    """The family of a hub id comes from the Hugging Face cache before any actor starts (offline, as here)."""
+    from tests.test_hub_loading import put_in_hub_cache
+
+    put_in_hub_cache("genbatch-test/flux-in-the-cache", pipeline_source("tiny-flux"))
+    path = config_file(tmp_path, "genbatch-test/flux-in-the-cache", drop=("steps", "guidance_scale"))
+    config = load_config(path)
+    assert (config.generation.steps, config.generation.guidance_scale) == (28, 3.5)
+    assert main(["run", str(path), "--set", "model.scheduler=ddim"]) == 2
+    assert "model.scheduler: scheduler 'ddim' does not apply to FLUX.1 models" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from workers.worker import GenerationWorker
 
 CPU = torch.device("cpu")
 
+
 def fast_paths(**performance) -> FastPaths:
     return from_section(FastPaths, PerformanceConfig(**performance))
 

@@ -124,7 +124,8 @@ class BatchRunner:
         if self.adapters is not None and self.mode != "reconstruct":
             self.adapters.use(rows[0].adapter)
         if self.mode == "reconstruct":
-            images, means, stds = generation.reconstruct(self.pipeline.vae, images_in)
+            latents = families.for_pipeline(self.pipeline).latents
+            images, means, stds = generation.reconstruct(self.pipeline.vae, images_in, latents)
         elif images_in is not None:
             images = generation.generate(self._image_to_image(), rows, pad_to=self.pad_to, init_images=images_in)
         else:

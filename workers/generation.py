@@ -46,11 +46,13 @@ def generate(pipeline, rows: list[RowSpec], pad_to: int | None = None, init_imag
     return result.images[: len(rows)].permute(0, 2, 3, 1).float()
 
 
-def reconstruct(vae, init_images: list):
+def reconstruct(vae, init_images: list, latents: str = "scale_shift"):
     """Encode each image with the VAE and decode it back: (images N,H,W,3 in [0, 1], latent means, stds).
 
-    The latent is the posterior's mode (deterministic), scaled as the UNet sees it (scaling_factor,
-    0.18215 for SD 1.x); its mean and std are per image.
+    The latent is the posterior's mode (deterministic), normalised as the denoiser sees it (the family's
+    `latents`: shifted and scaled by the VAE's shift_factor and scaling_factor, 0.18215 for SD 1.x; or per
+    channel by latents_mean and latents_std, for video VAEs that take a frame axis); its mean and std are
+    per image.
     """
     import numpy as np
     import torch
@@ -58,11 +60,21 @@ def reconstruct(vae, init_images: list):
     pixels = torch.from_numpy(np.stack([np.asarray(image) for image in init_images]))
     with torch.inference_mode():
         x = pixels.to(vae.device, vae.dtype).permute(0, 3, 1, 2) / 127.5 - 1
-        scale = vae.config.scaling_factor
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        latents = (vae.encode(x).latent_dist.mode() - shift) * scale
-        decoded = vae.decode(latents / scale + shift).sample
-        flat = latents.float().flatten(1)
+        if latents == "per_channel":  # one frame: (N, C, 1, H, W)
+            channels = (1, vae.config.z_dim, 1, 1, 1)
+            mean = torch.tensor(vae.config.latents_mean).view(channels).to(vae.device, vae.dtype)
+            std = torch.tensor(vae.config.latents_std).view(channels).to(vae.device, vae.dtype)
+            z = (vae.encode(x[:, :, None]).latent_dist.mode() - mean) / std
+            decoded = vae.decode(z * std + mean).sample[:, :, 0]
+        else:  # a VAE without the factors (FLUX.2's normalises later, in its pipeline) gives its latents as they are
+            scale = getattr(vae.config, "scaling_factor", None) or 1.0
+            shift = getattr(vae.config, "shift_factor", None) or 0.0
+            encoded = vae.encode(x)
+            # A KL VAE's posterior mode; a deterministic one's (Sana's DC-AE) latent.
+            latent = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latent
+            z = (latent - shift) * scale
+            decoded = vae.decode(z / scale + shift).sample
+        flat = z.float().flatten(1)
         means, stds = flat.mean(dim=1).tolist(), flat.std(dim=1).tolist()
     images = (decoded.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
     return images, means, stds

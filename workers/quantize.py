@@ -2,9 +2,10 @@
 
 Both options quantize activations per token and weights per output channel, on the fly ("dynamic":
 no calibration data); the matrix products then run on the GPU's fp8 or int8 tensor cores. Only the
-denoiser (the family's `unet` or `transformer`, workers.families) is quantized: it does nearly all of a job's work, while the text encoders, the VAE and CLIP run
-once per image and stay as loaded. Unlike the other fast paths this changes pixels beyond float
-rounding, so the setting is part of a job's identity (jobs.resume.job_identity).
+denoiser (the family's `unet` or `transformer`, workers.families) is quantized: it does nearly all of a
+job's work, while the text encoders, the VAE and CLIP run once per image and stay as loaded. Unlike the
+other fast paths this changes pixels beyond float rounding, so the setting is part of a job's identity
+(jobs.resume.job_identity).
 
 - `fp8`: float8 (e4m3) activations and weights, on CUDA GPUs of compute capability 8.9 or newer
   (Ada, Hopper, Blackwell), the first with fp8 tensor cores; elsewhere it is refused, at config time

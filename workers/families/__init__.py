@@ -12,14 +12,25 @@ from __future__ import annotations
 from workers.errors import UnknownFamilyError
 from workers.families.base import CompilePayback, ConfigReader, Defaults, Family
 from workers.families.flux import FLUX
+from workers.families.flux2 import FLUX2
 from workers.families.qwen_image import QWEN_IMAGE
+from workers.families.sana import SANA
 from workers.families.sd3 import SD3
 from workers.families.stable_diffusion import STABLE_DIFFUSION, STABLE_DIFFUSION_XL
 from workers.families.z_image import Z_IMAGE
 
 __all__ = ["FAMILIES", "CompilePayback", "ConfigReader", "Defaults", "Family", "for_class_name", "for_pipeline"]
 
-FAMILIES: tuple[Family, ...] = (STABLE_DIFFUSION, STABLE_DIFFUSION_XL, FLUX, SD3, QWEN_IMAGE, Z_IMAGE)
+FAMILIES: tuple[Family, ...] = (
+    STABLE_DIFFUSION,
+    STABLE_DIFFUSION_XL,
+    FLUX,
+    SD3,
+    QWEN_IMAGE,
+    Z_IMAGE,
+    SANA,
+    FLUX2,
+)
 
 
 def for_class_name(class_name: str | None) -> Family | None:

@@ -64,6 +64,12 @@ class Family:
     defaults: Callable[[ConfigReader], Defaults]  # from the model's own config files where it has them
     payback: CompilePayback
     builtins: Mapping[str, Mapping[str, dict]] = field(default_factory=dict)  # tiny id -> its config files' facts
+    # How the VAE's latents are normalised for the denoiser (`reconstruct` mode): `scale_shift`: (z - shift_factor)
+    # * scaling_factor (SD, SDXL, FLUX.1, SD3); `per_channel`: (z - latents_mean[c]) / latents_std[c] of a video
+    # VAE that takes a frame axis (Qwen-Image).
+    latents: Literal["scale_shift", "per_channel"] = "scale_shift"
+    call_arguments_fixed: Mapping[str, object] = field(default_factory=dict)  # passed to every pipeline call
+    config_files: tuple[str, ...] = ()  # the model's files `defaults` reads (fetched before loading a hub model)
     load_arguments: Mapping[str, object] = field(default_factory=dict)  # extra from_pretrained keywords
     # Whether the text-to-image pipeline class has diffusers' LoRA loader mixin (`load_lora_weights`): model.loras
     # and model.adapters need it. Stated here, not looked up, so the driver decides without importing diffusers.
@@ -93,8 +99,13 @@ class Family:
             return 2 if guidance_scale > 1 else 1
         return 2 if self.takes_negative_prompt(true_cfg_scale) else 1
 
-    def call_arguments(self, negative_prompts: list[str], guidance_scale: float, true_cfg_scale: float | None,
-                       max_sequence_length: int | None) -> dict:
+    def call_arguments(
+        self,
+        negative_prompts: list[str],
+        guidance_scale: float,
+        true_cfg_scale: float | None,
+        max_sequence_length: int | None,
+    ) -> dict:
         """The keyword arguments of the pipeline call that carry genbatch's guidance settings."""
         arguments: dict[str, object] = {"guidance_scale": guidance_scale}
         if self.negative_prompt == "cfg":
@@ -103,7 +114,7 @@ class Family:
             arguments.update(negative_prompt=negative_prompts, true_cfg_scale=true_cfg_scale)
         if self.max_sequence_length is not None:
             arguments["max_sequence_length"] = max_sequence_length or self.max_sequence_length
-        return arguments
+        return {**arguments, **self.call_arguments_fixed}
 
     def scheduler_problem(self, name: str | None) -> str | None:
         """Why the scheduler `name` cannot run this family's models, in one line; None when it can."""

@@ -38,6 +38,7 @@ FLUX = Family(
     # xDiT's published FLUX.1-dev figures (1024 px, 28 steps, one H100): 6.71 s eager, 4.30 s compiled per
     # image; the compile time is an estimate, not measured.
     payback=CompilePayback(90.0, 1 / 6.71, 1 / 4.30, "published: xDiT FLUX.1-dev 1024 px H100; compile time estimated"),
+    config_files=("transformer/config.json",),
     builtins={"tiny-flux": {"transformer/config.json": {"guidance_embeds": True}}},
     lora=True,  # FluxLoraLoaderMixin
 )

@@ -29,5 +29,6 @@ QWEN_IMAGE = Family(
     defaults=_defaults,
     payback=CompilePayback(120.0, 1 / 6.71, 1 / 4.30, "estimate: FLUX.1-dev's published figures stand in"),
     builtins={"tiny-qwen-image": {}},
+    latents="per_channel",
     lora=True,  # QwenImageLoraLoaderMixin
 )

@@ -50,7 +50,9 @@ STABLE_DIFFUSION_XL = Family(
     defaults=_defaults,
     # pytorch-labs/diffusion-fast (SDXL 1024 px, 30 steps, batch 1, bf16, H100): 3.31 s per image with SDPA,
     # 2.54 s compiled; the compile time is an estimate, not measured.
-    payback=CompilePayback(60.0, 1 / 3.31, 1 / 2.54, "published: diffusion-fast SDXL 1024 px H100; compile time estimated"),
+    payback=CompilePayback(
+        60.0, 1 / 3.31, 1 / 2.54, "published: diffusion-fast SDXL 1024 px H100; compile time estimated"
+    ),
     builtins={"tiny-sdxl": {}},
     load_arguments=_NO_SAFETY_CHECKER,
     lora=True,  # StableDiffusionLoraLoaderMixin / StableDiffusionXLLoraLoaderMixin
