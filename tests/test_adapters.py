@@ -61,25 +61,30 @@ def plain_pipeline(model: Model):
     return pipeline
 
 
-def build_lora(model: Model, path: Path, seed: int, rank: int) -> Path:
-    """A random LoRA on the model's denoiser attention and CLIP text encoder, saved as diffusers saves LoRAs."""
+def build_loras(model: Model, specs: dict[Path, tuple[int, int]]) -> None:
+    """Random LoRAs (path: (seed, rank)) on the model's denoiser attention and CLIP text encoder, each saved as
+    diffusers saves LoRAs; one pipeline carries them all as named PEFT adapters."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
     pipeline = plain_pipeline(model)
-    torch.manual_seed(seed)
     denoiser = getattr(pipeline, model.denoiser)
-    targets = ["to_q", "to_k", "to_v", "to_out.0"]
-    denoiser.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=False))
-    text = ["q_proj", "k_proj", "v_proj", "out_proj"]
-    pipeline.text_encoder.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=text, init_lora_weights=False))
-    layers = {
-        f"{model.denoiser}_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser)),
-        "text_encoder_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(pipeline.text_encoder)),
-    }
-    type(pipeline).save_lora_weights(str(path.parent), weight_name=path.name, **layers)
-    return path
+    for i, (path, (seed, rank)) in enumerate(specs.items()):
+        name = f"lora{i}"
+        torch.manual_seed(seed)
+        targets = ["to_q", "to_k", "to_v", "to_out.0"]
+        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=False)
+        denoiser.add_adapter(config, adapter_name=name)
+        text = ["q_proj", "k_proj", "v_proj", "out_proj"]
+        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=text, init_lora_weights=False)
+        pipeline.text_encoder.add_adapter(config, adapter_name=name)
+        layers = {
+            f"{model.denoiser}_lora_layers": get_peft_model_state_dict(denoiser, adapter_name=name),
+            "text_encoder_lora_layers": get_peft_model_state_dict(pipeline.text_encoder, adapter_name=name),
+        }
+        layers = {key: convert_state_dict_to_diffusers(value) for key, value in layers.items()}
+        type(pipeline).save_lora_weights(str(path.parent), weight_name=path.name, **layers)
 
 
 def plain_image(pipeline, model: Model, prompt: str, seed: int) -> np.ndarray:
@@ -117,10 +122,10 @@ def lora_files(request, tmp_path_factory):
     """A model and four LoRAs of it (f, a, b, c: each its own seed and rank), c also alone in a folder."""
     model = request.param
     tmp_path = tmp_path_factory.mktemp(f"loras-{model.id}")
-    loras = {
-        name: build_lora(model, tmp_path / f"{name}.safetensors", seed, rank)
-        for name, seed, rank in (("f", 1, 2), ("a", 2, 4), ("b", 3, 2), ("c", 4, 8))
-    }
+    loras = {name: tmp_path / f"{name}.safetensors" for name in "fabc"}
+    build_loras(
+        model, {loras[name]: (seed, rank) for name, seed, rank in (("f", 1, 2), ("a", 2, 4), ("b", 3, 2), ("c", 4, 8))}
+    )
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "c.safetensors").write_bytes(loras["c"].read_bytes())
     return model, loras
@@ -210,7 +215,7 @@ def test_a_changed_adapter_file_is_refused_on_resume(lora_job, capsys):
     model, loras, config, output = lora_job
     before = loras["b"].read_bytes()
     try:
-        build_lora(model, loras["b"], seed=99, rank=2)  # the same path, other weights
+        build_loras(model, {loras["b"]: (99, 2)})  # the same path, other weights
         capsys.readouterr()
         assert main(["run", str(config), "--quiet"]) == 2
         error = capsys.readouterr().err.strip().splitlines()[-1]  # after the seed column's warning
