@@ -312,3 +312,43 @@ def test_each_family_says_whether_its_pipeline_has_the_lora_loader():
         "model.adapters: Stable Diffusion 1/2 pipelines (StableDiffusionPipeline) have no LoRA loader in diffusers; "
         "remove the key"
     )
+
+
+def test_a_lora_file_s_bytes_and_weight_key_the_reused_actors_and_the_compiled_kernels(tmp_path):
+    from jobs import worker_reuse
+    from workers.compile_cache import compile_key
+
+    lora = tmp_path / "style.safetensors"
+    lora.write_bytes(b"first")  # hashed only: nothing loads it here
+
+    def keys(**model):
+        settings = worker_settings_for(tmp_path / "out", model={"id": "tiny", **model})
+        compiled = compile_key(settings, torch.device("cpu"), torch.float32).file_name()
+        return worker_reuse.key_of(None, None, settings), compiled
+
+    plain = keys()
+    fused = keys(loras=[{"path": str(lora), "weight": 0.8}])
+    reweighted = keys(loras=[{"path": str(lora), "weight": 0.5}])
+    named = keys(adapters={"style": [{"path": str(lora)}]})
+    lora.write_bytes(b"other")
+    changed = keys(loras=[{"path": str(lora), "weight": 0.8}])
+    for at in (0, 1):  # the reuse key, then the compile-cache file
+        assert len({plain[at], fused[at], reweighted[at], named[at], changed[at]}) == 5
+    assert ".torch-cache" in plain[1] and plain[1] == keys()[1]  # no LoRA: the name it had before LoRAs existed
+
+
+def test_the_report_lists_each_lora_with_its_weight_and_sha256():
+    from jobs.report.summary import lora_settings
+
+    entry = {"path": "/loras/style.safetensors", "weight": 0.8, "sha256": "ab" * 32}
+    hub = {
+        "path": "ByteDance/SDXL-Lightning",
+        "weight_name": "lightning.safetensors",
+        "weight": 1.0,
+        "sha256": "cd" * 32,
+    }
+    assert lora_settings({"id": "tiny"}) == {}
+    assert lora_settings({"loras": [entry, hub], "adapters": {"x": [entry]}}) == {
+        "loras": "style.safetensors x0.8 (abababababab), lightning.safetensors x1.0 (cdcdcdcdcdcd)",
+        "adapters": "x: style.safetensors x0.8 (abababababab)",
+    }
