@@ -101,19 +101,25 @@ def _resolve_sequence_length(family: Family, config: JobConfig) -> None:
         )
 
 
-def fetch_family_files(ref: str, revision: str | None) -> None:
+def fetch_family_files(ref: str, revision: str | None, timeout_s: float) -> None:
     """Put a hub model's model_index.json, and the config files its family's defaults read, into the Hugging Face
     cache (small JSON files, no weights), so that its family is known before any actor starts. A file that cannot
     be had is left to the actors, which load the whole model anyway."""
-    from huggingface_hub import hf_hub_download
+    import huggingface_hub
 
     from workers import families
 
+    def fetched(name: str) -> str:
+        cached = huggingface_hub.try_to_load_from_cache(ref, name, revision=revision)
+        if isinstance(cached, str):
+            return cached
+        return huggingface_hub.hf_hub_download(ref, name, revision=revision, etag_timeout=timeout_s)
+
     try:
-        with open(hf_hub_download(ref, "model_index.json", revision=revision), encoding="utf-8") as file:
+        with open(fetched("model_index.json"), encoding="utf-8") as file:
             family = families.for_class_name(json.load(file).get("_class_name"))
         for name in family.config_files if family is not None else ():
-            hf_hub_download(ref, name, revision=revision)
+            fetched(name)
     except (OSError, ValueError) as error:
         logger.info("could not fetch %s's model_index.json or config files before loading (%s)", ref, error)
 

@@ -85,7 +85,7 @@ def check_model(key: str, ref: str | None, revision: str | None, index_file: str
         if not constants.HF_HUB_OFFLINE:
             _ask_hub(key, ref, revision, index_file)
             if index_file == "model_index.json":  # a pipeline: know its family before any actor starts
-                fetch_family_files(ref, revision)
+                fetch_family_files(ref, revision, HUB_TIMEOUT_S)
     except ModelNotFoundError as error:
         raise ConfigError(f"{key}: {plain(error)}") from None
 

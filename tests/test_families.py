@@ -502,3 +502,45 @@ def test_a_hub_model_in_the_cache_gets_its_family_defaults_and_checks(tmp_path, 
     assert (config.generation.steps, config.generation.guidance_scale) == (28, 3.5)
     assert main(["run", str(path), "--set", "model.scheduler=ddim"]) == 2
     assert "model.scheduler: scheduler 'ddim' does not apply to FLUX.1 models" in capsys.readouterr().err
+
+
+def test_online_the_driver_fetches_a_hub_pipelines_index_and_applies_its_family(tmp_path, monkeypatch, model_cache):
+    """A hub model not in the cache: preflight fetches its model_index.json and transformer/config.json (small
+    files, no weights) so that the family's defaults are resolved, and recorded, before any actor starts."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from jobs.model_family import resolved_again
+    from jobs.preflight import check_models
+    from tests.test_hub_loading import put_in_hub_cache
+
+    repo = "genbatch-test/flux-on-the-hub"
+    fetched = []
+
+    def hf_hub_download(repo_id, filename, **options):
+        fetched.append(filename)
+        put_in_hub_cache(repo_id, pipeline_source("tiny-flux"))  # as a download would leave it
+        return huggingface_hub.try_to_load_from_cache(repo_id, filename)
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, **options: None)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    config = load_config(config_file(tmp_path, repo, drop=("steps", "guidance_scale"), clip={"model": "tiny"}))
+    assert (config.generation.steps, config.generation.guidance_scale) == (30, 7.5)  # not known yet
+    check_models(config)
+    assert fetched == ["model_index.json"]  # transformer/config.json came with it
+    resolved = resolved_again(config)
+    assert (resolved.generation.steps, resolved.generation.guidance_scale) == (28, 3.5)
+    assert resolved.generation.max_sequence_length == 512
+
+
+def test_init_images_for_a_family_without_image_to_image_are_refused(tmp_path, capsys, model_cache):
+    manifest = write_manifest(
+        tmp_path / "m.parquet", {"id": ["a", "b"], "prompt": ["x", "y"], "init_image": [None, b"1"]}
+    )
+    path = config_file(tmp_path, "tiny-sana", generation={"steps": 2, "guidance_scale": 4.5})
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"genbatch: error: {manifest}: column 'init_image': Sana has no image-to-image pipeline, and 1 row has one "
+        "(ids: b); remove the column or its values"
+    )

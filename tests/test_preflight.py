@@ -52,8 +52,13 @@ def online(monkeypatch):
         if Hub.answer is not None:
             raise Hub.answer
 
+    def hf_hub_download(repo_id, filename, **options):
+        # What the driver fetches to know a pipeline's family (jobs.model_family): nothing here, as offline.
+        raise huggingface_hub.errors.LocalEntryNotFoundError(f"{repo_id}/{filename} is not in the test hub")
+
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", get_hf_file_metadata)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
     Hub.calls = []
     return Hub
 

@@ -44,6 +44,8 @@ def model_family(ref: str, revision: str | None) -> ModelFamily | None:
     if index is None:
         return None
     class_name = index.get("_class_name")
+    if class_name is None:  # not a diffusers pipeline's index: loading it will say so
+        return None
     family = families.for_class_name(class_name)
     if family is None:
         raise UnknownFamilyError(families.unknown_class_message(class_name))
