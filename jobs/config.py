@@ -13,13 +13,59 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from jobs.errors import ConfigError, one_line
 from jobs.model_family import apply_model_family
 from workers import storage
-from workers.loading import missing_model_folder, unknown_model_ref
+from workers.loading import is_hub_id, looks_like_path, missing_model_folder, unknown_model_ref
 from workers.quantize import MIN_FEATURES
 from workers.schedulers import SCHEDULERS
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(_Section):
+    path: str = Field(
+        description="A local .safetensors file, a folder holding one, or a hub id (org/name) with weight_name."
+    )
+    weight: float = Field(1.0, allow_inf_nan=False, description="How strongly the LoRA applies (its scale).")
+    weight_name: str | None = Field(
+        None, description="The .safetensors file inside the folder or hub repository; needed for a hub id."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _expand_home(cls, path: str) -> str:
+        return os.path.expanduser(path)
+
+    @model_validator(mode="after")
+    def _safetensors_file(self) -> LoraConfig:
+        """Safetensors only (a pickle would run code); a folder or hub id must say which file, unless a folder
+        holds exactly one (jobs.adapters finds it)."""
+        if self.weight_name is not None and not self.weight_name.endswith(".safetensors"):
+            raise ValueError(
+                f"weight_name {self.weight_name!r} is not a .safetensors file; LoRAs load from safetensors only"
+            )
+        if os.path.isfile(self.path):
+            if not self.path.endswith(".safetensors"):
+                raise ValueError(f"{self.path} is not a .safetensors file; LoRAs load from safetensors only")
+        elif os.path.isdir(self.path):
+            if self.weight_name is None:
+                found = folder_safetensors(self.path)
+                if len(found) != 1:
+                    raise ValueError(
+                        f"folder {self.path} holds {len(found)} .safetensors files; set weight_name to the LoRA's"
+                    )
+            elif not os.path.isfile(os.path.join(self.path, self.weight_name)):
+                raise ValueError(f"file {os.path.join(self.path, self.weight_name)} does not exist")
+        elif looks_like_path(self.path) or not is_hub_id(self.path):
+            raise ValueError(f"no file or folder {self.path!r}, and not a Hugging Face id (org/name)")
+        elif self.weight_name is None:
+            raise ValueError(f"hub LoRA {self.path!r} needs weight_name (its .safetensors file)")
+        return self
+
+
+def folder_safetensors(folder: str) -> list[str]:
+    """The names of the .safetensors files directly in `folder`, sorted."""
+    return sorted(name for name in os.listdir(folder) if name.endswith(".safetensors"))
 
 
 class ModelConfig(_Section):
@@ -37,6 +83,25 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 (fp16 where unsupported) on GPU, fp32 on CPU."
     )
+    loras: list[LoraConfig] = Field(
+        default_factory=list,
+        description="LoRAs fused into the model's weights when it loads, for every row (no per-step cost).",
+    )
+    adapters: dict[str, list[LoraConfig]] = Field(
+        default_factory=dict,
+        description="Named sets of LoRAs that the manifest's `adapter` column picks per row (null: the model "
+        "without them); each is loaded once, and micro-batches switch between them.",
+    )
+
+    @field_validator("adapters")
+    @classmethod
+    def _named_sets(cls, adapters: dict[str, list[LoraConfig]]) -> dict[str, list[LoraConfig]]:
+        for name, loras in adapters.items():
+            if not name.strip():
+                raise ValueError("an adapter name must not be empty")
+            if not loras:
+                raise ValueError(f"adapter {name!r} lists no LoRA")
+        return adapters
 
     @field_validator("scheduler")
     @classmethod

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from jobs import cluster, fit, signals, worker_reuse
 from jobs.actor_backend import RayBackend
+from jobs.adapters import check_adapter_column
 from jobs.config import JobConfig
 from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks, describe_pool
 from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, ConfigError, GenbatchError, OutputError, WorkerStartError, one_line
@@ -102,6 +103,7 @@ def run_job(
     estimate = check_before_start(config)  # what one actor needs in GPU memory; None on CPUs
     config = resolved_again(config)  # a hub model's family is known now that its model_index.json is cached
     check_manifest(config, manifest)  # columns the model's family cannot use
+    check_adapter_column(config, manifest)  # adapter names that model.adapters lacks
     shards = plan_shards(manifest, config.shard_size, config.generation.images_per_prompt)
     identity = job_identity(config, manifest)
     key = identity_key(identity)

@@ -194,6 +194,7 @@ def _check_schema(path: str, schema: pa.Schema, mode: str) -> None:
     expected = {
         C.PROMPT: ("strings", _is_string),
         C.NEGATIVE_PROMPT: ("strings", _is_string),
+        C.ADAPTER: ("adapter names (strings)", _is_string),
         C.ID: ("strings or integers", lambda t: _is_string(t) or pa.types.is_integer(t)),
         C.SEED: ("integers", pa.types.is_integer),
         C.STEPS: ("integers", pa.types.is_integer),

@@ -72,6 +72,10 @@ def _apply(found: ModelFamily, config: JobConfig, given: set[str]) -> None:
             "guidance); remove the key"
         )
     _resolve_sequence_length(family, config)
+    for key in ("loras", "adapters"):
+        lora_problem = family.lora_problem(f"model.{key}") if getattr(config.model, key) else None
+        if lora_problem:
+            raise ValueError(lora_problem)
     problem = family.scheduler_problem(config.model.scheduler)
     if problem:
         raise ValueError(f"model.scheduler: {problem}")

@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 
+from jobs.adapters import lora_identity
 from jobs.config import JobConfig
 from jobs.errors import OutputError, some_of
 from jobs.manifest import Manifest
@@ -41,7 +42,8 @@ def job_identity(config: JobConfig, manifest: Manifest) -> dict:
     they change pixels by at most float rounding (see README); quantizing the UNet is the exception."""
     return {
         "mode": config.mode,
-        "model": config.model.model_dump(mode="json"),
+        # LoRAs by their files' sha256 and weights (jobs.adapters), not their paths; absent without any.
+        "model": config.model.model_dump(mode="json", exclude={"loras", "adapters"}) | lora_identity(config),
         # Settings of other families (true_cfg_scale, ...) are None, and left out: SD jobs keep their keys.
         "generation": config.generation.model_dump(mode="json", exclude_none=True),
         "clip": config.clip.model_dump(mode="json"),
@@ -86,6 +88,12 @@ def _differences(before: dict, after: dict, prefix: str = "") -> list[str]:
         name = f"{prefix}{key}"
         if isinstance(old, dict) and isinstance(new, dict):
             changes += _differences(old, new, name + ".")
+        elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):  # LoRAs: name the entry
+            changes += _differences(
+                {f"{key}[{i}]": value for i, value in enumerate(old)},
+                {f"{key}[{i}]": value for i, value in enumerate(new)},
+                prefix,
+            )
         elif old != new:
             changes.append("manifest contents changed" if key == "fingerprint" else f"{name}: {old!r} -> {new!r}")
     return changes

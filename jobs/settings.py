@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
+from jobs.adapters import adapter_files, lora_files
 from jobs.config import JobConfig
 from workers.tasks import FastPaths, GenerationDefaults, ImageEncoding, ScoreModels, WorkerSettings
 
@@ -52,6 +53,8 @@ def worker_settings(
         num_threads=num_threads,
         run_token=run_token,
         images_per_worker=images_per_worker(images_to_generate, config.resources.worker_range().min),
+        loras=lora_files(config),
+        adapters=adapter_files(config),
     )
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 
 from jobs import cluster, fit, signals
 from jobs.actor_backend import RayBackend
+from jobs.adapters import check_adapter_column
 from jobs.config import JobConfig
 from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks, describe_pool
 from jobs.driver import (
@@ -179,7 +180,9 @@ def run_sweep(
     # Hub models' families are known now that their model_index.json is cached: their defaults apply.
     sweep_runs = expand_sweep(resolved_again(config), source)
     for sweep_run in sweep_runs:
-        check_manifest(sweep_run.config, manifests[(sweep_run.config.manifest, sweep_run.config.mode)])
+        run_manifest = manifests[(sweep_run.config.manifest, sweep_run.config.mode)]
+        check_manifest(sweep_run.config, run_manifest)
+        check_adapter_column(sweep_run.config, run_manifest)  # adapter names that model.adapters lacks
     output = prepare_output(config.output.path)
     if storage.exists(layout.job_file(output)):
         raise OutputError(f"{output}: holds a single job ({layout.JOB_FILE}); choose another output folder for a sweep")

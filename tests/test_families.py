@@ -426,7 +426,8 @@ def test_flow_schedulers_are_refused_for_stable_diffusion(tmp_path, capsys, mode
         .err.strip()
         .endswith(
             "model.scheduler: scheduler 'flow_match_euler' does not apply to Stable Diffusion 1/2 models; "
-            "choose one of: ddim, pndm, lms, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras, dpmpp_sde, unipc"
+            "choose one of: ddim, pndm, lms, euler, euler_a, heun, dpmpp_2m, dpmpp_2m_karras, dpmpp_sde, unipc, "
+            "euler_trailing"
         )
     )
 

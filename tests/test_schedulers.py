@@ -21,6 +21,7 @@ EXPECTED_CLASSES = {
     "dpmpp_2m_karras": "DPMSolverMultistepScheduler",
     "dpmpp_sde": "DPMSolverSDEScheduler",
     "unipc": "UniPCMultistepScheduler",
+    "euler_trailing": "EulerDiscreteScheduler",
 }
 
 

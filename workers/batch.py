@@ -56,9 +56,11 @@ class BatchRunner:
         init_image_policy: str,
         scorers=(),
         step_cache=None,
+        adapters=None,
     ):
         self.pipeline = pipeline
         self.step_cache = step_cache  # workers.step_cache.StepCache; None: performance.cache is none
+        self.adapters = adapters  # workers.adapters.AdapterSwitch for model.adapters; None: none
         self.scorer = scorer  # None: no CLIP scores
         self.scorers = list(scorers)  # the `scores` section's (workers.scorers), each filling its own column
         self.encoder = encoder
@@ -119,7 +121,10 @@ class BatchRunner:
         rows = [batch[position] for position in runnable]
         images_in = None if init_images is None else [init_images[position] for position in runnable]
 
-        # 2. Denoise and decode (or, in reconstruct mode, encode and decode), on the device.
+        # 2. Denoise and decode (or, in reconstruct mode, encode and decode), on the device, with the rows'
+        # adapter (shared by the batch: it is in the batch key).
+        if self.adapters is not None and self.mode != "reconstruct":
+            self.adapters.use(rows[0].adapter)
         if self.mode == "reconstruct":
             latents = families.for_pipeline(self.pipeline).latents
             images, means, stds = generation.reconstruct(self.pipeline.vae, images_in, latents)

@@ -31,6 +31,7 @@ RECON_MSE = "recon_mse"
 RECON_PSNR = "recon_psnr"
 LATENT_MEAN = "latent_mean"
 LATENT_STD = "latent_std"
+ADAPTER = "adapter"  # which of model.adapters made the row (null: the model without them); kept in the output
 PICKSCORE = "pickscore"
 AESTHETIC = "aesthetic"
 CACHE_SKIPPED_STEPS = "cache_skipped_steps"  # performance.cache: denoiser passes the step cache skipped

@@ -53,6 +53,7 @@ class CompileKey:
     guidance: bool  # classifier-free guidance doubles the batch the denoiser sees (Family.batch_multiplier)
     quantize: str = "none"  # performance.quantize: a quantized UNet is another graph
     regional: bool = False  # performance.compile: regional compiles the repeated blocks: other graphs
+    loras: str = ""  # model.loras (fused) and model.adapters: their sha256s and weights, hashed; "": none
 
     def file_name(self) -> str:
         """Readable where it can be (`torch-2.13.0-cpu-tiny-float32-b8-512x512-...`), unique by its hash."""
@@ -66,6 +67,8 @@ class CompileKey:
             del fields["quantize"]
         if not self.regional:  # and those of whole-denoiser compiles theirs
             del fields["regional"]
+        if not self.loras:  # and so do those of models without LoRAs
+            del fields["loras"]
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
         return f"{re.sub(r'[^A-Za-z0-9.-]+', '_', readable)}-{digest}.torch-cache"
 
@@ -92,7 +95,19 @@ def compile_key(
         guidance=family.batch_multiplier(settings.defaults.guidance_scale, settings.defaults.true_cfg_scale) > 1,
         quantize=quantize_label(settings.fast.quantize, settings.fast.quantize_min_features),
         regional=regional,
+        loras=loras_label(settings.loras, settings.adapters),
     )
+
+
+def loras_label(loras, adapters) -> str:
+    """model.loras and model.adapters (workers.tasks.LoraFile) as one short hash of their sha256s and weights (the
+    adapters' LoRA layers are in the compiled graph); "" for none."""
+    if not loras and not adapters:
+        return ""
+    fused = [(lora.sha256, lora.weight) for lora in loras]
+    named = [(name, [(lora.sha256, lora.weight) for lora in files]) for name, files in adapters]
+    described = json.dumps([fused, named])
+    return hashlib.sha256(described.encode()).hexdigest()[:16]
 
 
 def quantize_label(option: str, min_features: int) -> str:

@@ -30,6 +30,7 @@ class RowSpec:
     image_index: int = 0  # which of the row's generation.images_per_prompt images
     true_cfg_scale: float | None = None  # the job's generation.true_cfg_scale (families with true CFG)
     max_sequence_length: int | None = None  # the job's T5/LLM token limit (families with such encoders)
+    adapter: str | None = None  # the manifest's `adapter`: which of model.adapters (None: the model without them)
 
     @property
     def batch_key(self) -> tuple:
@@ -44,6 +45,7 @@ class RowSpec:
             self.strength,
             self.true_cfg_scale,
             self.max_sequence_length,
+            self.adapter,  # a pipeline call runs with one adapter (workers.adapters)
         )
 
 
@@ -96,6 +98,7 @@ def resolve_rows(table: pa.Table, ids: pa.Array, defaults: GenerationDefaults, j
     heights = values(C.HEIGHT)
     init_images = values(C.INIT_IMAGE)
     strengths = values(C.STRENGTH)
+    adapters = values(C.ADAPTER)
     specs = []
     for i, row_id in enumerate(ids.to_pylist()):
         specs.append(
@@ -112,6 +115,7 @@ def resolve_rows(table: pa.Table, ids: pa.Array, defaults: GenerationDefaults, j
                 strength=None if init_images[i] is None else float(_default(strengths[i], defaults.strength)),
                 true_cfg_scale=defaults.true_cfg_scale,
                 max_sequence_length=defaults.max_sequence_length,
+                adapter=adapters[i],
             )
         )
     return specs

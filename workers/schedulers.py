@@ -21,6 +21,9 @@ UNET_SCHEDULERS: dict[str, tuple[str, dict]] = {
     # SDE noise comes from a Brownian tree seeded per image (see `seed_noise_sampler`); needs torchsde.
     "dpmpp_sde": ("DPMSolverSDEScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
+    # Timesteps counted from the end of the schedule: what few-step distilled models and LoRAs (SDXL-Lightning,
+    # Hyper-SD) are trained for; the models' own configs space them from the start ("leading").
+    "euler_trailing": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
 }
 
 # For flow-matching models (FLUX, SD3, Qwen-Image, ...): Euler on the model's own sigma schedule, or with

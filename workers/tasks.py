@@ -67,6 +67,16 @@ class ScoreModels:
 
 
 @dataclass(frozen=True)
+class LoraFile:
+    """One LoRA file as the actors load it (the config's model.loras and model.adapters entries, resolved)."""
+
+    source: str  # a local .safetensors file, or a hub repository id (then weight_name names its file)
+    weight_name: str | None
+    weight: float
+    sha256: str  # of the file's bytes: part of the job identity, the worker-reuse key and the compile key
+
+
+@dataclass(frozen=True)
 class WorkerSettings:
     """Everything an actor needs to load its models and turn rows into output rows."""
 
@@ -88,6 +98,8 @@ class WorkerSettings:
     num_threads: int | None  # torch threads; None: torch's own choice
     run_token: str | None  # the run's token in OUTPUT/.genbatch.lock (workers.fence); None: no lock
     images_per_worker: int | None  # images this run generates / workers: whether compiling pays; None: unknown
+    loras: tuple[LoraFile, ...]  # model.loras: fused into the weights at load (workers.adapters)
+    adapters: tuple[tuple[str, tuple[LoraFile, ...]], ...]  # model.adapters: (name, files), chosen per row
 
 
 @dataclass(frozen=True)

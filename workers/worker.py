@@ -80,9 +80,11 @@ class GenerationWorker:
         self.model_scheduler = self.pipeline.scheduler
         self.scheduler_name: str | None = None  # the scheduler the pipeline has now; None: the model's own
         self._check_scheduler(settings.scheduler)  # before compiling: a sweep's bad one would waste it
-        self.step_cache = self._step_cache()  # before compiling: the hooks go on the uncompiled blocks
         # Whether to compile is decided here, where the device and the model's family are known.
         self.compile = choose_compile(settings.fast.compile, self.device, settings.images_per_worker, self.family)
+        # LoRAs before quantizing and compiling: those act on the weights with the LoRAs fused in (and adapters on).
+        adapters = self._load_loras()
+        self.step_cache = self._step_cache()  # after the LoRAs, before compiling: hooks on the final, uncompiled blocks
         cache_hit = self._prepare_compile(dtype) if self.compile.on else None
         fast = replace(settings.fast, compile=self.compile.setting)
         applied = apply_fast_paths(self.pipeline, fast, self.device, settings.batch_size, settings.defaults)
@@ -110,6 +112,7 @@ class GenerationWorker:
             init_image_policy=settings.defaults.init_image_policy,
             scorers=self.scorers,
             step_cache=self.step_cache,
+            adapters=adapters,
         )
         self._use_scheduler(settings.scheduler)
         self.labels = RunLabels(
@@ -154,6 +157,20 @@ class GenerationWorker:
             return None
         denoiser = getattr(self.pipeline, self.family.denoiser)
         return StepCache(denoiser, CacheSettings.of(fast), self.family.mag_ratios)
+
+    def _load_loras(self):
+        """Fuse model.loras into the weights and load model.adapters; the AdapterSwitch, or None without adapters."""
+        from workers.adapters import AdapterSwitch, fuse_loras
+
+        settings = self.settings
+        for key, present in (("model.loras", settings.loras), ("model.adapters", settings.adapters)):
+            problem = self.family.lora_problem(key) if present else None
+            if problem:
+                raise WorkerLoadError(problem)
+        fuse_loras(self.pipeline, settings.loras)
+        if not settings.adapters:
+            return None
+        return AdapterSwitch(self.pipeline, settings.adapters, compiled=self.compile.on)
 
     def _prepare_compile(self, dtype) -> bool:
         """Before anything is compiled: load the kernels an earlier actor compiled for the same key, or plan to

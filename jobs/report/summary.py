@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def run_settings(run: RunFiles, schedulers: set | None = None) -> dict:
         schedulers = set(pc.unique(run.table[C.SCHEDULER]).to_pylist())
     schedulers = set(schedulers) | {w.get("scheduler") for w in workers}
     dtypes = {w.get("dtype") for w in workers}
-    return {
+    settings = {
         "run": str(run.path),
         "model": model.get("id"),
         "scheduler": ", ".join(sorted(schedulers - {None})) or model.get("scheduler"),
@@ -61,6 +62,25 @@ def run_settings(run: RunFiles, schedulers: set | None = None) -> dict:
         "seconds": run.job.get("seconds"),
         "status": run.job.get("status"),
     }
+    return settings | lora_settings((run.job.get("identity") or {}).get("model") or {})
+
+
+def lora_settings(model: dict) -> dict:
+    """A run's LoRAs as its identity records them (jobs.adapters): `file x weight (sha256 prefix)` each; nothing
+    for a run without any, so its settings read as before."""
+
+    def listed(loras: list[dict]) -> str:
+        return ", ".join(
+            f"{lora.get('weight_name') or os.path.basename(lora['path'])} x{lora['weight']} ({lora['sha256'][:12]})"
+            for lora in loras
+        )
+
+    settings = {}
+    if model.get("loras"):
+        settings["loras"] = listed(model["loras"])
+    if model.get("adapters"):
+        settings["adapters"] = "; ".join(f"{name}: {listed(loras)}" for name, loras in model["adapters"].items())
+    return settings
 
 
 def build_report(

@@ -106,6 +106,15 @@ class Family:
     def auto_payback(self) -> CompilePayback:
         """The compile figures `performance.compile: auto` decides with: the regional ones where it compiles so."""
         return self.payback.regional() if self.auto_compiles_regionally else self.payback
+    # Whether the text-to-image pipeline class has diffusers' LoRA loader mixin (`load_lora_weights`): model.loras
+    # and model.adapters need it. Stated here, not looked up, so the driver decides without importing diffusers.
+    lora: bool = False
+
+    def lora_problem(self, key: str) -> str | None:
+        """Why LoRAs (config `key`) cannot apply to this family's models, in one line; None when they can."""
+        if self.lora:
+            return None
+        return f"{key}: {self.title} pipelines ({self.text_to_image}) have no LoRA loader in diffusers; remove the key"
 
     def takes_negative_prompt(self, true_cfg_scale: float | None) -> bool:
         if self.negative_prompt == "cfg":

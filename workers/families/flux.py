@@ -50,4 +50,5 @@ FLUX = Family(
     regional_compile=True,
     config_files=("transformer/config.json",),
     builtins={"tiny-flux": {"transformer/config.json": {"guidance_embeds": True}}},
+    lora=True,  # FluxLoraLoaderMixin
 )

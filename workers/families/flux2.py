@@ -52,4 +52,5 @@ FLUX2 = Family(
     regional_compile=True,
     builtins={"tiny-flux2": {"model_index.json": {"is_distilled": False}}},
     latents=BATCH_NORM,
+    lora=True,  # Flux2LoraLoaderMixin
 )

@@ -40,4 +40,5 @@ QWEN_IMAGE = Family(
     builtins={"tiny-qwen-image": {}},
     sequence_length_limit=1024,  # QwenImagePipeline refuses more
     latents=PER_CHANNEL,  # its video VAE normalises each latent channel by the config's latents_mean/std
+    lora=True,  # QwenImageLoraLoaderMixin
 )

@@ -40,4 +40,5 @@ SANA = Family(
     builtins={"tiny-sana": {}},
     call_arguments_fixed={"use_resolution_binning": False},
     latents=DC_AE,
+    lora=True,  # SanaLoraLoaderMixin
 )

@@ -34,4 +34,5 @@ SD3 = Family(
     payback=CompilePayback(90.0, 1 / 6.71, 1 / 4.30, "estimate: FLUX.1-dev's published figures stand in"),
     config_files=("transformer/config.json",),
     builtins={"tiny-sd3": {"transformer/config.json": {"qk_norm": "rms_norm"}}},
+    lora=True,  # SD3LoraLoaderMixin
 )

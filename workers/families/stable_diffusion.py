@@ -32,6 +32,7 @@ STABLE_DIFFUSION = Family(
     payback=CompilePayback(72.5 - 32.1, 2.62, 4.19, "measured: SD1.5 512 px, 50 steps, batch 16, bf16, H100"),
     builtins={"tiny": {}},
     load_arguments=_NO_SAFETY_CHECKER,
+    lora=True,  # StableDiffusionLoraLoaderMixin / StableDiffusionXLLoraLoaderMixin
 )
 
 STABLE_DIFFUSION_XL = Family(
@@ -54,4 +55,5 @@ STABLE_DIFFUSION_XL = Family(
     ),
     builtins={"tiny-sdxl": {}},
     load_arguments=_NO_SAFETY_CHECKER,
+    lora=True,  # StableDiffusionLoraLoaderMixin / StableDiffusionXLLoraLoaderMixin
 )

@@ -37,4 +37,5 @@ Z_IMAGE = Family(
     ),
     regional_compile=True,
     builtins={"tiny-z-image": {}},
+    lora=True,  # ZImageLoraLoaderMixin
 )
