@@ -27,7 +27,6 @@ from workers.rows import RowSpec
 from workers.tasks import ShardTask
 from workers.worker import GenerationWorker
 
-
 SIZE = 32
 ROWS = {
     "id": ["r0", "r1", "r2", "r3", "r4"],
