@@ -169,6 +169,21 @@ CASES = [
         vae_round_trip=dc_ae_round_trip,
         defaults=(20, 4.5),
     ),
+    Case(
+        model="tiny-pixart",
+        text_to_image="PixArtSigmaPipeline",
+        image_to_image=None,
+        generation={"steps": 2, "guidance_scale": 4.5},
+        schedulers=("dpmpp_2m", "euler_a"),  # noise prediction: Stable Diffusion's schedulers
+        foreign_scheduler="flow_match_euler",
+        title="PixArt-Sigma",
+        applicable=(
+            "dpmpp_2m, ddim, pndm, lms, euler, euler_a, heun, dpmpp_2m_karras, dpmpp_sde, unipc, euler_trailing"
+        ),
+        extra_call={"negative_prompt": "", "use_resolution_binning": False, "clean_caption": False},
+        vae_round_trip=scaled_round_trip,  # SD's VAE: scaled, no shift
+        defaults=(20, 4.5),
+    ),
 ]
 # Every family's jobs, pixels and scores run in `make test`; the image-to-image, sweep, rescore and reconstruct
 # tests of all but FLUX.1 (whose run the same code) only in `make test-long`, to keep the suite's time.
@@ -489,7 +504,7 @@ def test_a_model_of_an_unknown_family_is_refused_before_any_actor_starts(tmp_pat
         f"genbatch: error: {path}: model.id: {folder}: pipeline class 'KandinskyV22Pipeline' is not a model family "
         "genbatch knows; it knows: Stable Diffusion 1/2 (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), "
         "FLUX.1 (FluxPipeline), Stable Diffusion 3 (StableDiffusion3Pipeline), Qwen-Image (QwenImagePipeline), "
-        "Z-Image (ZImagePipeline), Sana (SanaPipeline), FLUX.2 (Flux2KleinPipeline)"
+        "Z-Image (ZImagePipeline), Sana (SanaPipeline), FLUX.2 (Flux2KleinPipeline), PixArt-Sigma (PixArtSigmaPipeline)"
     )
 
 

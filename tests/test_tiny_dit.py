@@ -16,8 +16,8 @@ from workers.tiny_dit.tokenizers import QWEN_IMAGE_DROP_TOKENS, QWEN_IMAGE_SYSTE
 NAMES = sorted(tiny_dit.TINY_DITS)
 # Longer than every text encoder's limit: CLIP 77, T5 512, Qwen-Image 1024 + 34, Gemma 300 (+ instruction).
 LONG_PROMPT = "a watercolour painting of a red fox in the snow, " * 60
-# Sana's default resolution binning would turn 32 px into its smallest bin (256 px and up).
-CALL_OPTIONS = {"tiny-sana": {"use_resolution_binning": False}}
+# Sana's and PixArt's default resolution binning would turn 32 px into their smallest bin (256 px and up).
+CALL_OPTIONS = {name: {"use_resolution_binning": False} for name in ("tiny-sana", "tiny-pixart")}
 IMAGE_TO_IMAGE = {
     "tiny-flux": "FluxImg2ImgPipeline",
     "tiny-sd3": "StableDiffusion3Img2ImgPipeline",
@@ -52,7 +52,9 @@ def pipelines():
 
 
 def test_the_names_are_built_in_models():
-    assert NAMES == ["tiny-flux", "tiny-flux2", "tiny-qwen-image", "tiny-sana", "tiny-sd3", "tiny-z-image"]
+    assert NAMES == [
+        "tiny-flux", "tiny-flux2", "tiny-pixart", "tiny-qwen-image", "tiny-sana", "tiny-sd3", "tiny-z-image",
+    ]  # fmt: skip
     for name in NAMES:
         assert loading.is_builtin(name)
         assert not loading.is_hub_model(name) and not loading.unknown_model_ref(name)

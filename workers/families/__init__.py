@@ -13,6 +13,7 @@ from workers.errors import UnknownFamilyError
 from workers.families.base import CompilePayback, ConfigReader, Defaults, Family
 from workers.families.flux import FLUX
 from workers.families.flux2 import FLUX2
+from workers.families.pixart import PIXART_SIGMA
 from workers.families.qwen_image import QWEN_IMAGE
 from workers.families.sana import SANA
 from workers.families.sd3 import SD3
@@ -30,6 +31,7 @@ FAMILIES: tuple[Family, ...] = (
     Z_IMAGE,
     SANA,
     FLUX2,
+    PIXART_SIGMA,
 )
 
 

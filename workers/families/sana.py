@@ -7,7 +7,7 @@ sizes to its training aspect-ratio bins by default and resizes back: genbatch tu
 width and height are what the transformer sees, as for every other family.
 
 PixArt-Sigma (PixArtSigmaPipeline) is not this family: its DiT predicts noise (the UNet schedulers apply),
-its T5 encoder and SD-style VAE differ; it would be a family of its own.
+its T5 encoder and SD-style VAE differ (workers.families.pixart).
 """
 
 from __future__ import annotations

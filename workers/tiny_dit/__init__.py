@@ -14,6 +14,7 @@ from pathlib import Path
 from workers import tiny
 from workers.tiny_dit.flux import save_tiny_flux
 from workers.tiny_dit.flux2 import save_tiny_flux2
+from workers.tiny_dit.pixart import save_tiny_pixart
 from workers.tiny_dit.qwen_image import save_tiny_qwen_image
 from workers.tiny_dit.sana import save_tiny_sana
 from workers.tiny_dit.sd3 import save_tiny_sd3
@@ -37,6 +38,7 @@ TINY_DITS: dict[str, TinyDiT] = {
         TinyDiT("tiny-z-image", "ZImagePipeline", "1", save_tiny_z_image),
         TinyDiT("tiny-sana", "SanaPipeline", "1", save_tiny_sana),
         TinyDiT("tiny-flux2", "Flux2KleinPipeline", "1", save_tiny_flux2),
+        TinyDiT("tiny-pixart", "PixArtSigmaPipeline", "1", save_tiny_pixart),
     )
 }
 
