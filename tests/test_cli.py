@@ -173,6 +173,6 @@ def test_text_logs_off_a_terminal_show_start_up_without_colour(tmp_path, session
     assert any(line.startswith("(GenerationWorker pid=") and "could not load its models" in line for line in lines)
     assert "\x1b[" not in result.stderr
     assert [line for line in lines if line.startswith("genbatch:")] == [
-        f"genbatch: error: no worker could load the models: OSError: Error no file named model_index.json found in "
-        f"directory {broken}."
+        f"genbatch: error: no worker could load the models: OSError: no file named model_index.json in {broken}: "
+        "not a diffusers pipeline folder"
     ]

@@ -35,11 +35,11 @@ def test_a_batch_that_raises_is_rerun_row_by_row_so_only_the_culprit_fails(tmp_p
     real_generate = generation.generate
     calls = []
 
-    def generate(pipeline, rows, pad_to=None):
+    def generate(pipeline, rows, pad_to=None, **options):
         calls.append(len(rows))
         if any(row.prompt == "poison" for row in rows):
             raise ValueError("cannot draw\n  poison")  # a multi-line message: rows keep one line
-        return real_generate(pipeline, rows, pad_to)
+        return real_generate(pipeline, rows, pad_to, **options)
 
     monkeypatch.setattr(generation, "generate", generate)
     worker = GenerationWorker(settings(tmp_path / "out"), 0)
@@ -73,10 +73,10 @@ def test_micro_batches_keep_shard_positions_through_grouping_and_retry_subsets()
 def test_the_one_by_one_fall_back_keeps_each_rows_position(tmp_path, monkeypatch, tiny_dirs):
     real_generate = generation.generate
 
-    def generate(pipeline, rows, pad_to=None):
+    def generate(pipeline, rows, pad_to=None, **options):
         if any(row.prompt == "poison" for row in rows):
             raise ValueError("cannot draw poison")
-        return real_generate(pipeline, rows, pad_to)
+        return real_generate(pipeline, rows, pad_to, **options)
 
     worker = GenerationWorker(settings(tmp_path / "out"), 0)
     batch = {5: spec("a cat", 1), 9: spec("poison", 2), 12: spec("a dog", 3)}  # shard positions, not 0, 1, 2
