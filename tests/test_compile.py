@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -205,7 +206,7 @@ def test_weights_load_straight_onto_the_gpu(monkeypatch, tiny_dirs):
 
     class Loaded:
         scheduler = None
-        components: dict = {}  # nothing for the weights check to read: no model was loaded
+        components = types.MappingProxyType({})  # nothing for the weights check to read: no model was loaded
 
         def set_progress_bar_config(self, **kw):
             pass
