@@ -185,13 +185,18 @@ CASES = [
         defaults=(20, 4.5),
     ),
 ]
-# Every family's jobs, pixels and scores run in `make test`; the image-to-image, sweep, rescore and reconstruct
-# tests of all but FLUX.1 (whose run the same code) only in `make test-long`, to keep the suite's time.
+# Every family's jobs, pixels and scores run in `make test`, and FLUX.1's reconstruct (in-process, cheap); the
+# image-to-image, sweep and rescore jobs (another job each) and the other families' reconstruct only in
+# `make test-long`, to keep the suite within its time.
 FIRST = CASES[0].model
 
 
 def core(cases=CASES):
     return [pytest.param(case, id=case.model) for case in cases]
+
+
+def long_tier(cases=CASES):
+    return [pytest.param(case, id=case.model, marks=pytest.mark.minutes) for case in cases]
 
 
 def full(cases=CASES):
@@ -295,7 +300,7 @@ def test_clip_scores_equal_transformers_on_the_written_images(family, tiny_dirs)
         assert row["clip_cosine"] == pytest.approx(expected, abs=1e-4), row["id"]
 
 
-@pytest.mark.parametrize("family", full(), indirect=True)
+@pytest.mark.parametrize("family", long_tier(), indirect=True)
 def test_image_to_image_equals_a_plain_call_of_the_family_image_to_image_pipeline(family):
     case, pipeline, tmp_path, _, base, _ = family
     if case.image_to_image is None:
@@ -313,7 +318,7 @@ def test_image_to_image_equals_a_plain_call_of_the_family_image_to_image_pipelin
         assert np.array_equal(decode_png(row["image"]["bytes"]), expected), row["id"]
 
 
-@pytest.mark.parametrize("family", full(), indirect=True)
+@pytest.mark.parametrize("family", long_tier(), indirect=True)
 def test_a_sweep_over_schedulers_and_guidance_runs_each_as_a_plain_call(family):
     case, pipeline, tmp_path, manifest, base, _ = family
     sweep = {"model.scheduler": list(case.schedulers), "generation.guidance_scale": [case.generation["guidance_scale"]]}
@@ -336,7 +341,7 @@ def test_a_sweep_over_schedulers_and_guidance_runs_each_as_a_plain_call(family):
     assert own_kind.column("image_sha256").to_pylist() == base.column("image_sha256").to_pylist()
 
 
-@pytest.mark.parametrize("family", full(), indirect=True)
+@pytest.mark.parametrize("family", long_tier(), indirect=True)
 def test_rescore_adds_a_score_to_a_family_run(family):
     case, _, tmp_path, _, _, _ = family
     base = tmp_path / "base"
