@@ -106,16 +106,7 @@ SD15_VAE = {
     "up_block_types": ("UpDecoderBlock2D",) * 4,
 }
 # text_encoder/config.json: the text tower of CLIP ViT-L/14, shared with the scorer's text tower.
-VIT_L14_TEXT = {
-    "vocab_size": 49408,
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "max_position_embeddings": 77,
-    "hidden_act": "quick_gelu",
-    "projection_dim": 768,
-}
+VIT_L14_TEXT = dit.CLIP_L_TEXT
 # openai/clip-vit-large-patch14 vision_config.
 VIT_L14_VISION = {
     "image_size": 224,

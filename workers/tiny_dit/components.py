@@ -49,8 +49,11 @@ def t5_text_encoder(seed: int, d_model: int = T5_DIM):
     return T5EncoderModel(config), tokenizer
 
 
-def kl_vae(seed: int, scaling_factor: float, shift_factor: float, latent_channels: int = 16):
-    """A tiny FLUX.1/SD3-style VAE: 16 latent channels, no quant convs, the family's scaling and shift.
+def kl_vae(
+    seed: int, scaling_factor: float, shift_factor: float | None, latent_channels: int = 16, quant_convs: bool = False
+):
+    """A tiny KL VAE: FLUX.1/SD3-style by default (16 latent channels, no quant convs, the family's scaling and
+    shift); Stable Diffusion-style with 4 channels, quant convs and no shift.
 
     Two blocks: it downsamples 2x (the real ones 8x), so the pipelines' `vae_scale_factor` is 2."""
     import torch
@@ -68,8 +71,8 @@ def kl_vae(seed: int, scaling_factor: float, shift_factor: float, latent_channel
         sample_size=32,
         scaling_factor=scaling_factor,
         shift_factor=shift_factor,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
+        use_quant_conv=quant_convs,
+        use_post_quant_conv=quant_convs,
     )
 
 

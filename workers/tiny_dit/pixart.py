@@ -12,29 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workers.tiny_dit.components import T5_DIM, t5_text_encoder
+from workers.tiny_dit.components import T5_DIM, kl_vae, t5_text_encoder
 
 LATENT_CHANNELS = 4
 SDXL_VAE_SCALING = 0.13025
 
-
-def sd_vae(seed: int):
-    """A tiny Stable Diffusion-style VAE: 4 latent channels, quant convs, scaled but not shifted latents."""
-    import torch
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        block_out_channels=(8, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=LATENT_CHANNELS,
-        norm_num_groups=4,
-        sample_size=32,
-        scaling_factor=SDXL_VAE_SCALING,
-    )
 
 
 def save_tiny_pixart(folder: Path) -> None:
@@ -64,7 +46,7 @@ def save_tiny_pixart(folder: Path) -> None:
     pipeline = PixArtSigmaPipeline(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
-        vae=sd_vae(seed=2),
+        vae=kl_vae(2, SDXL_VAE_SCALING, None, LATENT_CHANNELS, quant_convs=True),  # SD-style, as PixArt-Sigma ships
         transformer=transformer,
         # PixArt-Sigma's scheduler_config.json: DPM-Solver++ (2nd order) on the linear beta schedule, epsilon.
         scheduler=DPMSolverMultistepScheduler(
