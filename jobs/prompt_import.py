@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from jobs.errors import ManifestError
 from jobs.manifest import read_manifest
 from workers import columns as C
-from workers import layout
+from workers import storage
 from workers.rows import derive_seed
 
 MAX_LINES_SHOWN = 5
@@ -308,7 +308,7 @@ def write_manifest_atomically(write: Callable[[str], None], input_label: str, ou
     A failed import leaves no output and never a half-written one; an existing output is replaced whole."""
     folder = os.path.dirname(os.path.abspath(output_path))
     # A name of our own rather than mkstemp's: the file then gets the umask's permissions, not 0600.
-    temporary = os.path.join(folder, layout.temp_name(os.path.basename(output_path)))
+    temporary = os.path.join(folder, storage.temp_name(os.path.basename(output_path)))
     try:
         os.makedirs(folder, exist_ok=True)
         write(temporary)

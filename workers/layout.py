@@ -8,15 +8,13 @@
       stats/shard-00000.json     how each shard went (workers.shard_stats)
 
 Every file is published whole (workers.storage): it is first written next to its final name under a
-temporary one, `.NAME.<uuid>.tmp`, which a reader or a rerun never takes for output.
+temporary one, `.NAME.<uuid>.tmp` (`storage.temp_name`), which a reader or a rerun never takes for output.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import uuid
 
-# `from workers import storage`, not its names: storage asks this module for its temporary names.
 from workers import storage
 
 JOB_FILE = "job.json"
@@ -30,7 +28,6 @@ OUTPUT_MARKERS = (JOB_FILE, LOCK_FILE)
 
 SHARD_PATTERN = "shard-*.parquet"  # in DATA_DIR
 STATS_PATTERN = "shard-*.json"  # in STATS_DIR
-TEMP_SUFFIX = ".tmp"
 
 
 def shard_file_name(index: int) -> str:
@@ -49,16 +46,6 @@ def is_shard_file(name: str) -> bool:
 def is_stats_file(name: str) -> bool:
     """Whether a file name in `stats/` is a shard's stats."""
     return fnmatch.fnmatch(name, STATS_PATTERN)
-
-
-def temp_name(name: str) -> str:
-    """A temporary name for a file about to be published as `name`, unique to this write."""
-    return f".{name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
-
-
-def is_temp_file(name: str) -> bool:
-    """Whether a file name is a temporary one (see `temp_name`), left by a writer killed mid-write."""
-    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
 
 
 def job_file(output_dir: str) -> str:

@@ -5,9 +5,10 @@ pyarrow.fs or fsspec resolves (`memory://`, `abfs://`, ...). Credentials come fr
 of whichever process touches the location (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, instance roles):
 the driver reads manifests and job.json, each actor reads its rows and writes its shards itself.
 
-Writes are published whole: local files are written under a temporary name, synced and renamed;
-objects are uploaded under a temporary key and then moved (a server-side copy) to their final key, so
-no reader ever sees a half object under a final name.
+Writes are published whole (`AtomicFile`, `write_bytes`): local files are written under a temporary
+name, synced and renamed; objects are uploaded under a temporary key and then moved (a server-side copy)
+to their final key, so no reader ever sees a half object under a final name. The temporary name is
+`.NAME.<uuid>.tmp` (`temp_name`), which a reader or a rerun never takes for output.
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from workers import layout  # the module, not its names: layout joins its paths with this one's `join`
-
 logger = logging.getLogger(__name__)
+
+TEMP_SUFFIX = ".tmp"
 
 
 def is_remote(location: str | os.PathLike) -> bool:
@@ -136,39 +138,88 @@ def read_bytes(location: str) -> bytes:
         return handle.read()
 
 
-def write_bytes(location: str, data: bytes | pa.Buffer, before_publish: Callable[[], None] | None = None) -> None:
-    """Publish `data` at `location` whole, or not at all (see the module's docstring).
+def temp_name(name: str) -> str:
+    """A temporary name for a file about to be published as `name`, unique to this write."""
+    return f".{name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
 
-    `before_publish` runs after the data is stored under its temporary name and before it takes its
-    final one; if it raises, nothing is published."""
-    temp = join(parent(location), layout.temp_name(name(location)))
-    if is_remote(location):
-        filesystem, final_path = resolve(location)
-        _, temp_path = resolve(temp)
-        try:
-            with filesystem.open_output_stream(temp_path) as sink:
-                sink.write(data)
+
+def is_temp_file(name: str) -> bool:
+    """Whether a file name is a temporary one (see `temp_name`), left by a writer killed mid-write."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+class AtomicFile:
+    """A file published whole (see the module's docstring), written as a stream so that it need not be held in
+    memory (an export's tar shard of 10,000 images): `write()` bytes, then `commit()` to publish or
+    `discard()` to leave nothing behind."""
+
+    def __init__(self, location: str, sync: bool = True):
+        self.location = location
+        self.bytes = 0
+        self._sync = sync  # fsync a local file before its rename
+        self._temp = join(parent(location), temp_name(name(location)))
+        if is_remote(location):
+            self._filesystem, self._temp_path = resolve(self._temp)
+            self._sink = self._filesystem.open_output_stream(self._temp_path)
+        else:
+            os.makedirs(os.path.dirname(local_path(location)) or ".", exist_ok=True)
+            self._sink = open(local_path(self._temp), "wb")  # closed in commit() or discard()
+
+    def write(self, data: bytes | pa.Buffer) -> int:
+        self._sink.write(data)
+        self.bytes += len(data)
+        return len(data)
+
+    def commit(self, before_publish: Callable[[], None] | None = None) -> None:
+        """Publish the file. `before_publish` runs once the data is stored under its temporary name, before it
+        takes its final one; if it raises, nothing is published (the caller then discards)."""
+        if is_remote(self.location):
+            self._sink.close()
             if before_publish is not None:
                 before_publish()
-            filesystem.move(temp_path, final_path)
-        except BaseException:
-            _delete_quietly(filesystem, temp_path)
-            raise
-        return
-    path, temp = local_path(location), local_path(temp)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    try:
-        with open(temp, "wb") as sink:
-            sink.write(memoryview(data))
-            sink.flush()
-            os.fsync(sink.fileno())
+            _, final_path = resolve(self.location)
+            self._filesystem.move(self._temp_path, final_path)
+            return
+        temp = local_path(self._temp)
+        self._sink.flush()
+        if self._sync:
+            os.fsync(self._sink.fileno())
+        self._sink.close()
         os.chmod(temp, 0o644)
         if before_publish is not None:
             before_publish()
-        os.replace(temp, path)
+        os.replace(temp, local_path(self.location))
+
+    def discard(self) -> None:
+        """Close and delete the temporary file. Used on error paths, so its own failure is logged, not raised
+        over the first."""
+        try:
+            self._sink.close()
+            if is_remote(self.location):
+                if self._filesystem.get_file_info(self._temp_path).type == pafs.FileType.File:
+                    self._filesystem.delete_file(self._temp_path)
+            elif os.path.exists(local_path(self._temp)):
+                os.unlink(local_path(self._temp))
+        except OSError as error:
+            logger.warning("could not delete %s: %s", self._temp, error)
+
+
+def write_bytes(
+    location: str,
+    data: bytes | pa.Buffer,
+    before_publish: Callable[[], None] | None = None,
+    sync: bool = True,
+) -> None:
+    """Publish `data` at `location` whole, or not at all (an `AtomicFile` written at once).
+
+    `before_publish` runs after the data is stored under its temporary name and before it takes its
+    final one; if it raises, nothing is published."""
+    sink = AtomicFile(location, sync=sync)
+    try:
+        sink.write(data)
+        sink.commit(before_publish)
     except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
+        sink.discard()
         raise
 
 
@@ -181,16 +232,8 @@ def delete(location: str) -> None:
 
 def remove_temp_files(folder: str) -> int:
     """Delete temporary files left by writers that were killed mid-write; returns how many."""
-    leftovers = [f for f in list_files(folder) if layout.is_temp_file(name(f))]
+    leftovers = [f for f in list_files(folder) if is_temp_file(name(f))]
     for location in leftovers:
         delete(location)
     return len(leftovers)
 
-
-def _delete_quietly(filesystem: pafs.FileSystem, path: str) -> None:
-    """Delete if present. Used on error paths too, so its own failure is logged, not raised over the first."""
-    try:
-        if filesystem.get_file_info(path).type == pafs.FileType.File:
-            filesystem.delete_file(path)
-    except OSError as error:
-        logger.warning("could not delete %s: %s", path, error)

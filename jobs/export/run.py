@@ -36,7 +36,7 @@ from jobs.export.source import EXTENSIONS, RunSource, ScanCounts, open_source
 from jobs.export.webdataset import WebDatasetShard
 from jobs.export.where import check_columns, parse_where
 from workers import columns as C
-from workers import layout, storage
+from workers import storage
 
 logger = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ def claim_destination(dest: str, identity: dict, overwrite: bool, entries: dict[
         if changes:
             _clear(dest)
             entries.clear()
-    elif any(not layout.is_temp_file(name) for name in entries):
+    elif any(not storage.is_temp_file(name) for name in entries):
         raise OutputError(f"{dest}: not empty and not a genbatch export (no {EXPORT_FILE}); choose another destination")
     storage.remove_temp_files(dest)
     storage.remove_temp_files(storage.join(dest, MARKER_DIR))
@@ -328,7 +328,7 @@ def _clear(dest: str) -> None:
     existing = storage.list_files(dest, recursive=True)
     relative = [_relative(dest, path) for path in existing]
     for path, name in zip(existing, relative):
-        if _OURS.match(name) or layout.is_temp_file(storage.name(name)):
+        if _OURS.match(name) or storage.is_temp_file(storage.name(name)):
             storage.delete(path)
     if not storage.is_remote(dest):
         for name in sorted({name.split("/")[0] for name in relative if "/" in name}, reverse=True):
