@@ -56,6 +56,7 @@ import pyarrow.parquet as pq
 from throughput import make_manifest
 
 from jobs.signals import Interrupted
+from workers.loading import quiet_libraries
 
 logger = logging.getLogger("gpu_throughput")
 
@@ -1140,19 +1141,9 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    # diffusers imports torchao: its warnings about CUDA extensions a CPU build lacks, and torch's about
-    # the enums torchao registers, say nothing about the measurement.
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    import diffusers
+    quiet_libraries()  # the table is printed at the end: library chatter says nothing about the measurement
     import torch
-    import transformers
 
-    # Progress bars and advice from the libraries would bury the log (the table is printed at the end).
-    diffusers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
     if (args.model, args.smoke) not in MODES:
         raise SystemExit(f"gpu_throughput.py: --smoke has no tiny variant of {args.model} (flux-dev-sized has one)")
     mode = MODES[(args.model, args.smoke)]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from workers.families import Family, for_pipeline
 from workers.families.stable_diffusion import STABLE_DIFFUSION
+from workers.quantize import quantize_denoiser
 from workers.tasks import FastPaths, GenerationDefaults
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,6 @@ def apply_fast_paths(pipeline, fast: FastPaths, device, batch_size: int, default
     """Configure `pipeline` in place; returns the names of the options turned on (for the logs); quantizing's
     is `quantize int8: 40 of 50 Linear layers`."""
     import torch
-
-    from workers.quantize import quantize_denoiser
 
     family = for_pipeline(pipeline)
     denoiser = getattr(pipeline, family.denoiser)  # the UNet or the transformer: nearly all of the work

@@ -10,8 +10,9 @@ import logging
 import os
 import re
 
-from workers import tiny, tiny_dit
+from workers import families, tiny, tiny_dit
 from workers.errors import ModelNotFoundError, UnknownFamilyError
+from workers.schedulers import build_scheduler
 from workers.weights_check import check_loading_info, check_pipeline
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,25 @@ def quiet_hub() -> None:
 
     hub_logging.set_verbosity_error()
     disable_progress_bars()
+
+
+def quiet_libraries(diffusers: bool = True) -> None:
+    """Only errors from the model libraries: their progress bars and advice, one copy per process, would bury
+    the log (an actor's in the driver's, a report's or a benchmark's own). No notes from torchao either (which
+    diffusers and transformers import where it is installed) about CUDA extensions a build lacks, nor torch's
+    about the enums torchao registers. `diffusers` False: a process that never uses it does not import it."""
+    quiet_hub()
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    if diffusers:
+        import diffusers as diffusers_library
+
+        diffusers_library.utils.logging.set_verbosity_error()
+        diffusers_library.utils.logging.disable_progress_bar()
 
 
 def check_hub_model(ref: str, revision: str | None, index_file: str) -> None:
@@ -195,8 +215,6 @@ def text_to_image_class(source: str, revision: str | None):
 def model_family_of(source: str, revision: str | None):
     """The family (workers.families.Family) of the pipeline at `source` (a folder or a hub id), and the
     `_class_name` its model_index.json names."""
-    from workers import families
-
     index = _cached_file(source, revision, "model_index.json")
     if index is None and is_hub_id(source):
         from huggingface_hub import hf_hub_download
@@ -228,8 +246,6 @@ def _cached_file(source: str, revision: str | None, name: str) -> str | None:
 def load_pipeline(ref: str, revision: str | None, scheduler: str | None, device, dtype, variant: str | None = None):
     """The text-to-image pipeline named by `ref`, on `device` in `dtype`, with the scheduler swapped if asked."""
     import diffusers
-
-    from workers.schedulers import build_scheduler
 
     source = pipeline_source(ref)
     logger.info("loading pipeline %s (%s)", ref, source)

@@ -29,6 +29,7 @@ from workers import columns as C
 from workers import layout, storage
 from workers.errors import ShardError, WorkerLoadError, describe
 from workers.fence import check_fence
+from workers.loading import pick_device, quiet_hub
 from workers.scorers import Scorer, build_scorers, score_columns
 from workers.tasks import RescoreResult, RescoreSettings, RescoreTask, ScoreModels, WorkerInfo
 from workers.writer import ShardFooter, read_footer, write_shard
@@ -54,8 +55,6 @@ class RescoreWorker:
     def _load(self) -> None:
         started = time.perf_counter()
         import torch
-
-        from workers.loading import pick_device, quiet_hub
 
         quiet_hub()
         settings = self.settings

@@ -16,17 +16,13 @@ from typing import Protocol
 import numpy as np
 
 from workers import columns as C
-from workers import tiny
+from workers import loading, tiny
+from workers.aesthetic_mlp import AESTHETIC_LINEARS, aesthetic_mlp, head_shapes
+from workers.clip import preprocess_on_device
 from workers.errors import ScorerLoadError, one_line
 from workers.tasks import ScoreModels
 
 logger = logging.getLogger(__name__)
-
-# The LAION improved-aesthetic-predictor MLP: the width after each Linear, and each Linear's index in its
-# nn.Sequential (dropouts sit at 1, 3 and 5), which is what its state-dict names (`layers.N.*`) count.
-AESTHETIC_WIDTHS = (1024, 128, 64, 16, 1)
-AESTHETIC_LINEARS = (0, 2, 4, 6, 7)
-AESTHETIC_DROPOUTS = (0.2, 0.2, 0.1)
 
 
 class Scorer(Protocol):
@@ -93,8 +89,6 @@ def image_embeddings(model, processor, pixels, device, on_device: bool):
     """CLIP's projected image embeddings (float32) of uint8 pixels (N, H, W, 3), preprocessed as ClipScorer does."""
     import torch
 
-    from workers.clip import preprocess_on_device
-
     if on_device:
         pixel_values = preprocess_on_device(pixels.to(device), processor.image_processor)
     else:
@@ -116,7 +110,7 @@ def build_scorers(models: ScoreModels, device, clip=None, on_device: bool = Fals
     already loaded for the CLIP score: a scorer naming the same ref shares it; each other ref loads once.
     `load(ref, device)` loads a CLIP (default: workers.loading.load_clip)."""
     if load is None:
-        from workers.loading import load_clip as load
+        load = loading.load_clip
     loaded: dict[str, tuple] = {} if clip is None else {clip[0]: (clip[1], clip[2])}
 
     def clip_for(ref: str) -> tuple:
@@ -134,29 +128,6 @@ def build_scorers(models: ScoreModels, device, clip=None, on_device: bool = Fals
         head = load_aesthetic_head(models.aesthetic_head, model.config.projection_dim, models.aesthetic, device)
         scorers.append(AestheticScorer(model, processor, head, device, on_device))
     return scorers
-
-
-def aesthetic_mlp(input_dim: int):
-    """The LAION improved-aesthetic-predictor's nn.Sequential, its first layer taking `input_dim` features."""
-    import torch.nn as nn
-
-    dims = (input_dim, *AESTHETIC_WIDTHS)
-    layers: list[nn.Module] = []
-    for k in range(len(AESTHETIC_WIDTHS)):
-        layers.append(nn.Linear(dims[k], dims[k + 1]))
-        if k < len(AESTHETIC_DROPOUTS):
-            layers.append(nn.Dropout(AESTHETIC_DROPOUTS[k]))
-    return nn.Sequential(*layers)
-
-
-def head_shapes(input_dim: int) -> dict[str, tuple[int, ...]]:
-    """The tensors an aesthetic head must hold, in order, with their shapes."""
-    dims = (input_dim, *AESTHETIC_WIDTHS)
-    shapes: dict[str, tuple[int, ...]] = {}
-    for k, index in enumerate(AESTHETIC_LINEARS):
-        shapes[f"layers.{index}.weight"] = (dims[k + 1], dims[k])
-        shapes[f"layers.{index}.bias"] = (dims[k + 1],)
-    return shapes
 
 
 def head_problem(found: dict[str, tuple[int, ...]], input_dim: int | None) -> str | None:
@@ -211,14 +182,12 @@ def load_aesthetic_head(head: str, input_dim: int, clip_ref: str, device):
 def clip_projection_dim(ref: str) -> int | None:
     """A CLIP's projection_dim read from its config.json without loading it; None where that file is not at
     hand (a hub model not yet in the cache: the actor checks once it has the model)."""
-    from workers.loading import is_builtin, is_hub_model, looks_like_path
-
-    if is_builtin(ref):
+    if loading.is_builtin(ref):
         return tiny.TEXT_DIM
     config_file: str | None = None
-    if looks_like_path(ref):
+    if loading.looks_like_path(ref):
         config_file = os.path.join(os.path.expanduser(ref), "config.json")
-    elif is_hub_model(ref):
+    elif loading.is_hub_model(ref):
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(ref, "config.json")

@@ -236,4 +236,3 @@ def remove_temp_files(folder: str) -> int:
     for location in leftovers:
         delete(location)
     return len(leftovers)
-

@@ -12,6 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from workers.aesthetic_mlp import aesthetic_mlp
+
 logger = logging.getLogger(__name__)
 
 TINY = "tiny"
@@ -233,8 +235,6 @@ def _save_tiny_pickscore(folder: Path) -> None:
 def _save_tiny_aesthetic_head(folder: Path) -> None:
     import torch
     from safetensors.torch import save_file
-
-    from workers.scorers import aesthetic_mlp
 
     torch.manual_seed(2)
     mlp = aesthetic_mlp(TEXT_DIM)

@@ -18,6 +18,7 @@ from workers import families, quantize
 from workers.batch import BatchRunner, collect_encoded, micro_batches
 from workers.errors import WorkerLoadError, describe
 from workers.fence import check_fence
+from workers.loading import quiet_libraries
 from workers.output import RowOutput, RunLabels, build_output_table, failed_positions, merge_retried, read_previous
 from workers.provenance import device_description, pixel_versions
 from workers.rows import expand_images, read_slice, resolve_rows, row_ids
@@ -45,7 +46,7 @@ class GenerationWorker:
 
     def __init__(self, settings: WorkerSettings, index: int):
         self.created = time.perf_counter()  # first_image_seconds counts from here
-        _quiet_libraries()
+        quiet_libraries()  # one actor's library chatter, times the actors, would flood the driver's log
         self.settings = settings
         self.index = index
         self.load_error: str | None = None
@@ -346,21 +347,3 @@ def _node_ip() -> str:
     import ray
 
     return ray.util.get_node_ip_address() if ray.is_initialized() else ""
-
-
-def _quiet_libraries() -> None:
-    """Library progress bars and advice would flood the driver's log with one line per actor."""
-    from workers.loading import quiet_hub
-
-    quiet_hub()
-    # diffusers imports torchao where it is installed (performance.quantize): torchao then warns about each
-    # optional CUDA extension a build lacks, and torch about each enum torchao registers.
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()

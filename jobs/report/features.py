@@ -140,28 +140,13 @@ class InceptionFeatures:
             return self.network(batch).cpu().numpy()
 
 
-def _quiet_libraries() -> None:
-    """A report's stderr is its own warnings: no load progress bars from transformers, no notes from torchao
-    (which transformers imports where it is installed) about CUDA extensions a build lacks, nor torch's about
-    the enums torchao registers."""
-    from workers.loading import quiet_hub
-
-    quiet_hub()
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 class ClipImageFeatures:
     """L2-normalised CLIP image embeddings (projected), images preprocessed by the model's own processor."""
 
     def __init__(self, ref: str, device=None):
-        from workers.loading import load_clip, pick_device
+        from workers.loading import load_clip, pick_device, quiet_libraries
 
-        _quiet_libraries()
+        quiet_libraries(diffusers=False)  # a report's stderr is its own warnings
         self.device = device or pick_device()
         try:
             self.model, self.processor = load_clip(ref, self.device)
