@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from jobs.adapters import lora_identity
@@ -21,6 +22,8 @@ logger = logging.getLogger(__name__)
 # Identity entries that are left out at their default (quantize_identity): compared as that default,
 # so that turning one on or off names the setting (`performance.quantize: 'none' -> 'int8'`).
 _LEFT_OUT_AT_DEFAULT = {"performance": {"quantize": "none", "cache": "none"}}
+# Identity entries whose values mean nothing to a reader: a change is named by its sentence.
+_CHANGE_SENTENCES = {"fingerprint": "manifest contents changed"}
 
 
 def quantize_identity(config: JobConfig) -> dict:
@@ -68,7 +71,7 @@ def check_same_job(output_dir: str, previous: dict, identity: dict) -> None:
     before = previous.get("identity")
     if before is None:
         raise OutputError(f"{output_dir}: holds output of an unknown job; rerun with --overwrite to replace it")
-    changes = _differences(_with_defaults(before), _with_defaults(identity))
+    changes = differences(_with_defaults(before), _with_defaults(identity), _CHANGE_SENTENCES)
     if changes:
         raise OutputError(
             f"{output_dir}: holds a job with other settings ({'; '.join(changes)}); "
@@ -81,21 +84,25 @@ def _with_defaults(identity: dict) -> dict:
     return {**identity, **{name: {**left, **identity.get(name, {})} for name, left in _LEFT_OUT_AT_DEFAULT.items()}}
 
 
-def _differences(before: dict, after: dict, prefix: str = "") -> list[str]:
+def differences(before: dict, after: dict, sentences: Mapping[str, str], prefix: str = "") -> list[str]:
+    """What changed between two identities (a job's, an export's), one `name: old -> new` each: nested
+    entries by their dotted names, list entries by index (LoRAs). A key in `sentences` is named by its
+    sentence instead (a fingerprint's values mean nothing to a reader)."""
     changes = []
     for key in sorted(set(before) | set(after)):
         old, new = before.get(key), after.get(key)
         name = f"{prefix}{key}"
         if isinstance(old, dict) and isinstance(new, dict):
-            changes += _differences(old, new, name + ".")
+            changes += differences(old, new, sentences, name + ".")
         elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):  # LoRAs: name the entry
-            changes += _differences(
+            changes += differences(
                 {f"{key}[{i}]": value for i, value in enumerate(old)},
                 {f"{key}[{i}]": value for i, value in enumerate(new)},
+                sentences,
                 prefix,
             )
         elif old != new:
-            changes.append("manifest contents changed" if key == "fingerprint" else f"{name}: {old!r} -> {new!r}")
+            changes.append(sentences[key] if key in sentences else f"{name}: {old!r} -> {new!r}")
     return changes
 
 

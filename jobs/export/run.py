@@ -35,6 +35,7 @@ from jobs.export.publish import publish_bytes
 from jobs.export.source import EXTENSIONS, RunSource, ScanCounts, open_source
 from jobs.export.webdataset import WebDatasetShard
 from jobs.export.where import check_columns, parse_where
+from jobs.resume import differences
 from workers import columns as C
 from workers import storage
 
@@ -294,7 +295,11 @@ def claim_destination(dest: str, identity: dict, overwrite: bool, entries: dict[
             previous = json.loads(storage.read_bytes(location)).get("identity")
         except (OSError, ValueError, AttributeError):
             previous = None
-        changes = _differences(previous, identity) if isinstance(previous, dict) else ["not a genbatch export record"]
+        changes = (
+            differences(previous, identity, {"run": "the run changed (its shards differ)"})
+            if isinstance(previous, dict)
+            else ["not a genbatch export record"]
+        )
         if changes and not overwrite:
             raise OutputError(
                 f"{dest}: holds an export with other settings ({'; '.join(changes)}); "
@@ -312,15 +317,6 @@ def claim_destination(dest: str, identity: dict, overwrite: bool, entries: dict[
         publish_bytes(location, (json.dumps(record, indent=2) + "\n").encode())
     except OSError as error:
         raise OutputError(f"{location}: cannot write ({error.strerror or one_line(error)})") from None
-
-
-def _differences(before: dict, after: dict) -> list[str]:
-    changes = []
-    for name in sorted(set(before) | set(after)):
-        old, new = before.get(name), after.get(name)
-        if old != new:
-            changes.append("the run changed (its shards differ)" if name == "run" else f"{name}: {old!r} -> {new!r}")
-    return changes
 
 
 def _clear(dest: str) -> None:
