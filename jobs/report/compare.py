@@ -14,8 +14,8 @@ import pyarrow.compute as pc
 
 from jobs.errors import UsageError
 from jobs.report import leaderboard
-from jobs.report.documents import check_destination, publish_documents
-from jobs.report.render import CLIP_SCORE_DEFINITION, environment, histogram_uri, json_bytes, thumbnail_uri
+from jobs.report.documents import check_destination
+from jobs.report.render import CLIP_SCORE_DEFINITION, histogram_uri, thumbnail_uri, write_documents
 from jobs.report.runs import Run, fetch_images, open_run
 from jobs.report.stats import paired_comparison
 from jobs.report.summary import pick_group_column, run_settings
@@ -137,17 +137,8 @@ def write_comparison(
         [a, b], reference, fid_weights=fid_weights, cmmd_model=cmmd_model, check_prompts=False, by=by
     )
     data = {**data, **board}
-    env = environment()
     context = {"c": data, "v": visuals, "l": data, **leaderboard.page_context(data, figures)}
-    return publish_documents(
-        out,
-        {
-            **figures,
-            "compare.json": json_bytes(data),
-            "compare.md": env.get_template("compare.md.j2").render(context).encode("utf-8"),
-            "compare.html": env.get_template("compare.html.j2").render(context).encode("utf-8"),
-        },
-    )
+    return write_documents(out, "compare", data, context, files=figures)
 
 
 def _group_deltas(pairs: pa.Table, column: str, score_a: np.ndarray, score_b: np.ndarray) -> dict:

@@ -20,8 +20,8 @@ import pyarrow.fs as pafs
 
 from jobs.errors import OutputError, UsageError, some_of
 from jobs.report import plots, ranking
-from jobs.report.documents import check_destination, publish_documents
-from jobs.report.render import CLIP_SCORE_DEFINITION, environment, json_bytes
+from jobs.report.documents import check_destination
+from jobs.report.render import CLIP_SCORE_DEFINITION, write_documents
 from jobs.report.runs import Run, open_run
 from jobs.report.summary import pick_group_column
 from workers import columns as C
@@ -357,25 +357,9 @@ def write_leaderboard(
         **data,
         "clip_score_definition": CLIP_SCORE_DEFINITION,
     }
-    write_documents(out, name, data, figures, "leaderboard")
-    return out
-
-
-def write_documents(out: str, name: str, data: dict, figures: dict, template: str) -> None:
-    """`name`.json, `name`.md and `name`.html (from `template`.md.j2 / .html.j2) and each plot as a PNG file.
-
-    The HTML shows the plots inline (data URIs), so it stays one self-contained file."""
-    env = environment()
+    # The HTML shows the plots inline (data URIs), so it stays one self-contained file; the PNGs are saved too.
     context = {"l": data, **page_context(data, figures)}
-    publish_documents(
-        out,
-        {
-            **figures,
-            f"{name}.json": json_bytes(data),
-            f"{name}.md": env.get_template(f"{template}.md.j2").render(context).encode("utf-8"),
-            f"{name}.html": env.get_template(f"{template}.html.j2").render(context).encode("utf-8"),
-        },
-    )
+    return write_documents(out, name, data, context, files=figures, template="leaderboard")
 
 
 def page_context(data: dict, figures: dict) -> dict:

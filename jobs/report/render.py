@@ -99,17 +99,22 @@ def json_bytes(data: dict) -> bytes:
     return (json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8")
 
 
-def write_documents(out: str, name: str, data: dict, visuals: dict, var: str) -> str:
-    """`name`.json from the data, and `name`.md / `name`.html from their templates (data as `var`), published
-    together (`documents.publish_documents`: all or none).
+def write_documents(
+    out: str, name: str, data: dict, context: dict, files: dict[str, bytes] | None = None, template: str | None = None
+) -> str:
+    """`name`.json from the data, and `name`.md / `name`.html rendered from `template`.md.j2 / .html.j2
+    (default: `name`'s) with `context`, published together with `files` (plots' PNGs), all or none
+    (`documents.publish_documents`).
 
     `out` is a local folder or an object-store prefix."""
     env = environment()
+    template = template or name
     return publish_documents(
         out,
         {
+            **(files or {}),
             f"{name}.json": json_bytes(data),
-            f"{name}.md": env.get_template(f"{name}.md.j2").render({var: data}).encode("utf-8"),
-            f"{name}.html": env.get_template(f"{name}.html.j2").render({var: data, "v": visuals}).encode("utf-8"),
+            f"{name}.md": env.get_template(f"{template}.md.j2").render(context).encode("utf-8"),
+            f"{name}.html": env.get_template(f"{template}.html.j2").render(context).encode("utf-8"),
         },
     )

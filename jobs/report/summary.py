@@ -301,4 +301,4 @@ def write_report(
     out = str(out_dir) if out_dir else storage.join(str(run_dir), "report")
     check_destination(out, list(REPORT_FILES))  # before the work, not after it
     data, visuals = build_report(run_dir, by, partial=partial, **set_metric_options)
-    return write_documents(out, "report", data, visuals, "r")
+    return write_documents(out, "report", data, {"r": data, "v": visuals})
