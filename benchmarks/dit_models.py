@@ -355,12 +355,9 @@ def text_encoder(encoder: TextEncoder, tokenizer):
     import transformers
 
     if encoder.kind in ("clip", "clip_projection"):
-        config = transformers.CLIPTextConfig(
-            **{**encoder.config, "vocab_size": max(encoder.config["vocab_size"], len(tokenizer))},
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        from workers.tiny import text_config
+
+        config = text_config(encoder.config, tokenizer)
         kind = transformers.CLIPTextModel if encoder.kind == "clip" else transformers.CLIPTextModelWithProjection
         return kind(config)
     if encoder.kind == "t5":

@@ -56,6 +56,7 @@ import pyarrow.parquet as pq
 from throughput import make_manifest
 
 from jobs.signals import Interrupted
+from workers import tiny
 from workers.loading import quiet_libraries
 
 logger = logging.getLogger("gpu_throughput")
@@ -161,16 +162,7 @@ SDXL_UNET = {
 # vae/config.json: SD's VAE at 1024 px with SDXL's latent scaling.
 SDXL_VAE = {**SD15_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}
 # text_encoder_2/config.json: the text tower of OpenCLIP ViT-bigG/14, with its projection (the pooled embedding).
-BIGG_TEXT = {
-    "vocab_size": 49408,
-    "hidden_size": 1280,
-    "intermediate_size": 5120,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 20,
-    "max_position_embeddings": 77,
-    "hidden_act": "gelu",
-    "projection_dim": 1280,
-}
+BIGG_TEXT = dit.CLIP_G_TEXT
 # scheduler/scheduler_config.json: Euler, one UNet evaluation per step.
 SDXL_SCHEDULER = {
     "beta_start": 0.00085,
@@ -349,25 +341,6 @@ def scorer_configs(spec) -> tuple[dict, dict]:
 # --- Building the models -------------------------------------------------------------------------------
 
 
-def _tokenizer():
-    # The tiny model's tokenizer: a byte-level vocabulary written by code (every character a token).
-    # Its 514 ids fit in the padded ViT-L/14 vocabulary, and 77 positions are the same.
-    from workers.tiny import build_tokenizer
-
-    return build_tokenizer()
-
-
-def _text_config(text: dict, tokenizer):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        **{**text, "vocab_size": max(text["vocab_size"], len(tokenizer))},
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-
-
 def _scheduler(spec: ModelSpec):
     import diffusers
 
@@ -386,47 +359,16 @@ def build_models(spec: ModelSpec | dit.DitSpec, folder: Path, pipeline: bool = T
     if isinstance(spec, dit.DitSpec):
         return _build_dit(spec, folder, marker, pipeline)
     import torch
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     logger.info("building %s with random weights in %s (once)", spec.name, folder)
     started = time.perf_counter()
     shutil.rmtree(folder, ignore_errors=True)
-    tokenizer = _tokenizer()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec.weights_dtype]
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**spec.unet).to(dtype)
-    torch.manual_seed(0)
-    vae = AutoencoderKL(**spec.vae).to(dtype)
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(_text_config(spec.text, tokenizer)).to(dtype)
-    if spec.text_2 is not None:
-        torch.manual_seed(2)
-        text_encoder_2 = CLIPTextModelWithProjection(_text_config(spec.text_2, tokenizer)).to(dtype)
-        pipeline = StableDiffusionXLPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            text_encoder_2=text_encoder_2,
-            tokenizer=tokenizer,
-            tokenizer_2=_tokenizer(),
-            unet=unet,
-            scheduler=_scheduler(spec),
-            add_watermarker=False,
-        )
-    else:
-        pipeline = StableDiffusionPipeline(
-            unet=unet,
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            scheduler=_scheduler(spec),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    pipeline.save_pretrained(sd_dir, safe_serialization=True)
-    del pipeline, unet, vae, text_encoder
-    _save_scorer(spec.text, spec.vision, clip_dir)
+    # The second text encoder's seed is 2 here (the tiny SDXL's is 1): these folders were first built so.
+    tiny.save_sd_pipeline(
+        sd_dir, spec.unet, spec.vae, spec.text, _scheduler(spec), spec.text_2, dtype=dtype, text_2_seed=2
+    )
+    tiny.save_clip(clip_dir, spec.text, spec.vision, seed=1)  # the CLIP scorer: random weights, fp32
     marker.write_text(BUILD_VERSION)
     logger.info("built in %.0fs", time.perf_counter() - started)
     return sd_dir, clip_dir
@@ -447,34 +389,10 @@ def _build_dit(spec: dit.DitSpec, folder: Path, marker: Path, pipeline: bool) ->
         del built
         if device == "cuda":
             torch.cuda.empty_cache()
-    _save_scorer(*scorer_configs(spec), folder / "clip")
+    tiny.save_clip(folder / "clip", *scorer_configs(spec), seed=1)  # the CLIP scorer
     marker.write_text(BUILD_VERSION)
     logger.info("built in %.0fs", time.perf_counter() - started)
     return folder / "sd", folder / "clip"
-
-
-def _clip_config(text: dict, vision: dict, tokenizer):
-    from transformers import CLIPConfig
-
-    text_config = _text_config(text, tokenizer).to_dict()
-    return CLIPConfig(text_config=text_config, vision_config=vision, projection_dim=vision["projection_dim"])
-
-
-def _save_scorer(text: dict, vision: dict, clip_dir: Path) -> None:
-    """The CLIP scorer (random weights, fp32) and its processor."""
-    import torch
-    from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    tokenizer = _tokenizer()
-    image_size = vision["image_size"]
-    config = _clip_config(text, vision, tokenizer)
-    torch.manual_seed(1)
-    CLIPModel(config).save_pretrained(clip_dir, safe_serialization=True)
-    # CLIP's own preprocessing: resize the shortest edge, centre-crop, OpenAI mean/std (the defaults).
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-    )
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(clip_dir)
 
 
 # --- FLOP per image -----------------------------------------------------------------------------------
@@ -508,8 +426,8 @@ def count_flop_per_image(spec: ModelSpec | dit.DitSpec, steps: int, size: int, p
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    tokenizer = _tokenizer()
-    text_config = _text_config(spec.text, tokenizer)
+    tokenizer = tiny.build_tokenizer()
+    text_config = tiny.text_config(spec.text, tokenizer)
     tokens = spec.text["max_position_embeddings"]
     latent = size // 8
     scheduler = _scheduler(spec)
@@ -520,7 +438,7 @@ def count_flop_per_image(spec: ModelSpec | dit.DitSpec, steps: int, size: int, p
         vae = AutoencoderKL(**spec.vae)
         text_encoders = [CLIPTextModel(text_config)]
         if spec.text_2 is not None:
-            text_encoders.append(CLIPTextModelWithProjection(_text_config(spec.text_2, tokenizer)))
+            text_encoders.append(CLIPTextModelWithProjection(tiny.text_config(spec.text_2, tokenizer)))
 
     def flop(call) -> float:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -560,9 +478,9 @@ def count_clip_flop(text: dict, vision: dict, prompt: str) -> float:
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import CLIPModel
 
-    tokenizer = _tokenizer()
+    tokenizer = tiny.build_tokenizer()
     prompt_tokens = len(tokenizer(prompt, truncation=True, max_length=text["max_position_embeddings"])["input_ids"])
-    config = _clip_config(text, vision, tokenizer)
+    config = tiny.clip_config(text, vision, tokenizer)
     with torch.device("meta"):
         clip = CLIPModel(config)
     image = vision["image_size"]
@@ -1185,9 +1103,7 @@ def main(argv=None) -> int:
         )
     if args.flop_only:
         return 0
-    from workers.tiny import cache_root
-
-    model_dir = args.model_dir or cache_root() / f"bench-{mode.spec.folder}-v{BUILD_VERSION}"
+    model_dir = args.model_dir or tiny.cache_root() / f"bench-{mode.spec.folder}-v{BUILD_VERSION}"
     sd_dir, clip_dir = build_models(mode.spec, model_dir, pipeline=not args.in_memory)
     if not measuring:
         return 0

@@ -97,70 +97,161 @@ def build_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS)
 
 
-def _text_config(tokenizer):
+# The tiny models' sizes, in the arguments of their classes (CLIPTextConfig, CLIPVisionConfig, UNet2DConditionModel,
+# AutoencoderKL). A text tower's `vocab_size` 0 is raised to the tokenizer's size (`text_config`).
+TINY_TEXT = {
+    "vocab_size": 0,
+    "hidden_size": TEXT_DIM,
+    "intermediate_size": 37,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": MAX_TOKENS,
+    "projection_dim": TEXT_DIM,
+}
+TINY_VISION = {
+    "image_size": 32,
+    "patch_size": 4,
+    "hidden_size": TEXT_DIM,
+    "intermediate_size": 37,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "projection_dim": TEXT_DIM,
+}
+# The UNet shared by `tiny` and `tiny-sdxl`; each adds its family's conditioning.
+_TINY_UNET = {
+    "block_out_channels": (8, 16),
+    "layers_per_block": 1,
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "norm_num_groups": 4,
+}
+TINY_SD_UNET = {**_TINY_UNET, "cross_attention_dim": TEXT_DIM, "attention_head_dim": 4}
+_SDXL_TIME_EMBED_DIM = 8
+TINY_SDXL_UNET = {
+    **_TINY_UNET,
+    "attention_head_dim": (2, 4),
+    "use_linear_projection": True,
+    # SDXL's conditioning: pooled text embedding + (original size, crop, target size) time embeddings.
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": _SDXL_TIME_EMBED_DIM,
+    "transformer_layers_per_block": (1, 2),
+    "projection_class_embeddings_input_dim": 6 * _SDXL_TIME_EMBED_DIM + TEXT_DIM,
+    "cross_attention_dim": 2 * TEXT_DIM,  # both encoders' hidden states, concatenated
+}
+TINY_VAE = {
+    "block_out_channels": [8, 16],
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    "latent_channels": 4,
+    "norm_num_groups": 4,
+    "sample_size": 16,
+}
+TINY_SDXL_VAE = {**TINY_VAE, "scaling_factor": 0.13025, "force_upcast": False}  # SDXL's VAE scaling factor
+
+
+def text_config(text: dict, tokenizer):
+    """A CLIPTextConfig of `text`'s sizes for `tokenizer` (its special tokens; a vocabulary at least its size)."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=TEXT_DIM,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=MAX_TOKENS,
+        **{**text, "vocab_size": max(text["vocab_size"], len(tokenizer))},
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        projection_dim=TEXT_DIM,
     )
 
 
-def _tiny_unet(**config):
-    """The tiny UNet shared by `tiny` and `tiny-sdxl`; `config` adds each family's conditioning."""
+def clip_config(text: dict, vision: dict, tokenizer, **options):
+    """A CLIPConfig of these text and vision towers' sizes (`options`: CLIPConfig's own, e.g. the logit scale)."""
+    from transformers import CLIPConfig, CLIPVisionConfig
+
+    return CLIPConfig(
+        text_config=text_config(text, tokenizer).to_dict(),
+        vision_config=CLIPVisionConfig(**vision).to_dict(),
+        projection_dim=vision["projection_dim"],
+        **options,
+    )
+
+
+def save_sd_pipeline(
+    folder: Path,
+    unet: dict,
+    vae: dict,
+    text: dict,
+    scheduler,
+    text_2: dict | None = None,
+    dtype=None,
+    text_2_seed: int = 1,
+) -> None:
+    """A Stable Diffusion pipeline of these sizes with random weights, from fixed seeds, saved to `folder`; with
+    `text_2` (the second text encoder's sizes: it has a projection, the pooled embedding) an SDXL one.
+    The built-in tiny pipelines are built here, and the benchmarks' full-sized ones (stored in `dtype`)."""
     import torch
-    from diffusers import UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        **config,
-    )
+    def seeded(seed: int, build):
+        torch.manual_seed(seed)
+        model = build()
+        return model if dtype is None else model.to(dtype)
+
+    tokenizer = build_tokenizer()
+    unet_model = seeded(0, lambda: UNet2DConditionModel(**unet))
+    vae_model = seeded(0, lambda: AutoencoderKL(**vae))
+    text_encoder = seeded(0, lambda: CLIPTextModel(text_config(text, tokenizer)))
+    if text_2 is None:
+        pipeline = StableDiffusionPipeline(
+            unet=unet_model,
+            vae=vae_model,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    else:
+        text_encoder_2 = seeded(text_2_seed, lambda: CLIPTextModelWithProjection(text_config(text_2, tokenizer)))
+        pipeline = StableDiffusionXLPipeline(
+            vae=vae_model,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=build_tokenizer(),
+            unet=unet_model,
+            scheduler=scheduler,
+            add_watermarker=False,
+        )
+    pipeline.save_pretrained(folder, safe_serialization=True)
 
 
-def _tiny_vae(**config):
+def save_clip(folder: Path, text: dict, vision: dict, seed: int, **config_options) -> None:
+    """A CLIPModel of these sizes with random weights (from `seed`), and its processor, saved to `folder`.
+    The processor is CLIP's own preprocessing (shortest edge resized, centre crop, OpenAI mean/std) at the
+    vision tower's image size."""
     import torch
-    from diffusers import AutoencoderKL
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    torch.manual_seed(0)
-    return AutoencoderKL(
-        block_out_channels=[8, 16],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-        **config,
+    tokenizer = build_tokenizer()
+    config = clip_config(text, vision, tokenizer, **config_options)
+    torch.manual_seed(seed)
+    model = CLIPModel(config)
+    image_size = vision["image_size"]
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
+    model.save_pretrained(folder, safe_serialization=True)
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
 
 
 def _save_tiny_pipeline(folder: Path) -> None:
-    import torch
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-    from transformers import CLIPTextModel
+    from diffusers import DDIMScheduler
 
-    tokenizer = build_tokenizer()
-    unet = _tiny_unet(cross_attention_dim=TEXT_DIM, attention_head_dim=4)
-    vae = _tiny_vae()
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(_text_config(tokenizer))
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -169,41 +260,12 @@ def _save_tiny_pipeline(folder: Path) -> None:
         set_alpha_to_one=False,
         steps_offset=1,
     )
-    pipeline = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(folder, safe_serialization=True)
+    save_sd_pipeline(folder, TINY_SD_UNET, TINY_VAE, TINY_TEXT, scheduler)
 
 
 def _save_tiny_sdxl(folder: Path) -> None:
-    import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import EulerDiscreteScheduler
 
-    tokenizer = build_tokenizer()
-    time_embed_dim = 8
-    unet = _tiny_unet(
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        # SDXL's conditioning: pooled text embedding + (original size, crop, target size) time embeddings.
-        addition_embed_type="text_time",
-        addition_time_embed_dim=time_embed_dim,
-        transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=6 * time_embed_dim + TEXT_DIM,
-        cross_attention_dim=2 * TEXT_DIM,  # both encoders' hidden states, concatenated
-    )
-    vae = _tiny_vae(scaling_factor=0.13025, force_upcast=False)  # SDXL's VAE scaling factor
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(_text_config(tokenizer))
-    torch.manual_seed(1)
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer))
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -211,25 +273,15 @@ def _save_tiny_sdxl(folder: Path) -> None:
         steps_offset=1,
         timestep_spacing="leading",
     )
-    pipeline = StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=build_tokenizer(),
-        unet=unet,
-        scheduler=scheduler,
-        add_watermarker=False,
-    )
-    pipeline.save_pretrained(folder, safe_serialization=True)
+    save_sd_pipeline(folder, TINY_SDXL_UNET, TINY_SDXL_VAE, TINY_TEXT, scheduler, text_2=TINY_TEXT)
 
 
 def _save_tiny_clip(folder: Path) -> None:
-    _save_clip(folder, seed=1)
+    save_clip(folder, TINY_TEXT, TINY_VISION, seed=1)
 
 
 def _save_tiny_pickscore(folder: Path) -> None:
-    _save_clip(folder, seed=3, logit_scale_init_value=PICKSCORE_LOGIT_SCALE)
+    save_clip(folder, TINY_TEXT, TINY_VISION, seed=3, logit_scale_init_value=PICKSCORE_LOGIT_SCALE)
 
 
 def _save_tiny_aesthetic_head(folder: Path) -> None:
@@ -240,30 +292,3 @@ def _save_tiny_aesthetic_head(folder: Path) -> None:
     mlp = aesthetic_mlp(TEXT_DIM)
     # The original's names: its module kept the nn.Sequential as `layers`.
     save_file({f"layers.{name}": tensor for name, tensor in mlp.state_dict().items()}, folder / AESTHETIC_HEAD_FILE)
-
-
-def _save_clip(folder: Path, seed: int, **config_options) -> None:
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
-
-    tokenizer = build_tokenizer()
-    vision = CLIPVisionConfig(
-        image_size=32,
-        patch_size=4,
-        hidden_size=TEXT_DIM,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        projection_dim=TEXT_DIM,
-    )
-    config = CLIPConfig(
-        text_config=_text_config(tokenizer).to_dict(),
-        vision_config=vision.to_dict(),
-        projection_dim=TEXT_DIM,
-        **config_options,
-    )
-    torch.manual_seed(seed)
-    model = CLIPModel(config)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    model.save_pretrained(folder, safe_serialization=True)
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)

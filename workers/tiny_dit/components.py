@@ -21,7 +21,7 @@ def clip_text_encoder(seed: int, with_projection: bool = False):
     tokenizer = tiny.build_tokenizer()
     torch.manual_seed(seed)
     model_class = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    return model_class(tiny._text_config(tokenizer)), tokenizer
+    return model_class(tiny.text_config(tiny.TINY_TEXT, tokenizer)), tokenizer
 
 
 def t5_text_encoder(seed: int, d_model: int = T5_DIM):
