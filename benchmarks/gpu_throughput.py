@@ -194,15 +194,7 @@ SMOKE_VAE = {
     "norm_num_groups": 4,
     "sample_size": 64,
 }
-SMOKE_TEXT = {
-    **VIT_L14_TEXT,
-    "vocab_size": 0,  # raised to the tokenizer's size
-    "hidden_size": 32,
-    "intermediate_size": 37,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "projection_dim": 32,
-}
+SMOKE_TEXT = dit.TINY_CLIP_TEXT  # ViT-L/14's text tower, shrunk as the tiny DiT rows' is
 SMOKE_VISION = {
     **VIT_L14_VISION,
     "image_size": 32,
