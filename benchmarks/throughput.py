@@ -38,6 +38,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from workers.loading import quiet_libraries  # in the driver and in each actor
+
 PNG_COMPRESS_LEVEL = 1  # genbatch's default (`output.png_compress_level`)
 
 
@@ -54,16 +56,6 @@ def make_manifest(path: Path, rows: int) -> Path:
         path,
     )
     return path
-
-
-def quiet_libraries() -> None:
-    """No progress bars or info logs from diffusers and transformers (in the driver and in actors)."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
 
 
 def load_tiny_models(threads: int):
