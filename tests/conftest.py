@@ -27,10 +27,6 @@ atexit.register(shutil.rmtree, os.environ["HF_HUB_CACHE"], ignore_errors=True)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _free_port() -> int:
-    return free_ports(1)[0]
-
-
 def free_ports(count: int) -> list[int]:
     """`count` distinct free ports: each probe stays bound until all are chosen, so the kernel cannot hand
     out one port twice (closed one at a time, two probes may get the same port)."""
@@ -46,7 +42,11 @@ def free_ports(count: int) -> list[int]:
 
 # The S3-compatible server that object-store tests start (see `s3_server`); every process of the session,
 # actors included, finds it and its credentials the way users' processes find theirs: in the environment.
-S3_PORT = _free_port()
+# Its address must be known before Ray starts, the server only when a test needs it: the port is bound here,
+# and held, so that no other process can take it meanwhile; the server is handed this very socket.
+_S3_SOCKET = socket.socket()
+_S3_SOCKET.bind(("127.0.0.1", 0))
+S3_PORT = _S3_SOCKET.getsockname()[1]
 os.environ.update(
     {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
@@ -125,15 +125,32 @@ def session_address(ray_session) -> str:
     return ray_session.get_runtime_context().gcs_address
 
 
+# moto's standalone server (as `python -m moto.server` runs it), serving on the socket whose descriptor it is given.
+SERVE_S3_ON_SOCKET = """
+import socket
+import sys
+
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import make_server
+
+listener = socket.socket(fileno=int(sys.argv[1]))
+listener.listen()
+app = DomainDispatcherApplication(create_backend_app)
+server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler, fd=listener.fileno())
+server.serve_forever()
+"""
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    """moto's standalone S3 server on loopback, as a separate process; yields a boto3 client for it."""
+    """moto's standalone S3 server on loopback (on S3_PORT), as a separate process; yields a boto3 client for it."""
     import boto3
 
     log = tmp_path_factory.mktemp("moto") / "server.log"
+    fd = _S3_SOCKET.fileno()
     with open(log, "wb") as sink:
         server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(S3_PORT)], stdout=sink, stderr=sink
+            [sys.executable, "-c", SERVE_S3_ON_SOCKET, str(fd)], pass_fds=(fd,), stdout=sink, stderr=sink
         )
     try:
         deadline = time.monotonic() + 30

@@ -33,8 +33,39 @@ def test_run_prints_a_summary_and_exits_0(tmp_path, capsys, ray_session):
     assert lines[2] == f"genbatch: output: {(tmp_path / 'out').resolve()}"
 
 
-def test_the_session_ray_instance_listens_on_loopback_only(ray_session):
-    assert {node["NodeManagerAddress"] for node in ray_session.nodes()} == {"127.0.0.1"}
+# Run as a script by the test below: genbatch's own start of a local Ray instance, in a fresh process (Ray not
+# imported before genbatch connects, as in the CLI); prints the addresses its processes listen on.
+START_LOCAL_RAY = """
+import json
+import psutil
+from jobs.cluster import connect
+
+connect(None)
+import ray
+
+here = psutil.Process()
+listening = {
+    connection.laddr.ip
+    for process in [here, *here.children(recursive=True)]
+    for connection in process.net_connections(kind="inet")
+    if connection.status == psutil.CONN_LISTEN
+}
+print(json.dumps({"gcs": ray.get_runtime_context().gcs_address, "listening": sorted(listening)}))
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow  # starts a Ray instance of its own
+def test_the_local_ray_instance_that_genbatch_starts_listens_on_loopback_only():
+    # A user's environment: none of the Ray settings that this test session sets for its own instance.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    started = subprocess.run(
+        [sys.executable, "-c", START_LOCAL_RAY], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert started.returncode == 0, started.stderr[-3000:]
+    addresses = json.loads(started.stdout.splitlines()[-1])
+    assert addresses["gcs"].rpartition(":")[0] == "127.0.0.1"
+    assert addresses["listening"] and set(addresses["listening"]) <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
 
 def test_manifest_command_turns_a_prompt_list_into_a_runnable_manifest(tmp_path, capsys):

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -199,29 +198,28 @@ def test_a_cpu_actor_by_default_does_not_compile_and_says_how_soon_it_made_image
     assert again.startup == startup  # measured once per actor
 
 
-def test_weights_load_straight_onto_the_gpu(monkeypatch, tiny_dirs):
+@pytest.mark.parametrize(
+    "device",
+    [CPU, pytest.param(CUDA, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))],
+)
+def test_weights_are_read_onto_the_device_in_the_dtype_not_moved_or_cast_after(monkeypatch, tiny_dirs, device):
+    """On a GPU no copy of the whole model is built in host memory: the pipeline that the real loader returns
+    (before load_pipeline's `.to(device)`) already holds every weight on the device, in the actor's dtype."""
     from diffusers import StableDiffusionPipeline
 
-    calls = []
+    real_from_pretrained = StableDiffusionPipeline.from_pretrained
+    as_read = []
 
-    class Loaded:
-        scheduler = None
-        components = types.MappingProxyType({})  # nothing for the weights check to read: no model was loaded
-
-        def set_progress_bar_config(self, **kw):
-            pass
-
-        def to(self, device):
-            return self
-
-    def from_pretrained(source, **kwargs):
-        calls.append(kwargs)
-        return Loaded()
+    def from_pretrained(*args, **kwargs):
+        pipeline = real_from_pretrained(*args, **kwargs)
+        modules = [c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)]
+        as_read.append({(p.device.type, p.dtype) for module in modules for p in module.parameters()})
+        return pipeline
 
     monkeypatch.setattr(StableDiffusionPipeline, "from_pretrained", from_pretrained)
-    loading.load_pipeline("tiny", None, None, CUDA, torch.bfloat16)
-    loading.load_pipeline("tiny", None, None, CPU, torch.float32)
-    assert [(c["device_map"], c["dtype"]) for c in calls] == [("cuda", torch.bfloat16), (None, torch.float32)]
+    pipeline = loading.load_pipeline("tiny", None, None, device, torch.bfloat16)
+    assert as_read == [{(device.type, torch.bfloat16)}]
+    assert pipeline.unet.device.type == device.type
 
 
 # Run as a script by the test below: one fresh actor process on an empty local torch cache (a new node).

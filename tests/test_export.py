@@ -20,7 +20,8 @@ from jobs.export import webdataset as wds_format
 from jobs.export.keys import sample_key
 from jobs.jobfile import identity_key
 from tests.conftest import read_output, write_config
-from tests.test_report import png, refusal, rescore_shard, truncate_shard
+from tests.helpers.images import png
+from tests.helpers.runs import refusal, rescore_shard, truncate_shard
 from workers import columns as C
 from workers.writer import ShardFooter, write_shard
 

@@ -558,7 +558,7 @@ def test_compile_and_quantize_act_on_the_transformer(model_cache):
 
 def test_a_hub_model_in_the_cache_gets_its_family_defaults_and_checks(tmp_path, capsys, model_cache):
     """The family of a hub id comes from the Hugging Face cache before any actor starts (offline, as here)."""
-    from tests.test_hub_loading import put_in_hub_cache
+    from tests.helpers.hub_cache import put_in_hub_cache
 
     put_in_hub_cache("genbatch-test/flux-in-the-cache", pipeline_source("tiny-flux"))
     path = config_file(tmp_path, "genbatch-test/flux-in-the-cache", drop=("steps", "guidance_scale"))
@@ -644,7 +644,7 @@ def test_online_the_driver_fetches_a_hub_pipelines_index_and_applies_its_family(
 
     from jobs.model_family import resolved_again
     from jobs.preflight import check_models
-    from tests.test_hub_loading import put_in_hub_cache
+    from tests.helpers.hub_cache import put_in_hub_cache
 
     repo = "genbatch-test/flux-on-the-hub"
     fetched = []

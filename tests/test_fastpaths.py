@@ -14,8 +14,7 @@ from PIL import Image
 
 from jobs.config import PerformanceConfig
 from jobs.settings import from_section
-from tests.conftest import generation_defaults
-from tests.test_worker import settings
+from tests.conftest import generation_defaults, worker_settings_for
 from workers.clip import ClipScorer, preprocess_on_device
 from workers.fastpaths import apply_fast_paths
 from workers.generation import generate, to_uint8
@@ -102,7 +101,9 @@ def test_encoding_on_threads_writes_the_same_bytes_as_inline(tmp_path, tiny_dirs
     task = ShardTask(0, str(manifest), 0, 6, 0, has_id_column=False)
     digests = []
     for threads in (0, 3):
-        base = settings(tmp_path / f"out-{threads}", batch_size=2)
+        base = worker_settings_for(
+            tmp_path / f"out-{threads}", key="k", generation={"steps": 1}, resources={"batch_size": 2}
+        )
         worker = GenerationWorker(replace(base, fast=replace(base.fast, writer_threads=threads)), 0)
         result = list(worker.run_shard(task))[-1]
         digests.append(pq.read_table(result.file).column("image_sha256").to_pylist())

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
 
 import pytest
 
 from jobs.cli import main
 from tests.conftest import read_output, write_config, write_manifest
+from tests.helpers.hub_cache import put_in_hub_cache
 from workers.errors import ModelNotFoundError
 from workers.loading import load_clip
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def put_in_hub_cache(repo_id: str, folder: Path) -> None:
-    """Lay `folder` out the way `hf download` leaves a model in HF_HUB_CACHE."""
-    repo = Path(os.environ["HF_HUB_CACHE"]) / f"models--{repo_id.replace('/', '--')}"
-    shutil.copytree(folder, repo / "snapshots" / COMMIT, dirs_exist_ok=True)
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(COMMIT)
 
 
 @pytest.mark.slow  # a whole job

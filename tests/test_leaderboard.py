@@ -18,7 +18,7 @@ from jobs.cli import main
 from jobs.jobfile import identity_key
 from jobs.report import ranking
 from jobs.report.leaderboard import build_leaderboard, sweep_runs
-from tests.test_report import CATEGORIES, make_run
+from tests.helpers.runs import CATEGORIES, make_run
 from workers import columns as C
 from workers.writer import ShardFooter, write_shard
 

@@ -12,7 +12,7 @@ import pytest
 
 from jobs.cli import main
 from tests.conftest import read_output, write_config, write_manifest
-from tests.test_report import make_run
+from tests.helpers.runs import make_run
 
 pytestmark = pytest.mark.slow  # moto's S3 server and whole jobs against it
 

@@ -27,8 +27,7 @@ from jobs.driver import run_job
 from jobs.errors import ConfigError
 from jobs.preflight import HUB_TIMEOUT_S, check_models
 from tests.conftest import write_config, write_manifest
-
-COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
+from tests.helpers.hub_cache import cache_file
 
 
 @pytest.fixture
@@ -66,15 +65,6 @@ def online(monkeypatch):
 def job_config(tmp_path: Path, **sections):
     manifest = write_manifest(tmp_path / "p.parquet", {"prompt": ["a lighthouse"]})
     return load_config(write_config(tmp_path / "job.yaml", manifest, tmp_path / "out", **sections))
-
-
-def cache_file(repo_id: str, name: str) -> None:
-    """One file of a model laid out as `hf download` leaves it in HF_HUB_CACHE."""
-    repo = Path(os.environ["HF_HUB_CACHE"]) / f"models--{repo_id.replace('/', '--')}"
-    (repo / "snapshots" / COMMIT).mkdir(parents=True, exist_ok=True)
-    (repo / "snapshots" / COMMIT / name).write_text("{}")
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(COMMIT)
 
 
 def http_error(kind: type, status: int) -> HfHubHTTPError:

@@ -9,7 +9,7 @@ from scipy import stats as scipy_stats
 
 from jobs.report import runs, stats
 from jobs.report.summary import build_report
-from tests.test_report import make_run
+from tests.helpers.runs import make_run
 
 
 def test_figures_and_shown_rows_do_not_depend_on_batch_boundaries(tmp_path, monkeypatch):

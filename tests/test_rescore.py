@@ -22,9 +22,9 @@ from jobs.planner import plan_shards
 from jobs.rescore import rescore_run
 from jobs.resume import job_identity, plan_resume
 from jobs.status import job_status
-from tests.conftest import read_output, small_config, write_config, write_manifest
-from tests.reference import decode_png
-from tests.test_scores import reference_aesthetic, reference_pickscore
+from tests.conftest import read_output, write_config, write_manifest
+from tests.helpers.runs import record_only_run
+from tests.reference import decode_png, reference_aesthetic, reference_pickscore
 from workers import columns as C
 from workers import layout, tiny
 from workers.writer import read_footer, write_shard
@@ -180,17 +180,8 @@ def test_setting_a_scorer_to_null_drops_its_column_and_restores_the_job(finished
     assert read_footer(str(run / "data" / layout.shard_file_name(0))).job_key == original_key
 
 
-def fake_run(tmp_path, shards: int = 0):
-    """An output folder whose job.json is a genbatch record (no Ray needed to test the refusals)."""
-    run = tmp_path / "run"
-    run.mkdir()
-    record = {"identity": {"seed": 0}, "shards": shards, "config": small_config("m.parquet", run)}
-    (run / "job.json").write_text(json.dumps(record))
-    return run
-
-
 def test_rescore_refuses_settings_that_change_images(tmp_path, capsys):
-    run = fake_run(tmp_path)
+    run = record_only_run(tmp_path)
     assert main(["rescore", str(run), "--set", "scores.pickscore.model=tiny", "--set", "generation.steps=3"]) == 2
     assert capsys.readouterr().err == (
         "genbatch: error: --set 'generation.steps=3': rescore changes only scores.* keys; other settings change the "
@@ -199,7 +190,7 @@ def test_rescore_refuses_settings_that_change_images(tmp_path, capsys):
 
 
 def test_rescore_needs_a_finished_run(tmp_path, capsys):
-    run = fake_run(tmp_path, shards=1)
+    run = record_only_run(tmp_path, shards=1)
     assert main(["rescore", str(run), "--set", "scores.pickscore.model=tiny"]) == 2
     shard = run / "data" / layout.shard_file_name(0)
     assert capsys.readouterr().err == (
@@ -214,7 +205,7 @@ def test_rescore_of_a_folder_without_a_run_and_bad_scores_are_one_line(tmp_path,
     assert capsys.readouterr().err == (
         f"genbatch: error: {tmp_path}: no job.json: not the output folder of a genbatch run\n"
     )
-    run = fake_run(tmp_path)
+    run = record_only_run(tmp_path)
     assert main(["rescore", str(run), "--set", "scores.aesthetic.model=tiny"]) == 2
     assert capsys.readouterr().err == f"genbatch: error: {run / 'job.json'}: missing key 'scores.aesthetic.head'\n"
 

@@ -1,7 +1,11 @@
+import io
+
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from tests.conftest import generation_defaults
+from workers import storage
 from workers.rows import derive_seed, read_slice, resolve_rows, row_ids
 from workers.tasks import ShardTask
 
@@ -18,11 +22,56 @@ def test_derived_seeds_are_stable_63_bit_and_depend_on_job_seed_and_id():
     assert derive_seed(0, 5) == 3546228505025709121
 
 
-def test_read_slice_reads_only_the_rows_asked_across_row_groups(tmp_path):
+class RecordingFile(io.FileIO):
+    """A local file that records the byte ranges read from it."""
+
+    def __init__(self, path):
+        super().__init__(path, "rb")
+        self.ranges: list[tuple[int, int]] = []
+
+    def read(self, size=-1):
+        start = self.tell()
+        data = super().read(size)
+        self.ranges.append((start, start + len(data)))
+        return data
+
+
+def row_group_bytes(metadata: pq.FileMetaData) -> list[tuple[int, int]]:
+    """Each row group's byte range in the file: from its first column chunk's first page to its last's end."""
+    ranges = []
+    for group in range(metadata.num_row_groups):
+        chunks = [metadata.row_group(group).column(c) for c in range(metadata.num_columns)]
+        starts = [c.dictionary_page_offset if c.has_dictionary_page else c.data_page_offset for c in chunks]
+        ranges.append((min(starts), max(s + c.total_compressed_size for s, c in zip(starts, chunks))))
+    return ranges
+
+
+@pytest.fixture
+def opened(monkeypatch) -> list[RecordingFile]:
+    """The files that storage.open_input opens from here on, each recording what is read from it."""
+    files: list[RecordingFile] = []
+
+    def open_input(location: str) -> pa.NativeFile:
+        files.append(RecordingFile(location))
+        return pa.PythonFile(files[-1])
+
+    monkeypatch.setattr(storage, "open_input", open_input)
+    return files
+
+
+def test_read_slice_reads_only_the_rows_asked_across_row_groups(tmp_path, opened):
     table = pa.table({"prompt": [f"p{i}" for i in range(25)], "n": list(range(25))})
-    pq.write_table(table, tmp_path / "p.parquet", row_group_size=4)
+    path = tmp_path / "p.parquet"
+    pq.write_table(table, path, row_group_size=4)
+    groups = row_group_bytes(pq.read_metadata(path))
+    size = path.stat().st_size
     for start, stop in [(0, 25), (3, 9), (8, 12), (24, 25), (0, 1)]:
-        assert read_slice(str(tmp_path / "p.parquet"), start, stop).equals(table.slice(start, stop - start))
+        opened.clear()
+        assert read_slice(str(path), start, stop).equals(table.slice(start, stop - start))
+        # Row data read: every read but the footer's (which ends at the end of the file).
+        data_reads = [(a, b) for f in opened for a, b in f.ranges if b < size and b > a]
+        groups_read = {g for g, (a, b) in enumerate(groups) if any(r < b and a < s for r, s in data_reads)}
+        assert groups_read == set(range(start // 4, (stop - 1) // 4 + 1)), (start, stop)
 
 
 def test_rows_fall_back_to_defaults_and_keep_their_own_values():

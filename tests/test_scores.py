@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
-from transformers import CLIPModel, CLIPProcessor
+from safetensors.torch import save_file
+from transformers import CLIPModel
 
 from jobs.config import JobConfig, load_config
 from jobs.errors import ConfigError
@@ -20,6 +20,7 @@ from jobs.manifest import read_manifest
 from jobs.preflight import check_models
 from jobs.resume import job_identity
 from tests.conftest import small_config, worker_settings_for, write_config
+from tests.reference import reference_aesthetic, reference_pickscore
 from workers import columns as C
 from workers import tiny
 from workers.errors import ScorerLoadError
@@ -30,45 +31,6 @@ from workers.tasks import ScoreModels, ShardTask
 SCORES = {"pickscore": {"model": "tiny-pickscore"}, "aesthetic": {"model": "tiny", "head": "tiny"}}
 LONG_PROMPT = "a long prompt " * 12 + "THE END"  # 180 characters: one token each in the tiny vocabulary
 PROMPTS = ["a red fox", "a blue bird", LONG_PROMPT, "", "a green tree"]
-
-
-def reference_pickscore(folder, image: np.ndarray, prompt: str) -> float:
-    """PickScore as its model card computes it: CLIPModel's own forward, one image and its prompt."""
-    model, processor = CLIPModel.from_pretrained(folder).eval(), CLIPProcessor.from_pretrained(folder)
-    inputs = processor(
-        text=[prompt], images=[Image.fromarray(image)], return_tensors="pt", padding=True, truncation=True,
-        max_length=77,
-    )  # fmt: skip
-    with torch.no_grad():
-        out = model(**inputs)
-    # logits_per_image = logit_scale.exp() * normalised image embeds @ normalised text embeds
-    return float(out.logits_per_image[0, 0])
-
-
-def plain_aesthetic_mlp(path) -> torch.nn.Sequential:
-    """The LAION predictor's layers, written out as its source does, loaded from the same safetensors file."""
-    dim = load_file(path)["layers.0.weight"].shape[1]
-    mlp = torch.nn.Sequential(
-        torch.nn.Linear(dim, 1024),
-        torch.nn.Dropout(0.2),
-        torch.nn.Linear(1024, 128),
-        torch.nn.Dropout(0.2),
-        torch.nn.Linear(128, 64),
-        torch.nn.Dropout(0.1),
-        torch.nn.Linear(64, 16),
-        torch.nn.Linear(16, 1),
-    )
-    mlp.load_state_dict({name.removeprefix("layers."): value for name, value in load_file(path).items()})
-    return mlp.eval()
-
-
-def reference_aesthetic(clip_folder, head_path, image: np.ndarray) -> float:
-    model, processor = CLIPModel.from_pretrained(clip_folder).eval(), CLIPProcessor.from_pretrained(clip_folder)
-    inputs = processor(text=["x"], images=[Image.fromarray(image)], return_tensors="pt")
-    with torch.no_grad():
-        embeds = model(**inputs).image_embeds
-        embeds = embeds / embeds.norm(dim=-1, keepdim=True)
-        return float(plain_aesthetic_mlp(head_path)(embeds)[0, 0])
 
 
 @pytest.fixture(scope="module")

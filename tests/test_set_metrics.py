@@ -30,18 +30,8 @@ from jobs.report.set_metrics import (
     kernel_inception_distance,
     set_metrics_of_runs,
 )
-from tests.test_report import make_run
-
-SIZE = 16
-
-
-def picture(seed: int, bright: int = 0) -> bytes:
-    """A random PNG; `bright` shifts the reference set's distribution away from the run's."""
-    rng = np.random.default_rng(seed)
-    pixels = np.clip(rng.integers(0, 200, (SIZE, SIZE, 3)) + bright + rng.integers(0, 40), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
+from tests.helpers.images import picture, png, write_image_folder
+from tests.helpers.runs import make_run
 
 
 class RandomConvFeatures:
@@ -115,20 +105,11 @@ def run_and_pictures(tmp_path):
 
 
 def _run_png(i: int) -> bytes:
-    from tests.test_report import png
-
     return png(i)
 
 
 def reference_pictures(n: int = 26) -> list[bytes]:
     return [picture(1000 + i, bright=50) for i in range(n)]
-
-
-def write_image_folder(folder, pngs) -> str:
-    (folder / "sub").mkdir(parents=True)
-    for i, data in enumerate(pngs):  # some in a subfolder: folders are read recursively
-        (folder / ("sub" if i % 2 else "") / f"{i:03d}.png").write_bytes(data)
-    return str(folder)
 
 
 def test_figures_match_an_independent_computation(tmp_path, run_and_pictures):
@@ -206,8 +187,6 @@ def test_every_kind_of_reference_gives_the_same_figures(tmp_path, run_and_pictur
         }
         assert [results[name][k] for k in figures] == pytest.approx([results["folder"][k] for k in figures], rel=1e-12)
     as_run = compute_set_metrics(str(run), str(ref_run), fid_network=network)
-    from tests.test_report import png
-
     expected = expected_fid(network(decoded(_run_pngs_of(run))), network(decoded([png(i) for i in range(12)])))
     assert as_run["reference_kind"] == "run" and as_run["fid"] == pytest.approx(expected, rel=1e-6)
 

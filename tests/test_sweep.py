@@ -19,8 +19,8 @@ from jobs.status import format_sweep_status, is_sweep_folder, sweep_status
 from jobs.sweep import group_runs, run_sweep
 from jobs.sweep_plan import MAX_COMBINATIONS, MAX_FOLDER_NAME, expand_sweep, folder_name, folder_names
 from tests.conftest import generation_defaults, read_output, small_config, write_manifest
-from tests.test_dispatch import FakeBackend
-from tests.test_dispatch import shards as fake_shards
+from tests.helpers.fake_actors import FakeBackend
+from tests.helpers.fake_actors import shards as fake_shards
 from workers import columns as C
 from workers.tasks import RunBinding
 

@@ -20,10 +20,9 @@ from jobs.config import load_config
 from jobs.errors import ConfigError
 from jobs.preflight import check_models
 from tests.conftest import write_config, write_manifest
-from tests.test_preflight import cache_file
-from tests.test_report import make_run
-from tests.test_rescore import fake_run
-from tests.test_set_metrics import picture, write_image_folder
+from tests.helpers.hub_cache import cache_file
+from tests.helpers.images import picture, write_image_folder
+from tests.helpers.runs import make_run, record_only_run
 from workers import tiny
 from workers.errors import IncompleteWeightsError
 from workers.loading import load_clip, load_pipeline
@@ -97,7 +96,7 @@ def test_a_cached_hub_clip_is_read_from_the_cache(text_only_clip, tmp_path, no_r
 
 
 def test_rescore_refuses_it_as_pickscore_and_leaves_the_run_as_it_was(tmp_path, text_only_clip, capsys, no_ray):
-    run = fake_run(tmp_path)
+    run = record_only_run(tmp_path)
     record = (run / "job.json").read_text()
     assert main(["rescore", str(run), "--set", f"scores.pickscore.model={text_only_clip}"]) == 2
     assert capsys.readouterr().err == f"genbatch: error: scores.pickscore.model: {text_only_clip}: {DRIVER_SAYS}\n"
