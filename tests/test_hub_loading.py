@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.cli import main
+from jobs.cli.main import main
 from tests.conftest import read_output, write_config, write_manifest
 from workers.errors import ModelNotFoundError
 from workers.loading import load_clip

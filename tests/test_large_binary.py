@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from jobs.cli import main
+from jobs.cli.main import main
 from tests.conftest import read_output, write_config, write_manifest
 from workers import columns as C
 from workers.output import RowOutput, RunLabels, build_output_table, merge_retried, read_previous
