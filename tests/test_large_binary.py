@@ -79,7 +79,7 @@ def shard_table(ids: list[str], error_at: int | None = None) -> pa.Table:
 
 def test_retrying_rows_of_a_shard_replaces_only_those_rows_with_wide_offsets(tmp_path):
     path = write_shard(shard_table(["a", "b", "c"], error_at=1), str(tmp_path), ShardFooter("k", 2, 3, 2, 1))
-    todo = RowsToRun.of(str(tmp_path), ShardTask(2, "m.parquet", 0, 3, 0, True), 3)
+    todo = RowsToRun.of(str(tmp_path), ShardTask(2, "m.parquet", 0, 3, 0, True, retry_failed=True), 3)
     assert pq.read_schema(path).field(C.IMAGE).type == C.STORED_IMAGE_TYPE
     assert todo.positions == [1] and todo.previous is not None
     assert todo.previous.schema.field(C.IMAGE).type == C.IMAGE_TYPE

@@ -248,4 +248,3 @@ class RescoreResult(ShardResult):
 
     scored: int = 0  # images scored (rows with an image)
     skipped: bool = False  # the shard already had the new key (an earlier, interrupted rescore did it)
-

@@ -81,10 +81,7 @@ class GenerationWorker:
         # 3. LoRAs, the step cache, then compile and the other fast paths (workers.fastpaths).
         adapters, applied, cache_hit = self._speed_up(dtype)
         # 4. CLIP and the other scorers, and the image encoder.
-        on_device = settings.fast.clip_preprocess == "device" or (
-            settings.fast.clip_preprocess == "auto" and self.device.type == "cuda"
-        )
-        self._load_scorers(on_device)
+        self._load_scorers()
         self.encoder = self._image_encoder()
         # 5. The batch runner, with the run's scheduler.
         self.batch_runner = BatchRunner(
@@ -129,7 +126,7 @@ class GenerationWorker:
         logger.info("worker-%d fast paths: %s; compile %s", self.index, turned_on, self.compile.reason)
         return adapters, applied, cache_hit
 
-    def _load_scorers(self, on_device: bool) -> None:
+    def _load_scorers(self) -> None:
         """The CLIP scorer (None without clip.model) and the `scores` section's; a scorer on the same CLIP
         model shares it (one copy of the weights)."""
         from workers.clip import ClipScorer
@@ -137,6 +134,8 @@ class GenerationWorker:
         from workers.scorers import build_scorers
 
         settings = self.settings
+        preprocess = settings.fast.clip_preprocess
+        on_device = preprocess == "device" or (preprocess == "auto" and self.device.type == "cuda")
         self.scorer = None
         clip = None
         if settings.clip_model is not None:
