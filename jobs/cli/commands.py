@@ -1,6 +1,6 @@
 """One function per `genbatch` command: it calls the job machinery, prints the outcome, returns the exit code.
 
-The heavy modules are imported inside each command, so `genbatch --help` and `status` start fast.
+Each command imports the job machinery it needs, so `genbatch --help` starts without any of it.
 """
 
 from __future__ import annotations
