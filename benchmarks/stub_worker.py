@@ -1,4 +1,4 @@
-"""A benchmark-only actor that skips the model: a ShardWorker (workers.tasks), as GenerationWorker is.
+"""A benchmark-only actor that skips the model, with the methods of workers.worker.GenerationWorker.
 
 It still reads each shard's rows from the manifest file with `read_slice`, as the real worker does,
 so a benchmark measures the driver and the actors' manifest I/O, not diffusion. It writes nothing.
@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from dataclasses import fields, replace
 
 from workers.rows import read_slice, row_ids
-from workers.tasks import BatchProgress, RunBinding, ShardResult, ShardTask, ShardWorker, WorkerInfo, WorkerSettings
+from workers.tasks import BatchProgress, RunBinding, ShardResult, ShardTask, WorkerInfo, WorkerSettings
 
 
-class StubWorker(ShardWorker):
-    """A ShardWorker that loads nothing; `run_shard` reads the shard's rows and reports them all as generated."""
+class StubWorker:
+    """A GenerationWorker that loads nothing; `run_shard` reads the shard's rows and reports them all as generated."""
 
     def __init__(self, settings: WorkerSettings, index: int):
         self.settings = settings

@@ -26,19 +26,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Interrupted(KeyboardInterrupt):
-    """The job was asked to stop by a signal; `exit_code` is 128 + its number."""
+    """The job was asked to stop by the signal `signum` (`exit_code_of` turns it into the exit code)."""
 
     def __init__(self, signum: int = signal.SIGINT):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-    @property
-    def signal_name(self) -> str:
-        return signal.Signals(self.signum).name
 
 
 def signum_of(interrupt: KeyboardInterrupt) -> int:

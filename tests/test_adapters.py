@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from jobs.cli import main
+from jobs.cli.main import main
 from tests.conftest import read_output, worker_settings_for, write_config, write_manifest
 from tests.reference import decode_png
 from workers.batch import micro_batches

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.cli import build_parser, main
+from jobs.cli.main import main
+from jobs.cli.parser import build_parser
 from jobs.progress import Progress
 from tests.conftest import write_config, write_manifest
 
@@ -188,7 +189,7 @@ def test_text_logs_off_a_terminal_show_start_up_without_colour(tmp_path, session
     broken.mkdir()
     config = write_config(tmp_path / "job.yaml", manifest, tmp_path / "out", model={"id": str(broken)})
     result = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "run", str(config), "--address", session_address, "-v"],
+        [sys.executable, "-m", "jobs.cli.main", "run", str(config), "--address", session_address, "-v"],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": os.getcwd()},

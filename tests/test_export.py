@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.export import webdataset as wds_format
 from jobs.export.keys import sample_key
 from jobs.jobfile import identity_key

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.config import load_config
 from tests.conftest import read_output, small_config, worker_settings_for, write_config, write_manifest
 from tests.reference import decode_png, reference_cosine

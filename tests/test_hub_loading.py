@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from jobs.cli import main
+from jobs.cli.main import main
 from tests.conftest import read_output, write_config, write_manifest
 from tests.helpers.hub_cache import put_in_hub_cache
 from workers.errors import ModelNotFoundError

@@ -7,7 +7,7 @@ import pyarrow as pa
 import torch
 from diffusers import StableDiffusionPipeline
 
-from jobs.cli import main
+from jobs.cli.main import main
 from tests.conftest import read_output, write_config, write_manifest
 from tests.reference import decode_png, plain_diffusers_image
 from workers import tiny

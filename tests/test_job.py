@@ -12,7 +12,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from transformers import CLIPModel, CLIPProcessor
 
-from jobs.cli import main
+from jobs.cli.main import main
 from tests.conftest import read_output, write_config, write_manifest
 from tests.reference import decode_png, plain_diffusers_image, reference_cosine
 from workers import columns as C

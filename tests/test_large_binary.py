@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from jobs.cli import main
+from jobs.cli.main import main
 from tests.conftest import read_output, write_config, write_manifest
 from workers import columns as C
-from workers.output import RowOutput, RunLabels, build_output_table, merge_retried, read_previous
+from workers.output import RowOutput, RowsToRun, RunLabels, build_output_table
 from workers.rows import RowSpec, expand_images
 from workers.tasks import ShardTask
 from workers.writer import FOOTER_KEY, ShardFooter, read_footer, write_shard
@@ -79,10 +79,11 @@ def shard_table(ids: list[str], error_at: int | None = None) -> pa.Table:
 
 def test_retrying_rows_of_a_shard_replaces_only_those_rows_with_wide_offsets(tmp_path):
     path = write_shard(shard_table(["a", "b", "c"], error_at=1), str(tmp_path), ShardFooter("k", 2, 3, 2, 1))
-    previous = read_previous(str(tmp_path), ShardTask(2, "m.parquet", 0, 3, 0, True))
+    todo = RowsToRun.of(str(tmp_path), ShardTask(2, "m.parquet", 0, 3, 0, True, retry_failed=True), 3)
     assert pq.read_schema(path).field(C.IMAGE).type == C.STORED_IMAGE_TYPE
-    assert previous.schema.field(C.IMAGE).type == C.IMAGE_TYPE
-    merged = merge_retried(previous, shard_table(["b"]), [1])
+    assert todo.positions == [1] and todo.previous is not None
+    assert todo.previous.schema.field(C.IMAGE).type == C.IMAGE_TYPE
+    merged = todo.merged(shard_table(["b"]))
     assert merged.schema.field(C.IMAGE).type == C.IMAGE_TYPE
     assert merged.column(C.IMAGE).to_pylist() == [
         {"bytes": png(0), "path": None},

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.jobfile import identity_key
 from jobs.report import ranking
 from jobs.report.leaderboard import build_leaderboard, sweep_runs

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.config import JobConfig
 from jobs.driver import job_warnings
 from jobs.manifest import find_manifest_files, read_manifest, seed_column_warning

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.cli import main
+from jobs.cli.main import main
 from tests.conftest import read_output, write_config, write_manifest
 from tests.helpers.runs import make_run
 

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.lock import OutputLock
 from jobs.status import job_status
 from tests.conftest import write_config, write_manifest
@@ -33,8 +33,9 @@ def finished(tmp_path_factory, ray_session):
 def test_json_logs_put_one_json_object_on_every_line(tmp_path, session_address):
     manifest = write_manifest(tmp_path / "p.parquet", {"prompt": ["a", "b", "c", "d", "e"]})
     config = write_config(tmp_path / "job.yaml", manifest, tmp_path / "out", generation={"steps": 1})
+    args = ["run", str(config), "--log-format", "json", "--address", session_address]
     result = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "run", str(config), "--log-format", "json", "--address", session_address],
+        [sys.executable, "-m", "jobs.cli.main", *args],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": os.getcwd()},
@@ -69,7 +70,7 @@ def test_json_logs_of_a_new_local_ray_instance_hold_no_line_of_ray_s_own(tmp_pat
     config = write_config(tmp_path / "job.yaml", manifest, tmp_path / "out", generation={"steps": 1})
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     result = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "run", str(config), "--log-format", "json"],
+        [sys.executable, "-m", "jobs.cli.main", "run", str(config), "--log-format", "json"],
         capture_output=True,
         text=True,
         env={**env, "PYTHONPATH": os.getcwd()},

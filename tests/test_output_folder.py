@@ -10,7 +10,7 @@ from importlib import metadata
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.errors import OutputError
 from jobs.manifest import _find_remote_files, find_manifest_files
 from jobs.versions import VersionGuard, version_changes

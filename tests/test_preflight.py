@@ -21,7 +21,7 @@ from huggingface_hub.errors import (
 )
 
 from jobs import cluster
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.config import load_config
 from jobs.driver import run_job
 from jobs.errors import ConfigError

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.errors import ManifestError
 from jobs.manifest import read_manifest
 from jobs.prompt_import import ImportSummary, import_prompts

@@ -296,7 +296,7 @@ def test_a_quantized_unet_has_compile_cache_files_of_its_own():
 def test_an_int8_job_runs_on_the_cpu_records_its_quantization_and_cannot_be_resumed_without_it(
     tmp_path, ray_session, capsys
 ):
-    from jobs.cli import main
+    from jobs.cli.main import main
 
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.table({"prompt": ["a red cube", "a blue ball", "a green cone"]}), manifest)
@@ -321,7 +321,7 @@ def test_an_int8_job_runs_on_the_cpu_records_its_quantization_and_cannot_be_resu
 
 @pytest.mark.slow  # a whole job on Ray whose only actor refuses
 def test_an_fp8_job_whose_actor_gets_no_capable_gpu_fails_to_start_with_the_reason(tmp_path, ray_session, capsys):
-    from jobs.cli import main
+    from jobs.cli.main import main
 
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.table({"prompt": ["a red cube"]}), manifest)

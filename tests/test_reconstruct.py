@@ -13,7 +13,7 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
-from jobs.cli import main
+from jobs.cli.main import main
 from tests.conftest import read_output, write_config, write_manifest
 from tests.reference import decode_png
 from workers import tiny

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.errors import UsageError
 from jobs.report import compare
 from jobs.report.render import changes_text, pvalue_text
@@ -272,7 +272,7 @@ def test_a_100000_row_report_streams_images_in_bounded_memory(tmp_path):
     all_images_mb = rows * len(image) / 2**20
     # VmHWM, not ru_maxrss: the latter survives exec and would count this (large) test process's pages.
     probe = (
-        "import re, sys; from jobs.cli import main; code = main(['report', sys.argv[1]]); "
+        "import re, sys; from jobs.cli.main import main; code = main(['report', sys.argv[1]]); "
         "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024); "
         "sys.exit(code)"
     )

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.config import load_config
 from jobs.dispatch import JobHooks
 from jobs.errors import RescoreError

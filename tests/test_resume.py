@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.dispatch import JobHooks
 from jobs.lock import OutputLock
 from tests.conftest import read_output, write_config, write_manifest
@@ -63,7 +63,7 @@ def test_kill_9_of_the_driver_then_a_rerun_equals_an_uninterrupted_run(workdir, 
     config = config_for(workdir, manifest, "killed")
     output = workdir / "killed"
     driver = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "run", str(config), "--quiet", "--address", session_address],
+        [sys.executable, "-m", "jobs.cli.main", "run", str(config), "--quiet", "--address", session_address],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group, killed whole below

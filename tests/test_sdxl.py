@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from jobs.cli import main
+from jobs.cli.main import main
 from tests.conftest import read_output, write_config, write_manifest
 from tests.reference import decode_png, plain_diffusers_image
 from workers import tiny

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from scipy import linalg
 
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.errors import UsageError
 from jobs.report.features import FeatureRows, extract_features
 from jobs.report.image_sets import open_image_set

@@ -34,7 +34,7 @@ def start_job(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[subp
 
 def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", *args],
+        [sys.executable, "-m", "jobs.cli.main", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -179,7 +179,7 @@ def test_sigterm_to_the_whole_process_group_reaches_the_driver_alone(tmp_path):
 
 
 def test_sigterm_to_the_whole_process_group_stops_a_rescore_with_whole_shards(tmp_path, ray_session):
-    from jobs.cli import main
+    from jobs.cli.main import main
     from workers.writer import read_footer
 
     manifest = write_manifest(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(32)]})

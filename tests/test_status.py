@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from jobs import rescore
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.dispatch import DispatchOutcome
 from jobs.jobfile import identity_key
 from jobs.lock import OutputLock

@@ -14,7 +14,7 @@ import torch
 from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
 from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS
 
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.config import JobConfig, load_config
 from jobs.errors import ConfigError
 from tests.conftest import read_output, small_config, worker_settings_for, write_config, write_manifest

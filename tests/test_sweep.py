@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.config import JobConfig, load_config
 from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks
 from jobs.driver import run_job

@@ -16,7 +16,7 @@ import pytest
 from scipy import stats
 
 from jobs import templates
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.errors import ManifestError
 from jobs.manifest import read_manifest
 from jobs.templates import write_template_manifest

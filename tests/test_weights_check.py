@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from jobs import cluster
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.config import load_config
 from jobs.errors import ConfigError
 from jobs.preflight import check_models

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from jobs import cluster, worker_reuse
-from jobs.cli import main
+from jobs.cli.main import main
 from tests.conftest import read_output, write_config, write_manifest
 from workers.rows import derive_seed
 

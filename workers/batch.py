@@ -96,83 +96,97 @@ class BatchRunner:
     def __call__(self, batch: dict[int, RowSpec]) -> BatchResult:
         """Generate, check, measure and score a micro-batch, and start encoding its images.
 
-        A row that fails alone (a bad init image, a non-finite image) gets its error here; an exception
-        means the whole batch failed. Each row's duration is its share of the batch's time."""
-        from workers.init_images import load_init_image
-
+        Every step keys rows by their position in the shard, as `batch` does. A row that fails alone (a bad init
+        image, a non-finite image) gets its error here; an exception means the whole batch failed. Each row's
+        duration is its share of the batch's time."""
         started = time.perf_counter()
         outputs = {position: RowOutput() for position in batch}
         # 1. Read init images (image-to-image, reconstruct); a bad one fails only its row.
-        init_images = None
-        if next(iter(batch.values())).init_image is not None:  # shared by the batch: it is in the batch key
-            init_images = {}
-            for position, row in batch.items():
-                assert row.init_image is not None  # whether a row has one is part of the batch key
-                try:
-                    init_images[position] = load_init_image(
-                        row.init_image, row.width, row.height, self.init_image_policy
-                    )
-                except InitImageError as error:
-                    outputs[position].error = str(error)
-        # From here on, row j of every tensor is the row at runnable[j].
+        init_images = self._init_images(batch, outputs)
         runnable = [position for position in batch if outputs[position].error is None]
         if not runnable:
             return _timed(BatchResult(outputs, []), started)
-        rows = [batch[position] for position in runnable]
         images_in = None if init_images is None else [init_images[position] for position in runnable]
 
-        # 2. Denoise and decode (or, in reconstruct mode, encode and decode), on the device, with the rows'
-        # adapter (shared by the batch: it is in the batch key).
-        if self.adapters is not None and self.mode != "reconstruct":
-            self.adapters.use(rows[0].adapter)
+        # 2. Denoise and decode (or, in reconstruct mode, encode and decode), on the device: the images of the
+        # runnable rows, in their order.
         if self.mode == "reconstruct":
+            assert images_in is not None  # jobs.manifest refuses reconstruct rows without an init image
             latents = families.for_pipeline(self.pipeline).latents
             images, means, stds = generation.reconstruct(self.pipeline.vae, images_in, latents)
         else:
-            pipeline = self.pipeline if images_in is None else self._image_to_image()
-            images = generation.generate(
-                pipeline, rows, pad_to=self.pad_to, init_images=images_in, step_cache=self.step_cache
-            )
+            images = self._generate([batch[position] for position in runnable], images_in)
             if self.step_cache is not None:  # the hook decides for the whole micro-batch: each row gets its count
                 for position in runnable:
                     outputs[position].cache_skipped_steps = self.step_cache.skipped
 
         # 3. Check finite: an image with NaN or Inf fails its row, not as a black PNG.
-        finite = generation.finite_rows(images)
-        pixels = generation.to_uint8(images)  # the exact pixels that are written, scored and measured
-        kept = [j for j, ok in enumerate(finite) if ok]
-        for j, ok in enumerate(finite):
-            if not ok:
-                outputs[runnable[j]].error = NON_FINITE
+        finite = dict(zip(runnable, generation.finite_rows(images)))
+        all_pixels = generation.to_uint8(images)  # the exact pixels that are written, scored and measured
+        pixels = dict(zip(runnable, all_pixels))
+        kept = [position for position in runnable if finite[position]]
+        for position in runnable:
+            if not finite[position]:
+                outputs[position].error = NON_FINITE
 
         # 4. Reconstruction errors: how far the round trip moved each image.
-        if self.mode == "reconstruct":
-            metrics = generation.reconstruction_metrics(images_in, pixels, means, stds)
-            for j in kept:
-                outputs[runnable[j]].reconstruction = metrics[j]
+        if images_in is not None and self.mode == "reconstruct":
+            metrics = dict(zip(runnable, generation.reconstruction_metrics(images_in, all_pixels, means, stds)))
+            for position in kept:
+                outputs[position].reconstruction = metrics[position]
 
-        # 5. Score with CLIP against the prompts.
-        scored = [j for j in kept if rows[j].prompt]  # reconstruct rows may have no prompt
-        if self.scorer is not None and scored:
-            prompts = [rows[j].prompt for j in scored]
-            cosines = self.scorer.cosines(pixels[scored], prompts)
-            truncated = self.scorer.truncated(prompts)
-            for k, j in enumerate(scored):
-                output = outputs[runnable[j]]
-                output.cosine, output.truncated = float(cosines[k]), bool(truncated[k])
-        # 5b. The other scores (PickScore, aesthetic); one that needs a prompt skips rows without one.
-        for extra in self.scorers:
-            targets = scored if extra.needs_prompt else kept
-            if not targets:
-                continue
-            values = extra.score(pixels[targets], [rows[j].prompt for j in targets])
-            for k, j in enumerate(targets):
-                outputs[runnable[j]].scores[extra.column] = float(values[k])
+        # 5. Score with CLIP against the prompts, and with the other scorers (PickScore, aesthetic).
+        self._score(batch, pixels, kept, outputs)
 
         # 6. Hand the pixels to the encoder threads; run_shard collects the bytes later.
-        host_pixels = pixels.cpu().numpy()
-        encoding = [(runnable[j], self.encoder.submit(host_pixels[j])) for j in kept]
+        host_pixels = dict(zip(runnable, all_pixels.cpu().numpy()))
+        encoding = [(position, self.encoder.submit(host_pixels[position])) for position in kept]
         return _timed(BatchResult(outputs, encoding), started)
+
+    def _init_images(self, batch: dict[int, RowSpec], outputs: dict[int, RowOutput]) -> dict[int, Any] | None:
+        """Each row's init image (PIL), by position; None for rows without (whether a row has one is part of the
+        batch key, so all rows have one or none do). A row whose image cannot be read gets its error."""
+        from workers.init_images import load_init_image
+
+        if next(iter(batch.values())).init_image is None:
+            return None
+        init_images = {}
+        for position, row in batch.items():
+            assert row.init_image is not None
+            try:
+                init_images[position] = load_init_image(row.init_image, row.width, row.height, self.init_image_policy)
+            except InitImageError as error:
+                outputs[position].error = str(error)
+        return init_images
+
+    def _generate(self, rows: list[RowSpec], init_images: list | None):
+        """Denoise and decode `rows` with their adapter (shared by the batch: it is in the batch key)."""
+        if self.adapters is not None:
+            self.adapters.use(rows[0].adapter)
+        pipeline = self.pipeline if init_images is None else self._image_to_image()
+        return generation.generate(
+            pipeline, rows, pad_to=self.pad_to, init_images=init_images, step_cache=self.step_cache
+        )
+
+    def _score(
+        self, batch: dict[int, RowSpec], pixels: dict[int, Any], kept: list[int], outputs: dict[int, RowOutput]
+    ) -> None:
+        """Fill the score columns of the `kept` rows; a score that needs a prompt skips rows without one
+        (reconstruct rows may have none)."""
+        prompted = [position for position in kept if batch[position].prompt]
+        if self.scorer is not None and prompted:
+            prompts = [batch[position].prompt for position in prompted]
+            cosines = self.scorer.cosines(_stacked(pixels, prompted), prompts)
+            truncated = self.scorer.truncated(prompts)
+            for position, cosine, cut in zip(prompted, cosines, truncated):
+                outputs[position].cosine, outputs[position].truncated = float(cosine), bool(cut)
+        for extra in self.scorers:
+            targets = prompted if extra.needs_prompt else kept
+            if not targets:
+                continue
+            values = extra.score(_stacked(pixels, targets), [batch[position].prompt for position in targets])
+            for position, value in zip(targets, values):
+                outputs[position].scores[extra.column] = float(value)
 
     def _image_to_image(self):
         """The image-to-image pipeline sharing the actor's modules (no second copy of the weights)."""
@@ -197,6 +211,13 @@ def collect_encoded(encoding: list[tuple[int, Future]], outputs: dict[int, RowOu
             output = outputs[position]
             output.error, output.cosine, output.truncated = describe(error), None, None
             output.scores = {}
+
+
+def _stacked(pixels: dict[int, Any], positions: list[int]):
+    """The images of the rows at `positions`, as one (N, H, W, 3) tensor."""
+    import torch
+
+    return torch.stack([pixels[position] for position in positions])
 
 
 def _timed(result: BatchResult, started: float) -> BatchResult:

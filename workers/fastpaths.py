@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 from workers.families import Family, for_pipeline
 from workers.families.stable_diffusion import STABLE_DIFFUSION
@@ -37,7 +38,7 @@ class CompileChoice:
     regional: bool = False  # compile_repeated_blocks on the transformer instead of the whole denoiser
 
     @property
-    def setting(self) -> bool | str:
+    def setting(self) -> bool | Literal["regional"]:
         """The choice as a resolved performance.compile value: false, true (the whole denoiser) or regional."""
         return "regional" if self.on and self.regional else self.on
 

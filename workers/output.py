@@ -90,25 +90,39 @@ def build_output_table(
     return pa.table(arrays)
 
 
-def read_previous(output_dir: str, task: ShardTask) -> pa.Table | None:
-    """The shard's existing output, for --retry-failed; None when there is none yet."""
+@dataclass(frozen=True)
+class RowsToRun:
+    """The shard positions a run generates: every row, or with --retry-failed only those whose status is error
+    in the shard's existing file (`previous`), whose other rows are kept (`merged`)."""
+
+    positions: list[int]
+    previous: pa.Table | None = None
+
+    @classmethod
+    def of(cls, output_dir: str, task: ShardTask, rows: int) -> RowsToRun:
+        """The rows of `task` to run; `rows`: the shard's output rows."""
+        previous = _read_previous(output_dir, task) if task.retry_failed else None
+        if previous is None:
+            return cls(list(range(rows)))
+        return cls(pc.indices_nonzero(pc.equal(previous.column(C.STATUS), C.STATUS_ERROR)).to_pylist(), previous)
+
+    def merged(self, fresh: pa.Table) -> pa.Table:
+        """The shard's table: `fresh`, or on a retry `previous` with its rows at `positions` replaced by the rows
+        of `fresh`, in order."""
+        if self.previous is None:
+            return fresh
+        source = list(range(self.previous.num_rows))
+        for j, position in enumerate(self.positions):
+            source[position] = self.previous.num_rows + j
+        combined = pa.concat_tables([self.previous, fresh.cast(self.previous.schema)])
+        return combined.take(source)
+
+
+def _read_previous(output_dir: str, task: ShardTask) -> pa.Table | None:
+    """The shard's existing output; None when there is none yet."""
     path = layout.shard_path(output_dir, task.index)
     if not storage.exists(path):
         return None
     with storage.open_input(path) as handle:
         table = pq.read_table(handle)
-    return C.with_wide_offsets(table.replace_schema_metadata(None))  # as build_output_table's, for merge_retried
-
-
-def failed_positions(previous: pa.Table) -> list[int]:
-    """Positions (within the shard) of the rows whose status is error."""
-    return pc.indices_nonzero(pc.equal(previous.column(C.STATUS), C.STATUS_ERROR)).to_pylist()
-
-
-def merge_retried(previous: pa.Table, fresh: pa.Table, positions: list[int]) -> pa.Table:
-    """`previous` with its rows at `positions` replaced by the rows of `fresh`, in order."""
-    source = list(range(previous.num_rows))
-    for j, position in enumerate(positions):
-        source[position] = previous.num_rows + j
-    combined = pa.concat_tables([previous, fresh.cast(previous.schema)])
-    return combined.take(source)
+    return C.with_wide_offsets(table.replace_schema_metadata(None))  # as build_output_table's, for merged

@@ -1,13 +1,12 @@
 """The narrow contract between driver and actors: settings in, shard descriptions in, small results out.
 
-Only plain dataclasses and the actor's Protocol live here, so the driver can import this module without torch.
+Only plain dataclasses live here, so the driver can import this module without torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from typing import Protocol
+from typing import Literal
 
 # The settings below carry no defaults: the config (jobs.config) holds each default once, and
 # jobs.settings fills every field from it.
@@ -23,7 +22,7 @@ class GenerationDefaults:
     height: int
     negative_prompt: str
     strength: float  # image-to-image rows without their own
-    init_image_policy: str  # "resize" or "error"
+    init_image_policy: Literal["resize", "error"]
     true_cfg_scale: float | None  # real CFG with negative prompts where the family has it (FLUX.1); None: n/a
     max_sequence_length: int | None  # T5/LLM text encoders' token limit (the family's default); None: n/a
 
@@ -32,7 +31,7 @@ class GenerationDefaults:
 class ImageEncoding:
     """How images are stored in the image column: the config's `output` section."""
 
-    image_format: str  # png, webp or jpeg
+    image_format: Literal["png", "webp", "jpeg"]
     png_compress_level: int
     quality: int
 
@@ -42,19 +41,19 @@ class FastPaths:
     """Speed options (the config's `performance` section); none but `quantize` changes pixels by more than
     float rounding."""
 
-    compile: bool | str  # auto or regional: resolved by the actor (workers.fastpaths.choose_compile)
+    compile: bool | Literal["auto", "regional"]  # auto, regional: resolved by the actor (fastpaths.choose_compile)
     compile_cache: str | None  # folder or URI of shared compiled kernels; None: under the genbatch cache
-    channels_last: bool | str
-    quantize: str  # none, fp8 or int8 (workers.quantize): the one option here that changes pixels
+    channels_last: bool | Literal["auto"]
+    quantize: Literal["none", "fp8", "int8"]  # workers.quantize: the one option here that changes pixels
     quantize_min_features: int  # the narrowest Linear layer quantized
-    vae_slicing: bool | str
+    vae_slicing: bool | Literal["auto"]
     vae_tiling: bool
-    cache: str  # none, first_block, taylorseer or magcache (workers.step_cache): changes pixels
+    cache: Literal["none", "first_block", "taylorseer", "magcache"]  # workers.step_cache: changes pixels
     cache_threshold: float | None  # None: the cache's default
     cache_warmup_steps: int | None
     cache_interval: int | None
-    clip_preprocess: str  # device, processor or auto
-    writer_threads: int | str  # auto: 2 with a GPU, 0 on the CPU
+    clip_preprocess: Literal["device", "processor", "auto"]
+    writer_threads: int | Literal["auto"]  # auto: 2 with a GPU, 0 on the CPU
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ class WorkerSettings:
     dtype: str
     clip_model: str | None
     scores: ScoreModels
-    mode: str  # "generate" or "reconstruct"
+    mode: Literal["generate", "reconstruct"]
     batch_size: int
     job_seed: int
     defaults: GenerationDefaults
@@ -109,7 +108,7 @@ class RescoreSettings:
     scores: ScoreModels  # the run's new `scores` section
     recompute: tuple[str, ...]  # columns (columns.SCORES) computed afresh; the section's others are kept as they are
     batch_size: int  # images per scorer call
-    clip_preprocess: str  # device, processor or auto (performance.clip_preprocess)
+    clip_preprocess: Literal["device", "processor", "auto"]  # performance.clip_preprocess
     output_dir: str
     old_key: str  # the job key on the shards to rescore
     new_key: str  # the key they get: that of the job with the new scores
@@ -249,17 +248,3 @@ class RescoreResult(ShardResult):
 
     scored: int = 0  # images scored (rows with an image)
     skipped: bool = False  # the shard already had the new key (an earlier, interrupted rescore did it)
-
-
-class ShardWorker(Protocol):
-    """What the driver calls on an actor. An implementation is built as `Worker(settings: WorkerSettings,
-    index: int)` (jobs.cluster.start_worker); workers.worker.GenerationWorker is the real one."""
-
-    def ready(self) -> WorkerInfo:
-        """The worker's description once its models are loaded; raises if they could not be."""
-
-    def run_shard(self, task: ShardTask) -> Iterator[BatchProgress | ShardResult]:
-        """Process one shard: a BatchProgress after each micro-batch, then the ShardResult once its file is written."""
-
-    def rebind(self, run: RunBinding, batch_size: int) -> WorkerInfo:
-        """Serve another job whose settings differ only in those of `run` (jobs.worker_reuse); loads nothing."""

@@ -8,7 +8,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future
 from dataclasses import fields, replace
 from datetime import datetime, timezone
@@ -19,9 +19,9 @@ from workers.batch import BatchRunner, collect_encoded, micro_batches
 from workers.errors import WorkerLoadError, describe
 from workers.fence import check_fence
 from workers.loading import quiet_libraries
-from workers.output import RowOutput, RunLabels, build_output_table, failed_positions, merge_retried, read_previous
+from workers.output import RowOutput, RowsToRun, RunLabels, build_output_table
 from workers.provenance import device_description, pixel_versions
-from workers.rows import expand_images, read_slice, resolve_rows, row_ids
+from workers.rows import RowSpec, expand_images, read_slice, resolve_rows, row_ids
 from workers.scorers import score_columns
 from workers.shard_stats import ShardStats, write_shard_stats
 from workers.tasks import (
@@ -60,50 +60,31 @@ class GenerationWorker:
             logger.debug("traceback", exc_info=True)
 
     def _load(self) -> None:
+        """Load the models; each step acts on what the steps before it made."""
         import torch
 
-        from workers.clip import ClipScorer
-        from workers.fastpaths import apply_fast_paths, choose_compile
-        from workers.images import ImageEncoder
-        from workers.loading import load_clip, load_pipeline, pick_device, pick_dtype
-        from workers.scorers import build_scorers
+        from workers.loading import load_pipeline, pick_device, pick_dtype
 
         started = time.perf_counter()
         settings = self.settings
+        # 1. Device and dtype; a quantize option the device cannot run fails before the weights are read.
         if settings.num_threads:
             torch.set_num_threads(min(settings.num_threads, os.cpu_count() or 1))
         self.device = pick_device()
         dtype = pick_dtype(settings.dtype, self.device)
-        quantize.check_device(settings.fast.quantize, self.device, dtype)  # before spending time on the weights
-        # Loaded with the model's own scheduler, kept: any other is built from its config (`_use_scheduler`).
+        quantize.check_device(settings.fast.quantize, self.device, dtype)
+        # 2. The pipeline with the model's own scheduler, kept: any other is built from its config (`_use_scheduler`).
         self.pipeline = load_pipeline(settings.model, settings.revision, None, self.device, dtype, settings.variant)
         self.family = families.for_pipeline(self.pipeline)
         self.model_scheduler = self.pipeline.scheduler
         self.scheduler_name: str | None = None  # the scheduler the pipeline has now; None: the model's own
         self._check_scheduler(settings.scheduler)  # before compiling: a sweep's bad one would waste it
-        # Whether to compile is decided here, where the device and the model's family are known.
-        self.compile = choose_compile(settings.fast.compile, self.device, settings.images_per_worker, self.family)
-        # LoRAs before quantizing and compiling: those act on the weights with the LoRAs fused in (and adapters on).
-        adapters = self._load_loras()
-        self.step_cache = self._step_cache()  # after the LoRAs, before compiling: hooks on the final, uncompiled blocks
-        cache_hit = self._prepare_compile(dtype) if self.compile.on else None
-        fast = replace(settings.fast, compile=self.compile.setting)
-        applied = apply_fast_paths(self.pipeline, fast, self.device, settings.batch_size, settings.defaults)
-        turned_on = ", ".join(applied) or "none"
-        logger.info("worker-%d fast paths: %s; compile %s", self.index, turned_on, self.compile.reason)
-        self.scorer = None
-        on_device = fast.clip_preprocess == "device" or (fast.clip_preprocess == "auto" and self.device.type == "cuda")
-        clip = None
-        if settings.clip_model is not None:
-            model, processor = load_clip(settings.clip_model, self.device)
-            self.scorer = ClipScorer(model, processor, self.device, on_device=on_device)
-            clip = (settings.clip_model, model, processor)
-        # A scorer on the CLIP model loaded above shares it (one copy of the weights).
-        self.scorers = build_scorers(settings.scores, self.device, clip, on_device)
-        threads = fast.writer_threads
-        if threads == "auto":  # on CPU actors the model already uses every core the actor has
-            threads = 2 if self.device.type == "cuda" else 0
-        self.encoder = ImageEncoder(settings.encoding, int(threads))
+        # 3. LoRAs, the step cache, then compile and the other fast paths (workers.fastpaths).
+        adapters, applied, cache_hit = self._speed_up(dtype)
+        # 4. CLIP and the other scorers, and the image encoder.
+        self._load_scorers()
+        self.encoder = self._image_encoder()
+        # 5. The batch runner, with the run's scheduler.
         self.batch_runner = BatchRunner(
             self.pipeline,
             self.scorer,
@@ -116,18 +97,70 @@ class GenerationWorker:
             adapters=adapters,
         )
         self._use_scheduler(settings.scheduler)
+        # 6. What the rows and the driver are told about this worker.
         self.labels = RunLabels(
             model=settings.model,
             clip_model=settings.clip_model,
             scheduler=self._scheduler_label(settings.scheduler),
             worker=f"worker-{self.index}@{socket.gethostname()}",
         )
-        self.info = WorkerInfo(
+        self.info = self._describe(dtype, applied, cache_hit, load_seconds=time.perf_counter() - started)
+        logger.info(
+            "%s ready on %s in %.1fs (pid %d)", self.info.name, self.device, self.info.load_seconds, os.getpid()
+        )
+
+    def _speed_up(self, dtype):
+        """LoRAs first: quantizing and compiling act on the weights with the LoRAs fused in (and adapters on);
+        then the step cache's hooks, on the final, uncompiled blocks; then compile and the other fast paths.
+        The AdapterSwitch (or None), the fast paths applied, and whether compiled kernels were loaded."""
+        from workers.fastpaths import apply_fast_paths, choose_compile
+
+        settings = self.settings
+        # Whether to compile is decided here, where the device and the model's family are known.
+        self.compile = choose_compile(settings.fast.compile, self.device, settings.images_per_worker, self.family)
+        adapters = self._load_loras()
+        self.step_cache = self._step_cache()
+        cache_hit = self._prepare_compile(dtype) if self.compile.on else None
+        fast = replace(settings.fast, compile=self.compile.setting)
+        applied = apply_fast_paths(self.pipeline, fast, self.device, settings.batch_size, settings.defaults)
+        turned_on = ", ".join(applied) or "none"
+        logger.info("worker-%d fast paths: %s; compile %s", self.index, turned_on, self.compile.reason)
+        return adapters, applied, cache_hit
+
+    def _load_scorers(self) -> None:
+        """The CLIP scorer (None without clip.model) and the `scores` section's; a scorer on the same CLIP
+        model shares it (one copy of the weights)."""
+        from workers.clip import ClipScorer
+        from workers.loading import load_clip
+        from workers.scorers import build_scorers
+
+        settings = self.settings
+        preprocess = settings.fast.clip_preprocess
+        on_device = preprocess == "device" or (preprocess == "auto" and self.device.type == "cuda")
+        self.scorer = None
+        clip = None
+        if settings.clip_model is not None:
+            model, processor = load_clip(settings.clip_model, self.device)
+            self.scorer = ClipScorer(model, processor, self.device, on_device=on_device)
+            clip = (settings.clip_model, model, processor)
+        self.scorers = build_scorers(settings.scores, self.device, clip, on_device)
+
+    def _image_encoder(self):
+        from workers.images import ImageEncoder
+
+        threads = self.settings.fast.writer_threads
+        if threads == "auto":  # on CPU actors the model already uses every core the actor has
+            threads = 2 if self.device.type == "cuda" else 0
+        return ImageEncoder(self.settings.encoding, int(threads))
+
+    def _describe(self, dtype, applied: list[str], cache_hit: bool | None, load_seconds: float) -> WorkerInfo:
+        quantized = next((name.removeprefix("quantize ") for name in applied if name.startswith("quantize ")), "none")
+        return WorkerInfo(
             name=self.labels.worker,
             device=str(self.device),
             dtype=str(dtype).removeprefix("torch."),
             scheduler=self.labels.scheduler,
-            load_seconds=time.perf_counter() - started,
+            load_seconds=load_seconds,
             pid=os.getpid(),
             node_id=_node_id(),
             node_ip=_node_ip(),
@@ -136,10 +169,7 @@ class GenerationWorker:
             compile=self.compile.on,
             compile_reason=self.compile.reason,
             compile_cache_hit=cache_hit,
-            quantize=next((name.removeprefix("quantize ") for name in applied if name.startswith("quantize ")), "none"),
-        )
-        logger.info(
-            "%s ready on %s in %.1fs (pid %d)", self.info.name, self.device, self.info.load_seconds, os.getpid()
+            quantize=quantized,
         )
 
     def _step_cache(self):
@@ -225,32 +255,51 @@ class GenerationWorker:
     def _scheduler_label(self, name: str | None) -> str:
         return name or type(self.model_scheduler).__name__
 
-    def _settings_for(self, task: ShardTask) -> WorkerSettings:
-        """This actor's settings, with those of the task's run (a sweep's) in place of its own."""
-        if task.run is None:
-            return self.settings
-        return replace(self.settings, **{f.name: getattr(task.run, f.name) for f in fields(task.run)})
+    def _bind(self, task: ShardTask) -> tuple[WorkerSettings, RunLabels]:
+        """This actor's settings and row labels, with those of the task's run (a sweep's, or a reused actor's
+        new job) in place of its own: its scheduler and init-image policy too."""
+        settings = self.settings
+        if task.run is not None:
+            settings = replace(settings, **{f.name: getattr(task.run, f.name) for f in fields(task.run)})
+        self._use_scheduler(settings.scheduler)
+        self.batch_runner.init_image_policy = settings.defaults.init_image_policy
+        return settings, replace(self.labels, scheduler=self._scheduler_label(settings.scheduler))
 
     def run_shard(self, task: ShardTask) -> Iterator[BatchProgress | ShardResult]:
         """Process one shard; yields progress after each micro-batch, then the ShardResult."""
         started = time.perf_counter()
-        settings = self._settings_for(task)
-        self._use_scheduler(settings.scheduler)
-        # The run's own, as its scheduler: a sweep's run or a reused actor's new job may set another.
-        self.batch_runner.init_image_policy = settings.defaults.init_image_policy
-        labels = replace(self.labels, scheduler=self._scheduler_label(settings.scheduler))
-        # A. Read the shard's rows and resolve their settings; with --retry-failed, only failed rows run.
+        settings, labels = self._bind(task)
+        # 1. Read the shard's rows and resolve their settings; with --retry-failed, only failed rows run.
         table = read_slice(task.file, task.start, task.stop)
         ids = row_ids(table, task)
         rows = resolve_rows(table, ids, settings.defaults, settings.job_seed)
         if task.images_per_row > 1:  # one output row per image, in manifest order
             table, ids, rows = expand_images(table, ids, rows, task.images_per_row)
-        previous = read_previous(settings.output_dir, task) if task.retry_failed else None
-        todo = failed_positions(previous) if previous is not None else list(range(len(rows)))
-        # B. Run each micro-batch (steps 1-6 in workers/batch.py); encoding runs on CPU threads meanwhile.
+        todo = RowsToRun.of(settings.output_dir, task, len(rows))
+        # 2. Run each micro-batch (steps 1-6 in workers/batch.py); encoding runs on CPU threads meanwhile.
+        outputs = yield from self._run_batches(task, rows, todo.positions, settings.batch_size)
+        # 3. The shard's table: the new rows, in place of the failed ones on a retry.
+        fresh = build_output_table(
+            table.take(todo.positions),
+            ids.take(todo.positions),
+            [rows[p] for p in todo.positions],
+            [outputs[p] for p in todo.positions],
+            labels,
+            reconstruct=settings.mode == "reconstruct",
+            scores=score_columns(settings.scores),
+            cache=self.step_cache is not None,
+        )
+        # 4. Write the shard file and its stats; only its path and counts go back to the driver.
+        shard = todo.merged(fresh)
+        yield self._write(shard, task, settings, labels, rows=len(rows), generated=len(todo.positions), started=started)
+
+    def _run_batches(
+        self, task: ShardTask, rows: list[RowSpec], positions: list[int], batch_size: int
+    ) -> Generator[BatchProgress, None, dict[int, RowOutput]]:
+        """Run the rows at `positions` in micro-batches, yielding progress after each; each row's output by position."""
         outputs: dict[int, RowOutput] = {}
         encoding: deque[list[tuple[int, Future]]] = deque()
-        for batch in micro_batches(rows, todo, settings.batch_size):
+        for batch in micro_batches(rows, positions, batch_size):
             batch_started = time.perf_counter()
             result = self.batch_runner.run(batch)
             if self.startup is None:
@@ -263,59 +312,57 @@ class GenerationWorker:
             yield BatchProgress(shard=task.index, images=len(batch), failed=failed, finished_at=time.time())
         while encoding:
             collect_encoded(encoding.popleft(), outputs)
-        # C. Write the shard file; only its path and counts go back to the driver.
-        fresh = build_output_table(
-            table.take(todo),
-            ids.take(todo),
-            [rows[p] for p in todo],
-            [outputs[p] for p in todo],
-            labels,
-            reconstruct=settings.mode == "reconstruct",
-            scores=score_columns(settings.scores),
-            cache=self.step_cache is not None,
-        )
-        output_table = fresh if previous is None else merge_retried(previous, fresh, todo)
-        failed = output_table.column(C.STATUS).to_pylist().count(C.STATUS_ERROR)
+        return outputs
+
+    def _write(
+        self,
+        table,
+        task: ShardTask,
+        settings: WorkerSettings,
+        labels: RunLabels,
+        rows: int,
+        generated: int,
+        started: float,
+    ) -> ShardResult:
+        """Publish the shard file, then its stats file (both fenced by the run's lock), and say what was written."""
+        failed = table.column(C.STATUS).to_pylist().count(C.STATUS_ERROR)
         footer = ShardFooter(
             settings.job_key,
             task.index,
-            len(rows),
-            len(rows) - failed,
+            rows,
+            rows - failed,
             failed,
             versions=self.info.versions,
             device=self.info.device_name,
         )
         fence = functools.partial(check_fence, settings.output_dir, settings.run_token)
-        path = write_shard(output_table, settings.output_dir, footer, before_publish=fence)
+        path = write_shard(table, settings.output_dir, footer, before_publish=fence)
         seconds = time.perf_counter() - started
-        write_shard_stats(
-            settings.output_dir,
-            ShardStats(
-                shard=task.index,
-                rows=len(rows),
-                ok=len(rows) - failed,
-                failed=failed,
-                generated=len(todo),
-                seconds=round(seconds, 6),  # rounded coarser, a short shard's rate would not match its time
-                images_per_s=round(len(todo) / seconds, 3) if seconds > 0 else 0.0,
-                worker=labels.worker,
-                node=self.info.node_id,
-                node_ip=self.info.node_ip,
-                pid=self.info.pid,
-                finished_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                job_key=settings.job_key,
-            ),
-            before_publish=fence,
-        )
-        yield ShardResult(
+        stats = ShardStats(
             shard=task.index,
-            images=len(rows),
-            ok=len(rows) - failed,
+            rows=rows,
+            ok=rows - failed,
+            failed=failed,
+            generated=generated,
+            seconds=round(seconds, 6),  # rounded coarser, a short shard's rate would not match its time
+            images_per_s=round(generated / seconds, 3) if seconds > 0 else 0.0,
+            worker=labels.worker,
+            node=self.info.node_id,
+            node_ip=self.info.node_ip,
+            pid=self.info.pid,
+            finished_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            job_key=settings.job_key,
+        )
+        write_shard_stats(settings.output_dir, stats, before_publish=fence)
+        return ShardResult(
+            shard=task.index,
+            images=rows,
+            ok=rows - failed,
             failed=failed,
             file=path,
             worker=labels.worker,
             seconds=seconds,
-            generated=len(todo),
+            generated=generated,
             startup=self.startup,
             output_dir=settings.output_dir,
         )

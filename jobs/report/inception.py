@@ -16,7 +16,6 @@ from torch import nn
 from jobs.errors import UsageError, one_line, some_of
 
 INPUT_PX = 299
-FEATURES = 2048
 _BN_EPS = 1e-3  # the TensorFlow graph's batch-norm epsilon
 
 

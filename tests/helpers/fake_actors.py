@@ -10,7 +10,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from jobs.actor_backend import ActorDied
-from workers.tasks import BatchProgress, ShardResult, ShardTask, ShardWorker, WorkerInfo
+from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerInfo
 
 IMAGES_PER_SHARD = 4
 BATCH = 2  # images per BatchProgress: two micro-batches per shard
@@ -25,9 +25,10 @@ class Crash(Exception):
     """Raised inside a FakeWorker: its process dies here."""
 
 
-class FakeWorker(ShardWorker):
-    """Micro-batches of BATCH images, then the result. `faults[(name, shard)]`: DIE, DIE_AFTER_RESULT, or an
-    exception raised after the first micro-batch; `faults[(name, "ready")]`: DIE or an exception ready() raises."""
+class FakeWorker:
+    """In place of workers.worker.GenerationWorker: micro-batches of BATCH images, then the result.
+    `faults[(name, shard)]`: DIE, DIE_AFTER_RESULT, or an exception raised after the first micro-batch;
+    `faults[(name, "ready")]`: DIE or an exception ready() raises."""
 
     def __init__(self, name: str, faults: dict, runs: list):
         self.name = name
