@@ -34,11 +34,16 @@ class Interrupted(KeyboardInterrupt):
 
     @property
     def exit_code(self) -> int:
-        return 128 + self.signum
+        return exit_code(self.signum)
 
     @property
     def signal_name(self) -> str:
         return signal.Signals(self.signum).name
+
+
+def exit_code(signum: int) -> int:
+    """The exit status of a process that a stop signal ended, as shells report it: 128 + the signal's number."""
+    return 128 + signum
 
 
 def signum_of(interrupt: KeyboardInterrupt) -> int:
@@ -50,7 +55,7 @@ def signum_of(interrupt: KeyboardInterrupt) -> int:
 
 
 def exit_code_of(interrupt: KeyboardInterrupt) -> int:
-    return 128 + signum_of(interrupt)
+    return exit_code(signum_of(interrupt))
 
 
 def signal_name_of(interrupt: KeyboardInterrupt) -> str:

@@ -6,8 +6,8 @@ Only plain dataclasses and the actor's Protocol live here, so the driver can imp
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
-from typing import Protocol
+from dataclasses import dataclass, fields, replace
+from typing import Any, Protocol
 
 # The settings below carry no defaults: the config (jobs.config) holds each default once, and
 # jobs.settings fills every field from it.
@@ -134,6 +134,10 @@ class RunBinding:
     def of(cls, settings: WorkerSettings) -> RunBinding:
         """The binding of the run whose actors have `settings`."""
         return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
+
+    def applied_to(self, settings: WorkerSettings, **others: Any) -> WorkerSettings:
+        """`settings` with this run's fields in place of their own (and `others` changed too)."""
+        return replace(settings, **{f.name: getattr(self, f.name) for f in fields(self)}, **others)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import fields, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from workers import columns as C
@@ -198,8 +198,7 @@ class GenerationWorker:
         """Serve a new job with the same models (jobs.worker_reuse): where and for which job it writes, its
         seed, scheduler and generation defaults change, as they do between the runs of a sweep, and so may
         the batch size of an actor that nothing was shaped for (jobs.worker_reuse.key_of)."""
-        changes = {f.name: getattr(run, f.name) for f in fields(run)}
-        self.settings = replace(self.settings, batch_size=batch_size, **changes)
+        self.settings = run.applied_to(self.settings, batch_size=batch_size)
         self._use_scheduler(self.settings.scheduler)
         self.info = replace(self.info, scheduler=self._scheduler_label(self.settings.scheduler))
         return self.ready()
@@ -228,7 +227,7 @@ class GenerationWorker:
         """This actor's settings, with those of the task's run (a sweep's) in place of its own."""
         if task.run is None:
             return self.settings
-        return replace(self.settings, **{f.name: getattr(task.run, f.name) for f in fields(task.run)})
+        return task.run.applied_to(self.settings)
 
     def run_shard(self, task: ShardTask) -> Iterator[BatchProgress | ShardResult]:
         """Process one shard; yields progress after each micro-batch, then the ShardResult."""
