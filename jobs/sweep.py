@@ -131,7 +131,14 @@ def run_sweep(
     """Run (or resume) every combination of `config.sweep`; `source` names the config file in messages.
     The arguments are run_job's (jobs.driver), applied to every run."""
     started = time.perf_counter()
-    options = RunOptions(address, progress, hooks or JobHooks(), worker_class, forward_actor_logs, allow_version_change)
+    options = RunOptions(
+        address=address,
+        progress=progress,
+        hooks=hooks or JobHooks(),
+        worker_class=worker_class,
+        forward_actor_logs=forward_actor_logs,
+        allow_version_change=allow_version_change,
+    )
     # 1. Validate every combination, its manifest and its models before anything is written or started.
     sweep_runs, manifests = _checked_runs(config, source, yes)
     output = prepare_output(config.output.path)
