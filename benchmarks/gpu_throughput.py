@@ -55,7 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from throughput import make_manifest
 
-from jobs.signals import Interrupted
+from jobs.signals import Interrupted, exit_code
 from workers import tiny
 from workers.loading import quiet_libraries
 
@@ -1162,7 +1162,7 @@ def main(argv=None) -> int:
             file.write("\n" + table)
         logger.info("appended the table to %s", args.results)
     if stopped is not None:
-        return 128 + _stop_signal()
+        return exit_code(_stop_signal())
     return 1 if failures else 0
 
 

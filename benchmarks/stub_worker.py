@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import fields, replace
 
 from workers.rows import read_slice, row_ids
 from workers.tasks import BatchProgress, RunBinding, ShardResult, ShardTask, WorkerInfo, WorkerSettings
@@ -35,8 +34,7 @@ class StubWorker:
         return self.info
 
     def rebind(self, run: RunBinding, batch_size: int) -> WorkerInfo:
-        changes = {f.name: getattr(run, f.name) for f in fields(run)}
-        self.settings = replace(self.settings, batch_size=batch_size, **changes)
+        self.settings = run.applied_to(self.settings, batch_size=batch_size)
         return self.info
 
     def run_shard(self, task: ShardTask) -> Iterator[BatchProgress | ShardResult]:

@@ -139,6 +139,7 @@ class RescoreBackend(_RayActors):
     def __init__(self, settings: RescoreSettings, resources: cluster.ActorResources):
         self.settings = settings
         self.resources = resources
+        worker_reuse.stop_parked()  # parked generation actors hold resources these actors need
 
     def start(self, index: int):
         from workers.rescoring import RescoreWorker

@@ -21,12 +21,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from jobs import cluster, worker_reuse
+from jobs import cluster
 from jobs.actor_backend import RescoreBackend
 from jobs.config import JobConfig, apply_override, describe_validation_error
-from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks, describe_pool
+from jobs.dispatch import DispatchOutcome, JobHooks, describe_pool
 from jobs.errors import ConfigError, OutputError, RescoreError, WorkerStartError
 from jobs.jobfile import identity_key, read_job_file, utc_now, write_job_file
+from jobs.lifecycle import new_dispatcher, nothing_started, stop_pool
 from jobs.lock import OutputLock
 from jobs.preflight import check_score_models
 from jobs.resume import scores_identity
@@ -187,35 +188,24 @@ def score_on_actors(
 
     A shard that still fails fails the rescore once the others are done: those are kept, a rerun goes on from them."""
     cluster.connect(address, forward_actor_logs)
-    worker_reuse.stop_parked()  # parked generation actors hold resources these actors need
     resources = cluster.actor_resources(config)
     settings = replace(settings, num_threads=max(1, int(resources.num_cpus)))  # known once Ray is connected
     pool = config.resources.worker_range()
-    dispatcher = Dispatcher(
-        backend=RescoreBackend(settings, resources),
-        workers=pool if pool.elastic else min(pool.min, len(todo)),  # an elastic pool sizes itself to the shards
-        shards=todo,
-        max_shard_retries=config.resources.max_shard_retries,
-        on_progress=hooks.on_progress or (lambda images, failed: None),
-        on_workers=lambda ready, alive: None,
-        on_worker_ready=hooks.on_worker_ready,
-        on_shard_done=hooks.on_shard_done,
-    )
+    workers = None if pool.elastic else min(pool.min, len(todo))  # an elastic pool sizes itself to the shards
+    dispatcher = new_dispatcher(RescoreBackend(settings, resources), config, todo, hooks, workers=workers)
     logger.info("rescoring %d shards on %s", len(todo), describe_pool(dispatcher.initial_size(), dispatcher.pool))
     try:
         outcome = dispatcher.run()
     finally:
         # Stopped, and their processes gone, before the lock is let go: no attempt can still be writing.
-        dispatcher.abandon()
-        cluster.stop_workers(dispatcher.handles(), dispatcher.outcome.workers)
-        remove_temp_files(settings.output_dir)  # what a killed attempt left half-written
+        stop_pool(dispatcher, [settings.output_dir])
     check_outcome(outcome)
     return outcome
 
 
 def check_outcome(outcome: DispatchOutcome) -> None:
     """Raise if no actor could load the scorers, or if a shard failed all its attempts."""
-    if not outcome.workers and outcome.start_errors:
+    if nothing_started(outcome):
         raise WorkerStartError(f"no worker could load the scorers: {outcome.start_errors[0]}")
     if outcome.failures:
         failed = sorted(outcome.failures, key=lambda failure: failure.shard.index)

@@ -33,6 +33,11 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+def exit_code(signum: int) -> int:
+    """The exit status of a process that a stop signal ended, as shells report it: 128 + the signal's number."""
+    return 128 + signum
+
+
 def signum_of(interrupt: KeyboardInterrupt) -> int:
     """The stop signal behind `interrupt`. Ray re-raises our `Interrupted` from inside `ray.get` as a plain
     KeyboardInterrupt, so a plain one is the signal the handler received, else Ctrl-C's SIGINT."""
@@ -42,7 +47,7 @@ def signum_of(interrupt: KeyboardInterrupt) -> int:
 
 
 def exit_code_of(interrupt: KeyboardInterrupt) -> int:
-    return 128 + signum_of(interrupt)
+    return exit_code(signum_of(interrupt))
 
 
 def signal_name_of(interrupt: KeyboardInterrupt) -> str:

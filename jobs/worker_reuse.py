@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from workers.fastpaths import COMPILE_PAYS_BACK_AFTER
-from workers.tasks import WorkerInfo, WorkerSettings
+from workers.tasks import RunBinding, WorkerInfo, WorkerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ class _Parked:
 
 
 _parked: list[_Parked] | None = None  # None: not inside keep_workers()
+# A key holds the fields of RunBinding, which `rebind` replaces, with the same values for every job.
+_NO_RUN = RunBinding("", "", None, 0, None, None)  # type: ignore[arg-type]  # a key, never an actor's settings
 
 
 def key_of(worker_class: Any, resources: Any, settings: WorkerSettings) -> Key:
@@ -50,17 +52,7 @@ def key_of(worker_class: Any, resources: Any, settings: WorkerSettings) -> Key:
     # (VAE slicing, compiled shapes: workers.fastpaths); elsewhere an actor takes any.
     shaped = bool(getattr(resources, "num_gpus", 0)) or settings.fast.compile in (True, "regional")
     shape = (settings.batch_size, settings.defaults.width, settings.defaults.height) if shaped else None
-    per_job = dataclasses.replace(
-        settings,
-        output_dir="",
-        job_key="",
-        run_token=None,
-        job_seed=0,
-        scheduler=None,
-        defaults=None,  # type: ignore[arg-type]  # a key, never an actor's settings
-        batch_size=0,
-        images_per_worker=pays_back,
-    )
+    per_job = _NO_RUN.applied_to(settings, batch_size=0, images_per_worker=pays_back)
     return worker_class, resources, (per_job, shape)
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from jobs.cli.main import main
 from jobs.config import JobConfig
-from jobs.driver import job_warnings
+from jobs.lifecycle import job_warnings
 from jobs.manifest import find_manifest_files, read_manifest, seed_column_warning
 from tests.conftest import read_output, write_config, write_manifest
 

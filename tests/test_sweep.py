@@ -108,7 +108,7 @@ def test_every_combination_is_a_full_config_in_its_own_folder(tmp_path):
 def group_runs_of(runs):
     class _Held:  # group_runs only looks at each run's config
         def __init__(self, run):
-            self.sweep = run
+            self.config, self.sweep = run.config, run
 
     return group_runs([_Held(run) for run in runs])  # type: ignore[list-item]
 
@@ -362,7 +362,7 @@ TWO_POOLS = {"resources.batch_size": [1, 2], "generation.guidance_scale": [3.0, 
 def test_a_sweep_stopped_in_its_first_pool_says_which_runs_it_did_not_start(tmp_path, monkeypatch, capsys):
     """The first pool's runs write a shard each, then a SIGTERM stops the sweep (the pool is faked: no Ray)."""
     from jobs import sweep
-    from jobs.driver import JobSummary, record_end
+    from jobs.lifecycle import GroupResult, JobSummary, record_end
     from workers.shard_stats import ShardStats, write_shard_stats
 
     manifest = write_manifest(tmp_path / "m.parquet", MANIFEST)  # 6 rows: 2 shards per run
@@ -370,18 +370,18 @@ def test_a_sweep_stopped_in_its_first_pool_says_which_runs_it_did_not_start(tmp_
     config.write_text(yaml.safe_dump(small_config(manifest, tmp_path / "sweep", sweep=TWO_POOLS), sort_keys=False))
     pools = []
 
-    def first_pool_stopped(group, *args):
-        pools.append([run.sweep.folder for run in group])
-        summaries = {}
+    def first_pool_stopped(group, *args, **kwargs):
+        pools.append([run.folder for run in group])
+        summaries = []
         for run in group:
             stats = ShardStats(0, 4, 4, 0, 4, 2.0, 2.0, "worker-0", "node", "", 7, "2026-12-01T09:01:00+00:00", run.key)
             write_shard_stats(run.output, stats)
             summary = JobSummary(6, 4, 0, 2, 2, 2, 0, 3.0, 1.0, 2.0, run.output, interrupted=True, signal="SIGTERM")
-            record_end(run.output, run.record, "interrupted", summary, DispatchOutcome(), [])
-            summaries[run.sweep.folder] = summary
-        return summaries, []
+            record_end(run, "interrupted", summary, DispatchOutcome(), [])
+            summaries.append(summary)
+        return GroupResult(summaries, [])
 
-    monkeypatch.setattr(sweep, "_run_group", first_pool_stopped)
+    monkeypatch.setattr(sweep, "run_group", first_pool_stopped)
     monkeypatch.setattr(sweep.cluster, "connect", lambda *args, **kwargs: None)
     assert main(["run", str(config), "--quiet"]) == 143
     folders = ["batch_size=1,guidance_scale=3.0", "batch_size=1,guidance_scale=7.5"]

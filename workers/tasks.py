@@ -5,8 +5,8 @@ Only plain dataclasses live here, so the driver can import this module without t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Literal
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
 
 # The settings below carry no defaults: the config (jobs.config) holds each default once, and
 # jobs.settings fills every field from it.
@@ -133,6 +133,10 @@ class RunBinding:
     def of(cls, settings: WorkerSettings) -> RunBinding:
         """The binding of the run whose actors have `settings`."""
         return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
+
+    def applied_to(self, settings: WorkerSettings, **others: Any) -> WorkerSettings:
+        """`settings` with this run's fields in place of their own (and `others` changed too)."""
+        return replace(settings, **{f.name: getattr(self, f.name) for f in fields(self)}, **others)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future
-from dataclasses import fields, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from workers import columns as C
@@ -229,8 +229,7 @@ class GenerationWorker:
         """Serve a new job with the same models (jobs.worker_reuse): where and for which job it writes, its
         seed, scheduler and generation defaults change, as they do between the runs of a sweep, and so may
         the batch size of an actor that nothing was shaped for (jobs.worker_reuse.key_of)."""
-        changes = {f.name: getattr(run, f.name) for f in fields(run)}
-        self.settings = replace(self.settings, batch_size=batch_size, **changes)
+        self.settings = run.applied_to(self.settings, batch_size=batch_size)
         self._use_scheduler(self.settings.scheduler)
         self.info = replace(self.info, scheduler=self._scheduler_label(self.settings.scheduler))
         return self.ready()
@@ -258,9 +257,7 @@ class GenerationWorker:
     def _bind(self, task: ShardTask) -> tuple[WorkerSettings, RunLabels]:
         """This actor's settings and row labels, with those of the task's run (a sweep's, or a reused actor's
         new job) in place of its own: its scheduler and init-image policy too."""
-        settings = self.settings
-        if task.run is not None:
-            settings = replace(settings, **{f.name: getattr(task.run, f.name) for f in fields(task.run)})
+        settings = self.settings if task.run is None else task.run.applied_to(self.settings)
         self._use_scheduler(settings.scheduler)
         self.batch_runner.init_image_policy = settings.defaults.init_image_policy
         return settings, replace(self.labels, scheduler=self._scheduler_label(settings.scheduler))
