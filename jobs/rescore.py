@@ -31,10 +31,12 @@ from jobs.lock import OutputLock
 from jobs.preflight import check_score_models
 from jobs.resume import scores_identity
 from jobs.settings import score_models
+from jobs.shard_files import shard_file
 from workers import columns as C
 from workers import layout, storage
+from workers.rescoring import rescore_shard
 from workers.tasks import RescoreResult, RescoreSettings, RescoreTask
-from workers.writer import read_footer, remove_temp_files
+from workers.writer import remove_temp_files
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +105,10 @@ def rescore_run(
                 num_threads=None,  # set by score_on_actors from the actors' CPUs
                 run_token=lock.token,
             )
-            outcome = score_on_actors(config, settings, todo, address, forward_actor_logs, hooks or JobHooks())
+            if recompute:
+                outcome = score_on_actors(config, settings, todo, address, forward_actor_logs, hooks or JobHooks())
+            else:  # columns dropped only: no scorer to load, no image to read; rewritten here, shard by shard
+                outcome = drop_columns(settings, todo)
         # 4. Record the new identity: a run with the new scores config is this job, complete.
         record.pop("rescoring", None)
         record.update(identity=new_identity, config=config.model_dump(mode="json"))
@@ -156,22 +161,28 @@ def changed_columns(old: dict, new: dict) -> tuple[tuple[str, ...], tuple[str, .
 
 
 def shards_to_rescore(output: str, shards: int, old_key: str, new_key: str) -> tuple[list[RescoreTask], int]:
-    """The shards still carrying the old job key, and their rows; any other state of a shard is refused."""
+    """The shards still complete under the old job key, and their rows; a shard must be complete under the old
+    key or the new one (jobs.shard_files): any other state is refused."""
     todo: list[RescoreTask] = []
     rows = 0
     for index in range(shards):
-        path = layout.shard_path(output, index)
-        footer = read_footer(path)
-        if footer is None:
-            raise OutputError(
-                f"{path}: missing or incomplete; rescore needs a finished run (finish it with genbatch run first)"
-            )
-        if footer.job_key == old_key:
+        file = shard_file(output, index)
+        footer = file.verified(old_key)
+        if footer is not None:
             todo.append(RescoreTask(index=index, images=footer.rows))
             rows += footer.rows
-        elif footer.job_key != new_key:
-            raise OutputError(f"{path}: written by another job than {layout.job_file(output)} describes")
+        elif file.footer is None:
+            raise OutputError(
+                f"{file.path}: missing or incomplete; rescore needs a finished run (finish it with genbatch run first)"
+            )
+        elif file.verified(new_key) is None:
+            raise OutputError(f"{file.path}: written by another job than {layout.job_file(output)} describes")
     return todo, rows
+
+
+def drop_columns(settings: RescoreSettings, todo: list[RescoreTask]) -> DispatchOutcome:
+    """Rewrite the shards in `todo` without the dropped score columns, on the driver: no actor is started."""
+    return DispatchOutcome(results=[rescore_shard(settings, task.index, [], "driver") for task in todo])
 
 
 def score_on_actors(

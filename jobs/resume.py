@@ -10,10 +10,11 @@ from jobs.adapters import lora_identity
 from jobs.config import JobConfig
 from jobs.errors import OutputError, some_of
 from jobs.manifest import Manifest
+from jobs.shard_files import list_shard_files, shard_file
 from workers import layout, storage
 from workers.step_cache import PARAMETERS as STEP_CACHE_PARAMETERS
 from workers.tasks import ShardTask
-from workers.writer import ShardFooter, read_footer, remove_temp_files
+from workers.writer import ShardFooter, remove_temp_files
 
 logger = logging.getLogger(__name__)
 
@@ -120,22 +121,16 @@ def plan_resume(output_dir: str, shards: list[ShardTask], key: str, retry_failed
 
     Every `shard-*.parquet` in `data/` must be a shard this job planned, written by this job: a folder
     never mixes jobs, and a file nobody planned is not silently counted (or ignored)."""
-    planned = {layout.shard_file_name(shard.index): shard for shard in shards}
     footers, foreign = {}, []
-    for path in storage.list_files(layout.data_dir(output_dir)):
-        file_name = storage.name(path)
-        if not layout.is_shard_file(file_name):
-            continue
-        shard = planned.get(file_name)
-        footer = read_footer(path)
-        if shard is None:
-            foreign.append(f"{file_name} (not planned: this job has {len(shards)} shards)")
-        elif footer is None:
-            foreign.append(f"{file_name} (not a complete genbatch shard)")
-        elif footer.job_key != key or footer.shard != shard.index or footer.rows != shard.images:
-            foreign.append(f"{file_name} (another job)")
+    for file in list_shard_files(output_dir, len(shards)):
+        if file.index is None:
+            foreign.append(f"{file.name} (not planned: this job has {len(shards)} shards)")
+        elif file.footer is None:
+            foreign.append(f"{file.name} (not a complete genbatch shard)")
+        elif (footer := file.verified(key, shards[file.index].images)) is None:
+            foreign.append(f"{file.name} (another job)")
         else:
-            footers[shard.index] = footer
+            footers[file.index] = footer
     if foreign:
         shown = some_of(foreign)
         counted = "1 shard file is" if len(foreign) == 1 else f"{len(foreign)} shard files are"
@@ -167,15 +162,12 @@ def shard_files_exist(output_dir: str) -> bool:
 
 
 def count_on_disk(output_dir: str, shards: list[ShardTask], key: str) -> dict[int, ShardFooter]:
-    """The footers of those `shards` whose files are complete now (one listing, a footer read per file)."""
-    existing = set(storage.list_files(layout.data_dir(output_dir)))
+    """The footers of those `shards` whose files are complete now (a footer read per shard)."""
     found = {}
     for shard in shards:
-        path = layout.shard_path(output_dir, shard.index)
-        if path in existing:
-            footer = read_footer(path)
-            if footer is not None and footer.job_key == key and footer.rows == shard.images:
-                found[shard.index] = footer
+        footer = shard_file(output_dir, shard.index).verified(key, shard.images)
+        if footer is not None:
+            found[shard.index] = footer
     return found
 
 

@@ -14,10 +14,11 @@ from datetime import datetime, timezone
 from jobs.errors import OutputError
 from jobs.jobfile import identity_key, read_job_file
 from jobs.lock import lock_is_held
+from jobs.shard_files import is_sweep_folder as is_sweep_folder  # jobs.cli asks here
+from jobs.shard_files import shard_file, sweep_run_folders
 from jobs.status_fields import COUNT, FLAG, NUMBER, OBJECT, POSITIVE, TEXT, TIME, Fields, is_time
 from workers import layout, storage
 from workers.shard_stats import ShardStats, read_all_stats
-from workers.writer import read_footer
 
 
 @dataclass
@@ -179,20 +180,20 @@ def job_stats(output: str, record: dict, keys: set[str]) -> list[ShardStats]:
     for stats in read_all_stats(output):
         if not 0 <= stats.shard < record["shards"]:
             continue
-        if stats.job_key in keys or (not stats.job_key and _shard_key(output, stats.shard) in keys):
+        if stats.job_key in keys or (not stats.job_key and _is_complete(output, stats.shard, keys)):
             found.append(stats)
     return found
 
 
 def count_shards_keyed(output: str, shards: int, key: str) -> int:
-    """How many of the job's shard files carry `key` in their footer (the rescored ones, during a rescore:
+    """How many of the job's shard files are complete under `key` (the rescored ones, during a rescore:
     the footer, not the stats file, says whether a shard has its new scores)."""
-    return sum(_shard_key(output, index) == key for index in range(shards))
+    return sum(shard_file(output, index).verified(key) is not None for index in range(shards))
 
 
-def _shard_key(output: str, shard: int) -> str | None:
-    footer = read_footer(layout.shard_path(output, shard))
-    return footer.job_key if footer is not None and footer.shard == shard else None
+def _is_complete(output: str, shard: int, keys: set[str]) -> bool:
+    file = shard_file(output, shard)
+    return any(file.verified(key) is not None for key in keys)
 
 
 def format_status(status: JobStatus) -> str:
@@ -317,14 +318,13 @@ class SweepStatus:
         }
 
 
-def is_sweep_folder(output: str) -> bool:
-    return storage.exists(layout.sweep_file(output)) and not storage.exists(layout.job_file(output))
-
-
 def sweep_status(output: str, now: datetime | None = None) -> SweepStatus:
     from jobs.sweep_plan import read_sweep_file
 
-    record = Fields(layout.sweep_file(output), read_sweep_file(output) or {"runs": []})
+    sweep = read_sweep_file(output)
+    if sweep is None:  # a sweep folder without sweep.json (jobs.shard_files): its subfolders that hold a job.json
+        sweep = {"runs": [{"folder": storage.name(folder)} for folder in sweep_run_folders(output) or []]}
+    record = Fields(layout.sweep_file(output), sweep)
     runs = []
     for run in record.objects("runs"):
         folder = run.get("folder", TEXT)

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from jobs import cluster
 from jobs.cli import main
 from jobs.config import load_config
 from jobs.dispatch import JobHooks
@@ -26,7 +27,7 @@ from tests.conftest import read_output, small_config, write_config, write_manife
 from tests.reference import decode_png
 from tests.test_scores import reference_aesthetic, reference_pickscore
 from workers import columns as C
-from workers import layout, tiny
+from workers import layout, rescoring, tiny
 from workers.writer import read_footer, write_shard
 
 PROMPTS = ["a red fox", "a blue bird", "a green tree", "a grey " * 20 + "THE END", "a yellow sun", "an orange cat"]
@@ -168,14 +169,21 @@ def test_an_interrupted_rescore_goes_on_from_the_shards_it_rescored(finished_run
 
 
 @pytest.mark.slow
-def test_setting_a_scorer_to_null_drops_its_column_and_restores_the_job(finished_run, tmp_path):
+def test_setting_a_scorer_to_null_drops_its_column_and_restores_the_job(finished_run, tmp_path, monkeypatch):
     _, run, before = copy_of(finished_run, tmp_path)
     original_key = read_footer(str(run / "data" / layout.shard_file_name(0))).job_key
     rescore_run(str(run), ["scores.pickscore.model=tiny"])
     assert read_output(run).column_names == [*before.column_names, C.PICKSCORE]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("dropping a column starts no actor and decodes no image")
+
+    # Dropping a column rewrites only tables and footers, on the driver.
+    for module, name in ((cluster, "connect"), (rescoring, "_same_size_batches"), (rescoring, "_decode")):
+        monkeypatch.setattr(module, name, refuse)
     summary = rescore_run(str(run), ["scores.pickscore=null"])
-    assert (summary.rescored, summary.columns, summary.dropped) == (2, (), (C.PICKSCORE,))
-    assert read_output(run).equals(before)
+    assert (summary.rescored, summary.images_scored, summary.columns, summary.dropped) == (2, 0, (), (C.PICKSCORE,))
+    assert read_output(run).equals(before)  # the image bytes and every other column included
     # Without scores the identity is the original run's again.
     assert read_footer(str(run / "data" / layout.shard_file_name(0))).job_key == original_key
 

@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 
 from jobs.errors import OutputError, some_of
 from jobs.jobfile import identity_key, read_run_record
+from jobs.shard_files import OTHER_JOB, list_shard_files
 from workers import columns as C
 from workers import layout, storage
-from workers.writer import read_footer
 
 _BATCH_ROWS = 8192
 
@@ -161,27 +161,18 @@ def job_shard_files(path: str, job: dict, partial: bool = False) -> ShardFiles:
     warning). Anything else there (a stray copy, another name) is left out with a warning, never counted.
     A planned shard without a file was not written (a run still going, or its shard failed: job.json says)."""
     data = layout.data_dir(path)
-    key, planned = identity_key(job["identity"]), {layout.shard_file_name(i) for i in range(job["shards"])}
+    key = identity_key(job["identity"])
     files, left_out, others = [], [], []
     cut = False  # a file cut short or misplaced: `genbatch run` redoes its shard once the file is removed
-    for file in storage.list_files(data):
-        name = storage.name(file)
-        if not layout.is_shard_file(name):
-            continue
-        if name not in planned:
-            others.append(name)
-            continue
-        footer = read_footer(file)
-        if footer is None:
-            left_out.append(f"{name} (cut short or unreadable)")
-            cut = True
-        elif footer.job_key != key:
-            left_out.append(f"{name} (another job's, e.g. a rescore not finished)")
-        elif layout.shard_file_name(footer.shard) != name:
-            left_out.append(f"{name} (holds shard {footer.shard})")
-            cut = True
+    for file in list_shard_files(path, job["shards"]):
+        problem = file.problem(key)
+        if file.index is None:
+            others.append(file.name)
+        elif problem is not None:
+            left_out.append(f"{file.name} ({problem})")
+            cut = cut or problem != OTHER_JOB
         else:
-            files.append(file)
+            files.append(file.path)
     if left_out and not partial:
         fix = "remove the files cut short and rerun genbatch run to redo them" if cut else "finish the rescore"
         raise OutputError(
