@@ -15,7 +15,17 @@ from jobs.adapters import check_adapter_column
 from jobs.config import JobConfig
 from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks, describe_pool
 from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, ConfigError, GenbatchError, OutputError, WorkerStartError, one_line
-from jobs.jobfile import identity_key, package_versions, read_job_file, utc_now, write_job_file
+from jobs.jobfile import (
+    JobCounts,
+    JobRecord,
+    ManifestRecord,
+    WorkerRecord,
+    identity_key,
+    package_versions,
+    read_job_file,
+    utc_now,
+    write_job_file,
+)
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest, seed_column_warning
 from jobs.model_family import check_manifest, resolved_again
@@ -124,7 +134,7 @@ def run_job(
             # Every shard is already complete: start nothing; rewrite job.json only if it is lost or does
             # not say so yet (a run killed after its last shard).
             summary = summarize(manifest, shards, plan, DispatchOutcome(), {}, output, started)
-            if previous is None or previous.get("status") != "finished":
+            if previous is None or previous.status != "finished":
                 record_end(output, record, "finished", summary, DispatchOutcome(), plan.versions)
             return summary
         # 3. Record what the job is, then start Ray and the actors (they load their models in parallel).
@@ -220,7 +230,7 @@ def stop_run(dispatcher: Dispatcher | None, output: str, follow: Progress, finis
 
 def record_failure(
     output: str,
-    record: dict,
+    record: JobRecord,
     outcome: DispatchOutcome,
     versions: list[dict | None],
     summary: JobSummary | None = None,
@@ -269,30 +279,30 @@ def job_record(
     manifest: Manifest,
     identity: dict,
     shards: int,
-    previous: dict | None,
+    previous: JobRecord | None,
     warnings: list[str],
     estimate: fit.Estimate | None = None,
-) -> dict:
-    return {
-        "status": "running",
-        "identity": identity,
-        "config": config.model_dump(mode="json"),
-        "manifest": {
-            "source": manifest.source,
-            "files": [{"path": f.path, "rows": f.rows} for f in manifest.files],
-            "rows": manifest.rows,
-            "fingerprint": manifest.fingerprint,
-        },
-        "shards": shards,
-        "warnings": warnings,
+) -> JobRecord:
+    return JobRecord(
+        status="running",
+        identity=identity,
+        config=config.model_dump(mode="json"),
+        manifest=ManifestRecord(
+            source=manifest.source,
+            files=[{"path": f.path, "rows": f.rows} for f in manifest.files],
+            rows=manifest.rows,
+            fingerprint=manifest.fingerprint,
+        ),
+        shards=shards,
+        warnings=warnings,
         # What one actor needs in GPU memory (jobs.fit), before it loaded anything; null for CPU actors.
-        "estimate": estimate.record() if estimate is not None else None,
-        "versions": package_versions(),
-        "started_at": (previous or {}).get("started_at") or utc_now(),
-        "resumed_at": utc_now() if previous else None,
-        "finished_at": None,
-        "counts": None,
-    }
+        estimate=estimate.record() if estimate is not None else None,
+        versions=package_versions(),
+        started_at=(previous.started_at if previous else None) or utc_now(),
+        resumed_at=utc_now() if previous else None,
+        finished_at=None,
+        counts=None,
+    )
 
 
 def summarize(
@@ -338,47 +348,47 @@ def summarize(
 
 def record_end(
     output: str,
-    record: dict,
+    record: JobRecord,
     status: str,
     summary: JobSummary | None,
     outcome: DispatchOutcome,
     versions: list[dict | None],
 ) -> None:
-    record.update(status=status, finished_at=utc_now())
-    record["workers"] = [_worker_record(info, outcome.results) for info in outcome.workers]
-    record["pixel_versions"] = versions
-    record["first_image_seconds"] = [round(seconds, 3) for seconds in outcome.first_image_seconds]
-    record["failed_shards"] = [{"shard": f.shard.index, "error": f.error} for f in outcome.failures]
+    record.status, record.finished_at = status, utc_now()
+    record.workers = [_worker_record(info, outcome.results) for info in outcome.workers]
+    record.pixel_versions = versions
+    record.first_image_seconds = [round(seconds, 3) for seconds in outcome.first_image_seconds]
+    record.failed_shards = [{"shard": f.shard.index, "error": f.error} for f in outcome.failures]
     if outcome.start_errors:
-        record["worker_start_errors"] = outcome.start_errors
+        record.worker_start_errors = outcome.start_errors
     if summary is not None:
         if summary.signal:
-            record["signal"] = summary.signal
-        record["counts"] = {
-            "rows": summary.images,  # output rows: one per image
-            "ok": summary.ok,
-            "failed": summary.failed,
-            "not_run": summary.not_run,
-            "shards": summary.shards,
-            "shards_run": summary.shards_run,
-            "shards_failed": summary.shards_failed,
-            "shard_retries": summary.retries,
-            "workers_replaced": summary.replaced_workers,
-        }
-        record["seconds"] = round(summary.seconds, 3)
-        record["startup_seconds"] = round(summary.startup_seconds, 3)
-        record["images_per_s"] = round(summary.images_per_s, 3)
+            record.signal = summary.signal
+        record.counts = JobCounts(
+            rows=summary.images,  # output rows: one per image
+            ok=summary.ok,
+            failed=summary.failed,
+            not_run=summary.not_run,
+            shards=summary.shards,
+            shards_run=summary.shards_run,
+            shards_failed=summary.shards_failed,
+            shard_retries=summary.retries,
+            workers_replaced=summary.replaced_workers,
+        )
+        record.seconds = round(summary.seconds, 3)
+        record.startup_seconds = round(summary.startup_seconds, 3)
+        record.images_per_s = round(summary.images_per_s, 3)
     write_job_file(output, record)
 
 
-def _worker_record(info: WorkerInfo, results: list[ShardResult]) -> dict:
+def _worker_record(info: WorkerInfo, results: list[ShardResult]) -> WorkerRecord:
     """An actor's WorkerInfo (load time, compile choice) with how soon it made images, which only its shard
     results know; null for an actor that wrote no shard."""
     startup = next(
         (r.startup for r in results if r.startup and r.worker == info.name and r.startup.pid == info.pid), None
     )
-    return {
+    return WorkerRecord(
         **vars(info),
-        "first_batch_seconds": None if startup is None else round(startup.first_batch_seconds, 3),
-        "first_image_seconds": None if startup is None else round(startup.first_image_seconds, 3),
-    }
+        first_batch_seconds=None if startup is None else round(startup.first_batch_seconds, 3),
+        first_image_seconds=None if startup is None else round(startup.first_image_seconds, 3),
+    )

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from jobs.adapters import lora_identity
 from jobs.config import JobConfig
 from jobs.errors import OutputError, some_of
+from jobs.jobfile import JobRecord
 from jobs.manifest import Manifest
 from jobs.shard_files import list_shard_files, shard_file
 from workers import layout, storage
@@ -64,12 +65,9 @@ def scores_identity(config: JobConfig) -> dict:
     return {"scores": scores} if scores else {}
 
 
-def check_same_job(output_dir: str, previous: dict, identity: dict) -> None:
+def check_same_job(output_dir: str, previous: JobRecord, identity: dict) -> None:
     """Refuse to mix outputs of different settings in one folder; name what changed."""
-    before = previous.get("identity")
-    if before is None:
-        raise OutputError(f"{output_dir}: holds output of an unknown job; rerun with --overwrite to replace it")
-    changes = _differences(_with_defaults(before), _with_defaults(identity))
+    changes = _differences(_with_defaults(previous.identity), _with_defaults(identity))
     if changes:
         raise OutputError(
             f"{output_dir}: holds a job with other settings ({'; '.join(changes)}); "

@@ -35,7 +35,7 @@ from jobs.driver import (
     summarize,
 )
 from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, OutputError, WorkerStartError
-from jobs.jobfile import identity_key, read_job_file, write_job_file
+from jobs.jobfile import JobRecord, identity_key, read_job_file, write_job_file
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, read_manifest
 from jobs.model_family import check_manifest, resolved_again
@@ -78,7 +78,7 @@ class _Run:
     output: str
     lock: OutputLock
     plan: ResumePlan | None = None
-    record: dict = field(default_factory=dict)  # its job.json, once planned
+    record: JobRecord = field(init=False)  # its job.json, once planned
     previous_status: str | None = None  # how its job.json said the run before ended
     guard: VersionGuard | None = None
 
@@ -259,7 +259,7 @@ def _plan(run: _Run, retry_failed: bool) -> None:
         logger.warning("%s: %s", run.sweep.folder, warning)
     estimate = estimate_memory(config)
     run.record = job_record(config, run.manifest, run.identity, len(run.shards), previous, warnings, estimate)
-    run.previous_status = (previous or {}).get("status")
+    run.previous_status = previous.status if previous else None
 
 
 def _nothing_to_do(run: _Run, started: float) -> JobSummary:

@@ -17,7 +17,7 @@ from jobs.cli import main
 from jobs.config import load_config
 from jobs.dispatch import JobHooks
 from jobs.errors import RescoreError
-from jobs.jobfile import identity_key
+from jobs.jobfile import identity_key, read_job_file
 from jobs.manifest import read_manifest
 from jobs.planner import plan_shards
 from jobs.rescore import rescore_run
@@ -148,10 +148,10 @@ def test_an_interrupted_rescore_goes_on_from_the_shards_it_rescored(finished_run
 
     config, run, before = copy_of(finished_run, tmp_path)
     # What the first rescore did before it was stopped: shard 1 only, by the actor class in-process.
-    record = json.loads((run / "job.json").read_text())
+    record = read_job_file(str(run))
     new_config = rescored_config(str(run / "job.json"), record, NEW_SCORES)
-    old_key = identity_key(record["identity"])
-    new_key = identity_key({**record["identity"], **scores_identity(new_config)})
+    old_key = identity_key(record.identity)
+    new_key = identity_key({**record.identity, **scores_identity(new_config)})
     settings = RescoreSettings(
         score_models(new_config), (C.PICKSCORE, C.AESTHETIC), 2, "processor", str(run), old_key, new_key, 1, None
     )

@@ -54,7 +54,7 @@ class Entrant:
 
     @property
     def images_per_s(self) -> float | None:
-        return self.run.job.get("images_per_s")
+        return self.run.job.images_per_s
 
 
 def sweep_runs(path: str | Path) -> list[str]:
@@ -136,7 +136,7 @@ def score_columns(entrants: list[Entrant], warnings: list[str]) -> list[str]:
 
 
 def _config_value(run: Run, dotted: str):
-    return flat_config(run.job.get("config") or {}).get(dotted)
+    return flat_config(run.job.config or {}).get(dotted)
 
 
 def score_ranking(entrants: list[Entrant], rows: list[pa.Table], column: str) -> dict:
@@ -248,7 +248,7 @@ def build_leaderboard(
     if len(opened) < 2:
         raise UsageError(f"a comparison needs at least two runs (got {len(opened)})")
     _check_comparable(opened)
-    keys = differing_settings([run.job.get("config") or {} for run in opened])
+    keys = differing_settings([run.job.config or {} for run in opened])
     labels = _labels([run.path for run in opened])
     entrants = [
         Entrant(run, label, {key: _config_value(run, key) for key in keys}) for run, label in zip(opened, labels)

@@ -19,7 +19,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from jobs.errors import OutputError, some_of
-from jobs.jobfile import identity_key, read_run_record
+from jobs.jobfile import JobRecord, read_run_record
 from jobs.shard_files import OTHER_JOB, list_shard_files
 from workers import columns as C
 from workers import layout, storage
@@ -34,7 +34,7 @@ class RunFiles:
     """A run folder (or prefix): its job record and its shard files, nothing read from them yet."""
 
     path: str
-    job: dict
+    job: JobRecord
     files: list[str]  # the job's own shard files (see `job_shard_files`)
     columns: list[str]  # the output's columns (the first file's)
     file_rows: list[int] | None = None  # rows per file, once known (see `scan`)
@@ -42,7 +42,7 @@ class RunFiles:
 
     @property
     def clip_model(self) -> str | None:
-        return (self.job.get("config") or {}).get("clip", {}).get("model")
+        return (self.job.config or {}).get("clip", {}).get("model")
 
 
 @dataclass
@@ -153,7 +153,7 @@ class ShardFiles:
     left_out: list[str]  # `shard-00001.parquet (why)`: rows a reader of `files` does not see
 
 
-def job_shard_files(path: str, job: dict, partial: bool = False) -> ShardFiles:
+def job_shard_files(path: str, job: JobRecord, partial: bool = False) -> ShardFiles:
     """The shard files in `data/` that belong to the job: a shard it planned, written by it (footer).
 
     A planned shard's file that is not whole or not this job's (cut short, or rewritten by a rescore that has
@@ -161,11 +161,10 @@ def job_shard_files(path: str, job: dict, partial: bool = False) -> ShardFiles:
     warning). Anything else there (a stray copy, another name) is left out with a warning, never counted.
     A planned shard without a file was not written (a run still going, or its shard failed: job.json says)."""
     data = layout.data_dir(path)
-    key = identity_key(job["identity"])
     files, left_out, others = [], [], []
     cut = False  # a file cut short or misplaced: `genbatch run` redoes its shard once the file is removed
-    for file in list_shard_files(path, job["shards"]):
-        problem = file.problem(key)
+    for file in list_shard_files(path, job.shards):
+        problem = file.problem(job.key)
         if file.index is None:
             others.append(file.name)
         elif problem is not None:
@@ -176,7 +175,7 @@ def job_shard_files(path: str, job: dict, partial: bool = False) -> ShardFiles:
     if left_out and not partial:
         fix = "remove the files cut short and rerun genbatch run to redo them" if cut else "finish the rescore"
         raise OutputError(
-            f"{path}: {len(left_out)} of {job['shards']} shards cannot be read as this job's: {some_of(left_out)}; "
+            f"{path}: {len(left_out)} of {job.shards} shards cannot be read as this job's: {some_of(left_out)}; "
             f"{fix}, or rerun with --partial to go on without their rows"
         )
     if others:
