@@ -15,7 +15,9 @@ from jobs.cli import main
 from jobs.dispatch import DispatchOutcome
 from jobs.jobfile import identity_key, read_job_file, write_job_file
 from jobs.lock import OutputLock
-from jobs.status import format_status, job_status
+from jobs.report.leaderboard import sweep_runs
+from jobs.shard_files import is_sweep_folder
+from jobs.status import format_status, job_status, sweep_status
 from tests.conftest import small_config
 from workers import columns as C
 from workers import layout
@@ -211,3 +213,15 @@ def test_a_job_file_of_an_older_version_reads_and_is_written_back_as_it_was(tmp_
     assert record is not None and (record.counts.ok, record.workers[0].load_seconds) == (10, 3)
     write_job_file(str(run), record)
     assert json.loads((run / "job.json").read_text()) == older
+
+
+def test_a_folder_of_two_runs_is_a_sweep_for_status_as_for_report_also_without_sweep_json(tmp_path):
+    sweep = tmp_path / "sweep"
+    for folder in ("b", "a"):
+        (sweep / folder).mkdir(parents=True)
+        (sweep / folder / "job.json").write_text(json.dumps({**FINISHED, "shards": 0}))
+    assert is_sweep_folder(str(sweep)) and sweep_runs(sweep) == [str(sweep / "a"), str(sweep / "b")]
+    status = sweep_status(str(sweep))
+    assert [(run.folder, run.state, run.rows) for run in status.runs] == [("a", "finished", 11), ("b", "finished", 11)]
+    (sweep / "b" / "job.json").unlink()  # one run and no sweep.json: a folder holding a run, not a sweep
+    assert not is_sweep_folder(str(sweep)) and sweep_runs(sweep) == []
