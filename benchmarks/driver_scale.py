@@ -253,7 +253,7 @@ def make_stub_run(manifest: str, output: str, shard_size: int) -> dict:
     and only the 24 shown rows' groups of images (larger here, so its figure is if anything pessimistic)."""
     import numpy as np
 
-    from jobs.jobfile import identity_key, write_job_file
+    from jobs.jobfile import JobRecord, identity_key, write_job_file
     from workers import columns as C
     from workers import writer
     from workers.shard_stats import ShardStats, write_shard_stats
@@ -306,23 +306,25 @@ def make_stub_run(manifest: str, output: str, shard_size: int) -> dict:
         shards, ok_total, first = shards + 1, ok_total + ok, first + n
     write_job_file(
         output,
-        {
-            "status": "finished",
-            "identity": identity,
-            "shards": shards,
-            "manifest": {"rows": rows, "files": [manifest]},
-            "config": {
-                "model": {"id": "stub", "scheduler": "ddim", "dtype": "bfloat16"},
-                "generation": {"steps": 30, "guidance_scale": 7.5, "width": 512, "height": 512},
-                "clip": {"model": "stub-clip"},
-                "seed": 0,
-            },
-            "counts": {"ok": ok_total, "failed": rows - ok_total},
-            "started_at": "2026-11-30T00:00:00+00:00",
-            "finished_at": "2026-12-01T00:00:00+00:00",
-            "images_per_s": 1000.0,
-            "seconds": rows / 1000.0,
-        },
+        JobRecord.model_validate(
+            {
+                "status": "finished",
+                "identity": identity,
+                "shards": shards,
+                "manifest": {"rows": rows, "files": [manifest]},
+                "config": {
+                    "model": {"id": "stub", "scheduler": "ddim", "dtype": "bfloat16"},
+                    "generation": {"steps": 30, "guidance_scale": 7.5, "width": 512, "height": 512},
+                    "clip": {"model": "stub-clip"},
+                    "seed": 0,
+                },
+                "counts": {"ok": ok_total, "failed": rows - ok_total},
+                "started_at": "2026-11-30T00:00:00+00:00",
+                "finished_at": "2026-12-01T00:00:00+00:00",
+                "images_per_s": 1000.0,
+                "seconds": rows / 1000.0,
+            }
+        ),
     )
     data_mb = sum(f.stat().st_size for f in (Path(output) / "data").iterdir()) / 2**20
     return {"rows": rows, "shards": shards, "seconds": time.perf_counter() - started, "data_mb": data_mb}

@@ -11,11 +11,12 @@ from jobs.adapters import check_adapter_column
 from jobs.config import JobConfig
 from jobs.dispatch import JobHooks
 from jobs.errors import ConfigError
-from jobs.lifecycle import JobSummary, RunOptions, finish_complete, job_warnings, open_run, plan_run, run_group
+from jobs.lifecycle import RunOptions, finish_complete, job_warnings, open_run, plan_run, run_group
 from jobs.manifest import read_manifest
 from jobs.model_family import check_manifest, resolved_again
 from jobs.preflight import check_before_start
 from jobs.resume import clear_output
+from jobs.run_records import JobSummary
 
 logger = logging.getLogger(__name__)
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,14 @@ from jobs import cluster, fit, signals, worker_reuse
 from jobs.actor_backend import ActorBackend, RayBackend
 from jobs.config import JobConfig
 from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks, describe_pool
-from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, GenbatchError, OutputError, WorkerStartError, one_line
-from jobs.jobfile import identity_key, package_versions, read_job_file, utc_now, write_job_file
+from jobs.errors import OutputError, WorkerStartError, one_line
+from jobs.jobfile import JobRecord, identity_key, read_job_file, write_job_file
 from jobs.lock import OutputLock
 from jobs.manifest import Manifest, seed_column_warning
 from jobs.planner import plan_shards
 from jobs.progress import Progress, announce
 from jobs.resume import ResumePlan, check_same_job, count_on_disk, job_identity, plan_resume, shard_files_exist
+from jobs.run_records import JobSummary, job_record, record_end, record_failure
 from jobs.settings import worker_settings
 from jobs.versions import VersionGuard
 from workers import layout, storage
@@ -40,40 +40,6 @@ from workers.tasks import RescoreTask, RunBinding, ShardResult, ShardTask, Worke
 from workers.writer import ShardFooter, remove_temp_files
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class JobSummary:
-    """Counts of output rows (one per image, so `images`), as the shard files on disk hold them."""
-
-    images: int
-    ok: int
-    failed: int
-    not_run: int
-    shards: int
-    shards_run: int  # shards this run processed; the rest were already complete
-    shards_failed: int
-    seconds: float
-    startup_seconds: float
-    images_per_s: float
-    output: str
-    interrupted: bool = False
-    retries: int = 0
-    replaced_workers: int = 0
-    signal: str | None = None  # what interrupted the run: SIGINT, SIGTERM or SIGHUP
-
-    @property
-    def exit_code(self) -> int:
-        if self.interrupted:
-            return signals.exit_code(signal.Signals[self.signal or "SIGINT"].value)
-        return EXIT_ROWS_FAILED if self.failed or self.not_run else EXIT_OK
-
-    def as_dict(self) -> dict:
-        record = asdict(self)
-        record = {"rows": record.pop("images"), **record}  # the JSON summary says rows, as job.json does
-        for key in ("seconds", "startup_seconds", "images_per_s"):
-            record[key] = round(record[key], 3)
-        return {**record, "exit_code": self.exit_code}
 
 
 @dataclass(frozen=True)
@@ -107,7 +73,7 @@ class Run(LockedRun):
     """A locked run with its resume planned and its job.json drafted (`plan_run`)."""
 
     plan: ResumePlan
-    record: dict  # its job.json
+    record: JobRecord  # its job.json
     previous_status: str | None  # how its job.json said the run before ended
     estimate: fit.Estimate | None  # what one of its actors needs in GPU memory; None on CPUs
 
@@ -142,7 +108,8 @@ def plan_run(run: LockedRun, retry_failed: bool, warnings: list[str], estimate: 
     if previous is not None and not plan.has_shards:
         previous = None  # a folder without a complete shard belongs to no job: start afresh
     record = job_record(run.config, run.manifest, run.identity, len(run.shards), previous, warnings, estimate)
-    return Run(**vars(run), plan=plan, record=record, previous_status=(previous or {}).get("status"), estimate=estimate)
+    previous_status = previous.status if previous else None
+    return Run(**vars(run), plan=plan, record=record, previous_status=previous_status, estimate=estimate)
 
 
 def prepare_output(path: str) -> str:
@@ -181,7 +148,7 @@ def finish_complete(run: Run, started: float) -> JobSummary:
     say `finished` yet (a run killed after its last shard)."""
     summary = summarize(run, DispatchOutcome(), {}, started)
     if run.previous_status != "finished":
-        record_end(run, "finished", summary, DispatchOutcome(), run.plan.versions)
+        record_end(run.output, run.record, "finished", summary, DispatchOutcome(), run.plan.versions)
     return summary
 
 
@@ -221,7 +188,7 @@ def run_group(
     if interrupt is None and nothing_started(outcome):
         group.record_not_started(outcome)
     # 5. Record each run's end: for an interrupted run, what is on disk now.
-    summaries = [group.record_end(run, outcome, interrupt) for run in runs]
+    summaries = [group.end_run(run, outcome, interrupt) for run in runs]
     return GroupResult(summaries, outcome.workers)
 
 
@@ -303,14 +270,14 @@ class _Group:
         mine = self.outcome_of(run, self.dispatcher.outcome)
         if not mine.failures and len({r.shard for r in mine.results}) == len(run.plan.todo):
             summary = self.summary(run, mine, {}, None)
-            record_end(run, "finished", summary, mine, self.guards[run.output].seen)
+            record_end(run.output, run.record, "finished", summary, mine, self.guards[run.output].seen)
             self.finished.add(run.output)
 
     def fail(self) -> None:
         """On the way out of an error: stop the actors, and record each run that said running as failed."""
         outcome = self.stop()
         for run in self.recorded:
-            record_failure(run, self.outcome_of(run, outcome), self.guards[run.output].seen)
+            record_failure(run.output, run.record, self.outcome_of(run, outcome), self.guards[run.output].seen)
 
     def stop(self, finished: bool = False) -> DispatchOutcome:
         stop_pool(self.dispatcher, [run.output for run in self.runs], self.follow, park=finished)
@@ -320,10 +287,10 @@ class _Group:
         # A run of its own says in job.json and its summary that its rows were not run, as the disk has them.
         summary = None if self.sweep else summarize(self.runs[0], outcome, {}, self.started)
         for run in self.runs:
-            record_failure(run, outcome, self.guards[run.output].seen, summary)
+            record_failure(run.output, run.record, outcome, self.guards[run.output].seen, summary)
         raise WorkerStartError(f"no worker could load the models: {outcome.start_errors[0]}", summary)
 
-    def record_end(self, run: Run, outcome: DispatchOutcome, interrupt: KeyboardInterrupt | None) -> JobSummary:
+    def end_run(self, run: Run, outcome: DispatchOutcome, interrupt: KeyboardInterrupt | None) -> JobSummary:
         mine = self.outcome_of(run, outcome)
         stopped = interrupt if run.output not in self.finished else None  # a finished run was not interrupted
         late: dict[int, ShardFooter] = {}
@@ -331,7 +298,8 @@ class _Group:
             accounted = {r.shard for r in mine.results} | {f.shard.index for f in mine.failures}
             late = count_on_disk(run.output, [s for s in run.plan.todo if s.index not in accounted], run.key)
         summary = self.summary(run, mine, late, stopped)
-        record_end(run, "interrupted" if stopped else "finished", summary, mine, self.guards[run.output].seen)
+        status = "interrupted" if stopped else "finished"
+        record_end(run.output, run.record, status, summary, mine, self.guards[run.output].seen)
         return summary
 
     def summary(
@@ -413,38 +381,7 @@ def nothing_started(outcome: DispatchOutcome) -> bool:
     return not outcome.workers and bool(outcome.start_errors)
 
 
-# 4. A run's job.json and summary.
-
-
-def job_record(
-    config: JobConfig,
-    manifest: Manifest,
-    identity: dict,
-    shards: int,
-    previous: dict | None,
-    warnings: list[str],
-    estimate: fit.Estimate | None = None,
-) -> dict:
-    return {
-        "status": "running",
-        "identity": identity,
-        "config": config.model_dump(mode="json"),
-        "manifest": {
-            "source": manifest.source,
-            "files": [{"path": f.path, "rows": f.rows} for f in manifest.files],
-            "rows": manifest.rows,
-            "fingerprint": manifest.fingerprint,
-        },
-        "shards": shards,
-        "warnings": warnings,
-        # What one actor needs in GPU memory (jobs.fit), before it loaded anything; null for CPU actors.
-        "estimate": estimate.record() if estimate is not None else None,
-        "versions": package_versions(),
-        "started_at": (previous or {}).get("started_at") or utc_now(),
-        "resumed_at": utc_now() if previous else None,
-        "finished_at": None,
-        "counts": None,
-    }
+# 4. A run's summary.
 
 
 def summarize(
@@ -484,58 +421,3 @@ def summarize(
         replaced_workers=outcome.replaced_workers,
         signal=None if interrupt is None else signals.signal_name_of(interrupt),
     )
-
-
-def record_failure(
-    run: Run, outcome: DispatchOutcome, versions: list[dict | None], summary: JobSummary | None = None
-) -> None:
-    """Mark the run failed (with its counts, when they are known); on the way out of an error, so a failure
-    here is logged, not raised over it."""
-    try:
-        record_end(run, "failed", summary, outcome, versions)
-    except (OSError, GenbatchError) as error:
-        logger.warning("could not record the failure in %s: %s", run.output, one_line(error))
-
-
-def record_end(
-    run: Run, status: str, summary: JobSummary | None, outcome: DispatchOutcome, versions: list[dict | None]
-) -> None:
-    record = run.record
-    record.update(status=status, finished_at=utc_now())
-    record["workers"] = [_worker_record(info, outcome.results) for info in outcome.workers]
-    record["pixel_versions"] = versions
-    record["first_image_seconds"] = [round(seconds, 3) for seconds in outcome.first_image_seconds]
-    record["failed_shards"] = [{"shard": f.shard.index, "error": f.error} for f in outcome.failures]
-    if outcome.start_errors:
-        record["worker_start_errors"] = outcome.start_errors
-    if summary is not None:
-        if summary.signal:
-            record["signal"] = summary.signal
-        record["counts"] = {
-            "rows": summary.images,  # output rows: one per image
-            "ok": summary.ok,
-            "failed": summary.failed,
-            "not_run": summary.not_run,
-            "shards": summary.shards,
-            "shards_run": summary.shards_run,
-            "shards_failed": summary.shards_failed,
-            "shard_retries": summary.retries,
-            "workers_replaced": summary.replaced_workers,
-        }
-        record["seconds"] = round(summary.seconds, 3)
-        record["startup_seconds"] = round(summary.startup_seconds, 3)
-        record["images_per_s"] = round(summary.images_per_s, 3)
-    write_job_file(run.output, record)
-
-
-def _worker_record(info: WorkerInfo, results: list[ShardResult]) -> dict:
-    """An actor's WorkerInfo (load time, compile choice) with how soon it made images, which only its shard
-    results know; null for an actor that wrote no shard."""
-    startup = next(
-        (r.startup for r in results if r.startup and r.worker == info.name and r.startup.pid == info.pid), None
-    )
-    return {
-        **vars(info),
-        "first_batch_seconds": None if startup is None else round(startup.first_batch_seconds, 3),
-        "first_image_seconds": None if startup is None else round(startup.first_image_seconds, 3),
-    }

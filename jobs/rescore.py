@@ -26,16 +26,18 @@ from jobs.actor_backend import RescoreBackend
 from jobs.config import JobConfig, apply_override, describe_validation_error
 from jobs.dispatch import DispatchOutcome, JobHooks, describe_pool
 from jobs.errors import ConfigError, OutputError, RescoreError, WorkerStartError
-from jobs.jobfile import identity_key, read_job_file, utc_now, write_job_file
+from jobs.jobfile import JobRecord, RescoringRecord, identity_key, read_job_file, utc_now, write_job_file
 from jobs.lifecycle import new_dispatcher, nothing_started, stop_pool
 from jobs.lock import OutputLock
 from jobs.preflight import check_score_models
 from jobs.resume import scores_identity
 from jobs.settings import score_models
+from jobs.shard_files import shard_file
 from workers import columns as C
 from workers import layout, storage
+from workers.rescoring import rescore_shard
 from workers.tasks import RescoreResult, RescoreSettings, RescoreTask
-from workers.writer import read_footer, remove_temp_files
+from workers.writer import remove_temp_files
 
 logger = logging.getLogger(__name__)
 
@@ -76,22 +78,22 @@ def rescore_run(
         raise OutputError(f"{output}: no {layout.JOB_FILE}: not the output folder of a genbatch run")
     config = rescored_config(layout.job_file(output), record, overrides)
     check_score_models(config)
-    old_identity = record["identity"]
+    old_identity = record.identity
     new_identity = {key: value for key, value in old_identity.items() if key != "scores"} | scores_identity(config)
     old_key, new_key = identity_key(old_identity), identity_key(new_identity)
     recompute, dropped = changed_columns(old_identity.get("scores", {}), new_identity.get("scores", {}))
     if old_key == new_key:  # the run already has these scores
-        return RescoreSummary(output, record["shards"], 0, 0, 0, (), (), time.perf_counter() - started)
+        return RescoreSummary(output, record.shards, 0, 0, 0, (), (), time.perf_counter() - started)
     with OutputLock(output) as lock:
         # 2. Every shard must be complete, as this run or as the rescored run wrote it.
         remove_temp_files(output)
-        todo, rows = shards_to_rescore(output, record["shards"], old_key, new_key)
+        todo, rows = shards_to_rescore(output, record.shards, old_key, new_key)
         # 3. Rescore them on actors, shard by shard.
         outcome = DispatchOutcome()
         if todo:
             # Until the end, job.json says a rescore is under way: `genbatch status` shows it (and how far it
             # got, by the shards' footers) instead of the finished run, also after an interruption.
-            record["rescoring"] = {"job_key": new_key, "started_at": utc_now(), "set": list(overrides)}
+            record.rescoring = RescoringRecord(job_key=new_key, started_at=utc_now(), set=list(overrides))
             write_job_file(output, record)
             settings = RescoreSettings(
                 scores=score_models(config),
@@ -104,18 +106,20 @@ def rescore_run(
                 num_threads=None,  # set by score_on_actors from the actors' CPUs
                 run_token=lock.token,
             )
-            outcome = score_on_actors(config, settings, todo, address, forward_actor_logs, hooks or JobHooks())
+            if recompute:
+                outcome = score_on_actors(config, settings, todo, address, forward_actor_logs, hooks or JobHooks())
+            else:  # columns dropped only: no scorer to load, no image to read; rewritten here, shard by shard
+                outcome = drop_columns(settings, todo)
         # 4. Record the new identity: a run with the new scores config is this job, complete.
-        record.pop("rescoring", None)
-        record.update(identity=new_identity, config=config.model_dump(mode="json"))
-        record.setdefault("rescores", []).append(
-            {"at": utc_now(), "set": list(overrides), "columns": list(recompute), "dropped": list(dropped)}
-        )
+        record.rescoring = None
+        record.identity, record.config = new_identity, config.model_dump(mode="json")
+        entry = {"at": utc_now(), "set": list(overrides), "columns": list(recompute), "dropped": list(dropped)}
+        record.rescores = [*(record.rescores or []), entry]
         write_job_file(output, record)
     results = [result for result in outcome.results if isinstance(result, RescoreResult)]
     return RescoreSummary(
         output=output,
-        shards=record["shards"],
+        shards=record.shards,
         rescored=len(results),  # every result is a shard that had the old key when this rescore began
         rows=rows,
         images_scored=sum(result.scored for result in results),
@@ -127,7 +131,7 @@ def rescore_run(
     )
 
 
-def rescored_config(job_file: str, record: dict, overrides: Sequence[str]) -> JobConfig:
+def rescored_config(job_file: str, record: JobRecord, overrides: Sequence[str]) -> JobConfig:
     """The run's config (from job.json) with the `scores.*` overrides applied, validated."""
     for override in overrides:
         key = override.partition("=")[0].strip()
@@ -136,7 +140,7 @@ def rescored_config(job_file: str, record: dict, overrides: Sequence[str]) -> Jo
                 f"--set {override!r}: rescore changes only scores.* keys; other settings change the images "
                 "(run the job again with genbatch run)"
             )
-    raw = copy.deepcopy(record.get("config"))
+    raw = copy.deepcopy(record.config)
     if not isinstance(raw, dict):
         raise OutputError(f"{job_file}: has no config; it was not written by this genbatch")
     # job.json spells an unset scorer null; `--set scores.pickscore.model=...` needs a section to set it in.
@@ -157,22 +161,28 @@ def changed_columns(old: dict, new: dict) -> tuple[tuple[str, ...], tuple[str, .
 
 
 def shards_to_rescore(output: str, shards: int, old_key: str, new_key: str) -> tuple[list[RescoreTask], int]:
-    """The shards still carrying the old job key, and their rows; any other state of a shard is refused."""
+    """The shards still complete under the old job key, and their rows; a shard must be complete under the old
+    key or the new one (jobs.shard_files): any other state is refused."""
     todo: list[RescoreTask] = []
     rows = 0
     for index in range(shards):
-        path = layout.shard_path(output, index)
-        footer = read_footer(path)
-        if footer is None:
-            raise OutputError(
-                f"{path}: missing or incomplete; rescore needs a finished run (finish it with genbatch run first)"
-            )
-        if footer.job_key == old_key:
+        file = shard_file(output, index)
+        footer = file.verified(old_key)
+        if footer is not None:
             todo.append(RescoreTask(index=index, images=footer.rows))
             rows += footer.rows
-        elif footer.job_key != new_key:
-            raise OutputError(f"{path}: written by another job than {layout.job_file(output)} describes")
+        elif file.footer is None:
+            raise OutputError(
+                f"{file.path}: missing or incomplete; rescore needs a finished run (finish it with genbatch run first)"
+            )
+        elif file.verified(new_key) is None:
+            raise OutputError(f"{file.path}: written by another job than {layout.job_file(output)} describes")
     return todo, rows
+
+
+def drop_columns(settings: RescoreSettings, todo: list[RescoreTask]) -> DispatchOutcome:
+    """Rewrite the shards in `todo` without the dropped score columns, on the driver: no actor is started."""
+    return DispatchOutcome(results=[rescore_shard(settings, task.index, [], "driver") for task in todo])
 
 
 def score_on_actors(

@@ -10,11 +10,13 @@ from dataclasses import dataclass, replace
 from jobs.adapters import lora_identity
 from jobs.config import JobConfig
 from jobs.errors import OutputError, some_of
+from jobs.jobfile import JobRecord
 from jobs.manifest import Manifest
+from jobs.shard_files import list_shard_files, shard_file
 from workers import layout, storage
 from workers.step_cache import PARAMETERS as STEP_CACHE_PARAMETERS
 from workers.tasks import ShardTask
-from workers.writer import ShardFooter, read_footer, remove_temp_files
+from workers.writer import ShardFooter, remove_temp_files
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +68,9 @@ def scores_identity(config: JobConfig) -> dict:
     return {"scores": scores} if scores else {}
 
 
-def check_same_job(output_dir: str, previous: dict, identity: dict) -> None:
+def check_same_job(output_dir: str, previous: JobRecord, identity: dict) -> None:
     """Refuse to mix outputs of different settings in one folder; name what changed."""
-    before = previous.get("identity")
-    if before is None:
-        raise OutputError(f"{output_dir}: holds output of an unknown job; rerun with --overwrite to replace it")
-    changes = differences(_with_defaults(before), _with_defaults(identity), _CHANGE_SENTENCES)
+    changes = differences(_with_defaults(previous.identity), _with_defaults(identity), _CHANGE_SENTENCES)
     if changes:
         raise OutputError(
             f"{output_dir}: holds a job with other settings ({'; '.join(changes)}); "
@@ -127,22 +126,16 @@ def plan_resume(output_dir: str, shards: list[ShardTask], key: str, retry_failed
 
     Every `shard-*.parquet` in `data/` must be a shard this job planned, written by this job: a folder
     never mixes jobs, and a file nobody planned is not silently counted (or ignored)."""
-    planned = {layout.shard_file_name(shard.index): shard for shard in shards}
     footers, foreign = {}, []
-    for path in storage.list_files(layout.data_dir(output_dir)):
-        file_name = storage.name(path)
-        if not layout.is_shard_file(file_name):
-            continue
-        shard = planned.get(file_name)
-        footer = read_footer(path)
-        if shard is None:
-            foreign.append(f"{file_name} (not planned: this job has {len(shards)} shards)")
-        elif footer is None:
-            foreign.append(f"{file_name} (not a complete genbatch shard)")
-        elif footer.job_key != key or footer.shard != shard.index or footer.rows != shard.images:
-            foreign.append(f"{file_name} (another job)")
+    for file in list_shard_files(output_dir, len(shards)):
+        if file.index is None:
+            foreign.append(f"{file.name} (not planned: this job has {len(shards)} shards)")
+        elif file.footer is None:
+            foreign.append(f"{file.name} (not a complete genbatch shard)")
+        elif (footer := file.verified(key, shards[file.index].images)) is None:
+            foreign.append(f"{file.name} (another job)")
         else:
-            footers[shard.index] = footer
+            footers[file.index] = footer
     if foreign:
         shown = some_of(foreign)
         counted = "1 shard file is" if len(foreign) == 1 else f"{len(foreign)} shard files are"
@@ -174,15 +167,12 @@ def shard_files_exist(output_dir: str) -> bool:
 
 
 def count_on_disk(output_dir: str, shards: list[ShardTask], key: str) -> dict[int, ShardFooter]:
-    """The footers of those `shards` whose files are complete now (one listing, a footer read per file)."""
-    existing = set(storage.list_files(layout.data_dir(output_dir)))
+    """The footers of those `shards` whose files are complete now (a footer read per shard)."""
     found = {}
     for shard in shards:
-        path = layout.shard_path(output_dir, shard.index)
-        if path in existing:
-            footer = read_footer(path)
-            if footer is not None and footer.job_key == key and footer.rows == shard.images:
-                found[shard.index] = footer
+        footer = shard_file(output_dir, shard.index).verified(key, shard.images)
+        if footer is not None:
+            found[shard.index] = footer
     return found
 
 

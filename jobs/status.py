@@ -10,14 +10,18 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from typing import TypeVar
 
 from jobs.errors import OutputError
-from jobs.jobfile import identity_key, read_job_file
+from jobs.jobfile import JobRecord, WorkerRecord, read_job_file
 from jobs.lock import lock_is_held
-from jobs.status_fields import COUNT, FLAG, NUMBER, OBJECT, POSITIVE, TEXT, TIME, Fields, is_time
+from jobs.shard_files import is_sweep_folder as is_sweep_folder  # jobs.cli asks here
+from jobs.shard_files import shard_file, sweep_run_folders
+from jobs.status_fields import COUNT, TEXT, Fields, is_time
 from workers import layout, storage
 from workers.shard_stats import ShardStats, read_all_stats
-from workers.writer import read_footer
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -46,15 +50,15 @@ class WorkerStartup:
     first_image_seconds: float | None  # from the actor's start to the end of its first micro-batch
 
     @classmethod
-    def from_record(cls, record: Fields) -> WorkerStartup:
+    def from_record(cls, record: WorkerRecord) -> WorkerStartup:
         return cls(
-            worker=record.get("name", TEXT, "?"),
-            device=record.get("device", TEXT, "?"),
-            load_seconds=record.get("load_seconds", NUMBER, None),
-            compile=record.get("compile", FLAG, None),
-            compile_cache_hit=record.get("compile_cache_hit", FLAG, None),
-            first_batch_seconds=record.get("first_batch_seconds", NUMBER, None),
-            first_image_seconds=record.get("first_image_seconds", NUMBER, None),
+            worker=record.name or "?",
+            device=record.device or "?",
+            load_seconds=record.load_seconds,
+            compile=record.compile,
+            compile_cache_hit=record.compile_cache_hit,
+            first_batch_seconds=record.first_batch_seconds,
+            first_image_seconds=record.first_image_seconds,
         )
 
     @property
@@ -113,21 +117,20 @@ def job_status(output: str, now: datetime | None = None) -> JobStatus:
     if record is None:
         raise OutputError(f"{output}: no {layout.JOB_FILE} here; is this a genbatch output folder?")
     now = now or datetime.now(timezone.utc)
-    fields = Fields(layout.job_file(output), record)
-    state = fields.get("status", TEXT, "unknown")
+    path = layout.job_file(output)
+    state = record.status or "unknown"
     if state == "running" and not lock_is_held(output):  # (object stores: trust job.json)
         state = "stopped"
     # A rescore names the job key its shards get; until it ends, the run's shards carry one key or the other.
-    keys = {identity_key(record["identity"])}
+    keys = {record.key}
     rescore = None
-    if fields.get("rescoring", OBJECT, None) is not None:
-        new_key = fields.get("rescoring.job_key", TEXT)
-        keys.add(new_key)
+    if record.rescoring is not None:
+        keys.add(record.rescoring.job_key)
         state = "rescoring"
         rescore = RescoreProgress(
-            shards_rescored=count_shards_keyed(output, record["shards"], new_key),
+            shards_rescored=count_shards_keyed(output, record.shards, record.rescoring.job_key),
             interrupted=not lock_is_held(output),
-            started_at=fields.get("rescoring.started_at", TIME, None),
+            started_at=record.rescoring.started_at,
         )
     stats = job_stats(output, record, keys)
     workers: dict[str, WorkerStatus] = {}
@@ -136,27 +139,27 @@ def job_status(output: str, now: datetime | None = None) -> JobStatus:
         worker.shards += 1
         worker.generated += shard.generated
         worker.seconds += shard.seconds
-    images_per_row = fields.get("config.generation.images_per_prompt", POSITIVE, 1)
-    rows = fields.get("manifest.rows", COUNT) * images_per_row  # output rows: one per image
+    rows = _required(path, record.manifest, "manifest").rows * record.images_per_prompt(path)  # one per image
     rows_done = sum(s.rows for s in stats)
     if state == "finished":  # what the run counted when it ended
-        ok, failed = fields.get("counts.ok", COUNT), fields.get("counts.failed", COUNT)
+        counts = _required(path, record.counts, "counts")
+        ok, failed = counts.ok, counts.failed
         rows_done = ok + failed
     else:
         ok, failed = sum(s.ok for s in stats), sum(s.failed for s in stats)
     if state == "running":
-        since = fields.get("resumed_at", TIME, None) or fields.get("started_at", TIME)
+        since = record.resumed_at or _required(path, record.started_at, "started_at")
         rate = _rate_since(stats, since, now)
         eta = (rows - rows_done) / rate if rate else None
     else:
-        rate, eta = fields.get("images_per_s", NUMBER, None), None
+        rate, eta = record.images_per_s, None
     return JobStatus(
         output=output,
         state=state,
-        started_at=fields.get("started_at", TIME, None),
-        finished_at=fields.get("finished_at", TIME, None),
+        started_at=record.started_at,
+        finished_at=record.finished_at,
         rows=rows,
-        shards=record["shards"],
+        shards=record.shards,
         shards_done=len(stats),
         rows_done=rows_done,
         ok=ok,
@@ -164,12 +167,19 @@ def job_status(output: str, now: datetime | None = None) -> JobStatus:
         images_per_s=rate,
         eta_seconds=eta,
         workers=sorted(workers.values(), key=lambda w: w.worker),
-        startup=[WorkerStartup.from_record(worker) for worker in fields.objects("workers")],
+        startup=[WorkerStartup.from_record(worker) for worker in record.workers or []],
         rescore=rescore,
     )
 
 
-def job_stats(output: str, record: dict, keys: set[str]) -> list[ShardStats]:
+def _required(path: str, value: T | None, key: str) -> T:
+    """A field that job.json may lack, but status needs here."""
+    if value is None:
+        raise OutputError(f"{path}: key '{key}' is missing")
+    return value
+
+
+def job_stats(output: str, record: JobRecord, keys: set[str]) -> list[ShardStats]:
     """The stats of this job's shards: those of a shard it planned, written by it (their `job_key` is one of
     `keys`: the job's, and during a rescore the rescored job's too).
 
@@ -177,22 +187,22 @@ def job_stats(output: str, record: dict, keys: set[str]) -> list[ShardStats]:
     file in `data/` carries one of the keys in its footer, so a file of another job is never counted."""
     found = []
     for stats in read_all_stats(output):
-        if not 0 <= stats.shard < record["shards"]:
+        if not 0 <= stats.shard < record.shards:
             continue
-        if stats.job_key in keys or (not stats.job_key and _shard_key(output, stats.shard) in keys):
+        if stats.job_key in keys or (not stats.job_key and _is_complete(output, stats.shard, keys)):
             found.append(stats)
     return found
 
 
 def count_shards_keyed(output: str, shards: int, key: str) -> int:
-    """How many of the job's shard files carry `key` in their footer (the rescored ones, during a rescore:
+    """How many of the job's shard files are complete under `key` (the rescored ones, during a rescore:
     the footer, not the stats file, says whether a shard has its new scores)."""
-    return sum(_shard_key(output, index) == key for index in range(shards))
+    return sum(shard_file(output, index).verified(key) is not None for index in range(shards))
 
 
-def _shard_key(output: str, shard: int) -> str | None:
-    footer = read_footer(layout.shard_path(output, shard))
-    return footer.job_key if footer is not None and footer.shard == shard else None
+def _is_complete(output: str, shard: int, keys: set[str]) -> bool:
+    file = shard_file(output, shard)
+    return any(file.verified(key) is not None for key in keys)
 
 
 def format_status(status: JobStatus) -> str:
@@ -317,14 +327,13 @@ class SweepStatus:
         }
 
 
-def is_sweep_folder(output: str) -> bool:
-    return storage.exists(layout.sweep_file(output)) and not storage.exists(layout.job_file(output))
-
-
 def sweep_status(output: str, now: datetime | None = None) -> SweepStatus:
     from jobs.sweep_plan import read_sweep_file
 
-    record = Fields(layout.sweep_file(output), read_sweep_file(output) or {"runs": []})
+    sweep = read_sweep_file(output)
+    if sweep is None:  # a sweep folder without sweep.json (jobs.shard_files): its subfolders that hold a job.json
+        sweep = {"runs": [{"folder": storage.name(folder)} for folder in sweep_run_folders(output) or []]}
+    record = Fields(layout.sweep_file(output), sweep)
     runs = []
     for run in record.objects("runs"):
         folder = run.get("folder", TEXT)

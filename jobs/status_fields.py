@@ -1,4 +1,4 @@
-"""The fields of job.json and sweep.json that `genbatch status` reads, each checked as it is read.
+"""The checks of job.json's fields (jobs.jobfile, on reading) and sweep.json's (`genbatch status`), and their words.
 
 These files are edited by hand, copied between versions and cut short by full disks: a field that is
 missing or of the wrong type is one line naming the file and the key (`OUTPUT/job.json: key 'counts'

@@ -24,7 +24,6 @@ from jobs.config import JobConfig
 from jobs.dispatch import DispatchOutcome, JobHooks
 from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, OutputError
 from jobs.lifecycle import (
-    JobSummary,
     LockedRun,
     Run,
     RunOptions,
@@ -41,6 +40,7 @@ from jobs.model_family import check_manifest, resolved_again
 from jobs.preflight import check_before_start, estimate_memory
 from jobs.progress import announce
 from jobs.resume import clear_output
+from jobs.run_records import JobSummary
 from jobs.sweep_plan import SweepRun, check_size, expand_sweep, read_sweep_file, sweep_record, write_sweep_file
 from workers import layout, storage
 

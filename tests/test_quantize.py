@@ -17,6 +17,7 @@ import torch
 from jobs import worker_reuse
 from jobs.config import JobConfig, load_config
 from jobs.errors import ConfigError, OutputError
+from jobs.jobfile import JobRecord
 from jobs.manifest import read_manifest
 from jobs.preflight import check_quantize
 from jobs.resume import check_same_job, job_identity
@@ -254,12 +255,12 @@ def test_quantize_is_part_of_the_job_identity_and_a_resume_with_another_is_refus
         (int8, wider, "performance.quantize_min_features: 512 -> 1024"),
     ):
         with pytest.raises(OutputError) as refused:
-            check_same_job("OUT", {"identity": before}, after)
+            check_same_job("OUT", JobRecord(identity=before, shards=0), after)
         assert str(refused.value) == (
             f"OUT: holds a job with other settings ({change}); "
             "rerun with --overwrite to replace it, or choose another output folder"
         )
-    check_same_job("OUT", {"identity": int8}, dict(int8))
+    check_same_job("OUT", JobRecord(identity=int8, shards=0), dict(int8))
     # Without quantizing, the threshold decides nothing.
     unused = JobConfig.model_validate(
         small_config(tmp_path / "m.parquet", "o", performance={"quantize_min_features": 8})

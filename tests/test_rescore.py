@@ -12,11 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from jobs import cluster
 from jobs.cli.main import main
 from jobs.config import load_config
 from jobs.dispatch import JobHooks
 from jobs.errors import RescoreError
-from jobs.jobfile import identity_key
+from jobs.jobfile import identity_key, read_job_file
 from jobs.manifest import read_manifest
 from jobs.planner import plan_shards
 from jobs.rescore import rescore_run
@@ -26,7 +27,7 @@ from tests.conftest import read_output, write_config, write_manifest
 from tests.helpers.runs import record_only_run
 from tests.reference import decode_png, reference_aesthetic, reference_pickscore
 from workers import columns as C
-from workers import layout, tiny
+from workers import layout, rescoring, tiny
 from workers.writer import read_footer, write_shard
 
 PROMPTS = ["a red fox", "a blue bird", "a green tree", "a grey " * 20 + "THE END", "a yellow sun", "an orange cat"]
@@ -147,10 +148,10 @@ def test_an_interrupted_rescore_goes_on_from_the_shards_it_rescored(finished_run
 
     config, run, before = copy_of(finished_run, tmp_path)
     # What the first rescore did before it was stopped: shard 1 only, by the actor class in-process.
-    record = json.loads((run / "job.json").read_text())
+    record = read_job_file(str(run))
     new_config = rescored_config(str(run / "job.json"), record, NEW_SCORES)
-    old_key = identity_key(record["identity"])
-    new_key = identity_key({**record["identity"], **scores_identity(new_config)})
+    old_key = identity_key(record.identity)
+    new_key = identity_key({**record.identity, **scores_identity(new_config)})
     settings = RescoreSettings(
         score_models(new_config), (C.PICKSCORE, C.AESTHETIC), 2, "processor", str(run), old_key, new_key, 1, None
     )
@@ -168,14 +169,21 @@ def test_an_interrupted_rescore_goes_on_from_the_shards_it_rescored(finished_run
 
 
 @pytest.mark.slow
-def test_setting_a_scorer_to_null_drops_its_column_and_restores_the_job(finished_run, tmp_path):
+def test_setting_a_scorer_to_null_drops_its_column_and_restores_the_job(finished_run, tmp_path, monkeypatch):
     _, run, before = copy_of(finished_run, tmp_path)
     original_key = read_footer(str(run / "data" / layout.shard_file_name(0))).job_key
     rescore_run(str(run), ["scores.pickscore.model=tiny"])
     assert read_output(run).column_names == [*before.column_names, C.PICKSCORE]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("dropping a column starts no actor and decodes no image")
+
+    # Dropping a column rewrites only tables and footers, on the driver.
+    for module, name in ((cluster, "connect"), (rescoring, "_same_size_batches"), (rescoring, "_decode")):
+        monkeypatch.setattr(module, name, refuse)
     summary = rescore_run(str(run), ["scores.pickscore=null"])
-    assert (summary.rescored, summary.columns, summary.dropped) == (2, (), (C.PICKSCORE,))
-    assert read_output(run).equals(before)
+    assert (summary.rescored, summary.images_scored, summary.columns, summary.dropped) == (2, 0, (), (C.PICKSCORE,))
+    assert read_output(run).equals(before)  # the image bytes and every other column included
     # Without scores the identity is the original run's again.
     assert read_footer(str(run / "data" / layout.shard_file_name(0))).job_key == original_key
 

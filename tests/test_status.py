@@ -13,9 +13,11 @@ import pytest
 from jobs import rescore
 from jobs.cli.main import main
 from jobs.dispatch import DispatchOutcome
-from jobs.jobfile import identity_key
+from jobs.jobfile import identity_key, read_job_file, write_job_file
 from jobs.lock import OutputLock
-from jobs.status import format_status, job_status
+from jobs.report.leaderboard import sweep_runs
+from jobs.shard_files import is_sweep_folder
+from jobs.status import format_status, job_status, sweep_status
 from tests.conftest import small_config
 from workers import columns as C
 from workers import layout
@@ -193,3 +195,33 @@ def test_a_shard_whose_rescoring_attempt_died_before_its_stats_gets_them_when_a_
     assert (result.skipped, result.images, result.scored) == (True, 4, 4)
     assert json.loads(stats_path.read_text())["job_key"] == new_key
     assert json.loads((tmp_path / "run" / "stats" / layout.stats_file_name(0)).read_text())["job_key"] == old_key
+
+
+def test_a_job_file_of_an_older_version_reads_and_is_written_back_as_it_was(tmp_path):
+    """Keys it lacks stay absent, keys this version does not know are kept, values keep their JSON types."""
+    run = tmp_path / "run"
+    run.mkdir()
+    older = {
+        **FINISHED,
+        "counts": {"ok": 10, "failed": 1},  # before not_run, shard_retries, ...
+        "workers": [{"name": "worker-0", "device": "cpu", "load_seconds": 3, "pid": 7, "later": {"x": [1]}}],
+        "resumed_at": None,
+        "a_key_of_another_version": [1, "two"],
+    }
+    (run / "job.json").write_text(json.dumps(older))
+    record = read_job_file(str(run))
+    assert record is not None and (record.counts.ok, record.workers[0].load_seconds) == (10, 3)
+    write_job_file(str(run), record)
+    assert json.loads((run / "job.json").read_text()) == older
+
+
+def test_a_folder_of_two_runs_is_a_sweep_for_status_as_for_report_also_without_sweep_json(tmp_path):
+    sweep = tmp_path / "sweep"
+    for folder in ("b", "a"):
+        (sweep / folder).mkdir(parents=True)
+        (sweep / folder / "job.json").write_text(json.dumps({**FINISHED, "shards": 0}))
+    assert is_sweep_folder(str(sweep)) and sweep_runs(sweep) == [str(sweep / "a"), str(sweep / "b")]
+    status = sweep_status(str(sweep))
+    assert [(run.folder, run.state, run.rows) for run in status.runs] == [("a", "finished", 11), ("b", "finished", 11)]
+    (sweep / "b" / "job.json").unlink()  # one run and no sweep.json: a folder holding a run, not a sweep
+    assert not is_sweep_folder(str(sweep)) and sweep_runs(sweep) == []

@@ -179,14 +179,15 @@ def test_cache_none_leaves_the_job_identity_and_output_columns_as_they_were(tmp_
 
 def test_a_resume_with_another_cache_is_refused_naming_the_setting(tmp_path):
     from jobs.errors import OutputError
+    from jobs.jobfile import JobRecord
     from jobs.resume import check_same_job
 
     before = {"seed": 0, "performance": {"quantize": "int8", "quantize_min_features": 512}}
     after = {"seed": 0, "performance": {**before["performance"], "cache": "magcache", "cache_threshold": 0.1}}
     with pytest.raises(OutputError) as error:
-        check_same_job("out", {"identity": before}, after)
+        check_same_job("out", JobRecord(identity=before, shards=0), after)
     assert "(performance.cache: 'none' -> 'magcache'; performance.cache_threshold: None -> 0.1)" in str(error.value)
-    check_same_job("out", {"identity": after}, after)
+    check_same_job("out", JobRecord(identity=after, shards=0), after)
 
 
 @pytest.mark.parametrize(

@@ -362,7 +362,8 @@ TWO_POOLS = {"resources.batch_size": [1, 2], "generation.guidance_scale": [3.0, 
 def test_a_sweep_stopped_in_its_first_pool_says_which_runs_it_did_not_start(tmp_path, monkeypatch, capsys):
     """The first pool's runs write a shard each, then a SIGTERM stops the sweep (the pool is faked: no Ray)."""
     from jobs import sweep
-    from jobs.lifecycle import GroupResult, JobSummary, record_end
+    from jobs.lifecycle import GroupResult
+    from jobs.run_records import JobSummary, record_end
     from workers.shard_stats import ShardStats, write_shard_stats
 
     manifest = write_manifest(tmp_path / "m.parquet", MANIFEST)  # 6 rows: 2 shards per run
@@ -377,7 +378,7 @@ def test_a_sweep_stopped_in_its_first_pool_says_which_runs_it_did_not_start(tmp_
             stats = ShardStats(0, 4, 4, 0, 4, 2.0, 2.0, "worker-0", "node", "", 7, "2026-12-01T09:01:00+00:00", run.key)
             write_shard_stats(run.output, stats)
             summary = JobSummary(6, 4, 0, 2, 2, 2, 0, 3.0, 1.0, 2.0, run.output, interrupted=True, signal="SIGTERM")
-            record_end(run, "interrupted", summary, DispatchOutcome(), [])
+            record_end(run.output, run.record, "interrupted", summary, DispatchOutcome(), [])
             summaries.append(summary)
         return GroupResult(summaries, [])
 

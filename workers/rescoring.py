@@ -86,34 +86,41 @@ class RescoreWorker:
         yield self.rescore_shard(task.index)
 
     def rescore_shard(self, index: int) -> RescoreResult:
-        started = time.perf_counter()
-        settings = self.settings
-        path = layout.shard_path(settings.output_dir, index)
-        footer = read_footer(path)
-        fence = functools.partial(check_fence, settings.output_dir, settings.run_token)
-        if footer is not None and footer.job_key == settings.new_key:
-            # Rescored already: by an earlier rescore, or by an attempt of this one whose answer was lost
-            # (its actor died after the write). Its images were scored: every ok row has one. The attempt
-            # may have died before its stats file got the new key: status counts the shard only once it has.
-            rekey_stats(settings.output_dir, index, settings.new_key, fence)
-            return self._result(index, footer, path, started, scored=footer.ok, skipped=True)
-        if footer is None or footer.job_key != settings.old_key:
-            raise ShardError(f"{path}: not a complete shard of the run being rescored")
-        with storage.open_input(path) as handle:
-            table = pq.read_table(handle)
-        columns = score_columns(settings.scores)
-        rescored, scored = rescored_table(table, self.scorers, columns, settings.batch_size)
-        write_shard(rescored, settings.output_dir, replace(footer, job_key=settings.new_key), before_publish=fence)
-        rekey_stats(settings.output_dir, index, settings.new_key, fence)
-        return self._result(index, footer, path, started, scored=scored)
+        return rescore_shard(self.settings, index, self.scorers, self.name)
 
-    def _result(
-        self, index: int, footer: ShardFooter, path: str, started: float, scored: int = 0, skipped: bool = False
-    ) -> RescoreResult:
-        seconds = time.perf_counter() - started
-        return RescoreResult(
-            index, footer.rows, footer.ok, footer.failed, path, self.name, seconds, scored=scored, skipped=skipped
-        )
+
+def rescore_shard(settings: RescoreSettings, index: int, scorers: list[Scorer], name: str) -> RescoreResult:
+    """Rewrite shard `index` with the score columns of `settings`: those of `scorers` computed afresh, the others
+    kept. Without scorers (columns dropped only) no image is read: the driver does this itself (jobs.rescore)."""
+    started = time.perf_counter()
+    path = layout.shard_path(settings.output_dir, index)
+    footer = read_footer(path)
+    fence = functools.partial(check_fence, settings.output_dir, settings.run_token)
+    if footer is not None and footer.job_key == settings.new_key:
+        # Rescored already: by an earlier rescore, or by an attempt of this one whose answer was lost
+        # (its actor died after the write). Its images were scored: every ok row has one. The attempt
+        # may have died before its stats file got the new key: status counts the shard only once it has.
+        rekey_stats(settings.output_dir, index, settings.new_key, fence)
+        scored = footer.ok if scorers else 0
+        return _result(index, footer, path, name, started, scored=scored, skipped=True)
+    if footer is None or footer.job_key != settings.old_key:
+        raise ShardError(f"{path}: not a complete shard of the run being rescored")
+    with storage.open_input(path) as handle:
+        table = pq.read_table(handle)
+    columns = score_columns(settings.scores)
+    rescored, scored = rescored_table(table, scorers, columns, settings.batch_size)
+    write_shard(rescored, settings.output_dir, replace(footer, job_key=settings.new_key), before_publish=fence)
+    rekey_stats(settings.output_dir, index, settings.new_key, fence)
+    return _result(index, footer, path, name, started, scored=scored)
+
+
+def _result(
+    index: int, footer: ShardFooter, path: str, name: str, started: float, scored: int = 0, skipped: bool = False
+) -> RescoreResult:
+    seconds = time.perf_counter() - started
+    return RescoreResult(
+        index, footer.rows, footer.ok, footer.failed, path, name, seconds, scored=scored, skipped=skipped
+    )
 
 
 def _node_id() -> str:
@@ -138,8 +145,11 @@ def rescored_table(
     """`table` with its score columns replaced: `columns` last, in order; those of `scorers` computed from the
     stored images, the others kept from `table`. Returns the table and how many images were scored.
 
-    Rows whose status is error get null, as in a run; a scorer that needs a prompt skips rows without one."""
+    Rows whose status is error get null, as in a run; a scorer that needs a prompt skips rows without one.
+    Without `scorers` (columns dropped only) the images are not read."""
     values: dict[str, list[float | None]] = {scorer.column: [None] * table.num_rows for scorer in scorers}
+    if not scorers:
+        return _with_score_columns(table, columns, values), 0
     status = table.column(C.STATUS).to_pylist()
     images = table.column(C.IMAGE).to_pylist()
     prompts = table.column(C.PROMPT).to_pylist() if C.PROMPT in table.column_names else [None] * table.num_rows
@@ -154,11 +164,16 @@ def rescored_table(
             scores = scorer.score(pixels[targets], [prompts[group[k]] or "" for k in targets])
             for k, score in zip(targets, scores, strict=True):
                 values[scorer.column][group[k]] = float(score)
+    return _with_score_columns(table, columns, values), len(kept)
+
+
+def _with_score_columns(table: pa.Table, columns: tuple[str, ...], values: dict[str, list[float | None]]) -> pa.Table:
+    """`table` with `columns` last, in order: those in `values` from there, the others kept from `table`."""
     result = table.drop_columns([name for name in C.SCORES if name in table.column_names])
     for name in columns:
         array = pa.array(values[name], type=C.SCORES[name]) if name in values else table.column(name)
         result = result.append_column(pa.field(name, C.SCORES[name]), array)
-    return result.replace_schema_metadata(None), len(kept)
+    return result.replace_schema_metadata(None)
 
 
 def _same_size_batches(rows: list[int], images: list[dict], batch_size: int) -> list[list[int]]:

@@ -15,7 +15,8 @@ from jobs.errors import UsageError, WorkerStartError
 
 def run_command(args: argparse.Namespace) -> int:
     from jobs.config import load_config
-    from jobs.driver import JobSummary, run_job
+    from jobs.driver import run_job
+    from jobs.run_records import JobSummary
 
     config = load_config(args.config, args.overrides)
     if args.quiet:

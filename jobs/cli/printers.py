@@ -7,9 +7,9 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the command line starts without the job machinery
-    from jobs.driver import JobSummary
     from jobs.export.run import ExportSummary
     from jobs.rescore import RescoreSummary
+    from jobs.run_records import JobSummary
     from jobs.sweep import SweepSummary
 
 

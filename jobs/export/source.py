@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from jobs.errors import OutputError, one_line
 from jobs.export.digests import DigestSet
-from jobs.jobfile import identity_key, read_run_record
+from jobs.jobfile import JobRecord, read_run_record
 from jobs.report.runs import job_shard_files
 from workers import columns as C
 from workers import storage
@@ -71,7 +71,7 @@ class RunSource:
     """A finished (or partly written) run: its job record, its shard files and their common schema."""
 
     path: str
-    job: dict
+    job: JobRecord
     files: list[str]
     schema: pa.Schema
     fingerprint: str  # changes when any shard file is added, rewritten or retried
@@ -133,8 +133,8 @@ def open_source(path: str, partial: bool = False) -> RunSource:
     not whole or not its job's, unless `partial` (see `jobs.report.runs.job_shard_files`)."""
     path = storage.normalized(path)
     job = read_run_record(path)
-    if job.get("status") != "finished":
-        logger.warning("%s: the run is %s: exporting its shards written so far", path, job.get("status", "unknown"))
+    if job.status != "finished":
+        logger.warning("%s: the run is %s: exporting its shards written so far", path, job.status or "unknown")
     shards = job_shard_files(path, job, partial)
     files = shards.files
     footers, schemas = [], []
@@ -146,10 +146,8 @@ def open_source(path: str, partial: bool = False) -> RunSource:
         schemas.append(metadata.schema.to_arrow_schema().remove_metadata())
     # One schema for all: a column that is all null in one file (type null) has its type in another.
     schema = pa.unify_schemas(schemas)
-    fingerprint = hashlib.sha256(
-        json.dumps({"job": identity_key(job["identity"]), "shards": footers}).encode()
-    ).hexdigest()
-    image_format = ((job.get("config") or {}).get("output") or {}).get("image_format", "png")
+    fingerprint = hashlib.sha256(json.dumps({"job": job.key, "shards": footers}).encode()).hexdigest()
+    image_format = ((job.config or {}).get("output") or {}).get("image_format", "png")
     return RunSource(
         path=path,
         job=job,

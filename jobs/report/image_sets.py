@@ -65,7 +65,7 @@ def open_image_set(location: str) -> ImageSet:
         return _parquet_set(location, [location])
     job = read_job_file(location)
     if job is not None:
-        clip = (job.get("config") or {}).get("clip") or {}
+        clip = (job.config or {}).get("clip") or {}
         # A reference is read as it is: shards not whole or not its job's are left out with a warning.
         files = job_shard_files(location, job, partial=True).files
         ok_rows = sum(footer.ok for footer in map(read_footer, files) if footer is not None)

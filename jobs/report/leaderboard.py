@@ -24,8 +24,9 @@ from jobs.report.documents import check_destination
 from jobs.report.render import CLIP_SCORE_DEFINITION, write_documents
 from jobs.report.runs import Run, open_run
 from jobs.report.summary import pick_group_column
+from jobs.shard_files import sweep_run_folders
 from workers import columns as C
-from workers import layout, storage
+from workers import storage
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ SCORE_MODEL_KEYS = {
 }
 # Config keys that differ between any two runs but say nothing about how the images were made.
 NOT_SETTINGS = ("output.path",)
-SWEEP_FILE = "sweep.json"
 
 
 @dataclass
@@ -54,30 +54,15 @@ class Entrant:
 
     @property
     def images_per_s(self) -> float | None:
-        return self.run.job.get("images_per_s")
+        return self.run.job.images_per_s
 
 
 def sweep_runs(path: str | Path) -> list[str]:
-    """The run folders of a sweep folder, sorted; [] when `path` is not one.
-
-    A sweep folder has no job.json of its own and either a sweep.json or at least two subfolders that
-    hold a job.json (so a folder holding one run and its report is not mistaken for a sweep)."""
+    """The run folders of a sweep folder, sorted; [] when `path` is not one (see jobs.shard_files)."""
     location = storage.normalized(path) if storage.is_remote(str(path)) else str(Path(path))
     if storage.file_type(location) == pafs.FileType.File:
         raise OutputError(f"{location}: a file, not a run folder; give the run's output folder")
-    if storage.exists(layout.job_file(location)):
-        return []
-    filesystem, base = storage.resolve(location)
-    selector = pafs.FileSelector(base, recursive=False, allow_not_found=True)
-    folders = sorted(
-        storage.join(location, Path(info.path).name)
-        for info in filesystem.get_file_info(selector)
-        if info.type == pafs.FileType.Directory
-    )
-    runs = [folder for folder in folders if storage.exists(layout.job_file(folder))]
-    if len(runs) >= 2 or storage.exists(storage.join(location, SWEEP_FILE)):
-        return runs
-    return []
+    return sweep_run_folders(location) or []
 
 
 def flat_config(config: dict, prefix: str = "") -> dict:
@@ -151,7 +136,7 @@ def score_columns(entrants: list[Entrant], warnings: list[str]) -> list[str]:
 
 
 def _config_value(run: Run, dotted: str):
-    return flat_config(run.job.get("config") or {}).get(dotted)
+    return flat_config(run.job.config or {}).get(dotted)
 
 
 def score_ranking(entrants: list[Entrant], rows: list[pa.Table], column: str) -> dict:
@@ -263,7 +248,7 @@ def build_leaderboard(
     if len(opened) < 2:
         raise UsageError(f"a comparison needs at least two runs (got {len(opened)})")
     _check_comparable(opened)
-    keys = differing_settings([run.job.get("config") or {} for run in opened])
+    keys = differing_settings([run.job.config or {} for run in opened])
     labels = _labels([run.path for run in opened])
     entrants = [
         Entrant(run, label, {key: _config_value(run, key) for key in keys}) for run, label in zip(opened, labels)

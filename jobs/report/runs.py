@@ -19,10 +19,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from jobs.errors import OutputError, some_of
-from jobs.jobfile import identity_key, read_run_record
+from jobs.jobfile import JobRecord, read_run_record
+from jobs.shard_files import OTHER_JOB, list_shard_files
 from workers import columns as C
 from workers import layout, storage
-from workers.writer import read_footer
 
 _BATCH_ROWS = 8192
 
@@ -34,7 +34,7 @@ class RunFiles:
     """A run folder (or prefix): its job record and its shard files, nothing read from them yet."""
 
     path: str
-    job: dict
+    job: JobRecord
     files: list[str]  # the job's own shard files (see `job_shard_files`)
     columns: list[str]  # the output's columns (the first file's)
     file_rows: list[int] | None = None  # rows per file, once known (see `scan`)
@@ -42,7 +42,7 @@ class RunFiles:
 
     @property
     def clip_model(self) -> str | None:
-        return (self.job.get("config") or {}).get("clip", {}).get("model")
+        return (self.job.config or {}).get("clip", {}).get("model")
 
 
 @dataclass
@@ -153,7 +153,7 @@ class ShardFiles:
     left_out: list[str]  # `shard-00001.parquet (why)`: rows a reader of `files` does not see
 
 
-def job_shard_files(path: str, job: dict, partial: bool = False) -> ShardFiles:
+def job_shard_files(path: str, job: JobRecord, partial: bool = False) -> ShardFiles:
     """The shard files in `data/` that belong to the job: a shard it planned, written by it (footer).
 
     A planned shard's file that is not whole or not this job's (cut short, or rewritten by a rescore that has
@@ -161,31 +161,21 @@ def job_shard_files(path: str, job: dict, partial: bool = False) -> ShardFiles:
     warning). Anything else there (a stray copy, another name) is left out with a warning, never counted.
     A planned shard without a file was not written (a run still going, or its shard failed: job.json says)."""
     data = layout.data_dir(path)
-    key, planned = identity_key(job["identity"]), {layout.shard_file_name(i) for i in range(job["shards"])}
     files, left_out, others = [], [], []
     cut = False  # a file cut short or misplaced: `genbatch run` redoes its shard once the file is removed
-    for file in storage.list_files(data):
-        name = storage.name(file)
-        if not layout.is_shard_file(name):
-            continue
-        if name not in planned:
-            others.append(name)
-            continue
-        footer = read_footer(file)
-        if footer is None:
-            left_out.append(f"{name} (cut short or unreadable)")
-            cut = True
-        elif footer.job_key != key:
-            left_out.append(f"{name} (another job's, e.g. a rescore not finished)")
-        elif layout.shard_file_name(footer.shard) != name:
-            left_out.append(f"{name} (holds shard {footer.shard})")
-            cut = True
+    for file in list_shard_files(path, job.shards):
+        problem = file.problem(job.key)
+        if file.index is None:
+            others.append(file.name)
+        elif problem is not None:
+            left_out.append(f"{file.name} ({problem})")
+            cut = cut or problem != OTHER_JOB
         else:
-            files.append(file)
+            files.append(file.path)
     if left_out and not partial:
         fix = "remove the files cut short and rerun genbatch run to redo them" if cut else "finish the rescore"
         raise OutputError(
-            f"{path}: {len(left_out)} of {job['shards']} shards cannot be read as this job's: {some_of(left_out)}; "
+            f"{path}: {len(left_out)} of {job.shards} shards cannot be read as this job's: {some_of(left_out)}; "
             f"{fix}, or rerun with --partial to go on without their rows"
         )
     if others:

@@ -40,29 +40,29 @@ def run_settings(run: RunFiles, schedulers: set | None = None) -> dict:
     job.json's `workers` (recorded when the job ends) and the output's `scheduler` column (its distinct values:
     `schedulers`, else read from a `Run`'s table) hold the resolved values; a run without either shows the
     configured ones."""
-    config = run.job.get("config") or {}
+    config = run.job.config or {}
     generation, model = config.get("generation", {}), config.get("model", {})
-    workers = run.job.get("workers") or []
+    workers = run.job.workers or []
     if schedulers is None:
         assert isinstance(run, Run)
         schedulers = set(pc.unique(run.table[C.SCHEDULER]).to_pylist())
-    schedulers = set(schedulers) | {w.get("scheduler") for w in workers}
-    dtypes = {w.get("dtype") for w in workers}
+    schedulers = set(schedulers) | {w.scheduler for w in workers}
+    dtypes = {w.dtype for w in workers if w.dtype is not None}
     settings = {
         "run": str(run.path),
         "model": model.get("id"),
         "scheduler": ", ".join(sorted(schedulers - {None})) or model.get("scheduler"),
-        "dtype": ", ".join(sorted(dtypes - {None})) or model.get("dtype"),
+        "dtype": ", ".join(sorted(dtypes)) or model.get("dtype"),
         "steps": generation.get("steps"),
         "guidance_scale": generation.get("guidance_scale"),
         "size": f"{generation.get('width')}x{generation.get('height')}",
         "clip_model": run.clip_model,
         "seed": config.get("seed"),
-        "images_per_s": run.job.get("images_per_s"),
-        "seconds": run.job.get("seconds"),
-        "status": run.job.get("status"),
+        "images_per_s": run.job.images_per_s,
+        "seconds": run.job.seconds,
+        "status": run.job.status,
     }
-    return settings | lora_settings((run.job.get("identity") or {}).get("model") or {})
+    return settings | lora_settings(run.job.identity.get("model") or {})
 
 
 def lora_settings(model: dict) -> dict:
@@ -128,7 +128,7 @@ def build_report(
     if tally.reconstruct:
         data["reconstruction"] = tally.reconstruction_stats()
     if tally.step_cache:
-        performance = (run.job.get("config") or {}).get("performance") or {}
+        performance = (run.job.config or {}).get("performance") or {}
         data["step_cache"] = {"cache": performance.get("cache"), **tally.step_cache_stats()}
     if reference is not None:
         from jobs.report.set_metrics import compute_set_metrics
@@ -263,7 +263,6 @@ class RunTally:
             "latent_mean": summarize_scores(done[C.LATENT_MEAN]),
             "latent_std": summarize_scores(done[C.LATENT_STD]),
         }
-
 
     def step_cache_stats(self) -> dict:
         """performance.cache runs: denoiser passes the cache skipped, over the images that have a count; the skip

@@ -1,0 +1,97 @@
+"""Which shard files in an output folder belong to its job, and are they complete; is a folder a sweep's.
+
+One rule for every reader (run and resume, status, report, export, rescore): a shard file is a complete shard
+of a job when its footer (workers.writer) verifies: the file is whole (it has the footer, with as many rows as
+the file), the footer names the shard its file name gives, carries the job's key and, where the reader knows
+the job's plan, the planned number of rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from workers import layout, storage
+from workers.writer import ShardFooter, read_footer
+
+OTHER_JOB = "another job's, e.g. a rescore not finished"  # the one problem that rerunning the job does not fix
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    """A file in `data/` with a shard file's name, and its footer."""
+
+    path: str
+    index: int | None  # the planned shard its name gives; None: no shard of the job has this name
+    footer: ShardFooter | None  # None: cut short, not genbatch's, missing, or (index None) not read
+
+    @property
+    def name(self) -> str:
+        return storage.name(self.path)
+
+    def verified(self, key: str, rows: int | None = None) -> ShardFooter | None:
+        """The footer, if this is a complete shard file of the job with `key` (of `rows` rows, where the plan
+        says); else None."""
+        return self.footer if self.problem(key, rows) is None else None
+
+    def problem(self, key: str, rows: int | None = None) -> str | None:
+        """Why the file is not a complete shard of the job with `key`; None when it is."""
+        footer = self.footer
+        if self.index is None:
+            return "not planned"
+        if footer is None:
+            return "cut short or unreadable"
+        if footer.job_key != key:
+            return OTHER_JOB
+        if footer.shard != self.index:
+            return f"holds shard {footer.shard}"
+        if rows is not None and footer.rows != rows:
+            return f"{footer.rows} rows, the shard has {rows}"
+        return None
+
+
+def shard_file(output: str, index: int) -> ShardFile:
+    """Shard `index`'s file with its footer (None where there is no whole file)."""
+    path = layout.shard_path(output, index)
+    return ShardFile(path, index, read_footer(path))
+
+
+def list_shard_files(output: str, shards: int) -> list[ShardFile]:
+    """Every file in `data/` with a shard file's name, in name order (one listing): the files of the job's
+    `shards` planned shards with their footers, and the others (index None, footer not read)."""
+    planned = {layout.shard_file_name(index): index for index in range(shards)}
+    found = []
+    for path in storage.list_files(layout.data_dir(output)):
+        name = storage.name(path)
+        if not layout.is_shard_file(name):
+            continue
+        index = planned.get(name)
+        found.append(ShardFile(path, index, None if index is None else read_footer(path)))
+    return found
+
+
+def sweep_run_folders(location: str) -> list[str] | None:
+    """The run folders of a sweep folder (its subfolders holding a job.json), sorted; None when `location` is not
+    a sweep folder.
+
+    A sweep folder has no job.json of its own and either a sweep.json or at least two subfolders that hold a
+    job.json (so a folder holding one run and its report is not mistaken for a sweep)."""
+    if storage.exists(layout.job_file(location)):
+        return None
+    filesystem, base = storage.resolve(location)
+    selector = pafs.FileSelector(base, recursive=False, allow_not_found=True)
+    folders = sorted(
+        storage.join(location, Path(info.path).name)
+        for info in filesystem.get_file_info(selector)
+        if info.type == pafs.FileType.Directory
+    )
+    runs = [folder for folder in folders if storage.exists(layout.job_file(folder))]
+    if len(runs) >= 2 or storage.exists(layout.sweep_file(location)):
+        return runs
+    return None
+
+
+def is_sweep_folder(location: str) -> bool:
+    return sweep_run_folders(location) is not None
