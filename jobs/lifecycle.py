@@ -31,9 +31,10 @@ from jobs.lock import OutputLock
 from jobs.manifest import Manifest, seed_column_warning
 from jobs.planner import plan_shards
 from jobs.progress import Progress, announce
-from jobs.resume import ResumePlan, check_same_job, count_on_disk, job_identity, plan_resume, shard_files_exist
+from jobs.resume import ResumePlan, check_same_job, count_on_disk, job_identity, plan_resume
 from jobs.run_records import JobSummary, job_record, record_end, record_failure
 from jobs.settings import worker_settings
+from jobs.shard_files import shard_files_exist
 from jobs.versions import VersionGuard
 from workers import layout, storage
 from workers.tasks import RescoreTask, RunBinding, ShardResult, ShardTask, WorkerInfo

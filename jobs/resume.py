@@ -160,12 +160,6 @@ def plan_resume(output_dir: str, shards: list[ShardTask], key: str, retry_failed
     return ResumePlan(complete=complete, todo=todo, retrying=retrying, versions=versions)
 
 
-def shard_files_exist(output_dir: str) -> bool:
-    """Whether `data/` holds any shard file (an output folder without one belongs to no job yet)."""
-    files = storage.list_files(layout.data_dir(output_dir))
-    return any(layout.is_shard_file(storage.name(path)) for path in files)
-
-
 def count_on_disk(output_dir: str, shards: list[ShardTask], key: str) -> dict[int, ShardFooter]:
     """The footers of those `shards` whose files are complete now (a footer read per shard)."""
     found = {}

@@ -95,3 +95,9 @@ def sweep_run_folders(location: str) -> list[str] | None:
 
 def is_sweep_folder(location: str) -> bool:
     return sweep_run_folders(location) is not None
+
+
+def shard_files_exist(output_dir: str) -> bool:
+    """Whether `data/` holds any shard file (an output folder without one belongs to no job yet)."""
+    files = storage.list_files(layout.data_dir(output_dir))
+    return any(layout.is_shard_file(storage.name(path)) for path in files)

@@ -15,7 +15,6 @@ from typing import TypeVar
 from jobs.errors import OutputError
 from jobs.jobfile import JobRecord, WorkerRecord, read_job_file
 from jobs.lock import lock_is_held
-from jobs.shard_files import is_sweep_folder as is_sweep_folder  # jobs.cli asks here
 from jobs.shard_files import shard_file, sweep_run_folders
 from jobs.status_fields import COUNT, TEXT, Fields, is_time
 from workers import layout, storage

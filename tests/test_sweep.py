@@ -15,7 +15,8 @@ from jobs.config import JobConfig, load_config
 from jobs.dispatch import Dispatcher, DispatchOutcome, JobHooks
 from jobs.driver import run_job
 from jobs.errors import ConfigError, OutputError
-from jobs.status import format_sweep_status, is_sweep_folder, sweep_status
+from jobs.shard_files import is_sweep_folder
+from jobs.status import format_sweep_status, sweep_status
 from jobs.sweep import group_runs, run_sweep
 from jobs.sweep_plan import MAX_COMBINATIONS, MAX_FOLDER_NAME, expand_sweep, folder_name, folder_names
 from tests.conftest import generation_defaults, read_output, small_config, write_manifest

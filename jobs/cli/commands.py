@@ -143,7 +143,8 @@ def check_cmmd_model(ref: str | None) -> None:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    from jobs.status import format_status, format_sweep_status, is_sweep_folder, job_status, sweep_status
+    from jobs.shard_files import is_sweep_folder
+    from jobs.status import format_status, format_sweep_status, job_status, sweep_status
     from workers import storage
 
     output = storage.normalized(args.output)
