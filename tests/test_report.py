@@ -345,17 +345,17 @@ def test_report_of_a_file_or_with_run_report_a_file_is_one_line(tmp_path, scores
 
 
 def test_a_report_whose_last_document_fails_to_write_publishes_none(tmp_path, scores, capsys, monkeypatch):
-    from jobs.export import publish
+    from workers import storage
 
     run = make_run(tmp_path / "run", scores)
-    write = publish.AtomicFile.write
+    write = storage.AtomicFile.write
 
     def full_at_the_html(self, data):
         if self.location.endswith(".html"):
             raise OSError(28, "No space left on device")
         return write(self, data)
 
-    monkeypatch.setattr(publish.AtomicFile, "write", full_at_the_html)
+    monkeypatch.setattr(storage.AtomicFile, "write", full_at_the_html)
     assert main(["report", str(run)]) == 2
     assert (
         capsys.readouterr().err == f"genbatch: error: {run / 'report'}: cannot write there (No space left on device)\n"

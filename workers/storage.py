@@ -209,8 +209,8 @@ def write_bytes(
     data: bytes | pa.Buffer,
     before_publish: Callable[[], None] | None = None,
     sync: bool = True,
-) -> None:
-    """Publish `data` at `location` whole, or not at all (an `AtomicFile` written at once).
+) -> int:
+    """Publish `data` at `location` whole, or not at all (an `AtomicFile` written at once); returns its size.
 
     `before_publish` runs after the data is stored under its temporary name and before it takes its
     final one; if it raises, nothing is published."""
@@ -221,6 +221,7 @@ def write_bytes(
     except BaseException:
         sink.discard()
         raise
+    return len(data) if isinstance(data, bytes) else data.size
 
 
 def delete(location: str) -> None:

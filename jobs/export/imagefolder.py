@@ -12,7 +12,6 @@ import json
 
 import pyarrow as pa
 
-from jobs.export.publish import publish_bytes
 from workers import storage
 
 METADATA_FILE = "metadata.jsonl"
@@ -41,14 +40,14 @@ class ImageFolderShard:
         for key, image, record in zip(keys, images, rows.select(self._columns).to_pylist()):
             name = f"{key}.{self._extension}"
             # Not synced one by one (thousands of small files); metadata.jsonl, published last, is.
-            self._sizes[name] = publish_bytes(storage.join(self._folder, name), image, sync=False)
+            self._sizes[name] = storage.write_bytes(storage.join(self._folder, name), image, sync=False)
             line = {FILE_NAME: name, KEY: key, **record}
             self._lines.append(json.dumps(line, ensure_ascii=False, default=str).encode() + b"\n")
         self.rows += rows.num_rows
 
     def commit(self) -> dict[str, int]:
         metadata = b"".join(self._lines)
-        publish_bytes(storage.join(self._folder, METADATA_FILE), metadata)
+        storage.write_bytes(storage.join(self._folder, METADATA_FILE), metadata)
         prefix = folder_name(self.shard)
         # Each file by name and size, so that a rerun redoes a shard that lost (or got half of) any one of them.
         return {

@@ -31,7 +31,6 @@ import pyarrow.fs as pafs
 from jobs.errors import OutputError, UsageError, one_line
 from jobs.export.imagefolder import ImageFolderShard
 from jobs.export.keys import sample_key
-from jobs.export.publish import publish_bytes
 from jobs.export.source import EXTENSIONS, RunSource, ScanCounts, open_source
 from jobs.export.webdataset import WebDatasetShard
 from jobs.export.where import check_columns, parse_where
@@ -152,7 +151,7 @@ def export_run(
     )
     record = {**summary.as_dict(), "run": source.path, "where": identity["where"], "dedup": dedup}
     with _writing(dest):
-        publish_bytes(storage.join(dest, STATS_FILE), (json.dumps(record, indent=2) + "\n").encode())
+        storage.write_bytes(storage.join(dest, STATS_FILE), (json.dumps(record, indent=2) + "\n").encode())
     return summary
 
 
@@ -229,7 +228,7 @@ def _finish(dest: str, writer: ShardWriter, key: str) -> dict[str, int]:
     """Publish a shard's files, then its marker: from then on a rerun skips it."""
     written = writer.commit()
     marker = {"export_key": key, "shard": writer.shard, "rows": writer.rows, "files": written}
-    publish_bytes(marker_path(dest, writer.shard), json.dumps(marker).encode())
+    storage.write_bytes(marker_path(dest, writer.shard), json.dumps(marker).encode())
     logger.info("%s: shard %d written (%d samples, %d bytes)", dest, writer.shard, writer.rows, sum(written.values()))
     return written
 
@@ -314,7 +313,7 @@ def claim_destination(dest: str, identity: dict, overwrite: bool, entries: dict[
     storage.remove_temp_files(storage.join(dest, MARKER_DIR))
     record = {"identity": identity}
     try:
-        publish_bytes(location, (json.dumps(record, indent=2) + "\n").encode())
+        storage.write_bytes(location, (json.dumps(record, indent=2) + "\n").encode())
     except OSError as error:
         raise OutputError(f"{location}: cannot write ({error.strerror or one_line(error)})") from None
 

@@ -15,9 +15,9 @@ import tarfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.export.publish import AtomicFile, publish_bytes
 from workers import columns as C
 from workers import storage
+from workers.storage import AtomicFile
 
 KEY = "key"
 
@@ -78,7 +78,7 @@ class WebDatasetShard:
         self._file.commit()
         buffer = pa.BufferOutputStream()
         pq.write_table(pa.concat_tables(self._sidecar), buffer, compression="zstd")
-        sidecar = publish_bytes(storage.join(self.dest, sidecar_name(self.shard)), buffer.getvalue().to_pybytes())
+        sidecar = storage.write_bytes(storage.join(self.dest, sidecar_name(self.shard)), buffer.getvalue().to_pybytes())
         return {tar_name(self.shard): self._file.bytes, sidecar_name(self.shard): sidecar}
 
     def discard(self) -> None:
