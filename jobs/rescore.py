@@ -95,27 +95,13 @@ def rescore_run(
             # got, by the shards' footers) instead of the finished run, also after an interruption.
             record.rescoring = RescoringRecord(job_key=new_key, started_at=utc_now(), set=list(overrides))
             write_job_file(output, record)
-            settings = RescoreSettings(
-                scores=score_models(config),
-                recompute=recompute,
-                batch_size=config.resources.batch_size,
-                clip_preprocess=config.performance.clip_preprocess,
-                output_dir=output,
-                old_key=old_key,
-                new_key=new_key,
-                num_threads=None,  # set by score_on_actors from the actors' CPUs
-                run_token=lock.token,
-            )
+            settings = _rescore_settings(config, recompute, output, old_key, new_key, lock.token)
             if recompute:
                 outcome = score_on_actors(config, settings, todo, address, forward_actor_logs, hooks or JobHooks())
             else:  # columns dropped only: no scorer to load, no image to read; rewritten here, shard by shard
                 outcome = drop_columns(settings, todo)
         # 4. Record the new identity: a run with the new scores config is this job, complete.
-        record.rescoring = None
-        record.identity, record.config = new_identity, config.model_dump(mode="json")
-        entry = {"at": utc_now(), "set": list(overrides), "columns": list(recompute), "dropped": list(dropped)}
-        record.rescores = [*(record.rescores or []), entry]
-        write_job_file(output, record)
+        _record_rescored(output, record, new_identity, config, overrides, recompute, dropped)
     results = [result for result in outcome.results if isinstance(result, RescoreResult)]
     return RescoreSummary(
         output=output,
@@ -129,6 +115,40 @@ def rescore_run(
         retries=outcome.retries,
         replaced_workers=outcome.replaced_workers,
     )
+
+
+def _rescore_settings(
+    config: JobConfig, recompute: tuple[str, ...], output: str, old_key: str, new_key: str, token: str | None
+) -> RescoreSettings:
+    return RescoreSettings(
+        scores=score_models(config),
+        recompute=recompute,
+        batch_size=config.resources.batch_size,
+        clip_preprocess=config.performance.clip_preprocess,
+        output_dir=output,
+        old_key=old_key,
+        new_key=new_key,
+        num_threads=None,  # set by score_on_actors from the actors' CPUs
+        run_token=token,
+    )
+
+
+def _record_rescored(
+    output: str,
+    record: JobRecord,
+    identity: dict,
+    config: JobConfig,
+    overrides: Sequence[str],
+    recompute: tuple[str, ...],
+    dropped: tuple[str, ...],
+) -> None:
+    """job.json after a rescore: the new identity and config (a run with them is this job, complete), and
+    one more entry in its list of rescores."""
+    record.rescoring = None
+    record.identity, record.config = identity, config.model_dump(mode="json")
+    entry = {"at": utc_now(), "set": list(overrides), "columns": list(recompute), "dropped": list(dropped)}
+    record.rescores = [*(record.rescores or []), entry]
+    write_job_file(output, record)
 
 
 def rescored_config(job_file: str, record: JobRecord, overrides: Sequence[str]) -> JobConfig:
