@@ -10,14 +10,20 @@ import itertools
 import json
 import logging
 import sys
+import textwrap
 from importlib import metadata
 
 from jobs import signals
-from jobs.errors import GenbatchError, UsageError, WorkerStartError
+from jobs.errors import EXIT_CODES, GenbatchError, UsageError, WorkerStartError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genbatch", description="Batch text-to-image generation on Ray.")
+    parser = argparse.ArgumentParser(
+        prog="genbatch",
+        description="Batch text-to-image generation on Ray.",
+        epilog=_exit_codes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the exit codes one per line
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     # -v also after the command (`genbatch run job.yaml -v`); SUPPRESS keeps a -v given before it.
@@ -173,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
         "finished), and say so; without it such a run is refused",
     )
     return parser
+
+
+def _exit_codes_help() -> str:
+    lines = ["exit codes:"]
+    for code, meaning in EXIT_CODES.items():
+        lines += textwrap.wrap(meaning, width=78, initial_indent=f"  {code:<5}", subsequent_indent=" " * 7)
+    return "\n".join(lines)
 
 
 def _version() -> str:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 
-from jobs.errors import one_line
+from jobs.errors import EXIT_SIGNAL_BASE, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Interrupted(KeyboardInterrupt):
 
     @property
     def exit_code(self) -> int:
-        return 128 + self.signum
+        return EXIT_SIGNAL_BASE + self.signum
 
     @property
     def signal_name(self) -> str:
@@ -50,7 +50,7 @@ def signum_of(interrupt: KeyboardInterrupt) -> int:
 
 
 def exit_code_of(interrupt: KeyboardInterrupt) -> int:
-    return 128 + signum_of(interrupt)
+    return EXIT_SIGNAL_BASE + signum_of(interrupt)
 
 
 def signal_name_of(interrupt: KeyboardInterrupt) -> str:
