@@ -151,7 +151,7 @@ def config_page(objects: types.SimpleNamespace) -> str:
         title = f"`{key.replace('.NAME', '.<name>')}`" if key else "Top level"
         lines += ["", f"## {title} {{#{_anchor(key)}}}", ""]
         for text in (descriptions.get(key.removesuffix("[]").removesuffix(".NAME")), section.__doc__):
-            if key and text and not text.startswith(section.__name__ + "("):  # pydantic's generated docstring
+            if text:
                 lines += [_cell(text), ""]
         lines += ["| Key | Type | Default | Description |", "| --- | --- | --- | --- |"]
         for name, field in section.model_fields.items():
@@ -210,6 +210,7 @@ def _fixed_width(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+# argparse has no public way to walk a parser: its underscored names used here have been stable since Python 3.2.
 def _argument_rows(parser: argparse.ArgumentParser) -> list[str]:
     formatter = _fixed_width(parser)._get_formatter()
     rows = ["| Argument | Default | Description |", "| --- | --- | --- |"]
