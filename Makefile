@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-fast test-long bench lint clean
+.PHONY: demo test test-fast test-long bench lint docs clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -42,5 +42,12 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff check jobs workers tests benchmarks
 	$(BIN)/mypy jobs workers
 
+# The reference pages are generated from the code first; the build fails on any warning (a broken link, a page
+# missing from the nav). Open site/index.html from the files, no server needed.
+docs: $(TEST_STAMP)
+	$(BIN)/python docs/gen_reference.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	@echo "docs: site/index.html"
+
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) out site

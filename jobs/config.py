@@ -394,14 +394,24 @@ class JobConfig(_Section):
     output: OutputConfig = Field(description="Output folder (a path), or a section with path and image settings.")
     seed: int = Field(0, ge=0, description="Job seed; rows without a seed get one derived from (seed, row id).")
     shard_size: int = Field(256, ge=1, description="Rows per shard.")
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    clip: ClipConfig = Field(default_factory=ClipConfig)
+    model: ModelConfig = Field(
+        default_factory=ModelConfig, description="The diffusion model: which, its scheduler, dtype and LoRAs."
+    )
+    generation: GenerationConfig = Field(
+        default_factory=GenerationConfig,
+        description="How each image is generated, for rows whose manifest columns do not say.",
+    )
+    clip: ClipConfig = Field(default_factory=ClipConfig, description="The CLIP model behind the clip_score column.")
     scores: ScoresConfig = Field(
         default_factory=ScoresConfig, description="Per-image scores besides the CLIP score (pickscore, aesthetic)."
     )
-    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
-    performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
+    resources: ResourcesConfig = Field(
+        default_factory=ResourcesConfig, description="The actor pool: how many actors, what each reserves, batch size."
+    )
+    performance: PerformanceConfig = Field(
+        default_factory=PerformanceConfig,
+        description="Speed settings: compile, step cache, quantization, VAE and writer options.",
+    )
     sweep: dict[str, list[Any]] | None = Field(
         None,
         description="Dotted config keys mapped to lists of values: one run per combination, each in its own folder "

@@ -1,5 +1,7 @@
 """genbatch's exceptions. The CLI turns them into one-line messages and exit codes."""
 
+import signal
+
 from workers.errors import one_line  # the actors' wording, used on both sides
 
 __all__ = ["one_line"]
@@ -7,6 +9,20 @@ __all__ = ["one_line"]
 EXIT_OK = 0
 EXIT_ROWS_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_SIGNAL_BASE = 128  # a job stopped by a signal exits 128 + its number, as shells report it
+
+# Every code the CLI exits with and what it means: the source of `genbatch --help` and docs/reference/exit-codes.md.
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "Every row ok (run, sweep); the command did what it was asked (the other commands).",
+    EXIT_ROWS_FAILED: "Some rows failed, or a shard failed after its retries (run, sweep, rescore); "
+    "a rerun retries what failed.",
+    EXIT_BAD_INPUT: "Bad input, nothing started: a usage error, an invalid config or manifest, an output folder that "
+    "holds another job, is in use or cannot be used, or no worker could load the models.",
+    EXIT_SIGNAL_BASE + signal.SIGHUP: "Interrupted by SIGHUP (a closed terminal); only whole shards remain.",
+    EXIT_SIGNAL_BASE + signal.SIGINT: "Interrupted by SIGINT (Ctrl-C); only whole shards remain.",
+    EXIT_SIGNAL_BASE + signal.SIGTERM: "Interrupted by SIGTERM (Slurm preemption, kubectl delete, systemd); "
+    "only whole shards remain.",
+}
 MAX_NAMES_SHOWN = 5
 
 

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 
-from jobs.errors import one_line
+from jobs.errors import EXIT_SIGNAL_BASE, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Interrupted(KeyboardInterrupt):
 
 def exit_code(signum: int) -> int:
     """The exit status of a process that a stop signal ended, as shells report it: 128 + the signal's number."""
-    return 128 + signum
+    return EXIT_SIGNAL_BASE + signum
 
 
 def signum_of(interrupt: KeyboardInterrupt) -> int:

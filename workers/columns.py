@@ -34,7 +34,7 @@ LATENT_STD = "latent_std"
 ADAPTER = "adapter"  # which of model.adapters made the row (null: the model without them); kept in the output
 PICKSCORE = "pickscore"
 AESTHETIC = "aesthetic"
-CACHE_SKIPPED_STEPS = "cache_skipped_steps"  # performance.cache: denoiser passes the step cache skipped
+CACHE_SKIPPED_STEPS = "cache_skipped_steps"
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -78,16 +78,52 @@ GENERATED: dict[str, pa.DataType] = {
 
 # Written after GENERATED's columns in `mode: reconstruct` only: how much the VAE round trip lost.
 RECONSTRUCTION: dict[str, pa.DataType] = {
-    RECON_MSE: pa.float64(),  # mean squared error of the pixels, each scaled to [0, 1]
-    RECON_PSNR: pa.float64(),  # 10 * log10(1 / MSE) in dB; inf for an exact round trip
-    LATENT_MEAN: pa.float32(),  # of the scaled latent (what the UNet would see)
+    RECON_MSE: pa.float64(),
+    RECON_PSNR: pa.float64(),
+    LATENT_MEAN: pa.float32(),
     LATENT_STD: pa.float32(),
 }
 
 # Written last, for the scorers the config's `scores` section names (workers.scorers), in this order.
 SCORES: dict[str, pa.DataType] = {
-    PICKSCORE: pa.float32(),  # logit_scale.exp() * cosine of the PickScore CLIPModel's image and text embeddings
-    AESTHETIC: pa.float32(),  # the LAION aesthetic MLP on the L2-normalised CLIP image embedding
+    PICKSCORE: pa.float32(),
+    AESTHETIC: pa.float32(),
+}
+
+# Written after the scores with `performance.cache` only (a later rescore puts its scores after it).
+STEP_CACHE: dict[str, pa.DataType] = {CACHE_SKIPPED_STEPS: pa.int32()}
+
+# What each column genbatch writes holds: the source of docs/reference/columns.md (docs/gen_reference.py).
+DESCRIPTIONS: dict[str, str] = {
+    ID: "The manifest's id (string or integer, its type kept), or the row number when the manifest has none.",
+    IMAGE: "The encoded image (`output.image_format`); `path` is null, the Hugging Face `datasets` image layout.",
+    CLIP_SCORE: "100 × max(clip_cosine, 0); null without `clip.model` and for error rows.",
+    CLIP_COSINE: "Cosine of CLIP's projected image and text embeddings.",
+    PROMPT_TRUNCATED: "The prompt was longer than the CLIP text encoder takes (77 tokens).",
+    SEED: "The seed used: the manifest's, or one derived from the job's seed and the row id.",
+    IMAGE_INDEX: "Which of the row's `images_per_prompt` images (0 when 1).",
+    STEPS: "Denoising steps used (the row's own, else the config's).",
+    GUIDANCE_SCALE: "Guidance scale used (the row's own, else the config's).",
+    WIDTH: "Image width used, in pixels.",
+    HEIGHT: "Image height used, in pixels.",
+    STRENGTH: "Image-to-image strength used; null for text-to-image rows.",
+    SCHEDULER: "The configured scheduler's name, or the model's own scheduler class.",
+    MODEL: "`model.id` as configured.",
+    CLIP_MODEL: "`clip.model` as configured.",
+    WORKER: "The actor that made the row: `worker-N@host`.",
+    DURATION_S: "The row's share of its micro-batch's wall time (generate, score, encode).",
+    IMAGE_SHA256: "sha256 of the image bytes.",
+    STATUS: f"`{STATUS_OK}`, or `{STATUS_ERROR}` when the row failed.",
+    ERROR: "Null, or the failed row's exception message.",
+    RECON_MSE: "Mean squared error of the pixels, each scaled to [0, 1].",
+    RECON_PSNR: "10 × log10(1 / recon_mse) in dB; inf for an exact round trip.",
+    LATENT_MEAN: "Mean of the scaled latent (what the denoiser would see).",
+    LATENT_STD: "Standard deviation of the scaled latent.",
+    PICKSCORE: "logit_scale.exp() × cosine of the PickScore model's image and text embeddings; null for error rows "
+    "and rows without a prompt.",
+    AESTHETIC: "The LAION aesthetic MLP on the L2-normalised CLIP image embedding; null for error rows.",
+    CACHE_SKIPPED_STEPS: "Denoiser passes the step cache skipped for the row's micro-batch; null for rows that did "
+    "not run.",
 }
 
 # A manifest may carry these; genbatch replaces them with the values it resolved and used.
@@ -95,7 +131,7 @@ REPLACED_INPUTS = frozenset({ID, SEED, STRENGTH, *ROW_OVERRIDES})
 
 # A manifest may not carry these: they would be silently overwritten by genbatch's own output.
 RESERVED = (
-    frozenset(GENERATED) | frozenset(RECONSTRUCTION) | frozenset(SCORES) | {CACHE_SKIPPED_STEPS}
+    frozenset(GENERATED) | frozenset(RECONSTRUCTION) | frozenset(SCORES) | frozenset(STEP_CACHE)
 ) - REPLACED_INPUTS
 
 

@@ -86,7 +86,9 @@ def build_output_table(
     for name in scores:
         arrays[name] = pa.array([out.scores.get(name) for out in outputs], type=C.SCORES[name])
     if cache:
-        arrays[C.CACHE_SKIPPED_STEPS] = pa.array([out.cache_skipped_steps for out in outputs], type=pa.int32())
+        arrays[C.CACHE_SKIPPED_STEPS] = pa.array(
+            [out.cache_skipped_steps for out in outputs], type=C.STEP_CACHE[C.CACHE_SKIPPED_STEPS]
+        )
     return pa.table(arrays)
 
 

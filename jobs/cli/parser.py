@@ -8,10 +8,12 @@ import functools
 import io
 import itertools
 import sys
+import textwrap
 from collections.abc import Callable
 from importlib import metadata
 
 from jobs.cli.printers import print_error
+from jobs.errors import EXIT_CODES
 
 AddCommand = Callable[..., argparse.ArgumentParser]
 
@@ -22,7 +24,12 @@ PARTIAL_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genbatch", description="Batch text-to-image generation on Ray.")
+    parser = argparse.ArgumentParser(
+        prog="genbatch",
+        description="Batch text-to-image generation on Ray.",
+        epilog=_exit_codes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the exit codes one per line
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     # -v also after the command (`genbatch run job.yaml -v`); SUPPRESS keeps a -v given before it.
@@ -200,6 +207,13 @@ def _address(command: argparse.ArgumentParser) -> None:
 
 def _log_format(command: argparse.ArgumentParser, help_text: str) -> None:
     command.add_argument("--log-format", choices=["text", "json"], default="text", help=help_text)
+
+
+def _exit_codes_help() -> str:
+    lines = ["exit codes:"]
+    for code, meaning in EXIT_CODES.items():
+        lines += textwrap.wrap(meaning, width=78, initial_indent=f"  {code:<5}", subsequent_indent=" " * 7)
+    return "\n".join(lines)
 
 
 def _version() -> str:
