@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -59,11 +60,18 @@ def assert_same_output(output, reference):
 
 
 @pytest.mark.slow  # kills processes, retries whole shards
-def test_kill_9_of_the_driver_then_a_rerun_equals_an_uninterrupted_run(workdir, manifest, reference, session_address):
+def test_kill_9_of_the_driver_then_a_rerun_equals_an_uninterrupted_run(workdir, manifest, session_address, monkeypatch):
+    """On actors that load no model (tests.stub_worker), here and in the killed CLI: what is tested is the driver's."""
+    from jobs import driver
+    from tests.stub_worker import WritingStubWorker
+
+    monkeypatch.setattr(driver, "run_job", functools.partial(driver.run_job, worker_class=WritingStubWorker))
+    assert main(["run", str(config_for(workdir, manifest, "stub-reference")), "--quiet"]) == 0
+    reference = read_output(workdir / "stub-reference")
     config = config_for(workdir, manifest, "killed")
     output = workdir / "killed"
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "run", str(config), "--quiet", "--address", session_address],
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "tests.stub_worker", "run", str(config), "--quiet", "--address", session_address],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group, killed whole below
@@ -71,10 +79,10 @@ def test_kill_9_of_the_driver_then_a_rerun_equals_an_uninterrupted_run(workdir, 
     )
     deadline = time.monotonic() + 120
     while len(list((output / "data").glob("shard-*.parquet"))) < 2:
-        assert driver.poll() is None and time.monotonic() < deadline
+        assert cli.poll() is None and time.monotonic() < deadline
         time.sleep(0.1)
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
+    os.killpg(cli.pid, signal.SIGKILL)
+    cli.wait()
     done_before = len(list((output / "data").glob("shard-*.parquet")))
     assert done_before < 6, "the kill came too late to test anything"
     assert json.loads((output / "job.json").read_text())["status"] == "running"
