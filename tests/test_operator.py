@@ -33,9 +33,9 @@ def finished(tmp_path_factory, ray_session):
 def test_json_logs_put_one_json_object_on_every_line(tmp_path, session_address):
     manifest = write_manifest(tmp_path / "p.parquet", {"prompt": ["a", "b", "c", "d", "e"]})
     config = write_config(tmp_path / "job.yaml", manifest, tmp_path / "out", generation={"steps": 1})
+    command = ["run", str(config), "--log-format", "json", "--address", session_address]
     result = subprocess.run(
-        [sys.executable, "-m", "tests.stub_worker", "run", str(config), "--log-format", "json"]
-        + ["--address", session_address],
+        [sys.executable, "-m", "tests.stub_worker", *command],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": os.getcwd()},
