@@ -7,6 +7,7 @@ jobs run on actors that load no model (tests.stub_worker): what is tested is the
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -179,12 +180,16 @@ def test_sigterm_to_the_whole_process_group_reaches_the_driver_alone(tmp_path):
     assert_stopped_cleanly(output, stdout, stderr, "SIGTERM")
 
 
-def test_sigterm_to_the_whole_process_group_stops_a_rescore_with_whole_shards(tmp_path, ray_session):
+def test_sigterm_to_the_whole_process_group_stops_a_rescore_with_whole_shards(tmp_path, ray_session, monkeypatch):
+    from jobs import driver
     from jobs.cli import main
+    from tests.stub_worker import WritingStubWorker
     from workers.writer import read_footer
 
     manifest = write_manifest(tmp_path / "p.parquet", {"prompt": [f"prompt {i}" for i in range(32)]})
     run = tmp_path / "run"
+    # The run to rescore, on actors that load no model (its images are placeholders); the rescore's actor is real.
+    monkeypatch.setattr(driver, "run_job", functools.partial(driver.run_job, worker_class=WritingStubWorker))
     assert main(["run", str(write_config(tmp_path / "job.yaml", manifest, run, shard_size=1)), "--quiet"]) == 0
     before = job_record(run)
     old_key = read_footer(str(shards_on_disk(run)[0])).job_key
