@@ -45,7 +45,8 @@ def placeholder_png(seed: int) -> bytes:
 
 
 class WritingStubWorker(StubWorker):
-    """A ShardWorker whose shards are real files of placeholder images; sweeps and retries of failed rows aside."""
+    """A ShardWorker whose shards are real files of placeholder images, one per row of a plain run (no sweep
+    runs, retries of failed rows or several images per prompt)."""
 
     def __init__(self, settings: WorkerSettings, index: int):
         started = time.perf_counter()
@@ -63,6 +64,8 @@ class WritingStubWorker(StubWorker):
 
     def run_shard(self, task: ShardTask) -> Iterator[BatchProgress | ShardResult]:
         started = time.perf_counter()
+        if task.run is not None or task.retry_failed or task.images_per_row > 1:
+            raise NotImplementedError("the stub worker makes one image per row of a plain run")
         settings = self.settings
         table = read_slice(task.file, task.start, task.stop)
         ids = row_ids(table, task)
