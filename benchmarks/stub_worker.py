@@ -1,4 +1,5 @@
-"""A benchmark-only actor that skips the model, with the methods of workers.worker.GenerationWorker.
+"""A benchmark actor that skips the model, with the methods of workers.worker.GenerationWorker.
+(tests/stub_worker.py builds on it an actor that writes its shards, for tests of the driver's fault handling.)
 
 It still reads each shard's rows from the manifest file with `read_slice`, as the real worker does,
 so a benchmark measures the driver and the actors' manifest I/O, not diffusion. It writes nothing.

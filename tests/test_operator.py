@@ -29,13 +29,13 @@ def finished(tmp_path_factory, ray_session):
     return output
 
 
-@pytest.mark.slow  # a CLI process of its own: its own actor start-up
+@pytest.mark.slow  # a CLI process of its own: its own actors (which load no model: tests.stub_worker)
 def test_json_logs_put_one_json_object_on_every_line(tmp_path, session_address):
     manifest = write_manifest(tmp_path / "p.parquet", {"prompt": ["a", "b", "c", "d", "e"]})
     config = write_config(tmp_path / "job.yaml", manifest, tmp_path / "out", generation={"steps": 1})
-    args = ["run", str(config), "--log-format", "json", "--address", session_address]
+    command = ["run", str(config), "--log-format", "json", "--address", session_address]
     result = subprocess.run(
-        [sys.executable, "-m", "jobs.cli.main", *args],
+        [sys.executable, "-m", "tests.stub_worker", *command],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": os.getcwd()},
@@ -64,13 +64,13 @@ def test_json_logs_put_one_json_object_on_every_line(tmp_path, session_address):
     )
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a CLI process and a Ray instance of its own (actors of tests.stub_worker)
 def test_json_logs_of_a_new_local_ray_instance_hold_no_line_of_ray_s_own(tmp_path):
     manifest = write_manifest(tmp_path / "p.parquet", {"prompt": ["a", "b"]})
     config = write_config(tmp_path / "job.yaml", manifest, tmp_path / "out", generation={"steps": 1})
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     result = subprocess.run(
-        [sys.executable, "-m", "jobs.cli.main", "run", str(config), "--log-format", "json"],
+        [sys.executable, "-m", "tests.stub_worker", "run", str(config), "--log-format", "json"],
         capture_output=True,
         text=True,
         env={**env, "PYTHONPATH": os.getcwd()},

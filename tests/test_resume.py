@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from jobs.cli.main import main
 from jobs.dispatch import JobHooks
 from jobs.lock import OutputLock
 from tests.conftest import read_output, write_config, write_manifest
+from tests.stub_worker import WritingStubWorker as Stub
 
 ROWS = 24
 GENERATION = {"steps": 3, "guidance_scale": 7.5, "width": 32, "height": 32}
@@ -49,6 +51,18 @@ def reference(workdir, manifest, ray_session):
     return read_output(workdir / "reference")
 
 
+@pytest.fixture(scope="module")
+def stub_reference(workdir, manifest, ray_session):
+    """An uninterrupted run on actors that load no model (tests.stub_worker), for the tests of how the driver
+    handles a killed process: each kill costs a new actor, which takes seconds to start, not ten."""
+    from jobs.config import load_config
+    from jobs.driver import run_job
+
+    summary = run_job(load_config(config_for(workdir, manifest, "stub-reference")), progress="off", worker_class=Stub)
+    assert summary.exit_code == 0
+    return read_output(workdir / "stub-reference")
+
+
 def assert_same_output(output, reference):
     table = read_output(output)
     assert table.column("id").to_pylist() == reference.column("id").to_pylist()  # each id once, in order
@@ -59,11 +73,17 @@ def assert_same_output(output, reference):
 
 
 @pytest.mark.slow  # kills processes, retries whole shards
-def test_kill_9_of_the_driver_then_a_rerun_equals_an_uninterrupted_run(workdir, manifest, reference, session_address):
+def test_kill_9_of_the_driver_then_a_rerun_equals_an_uninterrupted_run(
+    workdir, manifest, stub_reference, session_address, monkeypatch
+):
+    """On actors that load no model (tests.stub_worker), here and in the killed CLI: what is tested is the driver's."""
+    from jobs import driver
+
+    monkeypatch.setattr(driver, "run_job", functools.partial(driver.run_job, worker_class=Stub))
     config = config_for(workdir, manifest, "killed")
     output = workdir / "killed"
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli.main", "run", str(config), "--quiet", "--address", session_address],
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "tests.stub_worker", "run", str(config), "--quiet", "--address", session_address],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group, killed whole below
@@ -71,22 +91,22 @@ def test_kill_9_of_the_driver_then_a_rerun_equals_an_uninterrupted_run(workdir, 
     )
     deadline = time.monotonic() + 120
     while len(list((output / "data").glob("shard-*.parquet"))) < 2:
-        assert driver.poll() is None and time.monotonic() < deadline
+        assert cli.poll() is None and time.monotonic() < deadline
         time.sleep(0.1)
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
+    os.killpg(cli.pid, signal.SIGKILL)
+    cli.wait()
     done_before = len(list((output / "data").glob("shard-*.parquet")))
     assert done_before < 6, "the kill came too late to test anything"
     assert json.loads((output / "job.json").read_text())["status"] == "running"
     # The rerun redoes only what is missing and ends with exactly the uninterrupted output.
     assert main(["run", str(config), "--quiet"]) == 0
-    assert_same_output(output, reference)
+    assert_same_output(output, stub_reference)
     counts = json.loads((output / "job.json").read_text())["counts"]
     assert counts["shards_run"] == 6 - done_before and counts["ok"] == ROWS
 
 
 @pytest.mark.slow  # kills processes, retries whole shards
-def test_an_actor_killed_mid_shard_is_replaced_and_its_shard_retried(workdir, manifest, reference, ray_session):
+def test_an_actor_killed_mid_shard_is_replaced_and_its_shard_retried(workdir, manifest, stub_reference):
     from jobs.config import load_config
     from jobs.driver import run_job
 
@@ -98,16 +118,18 @@ def test_an_actor_killed_mid_shard_is_replaced_and_its_shard_retried(workdir, ma
             os.kill(pids[0], signal.SIGKILL)
 
     hooks = JobHooks(on_progress=kill_first_worker_once, on_worker_ready=lambda info: pids.append(info.pid))
-    summary = run_job(load_config(config_for(workdir, manifest, "actor-killed")), progress="off", hooks=hooks)
+    config = load_config(config_for(workdir, manifest, "actor-killed"))
+    summary = run_job(config, progress="off", hooks=hooks, worker_class=Stub)
     assert kills and summary.replaced_workers == 1 and summary.retries >= 1
     assert (summary.ok, summary.failed, summary.exit_code) == (ROWS, 0, 0)
-    assert_same_output(workdir / "actor-killed", reference)
+    assert_same_output(workdir / "actor-killed", stub_reference)
     assert len(set(pids)) == 2  # the replacement is a new process
 
 
 @pytest.mark.slow  # kills processes, retries whole shards
 def test_an_actors_death_charges_a_retry_only_to_the_shard_it_was_running(workdir, manifest, ray_session):
-    """With no retries allowed, the shard running on a killed actor fails; the one queued behind it does not."""
+    """With no retries allowed, the shard running on a killed actor fails; the one queued behind it does not
+    (on actors that load no model, tests.stub_worker)."""
     from jobs.config import load_config
     from jobs.driver import run_job
 
@@ -124,7 +146,7 @@ def test_an_actors_death_charges_a_retry_only_to_the_shard_it_was_running(workdi
         on_shard_done=lambda result: finished.append(result.shard),
     )
     config = config_for(workdir, manifest, "no-retries", resources={**RESOURCES, "max_shard_retries": 0})
-    summary = run_job(load_config(config), progress="off", hooks=hooks)
+    summary = run_job(load_config(config), progress="off", hooks=hooks, worker_class=Stub)
     assert (summary.ok, summary.failed, summary.shards_failed, summary.retries) == (ROWS - 4, 4, 1, 0)
     record = json.loads((workdir / "no-retries" / "job.json").read_text())
     assert [failure["shard"] for failure in record["failed_shards"]] == [0]  # shard 1 was queued: requeued, not failed

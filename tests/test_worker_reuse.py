@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -89,7 +90,20 @@ def test_on_gpus_and_when_compiling_batch_and_image_sizes_are_part_of_what_an_ac
     assert key(on_cpu) != key(on_cpu, clip={"model": None}) and key(on_cpu) != key(on_gpu)
 
 
-def test_outside_keep_workers_every_job_starts_its_own_actors(tmp_path, manifest, ray_session, monkeypatch):
+@pytest.fixture
+def stub_workers(monkeypatch):
+    """Jobs run by `main` get actors that load no model (tests.stub_worker), for tests of when actors start
+    and stop, not of what they make: each actor starts in a second, not ten."""
+    from jobs import driver
+    from tests.stub_worker import WritingStubWorker
+
+    monkeypatch.setattr(driver, "run_job", functools.partial(driver.run_job, worker_class=WritingStubWorker))
+    return WritingStubWorker
+
+
+def test_outside_keep_workers_every_job_starts_its_own_actors(
+    tmp_path, manifest, ray_session, stub_workers, monkeypatch
+):
     worker_reuse.stop_parked()
     monkeypatch.setattr(worker_reuse, "_parked", None)
     first = run(tmp_path, manifest, "a")
@@ -97,7 +111,7 @@ def test_outside_keep_workers_every_job_starts_its_own_actors(tmp_path, manifest
     assert run(tmp_path, manifest, "b") != first
 
 
-def test_an_interrupted_job_parks_nothing(tmp_path, manifest, ray_session):
+def test_an_interrupted_job_parks_nothing(tmp_path, manifest, ray_session, stub_workers):
     from jobs.config import load_config
     from jobs.dispatch import JobHooks
     from jobs.driver import run_job
@@ -109,5 +123,5 @@ def test_an_interrupted_job_parks_nothing(tmp_path, manifest, ray_session):
         raise KeyboardInterrupt
 
     with worker_reuse.keep_workers():
-        summary = run_job(config, progress="off", hooks=JobHooks(on_shard_done=stop))
+        summary = run_job(config, progress="off", hooks=JobHooks(on_shard_done=stop), worker_class=stub_workers)
         assert summary.interrupted and worker_reuse._parked == []

@@ -2,24 +2,19 @@
 
 The job starts on one one-CPU node; once its first shard is on disk a second node joins, and the pool
 must grow onto it; once the new node's actor has written a shard, the first node is lost, and the job
-must still write every row once. Run as its own process (it starts its own Ray cluster):
-python -m tests.scenarios.elastic_pool WORKDIR. Prints one JSON line with what happened; exits
-non-zero if any check fails.
+must still write every row once. Run by tests.scenarios.shared_cluster, in a process of its own.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
-from tests.scenarios import job_outcome
+from tests.scenarios import job_outcome, write_prompts
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 ROWS = 64
 SHARD_SIZE = 2
 
@@ -35,33 +30,19 @@ class PoolLog(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def main(workdir: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import ray
-    from ray.cluster_utils import Cluster
-
-    from jobs import dispatch
+def run(cluster, workdir: Path) -> dict:
+    """What happened; `checks` is whether the scenario's own checks hold."""
     from jobs.config import JobConfig
     from jobs.dispatch import JobHooks
     from jobs.driver import run_job
+    from tests.stub_worker import WritingStubWorker
     from workers.shard_stats import read_all_stats
 
-    # The job reads the cluster's capacity twice a second, not every ten seconds, to keep the scenario short.
-    dispatch.CAPACITY_CHECK_SECONDS = 0.5
     pool_log = PoolLog()
     logging.getLogger("jobs.dispatch").addHandler(pool_log)
-    manifest = workdir / "prompts.parquet"
-    pq.write_table(
-        pa.table({"id": [f"e{i}" for i in range(ROWS)], "prompt": [f"p {i}" for i in range(ROWS)]}), manifest
-    )
-    # The head holds no worker (no CPUs): the pool's room is what the worker nodes have. Ray notices a
-    # lost node within a second (by default some 15 s), as a cluster's capacity check then does.
-    health_checks = {"health_check_period_ms": 200, "health_check_failure_threshold": 3}
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": health_checks})
+    manifest = write_prompts(workdir / "prompts.parquet", "e", ROWS)
     first = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="ERROR")
 
     ready, done = [], []
     nodes: dict[str, object] = {"first": first}
@@ -76,7 +57,7 @@ def main(workdir: Path) -> None:
         on_joined = {info.name for info in ready if info.node_id == nodes["joined"].node_id}
         if not on_joined:
             # Slow the first node's actor down (about a shard a second) until the new node's actor is ready
-            # (an actor's process takes some 10 s to start here), so that shards are left for it.
+            # (an actor's process takes seconds to start here), so that shards are left for it.
             time.sleep(1.0)
             return
         if not any(shard.worker in on_joined for shard in done):
@@ -98,9 +79,12 @@ def main(workdir: Path) -> None:
         }
     )
     hooks = JobHooks(on_worker_ready=ready.append, on_shard_done=follow_the_job)
-    summary = run_job(config, progress="off", hooks=hooks)
-    stats = read_all_stats(str(workdir / "out"))
+    summary = run_job(config, progress="off", hooks=hooks, worker_class=WritingStubWorker)
+    logging.getLogger("jobs.dispatch").removeHandler(pool_log)
     joined = nodes.get("joined")
+    if joined is not None:  # the cluster as it was
+        cluster.remove_node(joined)
+    stats = read_all_stats(str(workdir / "out"))
     result = {
         "seconds": round(time.monotonic() - started, 1),
         "joined": joined is not None,
@@ -113,10 +97,7 @@ def main(workdir: Path) -> None:
         "pool_log": [line for line in pool_log.lines if line.startswith(("pool:", "worker-"))],
         **job_outcome(summary, workdir / "out", "e", ROWS),
     }
-    print(json.dumps(result))
-    ray.shutdown()
-    cluster.shutdown()
-    ok = (
+    result["checks"] = (
         result["removed"]
         and result["shards_on_joined_node"] >= 1
         and "pool: 1 -> 2 workers (a node joined)" in result["pool_log"]
@@ -126,8 +107,4 @@ def main(workdir: Path) -> None:
         and result["ok"] == ROWS
         and result["ids_exactly_once"]
     )
-    sys.exit(0 if ok else 1)
-
-
-if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    return result

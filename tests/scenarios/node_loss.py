@@ -1,41 +1,30 @@
 """A node is lost mid-job on a real multi-node local cluster; the job must still write every row once.
 
-Run as its own process (it starts its own Ray cluster): python -m tests.scenarios.node_loss WORKDIR
-Prints one JSON line with what happened; exits non-zero if any check fails.
+Two nodes declaring one GPU each join the cluster; one is lost as soon as the first micro-batch is done.
+Run by tests.scenarios.shared_cluster, in a process of its own.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import sys
 from pathlib import Path
 
-from tests.scenarios import job_outcome
+from tests.scenarios import job_outcome, write_prompts
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 ROWS = 24
 
 
-def main(workdir: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import ray
-    from ray.cluster_utils import Cluster
-
+def run(cluster, workdir: Path) -> dict:
+    """What happened; `checks` is whether the scenario's own checks hold."""
     from jobs.config import JobConfig
     from jobs.dispatch import JobHooks
     from jobs.driver import run_job
+    from tests.stub_worker import WritingStubWorker
 
-    manifest = workdir / "prompts.parquet"
-    pq.write_table(
-        pa.table({"id": [f"n{i}" for i in range(ROWS)], "prompt": [f"p {i}" for i in range(ROWS)]}), manifest
-    )
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    manifest = write_prompts(workdir / "prompts.parquet", "n", ROWS)
     gpu_nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="ERROR")
 
     ready, removed = [], []
 
@@ -43,7 +32,7 @@ def main(workdir: Path) -> None:
         if removed or not ready:
             return
         victim = next(node for node in gpu_nodes if node.node_id == ready[0].node_id)
-        removed.append(victim.node_id)
+        removed.append(victim)
         cluster.remove_node(victim, allow_graceful=False)
         # A lost machine takes its processes with it; here they share one machine, so end them too.
         os.kill(ready[0].pid, signal.SIGKILL)
@@ -58,18 +47,16 @@ def main(workdir: Path) -> None:
         }
     )
     hooks = JobHooks(on_progress=remove_a_busy_node, on_worker_ready=ready.append)
-    summary = run_job(config, progress="off", hooks=hooks)
+    summary = run_job(config, progress="off", hooks=hooks, worker_class=WritingStubWorker)
+    for node in gpu_nodes:  # the cluster as it was, for the next scenario
+        if node not in removed:
+            cluster.remove_node(node)
     result = {
         "removed_nodes": len(removed),
         "workers_ready": len(ready),
         **job_outcome(summary, workdir / "out", "n", ROWS),
     }
-    print(json.dumps(result))
-    ray.shutdown()
-    cluster.shutdown()
-    ok = result["removed_nodes"] == 1 and result["ok"] == ROWS and result["ids_exactly_once"] and result["retries"] >= 1
-    sys.exit(0 if ok else 1)
-
-
-if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    result["checks"] = (
+        result["removed_nodes"] == 1 and result["ok"] == ROWS and result["ids_exactly_once"] and result["retries"] >= 1
+    )
+    return result
