@@ -39,8 +39,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/resume.py
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check jobs workers tests benchmarks
+	$(BIN)/ruff check jobs workers tests benchmarks docs
 	$(BIN)/mypy jobs workers
+	$(BIN)/lint-imports
 
 # The reference pages are generated from the code first; the build fails on any warning (a broken link, a page
 # missing from the nav). Open site/index.html from the files, no server needed.

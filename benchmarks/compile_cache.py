@@ -31,8 +31,8 @@ def child(manifest: str, output: str, cache: str, size: int, batch: int, steps: 
     """One actor, one shard; prints what it measured as one JSON line."""
     import pyarrow.parquet as pq
 
-    from jobs.config import JobConfig
-    from jobs.settings import worker_settings
+    from jobs.config.schema import JobConfig
+    from jobs.runfolder.settings import worker_settings
     from workers.tasks import ShardTask
     from workers.worker import GenerationWorker
 

@@ -335,17 +335,17 @@ def build_t5_tokenizer(max_tokens: int):
 
 def _tokenizer(kind: str, tokens: int):
     if kind in ("clip", "clip_projection"):
-        from workers.tiny import build_tokenizer
+        from workers.models.tiny import build_tokenizer
 
         return build_tokenizer()
     if kind == "t5":
         return build_t5_tokenizer(tokens)
     try:  # the tiny DiT built-ins' offline Qwen2 tokenizer (issue 21, workers/tiny_dit)
-        from workers.tiny_dit.tokenizers import build_qwen_tokenizer  # type: ignore[import-not-found]
+        from workers.models.tiny_dit.tokenizers import build_qwen_tokenizer  # type: ignore[import-not-found]
     except ImportError:
         raise SystemExit(
             "gpu_throughput.py: qwen-image-sized pipelines need an offline Qwen2 tokenizer "
-            "(workers.tiny_dit.tokenizers, from the tiny DiT built-ins); --flop-only works without it"
+            "(workers.models.tiny_dit.tokenizers, from the tiny DiT built-ins); --flop-only works without it"
         ) from None
     return build_qwen_tokenizer()
 
@@ -355,7 +355,7 @@ def text_encoder(encoder: TextEncoder, tokenizer):
     import transformers
 
     if encoder.kind in ("clip", "clip_projection"):
-        from workers.tiny import text_config
+        from workers.models.tiny import text_config
 
         config = text_config(encoder.config, tokenizer)
         kind = transformers.CLIPTextModel if encoder.kind == "clip" else transformers.CLIPTextModelWithProjection

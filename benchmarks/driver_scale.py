@@ -107,8 +107,8 @@ def _status_kb(key: str) -> int:
 
 def phase_plan(manifest: str, shard_size: int) -> dict:
     """Runs in a fresh process: validate and plan the whole manifest."""
-    from jobs.manifest import read_manifest
-    from jobs.planner import plan_shards
+    from jobs.inputs.manifest import read_manifest
+    from jobs.inputs.planner import plan_shards
 
     baseline = rss_mb()
     started = time.perf_counter()
@@ -133,9 +133,9 @@ def phase_dispatch(manifest: str, output: str, shard_size: int, workers: int, cp
     import ray
 
     from benchmarks.stub_worker import StubWorker
-    from jobs.config import JobConfig
-    from jobs.dispatch import JobHooks
-    from jobs.driver import run_job
+    from jobs.config.schema import JobConfig
+    from jobs.pool.dispatch import JobHooks
+    from jobs.run.driver import run_job
 
     ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR")
     config = JobConfig.model_validate(
@@ -212,7 +212,7 @@ def template_lists(folder: Path, rows: int) -> tuple[str, list[str]]:
 
 def phase_template(folder: str, rows: int, output: str) -> dict:
     """Runs in a fresh process: `genbatch manifest --template ... --yes` for a `rows`-row product."""
-    from jobs.templates import write_template_manifest
+    from jobs.inputs.templates import write_template_manifest
 
     template, flags = template_lists(Path(folder), rows)
     baseline = rss_mb()
@@ -253,11 +253,11 @@ def make_stub_run(manifest: str, output: str, shard_size: int) -> dict:
     and only the 24 shown rows' groups of images (larger here, so its figure is if anything pessimistic)."""
     import numpy as np
 
-    from jobs.jobfile import JobRecord, identity_key, write_job_file
-    from workers import columns as C
-    from workers import writer
-    from workers.shard_stats import ShardStats, write_shard_stats
-    from workers.writer import ShardFooter, write_shard
+    from jobs.runfolder.jobfile import JobRecord, identity_key, write_job_file
+    from workers.io import columns as C
+    from workers.io import writer
+    from workers.io.shard_stats import ShardStats, write_shard_stats
+    from workers.io.writer import ShardFooter, write_shard
 
     writer.ROW_GROUP_ROWS = shard_size
 
@@ -332,7 +332,7 @@ def make_stub_run(manifest: str, output: str, shard_size: int) -> dict:
 
 def phase_status(output: str) -> dict:
     """Runs in a fresh process: `genbatch status` of the stub run (job.json and every stats file)."""
-    from jobs.status import format_status, job_status
+    from jobs.runfolder.status import format_status, job_status
 
     baseline = rss_mb()
     started = time.perf_counter()
@@ -566,9 +566,9 @@ def make_export_run(folder: Path, rows: int) -> Path:
     import numpy as np
     from PIL import Image
 
-    from jobs.jobfile import identity_key
-    from workers import columns as C
-    from workers.writer import ShardFooter, write_shard
+    from jobs.runfolder.jobfile import identity_key
+    from workers.io import columns as C
+    from workers.io.writer import ShardFooter, write_shard
 
     identity = {"made_by": "benchmarks.driver_scale.make_export_run", "rows": rows}
     rng = np.random.default_rng(0)

@@ -56,8 +56,8 @@ import pyarrow.parquet as pq
 from throughput import make_manifest
 
 from jobs.signals import Interrupted, exit_code
-from workers import tiny
-from workers.loading import quiet_libraries
+from workers.models import tiny
+from workers.models.loading import quiet_libraries
 
 logger = logging.getLogger("gpu_throughput")
 
@@ -575,7 +575,7 @@ def plain_loop(
     if compile and name == "unet":
         denoiser.to(memory_format=torch.channels_last)
     if quantize != quantized:
-        from workers.quantize import quantize_unet
+        from workers.pipeline.quantize import quantize_unet
 
         quantize_unet(denoiser, quantize, run.min_features)  # the same layers as genbatch's, before compiling
         if run.in_memory:
@@ -674,9 +674,9 @@ def genbatch_job(
     sd_dir: Path, clip_dir: Path, manifest: Path, out: Path, batch: int, compile: bool, quantize: str, run: Run
 ) -> Measurement:
     """The same work through `run_job`: one actor holding the pipeline and the scorer."""
-    from jobs.config import JobConfig
-    from jobs.dispatch import JobHooks
-    from jobs.driver import run_job
+    from jobs.config.schema import JobConfig
+    from jobs.pool.dispatch import JobHooks
+    from jobs.run.driver import run_job
 
     rows = pq.read_metadata(manifest).num_rows
     generation = {"steps": run.steps, "guidance_scale": run.mode.guidance, "width": run.size, "height": run.size}
@@ -916,7 +916,7 @@ def render_table(
         "- start-up: from the runner's start to the end of its first micro-batch (loading, actor, compiling); "
         "total: the whole run, start-up included",
         f"- quantize: performance.quantize of the {denoiser}'s Linear layers at least {run.min_features} wide "
-        "(quantize_min_features; workers/quantize.py); drift: "
+        "(quantize_min_features; workers/pipeline/quantize.py); drift: "
         f"{'the' if is_dit else 'genbatch' + chr(39) + 's'} images against the unquantized ones of the same ids and "
         f"seeds, mean |Δ CLIP score| and PSNR over their pixels (baseline: {baseline or 'none'})",
     ]
@@ -1062,7 +1062,7 @@ def main(argv=None) -> int:
     measuring = not (args.build_only or args.flop_only)
     if mode.device == "cuda" and measuring and not torch.cuda.is_available():
         sys.exit("gpu_throughput.py: no CUDA GPU is visible; this measures GPU throughput (--smoke checks it on a CPU)")
-    from workers.quantize import MIN_FEATURES
+    from workers.pipeline.quantize import MIN_FEATURES
 
     run = Run(
         mode=mode,

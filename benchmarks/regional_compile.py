@@ -28,8 +28,8 @@ def child(mode: str, model: str, manifest: str, output: str, size: int, steps: i
     """One actor, one shard, compiled as `mode` says; prints its timings and images as one JSON line."""
     import pyarrow.parquet as pq
 
-    from jobs.config import JobConfig
-    from jobs.settings import worker_settings
+    from jobs.config.schema import JobConfig
+    from jobs.runfolder.settings import worker_settings
     from workers.tasks import BatchProgress, ShardTask
     from workers.worker import GenerationWorker
 

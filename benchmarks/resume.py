@@ -25,8 +25,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    from jobs.config import JobConfig
-    from jobs.driver import run_job
+    from jobs.config.schema import JobConfig
+    from jobs.run.driver import run_job
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest = Path(tmp) / "prompts.parquet"

@@ -29,9 +29,9 @@ def measure(option: str, args: argparse.Namespace, manifest: str, work: Path) ->
     """(seconds per image after warm-up, denoiser passes skipped per image) of one option."""
     import pyarrow.parquet as pq
 
-    from jobs.config import JobConfig
-    from jobs.settings import worker_settings
-    from workers import columns as C
+    from jobs.config.schema import JobConfig
+    from jobs.runfolder.settings import worker_settings
+    from workers.io import columns as C
     from workers.tasks import ShardTask
     from workers.worker import GenerationWorker
 

@@ -1,5 +1,5 @@
 """A benchmark actor that skips the model, with the methods of workers.worker.GenerationWorker.
-(tests/stub_worker.py builds on it an actor that writes its shards, for tests of the driver's fault handling.)
+(tests/helpers/stub_worker.py builds on it an actor that writes its shards, for tests of the driver's fault handling.)
 
 It still reads each shard's rows from the manifest file with `read_slice`, as the real worker does,
 so a benchmark measures the driver and the actors' manifest I/O, not diffusion. It writes nothing.
@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Iterator
 
-from workers.rows import read_slice, row_ids
+from workers.io.rows import read_slice, row_ids
 from workers.tasks import BatchProgress, RunBinding, ShardResult, ShardTask, WorkerInfo, WorkerSettings
 
 

@@ -4,7 +4,7 @@ All three generate, CLIP-score, PNG-encode (zlib level 1, genbatch's default) an
 same rows, at the same batch size, with the same number of CPU threads and one worker:
 
 - plain loop: what a user would write by hand, in this process;
-- genbatch: one actor, through `jobs.driver.run_job`;
+- genbatch: one actor, through `jobs.run.driver.run_job`;
 - ray data: `read_parquet` -> `map_batches` with an actor pool of one -> `write_parquet`.
 
 Start-up (Ray, actor, model loading and the first micro-batch: from the start of a run to the end of
@@ -38,7 +38,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workers.loading import quiet_libraries  # in the driver and in each actor
+from workers.models.loading import quiet_libraries  # in the driver and in each actor
 
 PNG_COMPRESS_LEVEL = 1  # genbatch's default (`output.png_compress_level`)
 
@@ -64,7 +64,7 @@ def load_tiny_models(threads: int):
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPModel, CLIPProcessor
 
-    from workers import tiny
+    from workers.models import tiny
 
     torch.set_num_threads(threads)
     pipe = StableDiffusionPipeline.from_pretrained(tiny.tiny_pipeline_dir(), use_safetensors=True)
@@ -123,7 +123,7 @@ def plain_loop(manifest: Path, out: Path, args) -> tuple[float, float]:
 
 def job_config(manifest: Path, out: Path, args):
     """The benchmark's job: the same work as the plain loop, one worker with `threads` CPUs."""
-    from jobs.config import JobConfig
+    from jobs.config.schema import JobConfig
 
     return JobConfig.model_validate(
         {
@@ -144,8 +144,8 @@ def job_config(manifest: Path, out: Path, args):
 
 
 def genbatch_job(manifest: Path, out: Path, args) -> tuple[float, float]:
-    from jobs.dispatch import JobHooks
-    from jobs.driver import run_job
+    from jobs.pool.dispatch import JobHooks
+    from jobs.run.driver import run_job
 
     config = job_config(manifest, out, args)
     started = time.time()  # wall clock, comparable with the actor's `finished_at` on this machine
@@ -160,8 +160,8 @@ def genbatch_job(manifest: Path, out: Path, args) -> tuple[float, float]:
 def interleaved_batches(manifest: Path, out: Path, args) -> tuple[list[float], list[float]]:
     """Seconds per micro-batch of the plain loop's code and of genbatch's worker, run alternately in
     this process on the same rows (no Ray)."""
-    from jobs.settings import worker_settings
-    from workers.rows import read_slice, resolve_rows, row_ids
+    from jobs.runfolder.settings import worker_settings
+    from workers.io.rows import read_slice, resolve_rows, row_ids
     from workers.tasks import ShardTask
     from workers.worker import GenerationWorker
 

@@ -33,9 +33,9 @@ USAGE_WIDTH = 88  # argparse wraps usage lines to the terminal's width: a fixed 
 def genbatch() -> types.SimpleNamespace:
     """The objects the pages are made from; the one place that knows which genbatch modules hold them."""
     from jobs.cli.parser import build_parser
-    from jobs.config import JobConfig
+    from jobs.config.schema import JobConfig
     from jobs.errors import EXIT_CODES
-    from workers import columns
+    from workers.io import columns
 
     return types.SimpleNamespace(JobConfig=JobConfig, build_parser=build_parser, columns=columns, EXIT_CODES=EXIT_CODES)
 

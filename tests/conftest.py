@@ -108,8 +108,8 @@ def ray_session(model_cache):
 @pytest.fixture(scope="session", autouse=True)
 def reused_workers():
     """In-process jobs of the session reuse each other's loaded actors where their settings allow
-    (jobs.worker_reuse), as a sweep would: most of a tiny job's time is its actor's start-up."""
-    from jobs.worker_reuse import keep_workers
+    (jobs.pool.worker_reuse), as a sweep would: most of a tiny job's time is its actor's start-up."""
+    from jobs.pool.worker_reuse import keep_workers
 
     with keep_workers():
         yield
@@ -119,7 +119,7 @@ def reused_workers():
 def session_address(ray_session) -> str:
     """The session's Ray address, for a CLI in a subprocess: parked actors are stopped first, so the
     resources they hold are free for that job's own actors."""
-    from jobs.worker_reuse import stop_parked
+    from jobs.pool.worker_reuse import stop_parked
 
     stop_parked()
     return ray_session.get_runtime_context().gcs_address
@@ -170,7 +170,7 @@ def s3_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_dirs(model_cache) -> tuple[Path, Path]:
-    from workers import tiny
+    from workers.models import tiny
 
     return tiny.tiny_pipeline_dir(), tiny.tiny_clip_dir()
 
@@ -209,8 +209,8 @@ def write_config(path: Path, manifest: Path | str, output: Path | str, **section
 
 def worker_settings_for(folder: Path | str, key: str = "test", **sections):
     """The settings that a job of `small_config` (changed by `sections`) writing to `folder` gives its actors."""
-    from jobs.config import JobConfig
-    from jobs.settings import worker_settings
+    from jobs.config.schema import JobConfig
+    from jobs.runfolder.settings import worker_settings
 
     config = JobConfig.model_validate(small_config("manifest.parquet", folder, **sections))
     return worker_settings(config, str(folder), key, num_threads=1)
@@ -218,8 +218,8 @@ def worker_settings_for(folder: Path | str, key: str = "test", **sections):
 
 def generation_defaults(**generation):
     """Row defaults from a `generation` config section (the config's defaults for what is not given)."""
-    from jobs.config import GenerationConfig
-    from jobs.settings import from_section
+    from jobs.config.schema import GenerationConfig
+    from jobs.runfolder.settings import from_section
     from workers.tasks import GenerationDefaults
 
     return from_section(GenerationDefaults, GenerationConfig(**generation))

@@ -2,10 +2,10 @@
 
 A rescored shard is the file a run with the new `scores` section would have written: the same rows, the
 image bytes untouched, the score columns (columns.SCORES) last in their order, its footer carrying the new
-job key. It is published whole, as every shard is (workers.writer), after the fence check, so a retried
+job key. It is published whole, as every shard is (workers.io.writer), after the fence check, so a retried
 or orphaned attempt cannot overwrite a later run's file.
 
-The actor meets the driver's dispatcher (jobs.dispatch) as a generation actor does: `ready()` gives a
+The actor meets the driver's dispatcher (jobs.pool.dispatch) as a generation actor does: `ready()` gives a
 WorkerInfo, and `run_shard(task)` streams the shard's outcome, here one RescoreResult.
 """
 
@@ -25,14 +25,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workers import columns as C
-from workers import layout, storage
 from workers.errors import ShardError, WorkerLoadError, describe
-from workers.fence import check_fence
-from workers.loading import pick_device, quiet_hub
-from workers.scorers import Scorer, build_scorers, score_columns
+from workers.io import columns as C
+from workers.io import layout, storage
+from workers.io.fence import check_fence
+from workers.io.writer import ShardFooter, read_footer, write_shard
+from workers.models.loading import pick_device, quiet_hub
+from workers.scoring.scorers import Scorer, build_scorers, score_columns
 from workers.tasks import RescoreResult, RescoreSettings, RescoreTask, ScoreModels, WorkerInfo
-from workers.writer import ShardFooter, read_footer, write_shard
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class RescoreWorker:
 
 def rescore_shard(settings: RescoreSettings, index: int, scorers: list[Scorer], name: str) -> RescoreResult:
     """Rewrite shard `index` with the score columns of `settings`: those of `scorers` computed afresh, the others
-    kept. Without scorers (columns dropped only) no image is read: the driver does this itself (jobs.rescore)."""
+    kept. Without scorers (columns dropped only) no image is read: the driver does this itself (jobs.run.rescore)."""
     started = time.perf_counter()
     path = layout.shard_path(settings.output_dir, index)
     footer = read_footer(path)

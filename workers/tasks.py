@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
-# The settings below carry no defaults: the config (jobs.config) holds each default once, and
-# jobs.settings fills every field from it.
+# The settings below carry no defaults: the config (jobs.config.schema) holds each default once, and
+# jobs.runfolder.settings fills every field from it.
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,11 @@ class FastPaths:
     compile: bool | Literal["auto", "regional"]  # auto, regional: resolved by the actor (fastpaths.choose_compile)
     compile_cache: str | None  # folder or URI of shared compiled kernels; None: under the genbatch cache
     channels_last: bool | Literal["auto"]
-    quantize: Literal["none", "fp8", "int8"]  # workers.quantize: the one option here that changes pixels
+    quantize: Literal["none", "fp8", "int8"]  # workers.pipeline.quantize: the one option here that changes pixels
     quantize_min_features: int  # the narrowest Linear layer quantized
     vae_slicing: bool | Literal["auto"]
     vae_tiling: bool
-    cache: Literal["none", "first_block", "taylorseer", "magcache"]  # workers.step_cache: changes pixels
+    cache: Literal["none", "first_block", "taylorseer", "magcache"]  # workers.pipeline.step_cache: changes pixels
     cache_threshold: float | None  # None: the cache's default
     cache_warmup_steps: int | None
     cache_interval: int | None
@@ -95,9 +95,9 @@ class WorkerSettings:
     output_dir: str
     job_key: str  # hash of everything that decides the output; stamped on every shard file
     num_threads: int | None  # torch threads; None: torch's own choice
-    run_token: str | None  # the run's token in OUTPUT/.genbatch.lock (workers.fence); None: no lock
+    run_token: str | None  # the run's token in OUTPUT/.genbatch.lock (workers.io.fence); None: no lock
     images_per_worker: int | None  # images this run generates / workers: whether compiling pays; None: unknown
-    loras: tuple[LoraFile, ...]  # model.loras: fused into the weights at load (workers.adapters)
+    loras: tuple[LoraFile, ...]  # model.loras: fused into the weights at load (workers.pipeline.adapters)
     adapters: tuple[tuple[str, tuple[LoraFile, ...]], ...]  # model.adapters: (name, files), chosen per row
 
 
@@ -113,12 +113,12 @@ class RescoreSettings:
     old_key: str  # the job key on the shards to rescore
     new_key: str  # the key they get: that of the job with the new scores
     num_threads: int | None
-    run_token: str | None  # as in WorkerSettings (workers.fence)
+    run_token: str | None  # as in WorkerSettings (workers.io.fence)
 
 
 @dataclass(frozen=True)
 class RunBinding:
-    """The run a shard belongs to, when one actor serves several runs of a sweep (jobs.sweep): where and
+    """The run a shard belongs to, when one actor serves several runs of a sweep (jobs.run.sweep): where and
     for which job it writes, and the settings that change per run without loading anything again.
     Each field replaces the WorkerSettings field of the same name for that shard."""
 
@@ -172,7 +172,7 @@ class ShardTask:
 
 @dataclass(frozen=True)
 class RescoreTask:
-    """One complete shard of a run to rescore (workers.rescoring). The dispatcher (jobs.dispatch) queues and
+    """One complete shard of a run to rescore (workers.rescoring). The dispatcher (jobs.pool.dispatch) queues and
     retries it as it does a ShardTask, so it has the few fields the dispatcher reads of one."""
 
     index: int
@@ -201,12 +201,13 @@ class WorkerInfo:
     pid: int
     node_id: str
     node_ip: str = ""
-    versions: dict | None = None  # library versions that decide pixels (workers.provenance)
+    versions: dict | None = None  # library versions that decide pixels (workers.io.provenance)
     device_name: str = ""  # `cpu`, or the GPU model and CUDA version
     compile: bool = False  # performance.compile as resolved on this actor
     compile_reason: str = ""  # why compile is on or off, in words
     compile_cache_hit: bool | None = None  # compile on: whether compiled kernels were loaded from compile_cache
-    quantize: str = "none"  # performance.quantize as applied: `int8: 40 of 50 Linear layers` (workers.quantize)
+    # performance.quantize as applied: `int8: 40 of 50 Linear layers` (workers.pipeline.quantize)
+    quantize: str = "none"
 
 
 @dataclass(frozen=True)

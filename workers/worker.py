@@ -13,17 +13,19 @@ from concurrent.futures import Future
 from dataclasses import replace
 from datetime import datetime, timezone
 
-from workers import columns as C
-from workers import families, quantize
-from workers.batch import BatchRunner, collect_encoded, micro_batches
 from workers.errors import WorkerLoadError, describe
-from workers.fence import check_fence
-from workers.loading import quiet_libraries
-from workers.output import RowOutput, RowsToRun, RunLabels, build_output_table
-from workers.provenance import device_description, pixel_versions
-from workers.rows import RowSpec, expand_images, read_slice, resolve_rows, row_ids
-from workers.scorers import score_columns
-from workers.shard_stats import ShardStats, write_shard_stats
+from workers.io import columns as C
+from workers.io.fence import check_fence
+from workers.io.provenance import device_description, pixel_versions
+from workers.io.rows import RowSpec, expand_images, read_slice, resolve_rows, row_ids
+from workers.io.shard_stats import ShardStats, write_shard_stats
+from workers.io.writer import ShardFooter, write_shard
+from workers.models import families
+from workers.models.loading import quiet_libraries
+from workers.pipeline import quantize
+from workers.pipeline.batch import BatchRunner, collect_encoded, micro_batches
+from workers.pipeline.output import RowOutput, RowsToRun, RunLabels, build_output_table
+from workers.scoring.scorers import score_columns
 from workers.tasks import (
     BatchProgress,
     RunBinding,
@@ -33,7 +35,6 @@ from workers.tasks import (
     WorkerInfo,
     WorkerSettings,
 )
-from workers.writer import ShardFooter, write_shard
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class GenerationWorker:
         """Load the models; each step acts on what the steps before it made."""
         import torch
 
-        from workers.loading import load_pipeline, pick_device, pick_dtype
+        from workers.models.loading import load_pipeline, pick_device, pick_dtype
 
         started = time.perf_counter()
         settings = self.settings
@@ -79,7 +80,7 @@ class GenerationWorker:
         self.model_scheduler = self.pipeline.scheduler
         self.scheduler_name: str | None = None  # the scheduler the pipeline has now; None: the model's own
         self._check_scheduler(settings.scheduler)  # before compiling: a sweep's bad one would waste it
-        # 3. LoRAs, the step cache, then compile and the other fast paths (workers.fastpaths).
+        # 3. LoRAs, the step cache, then compile and the other fast paths (workers.pipeline.fastpaths).
         adapters, applied, cache_hit = self._speed_up(dtype)
         # 4. CLIP and the other scorers, and the image encoder.
         self._load_scorers()
@@ -113,7 +114,7 @@ class GenerationWorker:
         """LoRAs first: quantizing and compiling act on the weights with the LoRAs fused in (and adapters on);
         then the step cache's hooks, on the final, uncompiled blocks; then compile and the other fast paths.
         The AdapterSwitch (or None), the fast paths applied, and whether compiled kernels were loaded."""
-        from workers.fastpaths import apply_fast_paths, choose_compile
+        from workers.pipeline.fastpaths import apply_fast_paths, choose_compile
 
         settings = self.settings
         # Whether to compile is decided here, where the device and the model's family are known.
@@ -130,9 +131,9 @@ class GenerationWorker:
     def _load_scorers(self) -> None:
         """The CLIP scorer (None without clip.model) and the `scores` section's; a scorer on the same CLIP
         model shares it (one copy of the weights)."""
-        from workers.clip import ClipScorer
-        from workers.loading import load_clip
-        from workers.scorers import build_scorers
+        from workers.models.loading import load_clip
+        from workers.scoring.clip import ClipScorer
+        from workers.scoring.scorers import build_scorers
 
         settings = self.settings
         preprocess = settings.fast.clip_preprocess
@@ -146,7 +147,7 @@ class GenerationWorker:
         self.scorers = build_scorers(settings.scores, self.device, clip, on_device)
 
     def _image_encoder(self):
-        from workers.images import ImageEncoder
+        from workers.pipeline.images import ImageEncoder
 
         threads = self.settings.fast.writer_threads
         if threads == "auto":  # on CPU actors the model already uses every core the actor has
@@ -173,9 +174,10 @@ class GenerationWorker:
         )
 
     def _step_cache(self):
-        """performance.cache's hook on the denoiser (workers.step_cache); None when it is none. Refuses, as the driver
+        """performance.cache's hook on the denoiser (workers.pipeline.step_cache); None when it is none. Refuses, as
+        the driver
         does where it knows the family, an option the family's hooks do not support."""
-        from workers.step_cache import CacheSettings, StepCache
+        from workers.pipeline.step_cache import CacheSettings, StepCache
 
         fast = self.settings.fast
         for key, problem in (
@@ -191,7 +193,7 @@ class GenerationWorker:
 
     def _load_loras(self):
         """Fuse model.loras into the weights and load model.adapters; the AdapterSwitch, or None without adapters."""
-        from workers.adapters import AdapterSwitch, fuse_loras
+        from workers.pipeline.adapters import AdapterSwitch, fuse_loras
 
         settings = self.settings
         for key, present in (("model.loras", settings.loras), ("model.adapters", settings.adapters)):
@@ -208,7 +210,7 @@ class GenerationWorker:
         save this actor's after its first micro-batch. True when kernels were loaded."""
         import torch
 
-        from workers.compile_cache import cache_file, compile_key, load_artifacts
+        from workers.pipeline.compile_cache import cache_file, compile_key, load_artifacts
 
         fast = self.settings.fast
         if fast.compile == "auto":  # chosen for the user: should the compiler fail, the model runs uncompiled
@@ -226,9 +228,9 @@ class GenerationWorker:
         return self.info
 
     def rebind(self, run: RunBinding, batch_size: int) -> WorkerInfo:
-        """Serve a new job with the same models (jobs.worker_reuse): where and for which job it writes, its
+        """Serve a new job with the same models (jobs.pool.worker_reuse): where and for which job it writes, its
         seed, scheduler and generation defaults change, as they do between the runs of a sweep, and so may
-        the batch size of an actor that nothing was shaped for (jobs.worker_reuse.key_of)."""
+        the batch size of an actor that nothing was shaped for (jobs.pool.worker_reuse.key_of)."""
         self.settings = run.applied_to(self.settings, batch_size=batch_size)
         self._use_scheduler(self.settings.scheduler)
         self.info = replace(self.info, scheduler=self._scheduler_label(self.settings.scheduler))
@@ -238,7 +240,7 @@ class GenerationWorker:
         """Give the pipeline the named scheduler (None: the model's own), built as a model load would build it."""
         if name == self.scheduler_name:
             return
-        from workers.schedulers import build_scheduler
+        from workers.models.schedulers import build_scheduler
 
         self._check_scheduler(name)
         scheduler = self.model_scheduler if name is None else build_scheduler(name, self.model_scheduler.config)
@@ -273,7 +275,7 @@ class GenerationWorker:
         if task.images_per_row > 1:  # one output row per image, in manifest order
             table, ids, rows = expand_images(table, ids, rows, task.images_per_row)
         todo = RowsToRun.of(settings.output_dir, task, len(rows))
-        # 2. Run each micro-batch (steps 1-6 in workers/batch.py); encoding runs on CPU threads meanwhile.
+        # 2. Run each micro-batch (steps 1-6 in workers/pipeline/batch.py); encoding runs on CPU threads meanwhile.
         outputs = yield from self._run_batches(task, rows, todo.positions, settings.batch_size)
         # 3. The shard's table: the new rows, in place of the failed ones on a retry.
         fresh = build_output_table(
@@ -366,7 +368,7 @@ class GenerationWorker:
 
     def _first_batch_done(self, seconds: float) -> None:
         """Record how soon this actor made images; then share what it compiled with the actors to come."""
-        from workers.compile_cache import save_artifacts
+        from workers.pipeline.compile_cache import save_artifacts
 
         self.startup = StartupTimings(
             pid=os.getpid(),

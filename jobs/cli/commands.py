@@ -14,9 +14,9 @@ from jobs.errors import UsageError, WorkerStartError
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from jobs.config import load_config
-    from jobs.driver import run_job
-    from jobs.run_records import JobSummary
+    from jobs.config.schema import load_config
+    from jobs.run.driver import run_job
+    from jobs.run.records import JobSummary
 
     config = load_config(args.config, args.overrides)
     if args.quiet:
@@ -46,7 +46,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def sweep_command(args: argparse.Namespace, config, progress: str) -> int:
-    from jobs.sweep import run_sweep
+    from jobs.run.sweep import run_sweep
 
     sweep = run_sweep(
         config,
@@ -64,8 +64,8 @@ def sweep_command(args: argparse.Namespace, config, progress: str) -> int:
 
 
 def manifest_command(args: argparse.Namespace) -> int:
-    from jobs.prompt_import import import_prompts
-    from jobs.templates import write_template_manifest
+    from jobs.inputs.prompt_import import import_prompts
+    from jobs.inputs.templates import write_template_manifest
 
     if args.template is not None:
         if args.input is not None or args.prompt_column or args.id_column:
@@ -106,7 +106,7 @@ def manifest_command(args: argparse.Namespace) -> int:
 def report_command(args: argparse.Namespace) -> int:
     from jobs.report.leaderboard import sweep_runs, write_leaderboard
     from jobs.report.summary import write_report
-    from workers import storage
+    from workers.io import storage
 
     if args.reference is None and (args.fid_weights or args.cmmd_model):
         raise UsageError("--fid-weights and --cmmd-model need --reference")
@@ -135,7 +135,7 @@ def report_command(args: argparse.Namespace) -> int:
 
 def check_cmmd_model(ref: str | None) -> None:
     """Before any image is read: a --cmmd-model folder that is not a whole CLIP would embed with random weights."""
-    from jobs.preflight import clip_weights_problem
+    from jobs.config.preflight import clip_weights_problem
 
     problem = clip_weights_problem(ref)
     if problem:
@@ -143,9 +143,9 @@ def check_cmmd_model(ref: str | None) -> None:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    from jobs.shard_files import is_sweep_folder
-    from jobs.status import format_status, format_sweep_status, job_status, sweep_status
-    from workers import storage
+    from jobs.runfolder.shard_files import is_sweep_folder
+    from jobs.runfolder.status import format_status, format_sweep_status, job_status, sweep_status
+    from workers.io import storage
 
     output = storage.normalized(args.output)
     if is_sweep_folder(output):
@@ -159,7 +159,7 @@ def status_command(args: argparse.Namespace) -> int:
 
 def compare_command(args: argparse.Namespace) -> int:
     from jobs.report.compare import write_comparison
-    from workers import storage
+    from workers.io import storage
 
     check_cmmd_model(args.cmmd_model)
     out = write_comparison(
@@ -182,7 +182,7 @@ def compare_command(args: argparse.Namespace) -> int:
 
 
 def rescore_command(args: argparse.Namespace) -> int:
-    from jobs.rescore import rescore_run
+    from jobs.run.rescore import rescore_run
 
     summary = rescore_run(args.run, args.overrides, address=args.address, forward_actor_logs=args.log_format == "text")
     print_rescore_summary(summary, args.log_format == "json")

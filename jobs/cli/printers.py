@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the command line starts without the job machinery
     from jobs.export.run import ExportSummary
-    from jobs.rescore import RescoreSummary
-    from jobs.run_records import JobSummary
-    from jobs.sweep import SweepSummary
+    from jobs.run.records import JobSummary
+    from jobs.run.rescore import RescoreSummary
+    from jobs.run.sweep import SweepSummary
 
 
 def print_error(message: str, json_logs: bool, exit_code: int) -> None:
@@ -23,7 +23,7 @@ def print_error(message: str, json_logs: bool, exit_code: int) -> None:
 def print_summary(summary: JobSummary | SweepSummary, json_logs: bool) -> None:
     """The end of `genbatch run`, of one run or of a sweep: a stop's error line, then one JSON object
     (--log-format json) or the summary's lines, which end with the output folder."""
-    from jobs.sweep import SweepSummary
+    from jobs.run.sweep import SweepSummary
 
     if summary.interrupted:
         print_error(f"interrupted by {summary.signal}", json_logs, exit_code=summary.exit_code)

@@ -12,7 +12,7 @@ import json
 
 import pyarrow as pa
 
-from workers import storage
+from workers.io import storage
 
 METADATA_FILE = "metadata.jsonl"
 FILE_NAME = "file_name"

@@ -34,9 +34,9 @@ from jobs.export.keys import sample_key
 from jobs.export.source import EXTENSIONS, RunSource, ScanCounts, open_source
 from jobs.export.webdataset import WebDatasetShard
 from jobs.export.where import check_columns, parse_where
-from jobs.resume import differences
-from workers import columns as C
-from workers import storage
+from jobs.runfolder.resume import differences
+from workers.io import columns as C
+from workers.io import storage
 
 logger = logging.getLogger(__name__)
 

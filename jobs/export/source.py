@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 
 from jobs.errors import OutputError, one_line
 from jobs.export.digests import DigestSet
-from jobs.jobfile import JobRecord, read_run_record
-from jobs.report.runs import job_shard_files
-from workers import columns as C
-from workers import storage
-from workers.writer import FOOTER_KEY
+from jobs.runfolder.jobfile import JobRecord, read_run_record
+from jobs.runfolder.shard_files import job_shard_files
+from workers.io import columns as C
+from workers.io import storage
+from workers.io.writer import FOOTER_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class RunSource:
 
 def open_source(path: str, partial: bool = False) -> RunSource:
     """The run at `path` (a folder or URI): refused with one line if it is not a genbatch run, or if a shard is
-    not whole or not its job's, unless `partial` (see `jobs.report.runs.job_shard_files`)."""
+    not whole or not its job's, unless `partial` (see `jobs.runfolder.shard_files.job_shard_files`)."""
     path = storage.normalized(path)
     job = read_run_record(path)
     if job.status != "finished":

@@ -15,9 +15,9 @@ import tarfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workers import columns as C
-from workers import storage
-from workers.storage import AtomicFile
+from workers.io import columns as C
+from workers.io import storage
+from workers.io.storage import AtomicFile
 
 KEY = "key"
 

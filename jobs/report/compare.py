@@ -19,8 +19,8 @@ from jobs.report.render import CLIP_SCORE_DEFINITION, histogram_uri, thumbnail_u
 from jobs.report.runs import Run, fetch_images, open_run
 from jobs.report.stats import paired_comparison
 from jobs.report.summary import pick_group_column, run_settings
-from workers import columns as C
-from workers import storage
+from workers.io import columns as C
+from workers.io import storage
 
 logger = logging.getLogger(__name__)
 SHOWN_PAIRS = 8
@@ -123,7 +123,7 @@ def write_comparison(
 
     Two runs get the paired B - A comparison with the leaderboard below it; more runs, the leaderboard.
     `reference`, `fid_weights` and `cmmd_model` are for set-level metrics against a reference. `partial`: go
-    on without a run's shards that are not whole or not its job's (see `runs.job_shard_files`)."""
+    on without a run's shards that are not whole or not its job's (see `jobs.runfolder.shard_files.job_shard_files`)."""
     if len(runs) < 2:
         raise UsageError(f"compare needs at least two runs (got {len(runs)})")
     out = str(out_dir) if out_dir else storage.join(str(runs[-1]), "compare")

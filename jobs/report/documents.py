@@ -13,8 +13,8 @@ import errno
 import pyarrow.fs as pafs
 
 from jobs.errors import OutputError, one_line
-from workers import storage
-from workers.storage import AtomicFile
+from workers.io import storage
+from workers.io.storage import AtomicFile
 
 
 def check_destination(out: str, names: list[str]) -> None:

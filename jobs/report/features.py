@@ -109,7 +109,7 @@ class InceptionFeatures:
 
     def __init__(self, weights: str, device=None):
         from jobs.report.inception import load_fid_inception
-        from workers.loading import pick_device
+        from workers.models.loading import pick_device
 
         self.device = device or pick_device()
         self.network = load_fid_inception(weights).to(self.device)
@@ -144,7 +144,7 @@ class ClipImageFeatures:
     """L2-normalised CLIP image embeddings (projected), images preprocessed by the model's own processor."""
 
     def __init__(self, ref: str, device=None):
-        from workers.loading import load_clip, pick_device, quiet_libraries
+        from workers.models.loading import load_clip, pick_device, quiet_libraries
 
         quiet_libraries(diffusers=False)  # a report's stderr is its own warnings
         self.device = device or pick_device()

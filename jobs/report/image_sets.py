@@ -4,7 +4,7 @@
 shard files of a run, the Parquet schemas, that there are files at all); `ImageSet.images()` then yields
 the images one at a time, decoded as they are read (a Parquet row group at a time), so no more than a
 batch of them is ever held by whoever consumes it. Locations are local paths or object-store URIs
-(`workers.storage`), as for runs.
+(`workers.io.storage`), as for runs.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from jobs.errors import UsageError, one_line, some_of
-from jobs.jobfile import read_job_file
-from jobs.report.runs import job_shard_files
-from workers import columns as C
-from workers import layout, storage
+from jobs.runfolder.jobfile import read_job_file
+from jobs.runfolder.shard_files import job_shard_files
 from workers.errors import describe
-from workers.writer import read_footer
+from workers.io import columns as C
+from workers.io import layout, storage
+from workers.io.writer import read_footer
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 PARQUET_SUFFIX = ".parquet"

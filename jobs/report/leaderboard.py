@@ -24,9 +24,9 @@ from jobs.report.documents import check_destination
 from jobs.report.render import CLIP_SCORE_DEFINITION, write_documents
 from jobs.report.runs import Run, open_run
 from jobs.report.summary import pick_group_column
-from jobs.shard_files import sweep_run_folders
-from workers import columns as C
-from workers import storage
+from jobs.runfolder.shard_files import sweep_run_folders
+from workers.io import columns as C
+from workers.io import storage
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Entrant:
 
 
 def sweep_runs(path: str | Path) -> list[str]:
-    """The run folders of a sweep folder, sorted; [] when `path` is not one (see jobs.shard_files)."""
+    """The run folders of a sweep folder, sorted; [] when `path` is not one (see jobs.runfolder.shard_files)."""
     location = storage.normalized(path) if storage.is_remote(str(path)) else str(Path(path))
     if storage.file_type(location) == pafs.FileType.File:
         raise OutputError(f"{location}: a file, not a run folder; give the run's output folder")

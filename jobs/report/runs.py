@@ -1,6 +1,6 @@
 """Reading a finished run's output for reports: light columns in full, images only for chosen rows.
 
-A run is a local folder or an object-store prefix (`s3://bucket/runs/a`), read through `workers.storage`.
+A run is a local folder or an object-store prefix (`s3://bucket/runs/a`), read through `workers.io.storage`.
 Images are never all in memory: score columns are read without the image column, and a second pass
 reads only the row groups that hold the images of the few rows a report shows.
 """
@@ -18,11 +18,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from jobs.errors import OutputError, some_of
-from jobs.jobfile import JobRecord, read_run_record
-from jobs.shard_files import OTHER_JOB, list_shard_files
-from workers import columns as C
-from workers import layout, storage
+from jobs.runfolder.jobfile import JobRecord, read_run_record
+from jobs.runfolder.shard_files import job_shard_files
+from workers.io import columns as C
+from workers.io import storage
 
 _BATCH_ROWS = 8192
 
@@ -143,51 +142,6 @@ def _images_in_file(parquet: pq.ParquetFile, ids: list, found: dict) -> None:
         for row_id, image in zip(rows.column(C.ID).to_pylist(), rows.column(C.IMAGE).to_pylist()):
             if row_id in wanted and image is not None:
                 found[row_id] = image["bytes"]
-
-
-@dataclass(frozen=True)
-class ShardFiles:
-    """A run's shard files that belong to its job, and the planned shards present but left out."""
-
-    files: list[str]
-    left_out: list[str]  # `shard-00001.parquet (why)`: rows a reader of `files` does not see
-
-
-def job_shard_files(path: str, job: JobRecord, partial: bool = False) -> ShardFiles:
-    """The shard files in `data/` that belong to the job: a shard it planned, written by it (footer).
-
-    A planned shard's file that is not whole or not this job's (cut short, or rewritten by a rescore that has
-    not finished) holds rows the job has: refused, naming it, unless `partial` (then left out with a
-    warning). Anything else there (a stray copy, another name) is left out with a warning, never counted.
-    A planned shard without a file was not written (a run still going, or its shard failed: job.json says)."""
-    data = layout.data_dir(path)
-    files, left_out, others = [], [], []
-    cut = False  # a file cut short or misplaced: `genbatch run` redoes its shard once the file is removed
-    for file in list_shard_files(path, job.shards):
-        problem = file.problem(job.key)
-        if file.index is None:
-            others.append(file.name)
-        elif problem is not None:
-            left_out.append(f"{file.name} ({problem})")
-            cut = cut or problem != OTHER_JOB
-        else:
-            files.append(file.path)
-    if left_out and not partial:
-        fix = "remove the files cut short and rerun genbatch run to redo them" if cut else "finish the rescore"
-        raise OutputError(
-            f"{path}: {len(left_out)} of {job.shards} shards cannot be read as this job's: {some_of(left_out)}; "
-            f"{fix}, or rerun with --partial to go on without their rows"
-        )
-    if others:
-        shown = some_of(others)
-        logger.warning("%s: %d shard files are not part of this job, left out: %s", data, len(others), shown)
-    if left_out:
-        logger.warning(
-            "%s: --partial: %d shards left out, their rows are not read: %s", path, len(left_out), some_of(left_out)
-        )
-    if not files:
-        raise OutputError(f"{path}: no shard files of this job in {data}")
-    return ShardFiles(files, left_out)
 
 
 def _dataset(files: list[str]) -> ds.Dataset:

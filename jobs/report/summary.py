@@ -15,8 +15,8 @@ from jobs.report.documents import check_destination
 from jobs.report.render import CLIP_SCORE_DEFINITION, histogram_uri, thumbnail_uri, write_documents
 from jobs.report.runs import Run, RunFiles, fetch_rows, locate_run, scan
 from jobs.report.stats import bootstrap_mean_ci, summarize_scores
-from workers import columns as C
-from workers import storage
+from workers.io import columns as C
+from workers.io import storage
 
 DEFAULT_GROUP_COLUMN = "category"
 SHOWN_ROWS = 12
@@ -66,7 +66,7 @@ def run_settings(run: RunFiles, schedulers: set | None = None) -> dict:
 
 
 def lora_settings(model: dict) -> dict:
-    """A run's LoRAs as its identity records them (jobs.adapters): `file x weight (sha256 prefix)` each; nothing
+    """A run's LoRAs as its identity records them (jobs.config.adapters): `file x weight (sha256 prefix)` each; nothing
     for a run without any, so its settings read as before."""
 
     def listed(loras: list[dict]) -> str:
@@ -96,7 +96,8 @@ def build_report(
     One pass over the few columns the figures need, a batch at a time (`RunTally`), then the rows shown
     (failed rows, best and worst images) fetched by position: memory stays flat whatever the run's size.
     With a `reference` (see `set_metrics.compute_set_metrics`, which takes `set_options`), `set_metrics` too.
-    `partial`: go on without the shards that are not whole or not the job's (see `runs.job_shard_files`)."""
+    `partial`: go on without the shards that are not whole or not the job's (see
+    `jobs.runfolder.shard_files.job_shard_files`)."""
     run = locate_run(run_dir, partial)
     column = pick_group_column(run, by)
     extra_scores = [name for name in C.SCORES if name in run.columns]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from jobs.actor_backend import ActorDied
+from jobs.pool.actor_backend import ActorDied
 from workers.tasks import BatchProgress, ShardResult, ShardTask, WorkerInfo
 
 IMAGES_PER_SHARD = 4

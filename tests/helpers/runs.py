@@ -7,11 +7,11 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.jobfile import identity_key
+from jobs.runfolder.jobfile import identity_key
 from tests.conftest import small_config
 from tests.helpers.images import png
-from workers import columns as C
-from workers.writer import ShardFooter, write_shard
+from workers.io import columns as C
+from workers.io.writer import ShardFooter, write_shard
 
 CATEGORIES = ["animals", "food", "scenes"]
 

@@ -1,0 +1,1 @@
+"""Prompt inputs: manifests, prompt import, templates and the shard planner."""

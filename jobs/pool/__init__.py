@@ -1,0 +1,1 @@
+"""The Ray side of the driver: the local cluster, the actor pool, dispatch and worker reuse."""

@@ -1,0 +1,1 @@
+"""Run lifecycles: a run, a sweep and a rescore, all on one actor-group lifecycle."""

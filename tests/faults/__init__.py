@@ -1,0 +1,1 @@
+"""Fault tests: signals, kills and node loss, in processes and clusters of their own."""

@@ -1,0 +1,1 @@
+"""Unit tests: no Ray; actor code runs in-process."""

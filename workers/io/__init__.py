@@ -1,0 +1,1 @@
+"""Files both sides share: storage, the run-folder layout and the shard-file format."""

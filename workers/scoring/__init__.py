@@ -1,0 +1,1 @@
+"""Scoring images against prompts: CLIP and the other scorers."""
