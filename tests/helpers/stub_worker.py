@@ -64,9 +64,10 @@ class WritingStubWorker(StubWorker):
 
     def run_shard(self, task: ShardTask) -> Iterator[BatchProgress | ShardResult]:
         started = time.perf_counter()
-        if task.run is not None or task.retry_failed or task.images_per_row > 1:
+        if task.retry_failed or task.images_per_row > 1:
             raise NotImplementedError("the stub worker makes one image per row of a plain run")
-        settings = self.settings
+        # A run's shards carry its binding (where and for which job they are written), as a sweep's do.
+        settings = self.settings if task.run is None else task.run.applied_to(self.settings)
         table = read_slice(task.file, task.start, task.stop)
         ids = row_ids(table, task)
         rows = resolve_rows(table, ids, settings.defaults, settings.job_seed)
