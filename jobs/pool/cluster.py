@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import workers
 from jobs import signals
 from jobs.config.schema import JobConfig
 from jobs.errors import ConfigError
@@ -47,7 +48,7 @@ def connect(address: str | None, forward_actor_logs: bool = True, announce=logge
     runtime_env = None
     if address:
         # Ship the actor-side package so cluster nodes can import it without an install.
-        runtime_env = {"py_modules": [str(Path(__file__).resolve().parent.parent / "workers")]}
+        runtime_env = {"py_modules": [str(Path(workers.__file__).resolve().parent)]}
     kwargs = {"_node_ip_address": "127.0.0.1"} if local else {}
     with signals.ray_keeps_our_handlers(), ray_processes_in_their_own_session(local):
         ray.init(
