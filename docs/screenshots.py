@@ -30,7 +30,7 @@ WORK = Path("out/docs-screenshots")  # relative to ROOT: the pages show these sh
 WINDOW = (1280, 1600)
 MARGIN = 24  # pixels kept below the last content when the page is shorter than the window
 # genbatch from this checkout (not an installed copy), wherever issue 23 puts its `main`.
-GENBATCH = [sys.executable, "-c", "import sys; from jobs.cli import main; sys.exit(main())"]
+GENBATCH = [sys.executable, "-m", "jobs.cli.main"]
 
 
 def genbatch(*args: str | Path) -> None:
