@@ -25,11 +25,16 @@ demo: $(STAMP)
 	$(BIN)/genbatch run configs/tiny.yaml
 	@echo "next: genbatch report out/demo  (genbatch is at $(BIN)/genbatch; or: source $(BIN)/activate)"
 
+# Two pytest workers (pytest-xdist), each with its own Ray instance, a test file to a worker: most of a test's
+# time is waiting on processes (Ray, actors, CLIs), so two keep a 2-core machine busy. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile
+
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest -m "not minutes"
+	$(BIN)/python -m pytest -m "not minutes" $(XDIST)
 
 test-fast: $(TEST_STAMP)
-	$(BIN)/python -m pytest -m "not slow and not minutes"
+	$(BIN)/python -m pytest -m "not slow and not minutes" $(XDIST)
 
 test-long: $(TEST_STAMP)
 	$(BIN)/python -m pytest -m minutes
