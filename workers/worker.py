@@ -75,7 +75,7 @@ class GenerationWorker:
         dtype = pick_dtype(settings.dtype, self.device)
         quantize.check_device(settings.fast.quantize, self.device, dtype)
         # 2. The pipeline with the model's own scheduler, kept: any other is built from its config (`_use_scheduler`).
-        self.pipeline = load_pipeline(settings.model, settings.revision, None, self.device, dtype, settings.variant)
+        self.pipeline = load_pipeline(settings.model, settings.revision, self.device, dtype, settings.variant)
         self.family = families.for_pipeline(self.pipeline)
         self.model_scheduler = self.pipeline.scheduler
         self.scheduler_name: str | None = None  # the scheduler the pipeline has now; None: the model's own

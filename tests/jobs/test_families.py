@@ -533,7 +533,7 @@ def test_compile_and_quantize_act_on_the_transformer(model_cache):
     from workers.pipeline.fastpaths import apply_fast_paths
     from workers.tasks import FastPaths
 
-    pipeline = load_pipeline("tiny-flux", None, None, torch.device("cpu"), torch.float32)
+    pipeline = load_pipeline("tiny-flux", None, torch.device("cpu"), torch.float32)
     fast = FastPaths(
         compile=True,
         compile_cache=None,

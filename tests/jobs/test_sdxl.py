@@ -64,8 +64,8 @@ def test_model_variant_selects_the_variant_weights(tmp_path, tiny_dirs):
     )
     assert list(folder.rglob("*.fp16.safetensors")) and not list(folder.rglob("*[!6].safetensors"))
     with pytest.raises(OSError):  # without the variant, diffusers looks for the plain file names
-        load_pipeline(str(folder), None, None, torch.device("cpu"), torch.float32)
-    pipeline = load_pipeline(str(folder), None, None, torch.device("cpu"), torch.float32, variant="fp16")
+        load_pipeline(str(folder), None, torch.device("cpu"), torch.float32)
+    pipeline = load_pipeline(str(folder), None, torch.device("cpu"), torch.float32, variant="fp16")
     reference = StableDiffusionPipeline.from_pretrained(tiny_dirs[0], use_safetensors=True)
     for name in ("unet", "vae", "text_encoder"):
         loaded, expected = getattr(pipeline, name).state_dict(), getattr(reference, name).state_dict()

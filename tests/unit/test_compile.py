@@ -218,7 +218,7 @@ def test_weights_are_read_onto_the_device_in_the_dtype_not_moved_or_cast_after(m
         return pipeline
 
     monkeypatch.setattr(StableDiffusionPipeline, "from_pretrained", from_pretrained)
-    pipeline = loading.load_pipeline("tiny", None, None, device, torch.bfloat16)
+    pipeline = loading.load_pipeline("tiny", None, device, torch.bfloat16)
     assert as_read == [{(device.type, torch.bfloat16)}]
     assert pipeline.unet.device.type == device.type
 

@@ -41,7 +41,7 @@ def rows(n: int) -> list[RowSpec]:
 @pytest.fixture(scope="module")
 def pipeline(tiny_dirs):
     torch.set_num_threads(1)
-    return load_pipeline("tiny", None, None, CPU, torch.float32)
+    return load_pipeline("tiny", None, CPU, torch.float32)
 
 
 def test_padding_a_micro_batch_keeps_its_images_and_drops_the_copies(pipeline):
@@ -83,7 +83,7 @@ def test_image_formats(fmt, magic):
 def test_fast_path_switches_configure_the_pipeline(tiny_dirs, monkeypatch):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append((fn, kw)) or fn)
-    pipe = load_pipeline("tiny", None, None, CPU, torch.float32)
+    pipe = load_pipeline("tiny", None, CPU, torch.float32)
     decode = pipe.vae.decode
     fast = fast_paths(compile=True, channels_last=True, vae_slicing=True, vae_tiling=True)
     assert apply_fast_paths(pipe, fast, CPU, 4, DEFAULTS) == ["channels_last", "vae_tiling", "vae_slicing", "compile"]
@@ -92,7 +92,7 @@ def test_fast_path_switches_configure_the_pipeline(tiny_dirs, monkeypatch):
     assert conv.is_contiguous(memory_format=torch.channels_last)
     assert pipe.vae.use_slicing and pipe.vae.use_tiling
     # "auto" turns nothing on on the CPU: the plain path stays exact there.
-    assert apply_fast_paths(load_pipeline("tiny", None, None, CPU, torch.float32), fast_paths(), CPU, 4, DEFAULTS) == []
+    assert apply_fast_paths(load_pipeline("tiny", None, CPU, torch.float32), fast_paths(), CPU, 4, DEFAULTS) == []
 
 
 def test_encoding_on_threads_writes_the_same_bytes_as_inline(tmp_path, tiny_dirs):

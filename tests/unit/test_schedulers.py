@@ -7,7 +7,7 @@ import torch
 
 from workers.io.rows import RowSpec
 from workers.models.loading import load_pipeline
-from workers.models.schedulers import SCHEDULERS
+from workers.models.schedulers import SCHEDULERS, build_scheduler
 from workers.pipeline.generation import generate, to_uint8
 
 EXPECTED_CLASSES = {
@@ -48,7 +48,8 @@ def test_every_documented_name_is_offered():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_CLASSES))
 def test_scheduler_runs_and_a_fixed_seed_reproduces_its_image(name, tiny_dirs):
-    pipeline = load_pipeline("tiny", None, name, torch.device("cpu"), torch.float32)
+    pipeline = load_pipeline("tiny", None, torch.device("cpu"), torch.float32)
+    pipeline.scheduler = build_scheduler(name, pipeline.scheduler.config)  # as the actor does
     assert type(pipeline.scheduler).__name__ == EXPECTED_CLASSES[name]
     torch.manual_seed(123)  # the global RNG must not matter: move it between calls
     first = to_uint8(generate(pipeline, [row(5)]))

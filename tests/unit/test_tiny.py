@@ -46,10 +46,8 @@ def test_tiny_models_load_through_from_pretrained(tiny_dirs):
 
     from workers.models.loading import load_clip, load_pipeline
 
-    pipeline = load_pipeline("tiny", None, "dpmpp_2m_karras", torch.device("cpu"), torch.float32)
+    pipeline = load_pipeline("tiny", None, torch.device("cpu"), torch.float32)
     assert type(pipeline).__name__ == "StableDiffusionPipeline"
-    assert type(pipeline.scheduler).__name__ == "DPMSolverMultistepScheduler"
-    assert pipeline.scheduler.config.use_karras_sigmas is True
     model, processor = load_clip("tiny", torch.device("cpu"))
     assert model.config.projection_dim == 32 and processor.tokenizer.model_max_length == 77
 
@@ -83,7 +81,7 @@ def test_stable_diffusion_folders_load_with_their_own_class_and_unknown_classes_
     # What the saving is for: loading the tiny model imports none of the other pipeline families.
     probe = (
         "import sys, torch; from workers.models.loading import load_pipeline;"
-        "load_pipeline('tiny', None, None, torch.device('cpu'), torch.float32);"
+        "load_pipeline('tiny', None, torch.device('cpu'), torch.float32);"
         "print(sorted(m for m in sys.modules if m.startswith(('diffusers.pipelines.auto_pipeline', "
         "'diffusers.pipelines.controlnet', 'diffusers.pipelines.kandinsky'))))"
     )
@@ -101,11 +99,11 @@ def test_local_folders_load_and_pickle_only_folders_are_refused(tiny_dirs, tmp_p
 
     folder = tmp_path / "my-model"
     shutil.copytree(tiny_dirs[0], folder)
-    pipeline = load_pipeline(str(folder), None, None, torch.device("cpu"), torch.float32)
+    pipeline = load_pipeline(str(folder), None, torch.device("cpu"), torch.float32)
     assert type(pipeline.scheduler).__name__ == "DDIMScheduler"
     # Replace the UNet's safetensors with a pickle checkpoint: it must not be loaded.
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
     torch.save(load_file(weights), folder / "unet" / "diffusion_pytorch_model.bin")
     weights.unlink()
     with pytest.raises(Exception, match="safetensors"):
-        load_pipeline(str(folder), None, None, torch.device("cpu"), torch.float32)
+        load_pipeline(str(folder), None, torch.device("cpu"), torch.float32)

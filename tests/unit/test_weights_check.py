@@ -158,14 +158,14 @@ def _pipeline_with(tmp_path, part: str, change) -> str:
 def test_a_pipeline_model_its_folder_does_not_fill_is_refused(tmp_path, part, change, problem):
     folder = _pipeline_with(tmp_path, part, change)
     with pytest.raises(IncompleteWeightsError) as caught:
-        load_pipeline(folder, None, None, CPU, torch.float32)
+        load_pipeline(folder, None, CPU, torch.float32)
     assert str(caught.value) == f"{folder}/{part}: {problem}"
 
 
 def test_the_built_in_models_load_without_a_false_alarm():
     # Tied and ignored tensors, buffers and SDXL's second text encoder are all legitimately absent or present.
     for ref in (tiny.TINY, tiny.TINY_SDXL):
-        load_pipeline(ref, None, None, CPU, torch.float32)
+        load_pipeline(ref, None, CPU, torch.float32)
     for ref in (tiny.TINY, tiny.TINY_PICKSCORE):
         load_clip(ref, CPU)
 

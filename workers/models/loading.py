@@ -12,7 +12,6 @@ import re
 
 from workers.errors import ModelNotFoundError, UnknownFamilyError
 from workers.models import families, tiny, tiny_dit
-from workers.models.schedulers import build_scheduler
 from workers.models.weights_check import check_loading_info, check_pipeline
 
 logger = logging.getLogger(__name__)
@@ -243,8 +242,8 @@ def _cached_file(source: str, revision: str | None, name: str) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def load_pipeline(ref: str, revision: str | None, scheduler: str | None, device, dtype, variant: str | None = None):
-    """The text-to-image pipeline named by `ref`, on `device` in `dtype`, with the scheduler swapped if asked."""
+def load_pipeline(ref: str, revision: str | None, device, dtype, variant: str | None = None):
+    """The text-to-image pipeline named by `ref`, on `device` in `dtype` (the actor sets its scheduler)."""
     import diffusers
 
     source = pipeline_source(ref)
@@ -264,8 +263,6 @@ def load_pipeline(ref: str, revision: str | None, scheduler: str | None, device,
     except OSError as error:
         raise explain_load_error(ref, revision, error) from error
     check_pipeline(source, pipeline, variant)  # before `.to`: a tensor diffusers left out has no values to move
-    if scheduler is not None:
-        pipeline.scheduler = build_scheduler(scheduler, pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device)
 
