@@ -63,7 +63,7 @@ class UsageError(GenbatchError):
 
 
 class WorkerStartError(GenbatchError):
-    """No actor could load its models. `summary` (a jobs.run.lifecycle.JobSummary, when a run of its own raised it)
+    """No actor could load its models. `summary` (a jobs.run.records.JobSummary, when a run of its own raised it)
     counts the rows, none of them run, for the CLI to print before the error."""
 
     exit_code = EXIT_BAD_INPUT

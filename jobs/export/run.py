@@ -33,7 +33,7 @@ from jobs.export.imagefolder import ImageFolderShard
 from jobs.export.keys import sample_key
 from jobs.export.source import EXTENSIONS, RunSource, ScanCounts, open_source
 from jobs.export.webdataset import WebDatasetShard
-from jobs.export.where import check_columns, parse_where
+from jobs.export.where import Where, check_columns, parse_where
 from jobs.runfolder.resume import differences
 from workers.io import columns as C
 from workers.io import storage
@@ -96,20 +96,7 @@ def export_run(
 ) -> ExportSummary:
     started = time.perf_counter()
     # 1. Check the options against the run, before anything is written.
-    if format not in FORMATS:
-        raise UsageError(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
-    if shard_size < 1:
-        raise UsageError(f"--shard-size: must be at least 1, got {shard_size}")
-    source = open_source(run, partial)
-    # Over the light columns: the filter runs before any image is read.
-    light = pa.schema([f for f in source.schema if f.name != C.IMAGE])
-    parsed = parse_where(where, light) if where is not None else None
-    if dedup:
-        check_columns(source.schema, [C.IMAGE_SHA256], "--dedup")
-    check_columns(source.schema, [C.ID], "export")
-    shadowed = [name for name in _EXPORT_COLUMNS if name in source.schema.names]
-    if shadowed:
-        raise UsageError(f"{source.path}: column {shadowed[0]!r} would be shadowed by the export's own {shadowed[0]!r}")
+    source, parsed = _open_checked(run, format, where, dedup, shard_size, partial)
 
     # 2. Claim the destination, or resume the same export there.
     dest = storage.normalized(dest)
@@ -153,6 +140,27 @@ def export_run(
     with _writing(dest):
         storage.write_bytes(storage.join(dest, STATS_FILE), (json.dumps(record, indent=2) + "\n").encode())
     return summary
+
+
+def _open_checked(
+    run: str, format: Format, where: str | None, dedup: bool, shard_size: int, partial: bool
+) -> tuple[RunSource, Where | None]:
+    """The run to export, with its `--where` filter parsed, once the options are checked against it."""
+    if format not in FORMATS:
+        raise UsageError(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
+    if shard_size < 1:
+        raise UsageError(f"--shard-size: must be at least 1, got {shard_size}")
+    source = open_source(run, partial)
+    # Over the light columns: the filter runs before any image is read.
+    light = pa.schema([f for f in source.schema if f.name != C.IMAGE])
+    parsed = parse_where(where, light) if where is not None else None
+    if dedup:
+        check_columns(source.schema, [C.IMAGE_SHA256], "--dedup")
+    check_columns(source.schema, [C.ID], "export")
+    shadowed = [name for name in _EXPORT_COLUMNS if name in source.schema.names]
+    if shadowed:
+        raise UsageError(f"{source.path}: column {shadowed[0]!r} would be shadowed by the export's own {shadowed[0]!r}")
+    return source, parsed
 
 
 @contextlib.contextmanager

@@ -30,6 +30,9 @@ from workers.io import storage
 
 logger = logging.getLogger(__name__)
 
+# The fields of each run in compare.json's overall `ranking` (its CLIP-score standings).
+_RANKING_KEYS = ("run", "label", "name", "settings", "n", "mean", "ci95", "images_per_s")
+
 # Per-image score columns a leaderboard ranks when every run has them, in this order (clip_score first:
 # `ranking` is by it). Higher is better for each.
 SCORE_COLUMNS = (C.CLIP_SCORE, C.PICKSCORE, C.AESTHETIC, C.CLIP_COSINE)
@@ -231,6 +234,26 @@ def _prompt_seed_warnings(rows: list[pa.Table], entrants: list[Entrant]) -> list
     return warnings
 
 
+def _ids_on_board(entrants: list[Entrant], shared: int) -> dict:
+    """compare.json's `ids`: how many ids every run scored, and each run's rows left off the board (unscored
+    or absent from another run), warned about once."""
+    left_out = [f"{e.run.table.num_rows - shared} of {e.label}" for e in entrants if e.run.table.num_rows > shared]
+    if left_out:
+        logger.warning(
+            "%d runs compared on the %d ids every run scored; rows left out: %s",
+            len(entrants),
+            shared,
+            some_of(left_out),
+        )
+    return {
+        "shared": shared,
+        "left_out": [
+            {"run": e.run.path, "rows": e.run.table.num_rows, "left_out": e.run.table.num_rows - shared}
+            for e in entrants
+        ],
+    }
+
+
 def build_leaderboard(
     runs: Sequence[Run | str | Path],
     reference: str | None = None,
@@ -244,6 +267,7 @@ def build_leaderboard(
 
     `check_prompts`: warn when a shared id has another prompt or seed in some run (a two-run comparison
     says so itself). `by`: the column whose values get a leaderboard each (default: category, when present)."""
+    # 1. Open the runs, check they compare, and name each by the settings that differ between them.
     opened = [run if isinstance(run, Run) else open_run(run, partial) for run in runs]
     if len(opened) < 2:
         raise UsageError(f"a comparison needs at least two runs (got {len(opened)})")
@@ -253,16 +277,10 @@ def build_leaderboard(
     entrants = [
         Entrant(run, label, {key: _config_value(run, key) for key in keys}) for run, label in zip(opened, labels)
     ]
+    # 2. The rows every run scored: only they are on the board.
     rows = shared_rows(opened)
-    shared = rows[0].num_rows
-    left_out = [f"{e.run.table.num_rows - shared} of {e.label}" for e in entrants if e.run.table.num_rows > shared]
-    if left_out:
-        logger.warning(
-            "%d runs compared on the %d ids every run scored; rows left out: %s",
-            len(entrants),
-            shared,
-            some_of(left_out),
-        )
+    ids = _ids_on_board(entrants, rows[0].num_rows)
+    # 3. Rank the runs by each score, overall and within each group, and find the speed/score Pareto front.
     warnings = _prompt_seed_warnings(rows, entrants) if check_prompts else []
     columns = score_columns(entrants, warnings)
     rankings = {column: score_ranking(entrants, rows, column) for column in columns}
@@ -272,35 +290,20 @@ def build_leaderboard(
     group_column = pick_group_column(opened[0], by)
     groups = group_rankings(rows, main, entrants, group_column) if group_column else {}
     front = ranking.pareto_front([r["images_per_s"] for r in main], [r["mean"] for r in main])
+    # 4. The figures and plots.
     data = {
         "runs_compared": len(entrants),
         "clip_model": opened[0].clip_model,
-        "ids": {
-            "shared": shared,
-            # rows of each run that are not on the leaderboard: unscored (failed) or absent from another run
-            "left_out": [
-                {"run": e.run.path, "rows": e.run.table.num_rows, "left_out": e.run.table.num_rows - shared}
-                for e in entrants
-            ],
-        },
+        "ids": ids,
         "settings_compared": keys,
         "scores": columns,
-        "ranking": [
-            {key: entry[key] for key in ("run", "label", "name", "settings", "n", "mean", "ci95", "images_per_s")}
-            for entry in main
-        ],
+        "ranking": [{key: entry[key] for key in _RANKING_KEYS} for entry in main],
         "rankings": rankings,
         "pareto_front": [main[i]["name"] for i in front],
         "group_by": group_column,
         "group_rankings": groups,
         "set_metrics": set_metrics(opened, reference, fid_weights=fid_weights, cmmd_model=cmmd_model),
-        "statistics": {
-            "ci95": ranking.INTERVAL,
-            "win_rate": "fraction of shared ids where one run scores above the other; ties count half",
-            "test": ranking.PAIRED_TEST,
-            "correction": ranking.CORRECTION,
-            "alpha": ranking.ALPHA,
-        },
+        "statistics": _statistics(),
         "leaderboard_warnings": warnings,
         # --partial: each run's shards left out, whose rows are on no board
         "shards_left_out": {run.path: run.left_out for run in opened if run.left_out},
@@ -308,6 +311,17 @@ def build_leaderboard(
     figures = plots.leaderboard_plots(rankings, keys, front)
     data["plots"] = list(figures)
     return data, figures
+
+
+def _statistics() -> dict:
+    """compare.json's `statistics`: how the intervals, win rates and tests are computed."""
+    return {
+        "ci95": ranking.INTERVAL,
+        "win_rate": "fraction of shared ids where one run scores above the other; ties count half",
+        "test": ranking.PAIRED_TEST,
+        "correction": ranking.CORRECTION,
+        "alpha": ranking.ALPHA,
+    }
 
 
 def set_metrics(

@@ -190,17 +190,9 @@ def compute_set_metrics(
     cache = cache if cache is not None else FeatureCache()
     skipped: dict[str, str] = {}
     # 1. Choose the networks (loading them checks weights and models before any image is decoded).
-    if fid_network is None and fid_weights is not None:
-        fid_network = cache.network(("fid", fid_weights), lambda: InceptionFeatures(fid_weights, device))
-    if fid_network is None:
-        logger.warning(FID_SKIPPED)
-        skipped["fid"] = skipped["kid"] = "no --fid-weights (FID Inception weights)"
-    clip_model = None if cmmd_network is not None else cmmd_model or run_set.clip_model
-    if cmmd_network is None and clip_model is not None:
-        cmmd_network = cache.network(("clip", clip_model), lambda: ClipImageFeatures(clip_model, device))
-    if cmmd_network is None:
-        skipped["cmmd"] = f"{run_set.location} is not a genbatch run with a clip.model: pass --cmmd-model"
-        logger.warning("CMMD skipped: %s", skipped["cmmd"])
+    fid_network, cmmd_network, clip_model = _choose_networks(
+        run_set, cache, skipped, fid_weights, cmmd_model, fid_network, cmmd_network, device
+    )
     networks = {k: n for k, n in (("fid", fid_network), ("cmmd", cmmd_network)) if n is not None}
     # 2. Embed both sets, streaming.
     n_run, run_features = cache.extract(run_set, networks, batch_size)
@@ -230,20 +222,51 @@ def compute_set_metrics(
             skipped["fid"] = skipped["kid"] = "FID and KID need at least 2 images in each set"
         else:
             a, b = run_features["fid"], reference_features["fid"]
-            if min(n_run, n_reference) < a.shape[1]:
-                logger.warning(
-                    "FID from %d and %d images, fewer than the %d feature dimensions: it is strongly biased "
-                    "upwards and comparable only between sets of the same sizes (use thousands of images)",
-                    n_run,
-                    n_reference,
-                    a.shape[1],
-                )
-            result["fid"] = frechet_distance(a, b)
-            kid = kernel_inception_distance(a, b, device=getattr(fid_network, "device", None))
-            result["kid_mean"], result["kid_std"], result["kid_subset_size"] = kid
+            result.update(_fid_and_kid(a, b, n_run, n_reference, fid_network))
     if cmmd_network is not None:
         result["cmmd"] = cmmd(run_features["cmmd"], reference_features["cmmd"], getattr(cmmd_network, "device", None))
     return result
+
+
+def _choose_networks(
+    run_set: ImageSet,
+    cache: FeatureCache,
+    skipped: dict[str, str],
+    fid_weights: str | None,
+    cmmd_model: str | None,
+    fid_network: FeatureNetwork | None,
+    cmmd_network: FeatureNetwork | None,
+    device,
+) -> tuple[FeatureNetwork | None, FeatureNetwork | None, str | None]:
+    """The FID and CMMD networks (None for a metric to skip, its reason put in `skipped`) and the CLIP model
+    CMMD uses (None when `cmmd_network` is given)."""
+    if fid_network is None and fid_weights is not None:
+        fid_network = cache.network(("fid", fid_weights), lambda: InceptionFeatures(fid_weights, device))
+    if fid_network is None:
+        logger.warning(FID_SKIPPED)
+        skipped["fid"] = skipped["kid"] = "no --fid-weights (FID Inception weights)"
+    clip_model = None if cmmd_network is not None else cmmd_model or run_set.clip_model
+    if cmmd_network is None and clip_model is not None:
+        cmmd_network = cache.network(("clip", clip_model), lambda: ClipImageFeatures(clip_model, device))
+    if cmmd_network is None:
+        skipped["cmmd"] = f"{run_set.location} is not a genbatch run with a clip.model: pass --cmmd-model"
+        logger.warning("CMMD skipped: %s", skipped["cmmd"])
+    return fid_network, cmmd_network, clip_model
+
+
+def _fid_and_kid(a, b, n_run: int, n_reference: int, fid_network: FeatureNetwork) -> dict:
+    """FID and KID from the run's features `a` and the reference's `b` (at least 2 images in each set)."""
+    if min(n_run, n_reference) < a.shape[1]:
+        logger.warning(
+            "FID from %d and %d images, fewer than the %d feature dimensions: it is strongly biased "
+            "upwards and comparable only between sets of the same sizes (use thousands of images)",
+            n_run,
+            n_reference,
+            a.shape[1],
+        )
+    fid = frechet_distance(a, b)
+    kid_mean, kid_std, kid_subset_size = kernel_inception_distance(a, b, device=getattr(fid_network, "device", None))
+    return {"fid": fid, "kid_mean": kid_mean, "kid_std": kid_std, "kid_subset_size": kid_subset_size}
 
 
 def set_metrics_of_runs(

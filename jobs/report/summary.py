@@ -98,25 +98,17 @@ def build_report(
     With a `reference` (see `set_metrics.compute_set_metrics`, which takes `set_options`), `set_metrics` too.
     `partial`: go on without the shards that are not whole or not the job's (see
     `jobs.runfolder.shard_files.job_shard_files`)."""
+    # 1. Tally the run.
     run = locate_run(run_dir, partial)
     column = pick_group_column(run, by)
-    extra_scores = [name for name in C.SCORES if name in run.columns]
-    tally = RunTally(
-        column,
-        reconstruct=C.RECON_MSE in run.columns,
-        extra_scores=extra_scores,
-        step_cache=C.CACHE_SKIPPED_STEPS in run.columns,
-    )
-    for batch in scan(run, tally.columns):
-        tally.add(batch)
-    tally.finish()
-    scores = tally.scores
+    tally = _tally(run, column)
+    # 2. The figures.
     data = {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "rows": tally.rows,
         "ok": tally.ok,
         "failed": tally.failed,
-        "clip_score": summarize_scores(scores),
+        "clip_score": summarize_scores(tally.scores),
         "clip_score_definition": CLIP_SCORE_DEFINITION,
         "group_by": column,
         "groups": {column: tally.group_stats()} if column else {},
@@ -124,7 +116,7 @@ def build_report(
         "failed_rows": [],
         "shards_left_out": run.left_out,  # --partial: their rows are not in these figures
     }
-    if extra_scores:
+    if tally.extra_scores:
         data["scores"] = tally.extra_score_stats()
     if tally.reconstruct:
         data["reconstruction"] = tally.reconstruction_stats()
@@ -135,20 +127,42 @@ def build_report(
         from jobs.report.set_metrics import compute_set_metrics
 
         data["set_metrics"] = compute_set_metrics(run.path, reference, **set_options)
+    # 3. The rows shown: failed rows, best and worst images.
+    data["failed_rows"], visuals = _shown_rows(run, tally, shown)
+    return data, visuals
+
+
+def _tally(run: RunFiles, column: str | None) -> RunTally:
+    """One pass over the few columns the figures need, a batch at a time."""
+    tally = RunTally(
+        column,
+        reconstruct=C.RECON_MSE in run.columns,
+        extra_scores=[name for name in C.SCORES if name in run.columns],
+        step_cache=C.CACHE_SKIPPED_STEPS in run.columns,
+    )
+    for batch in scan(run, tally.columns):
+        tally.add(batch)
+    tally.finish()
+    return tally
+
+
+def _shown_rows(run: RunFiles, tally: RunTally, shown: int) -> tuple[list[dict], dict]:
+    """report.json's failed rows, and the HTML's histogram and best and worst images, fetched by position."""
+    scores = tally.scores
     shown = min(shown, max(1, len(scores) // 2))  # small runs: best and worst do not overlap
     order = np.argsort(scores, kind="stable")
     positions = tally.positions
     best, worst = positions[order[::-1][:shown]].tolist(), positions[order[:shown]].tolist()
     rows = fetch_rows(run, tally.failed_positions + best + worst, [C.ID, C.PROMPT, C.ERROR, C.CLIP_SCORE])
     failed = [rows[p] for p in tally.failed_positions]
-    data["failed_rows"] = [{"id": r[C.ID], "prompt": r.get(C.PROMPT), "error": r[C.ERROR]} for r in failed]
+    failed_rows = [{"id": r[C.ID], "prompt": r.get(C.PROMPT), "error": r[C.ERROR]} for r in failed]
     images = fetch_rows(run, best + worst, [C.IMAGE])
     visuals = {
         "histogram": histogram_uri(scores),
         "best": [_tile(rows[p], images[p]) for p in best],
         "worst": [_tile(rows[p], images[p]) for p in worst],
     }
-    return data, visuals
+    return failed_rows, visuals
 
 
 class RunTally:

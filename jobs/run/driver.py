@@ -1,5 +1,5 @@
-"""A run of its own: validate, plan, resume, then the lifecycle of a group of one run (jobs.run.lifecycle). Reads
-top to bottom."""
+"""A run of its own: validate, open and plan it (jobs.run.planning), then the lifecycle of a group of one run
+(jobs.run.lifecycle). Reads top to bottom."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from jobs.config.schema import JobConfig
 from jobs.errors import ConfigError
 from jobs.inputs.manifest import read_manifest
 from jobs.pool.dispatch import JobHooks
-from jobs.run.lifecycle import RunOptions, finish_complete, job_warnings, open_run, plan_run, run_group
+from jobs.run.lifecycle import RunOptions, finish_complete, run_group
+from jobs.run.planning import job_warnings, open_run, plan_run
 from jobs.run.records import JobSummary
 from jobs.runfolder.resume import clear_output
 

@@ -1,6 +1,6 @@
 """The one lifecycle of a group of actors. A run is a group of one run (jobs.run.driver), a sweep runs one
 group per kind of actor (jobs.run.sweep), and a rescore drives its scoring actors through the same pool
-start and stop (jobs.run.rescore).
+start and stop (jobs.run.rescore). The runs come opened and planned (jobs.run.planning).
 
 A group of runs, step by step (`run_group`): each run's job.json says it is running; Ray, the actors'
 resources and the pool start; the shards of all the runs go through one dispatcher; a stop signal
@@ -13,32 +13,25 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from jobs import signals
 from jobs.config import fit
 from jobs.config.schema import JobConfig
-from jobs.errors import OutputError, WorkerStartError, one_line
-from jobs.inputs.manifest import Manifest, seed_column_warning
-from jobs.inputs.planner import plan_shards
+from jobs.errors import WorkerStartError
 from jobs.pool import cluster, worker_reuse
 from jobs.pool.actor_backend import ActorBackend, RayBackend
 from jobs.pool.dispatch import Dispatcher, DispatchOutcome, JobHooks, describe_pool
+from jobs.run.planning import Run
 from jobs.run.progress import Progress, announce
-from jobs.run.records import JobSummary, job_record, record_end, record_failure
-from jobs.runfolder.jobfile import JobRecord, identity_key, read_job_file, write_job_file
-from jobs.runfolder.lock import OutputLock
-from jobs.runfolder.resume import ResumePlan, check_same_job, count_on_disk, job_identity, plan_resume
+from jobs.run.records import JobSummary, record_end, record_failure
+from jobs.runfolder.jobfile import write_job_file
+from jobs.runfolder.resume import count_on_disk
 from jobs.runfolder.settings import worker_settings
-from jobs.runfolder.shard_files import shard_files_exist
 from jobs.runfolder.versions import VersionGuard
-from workers.io import layout, storage
 from workers.io.writer import ShardFooter, remove_temp_files
 from workers.tasks import RescoreTask, RunBinding, ShardResult, ShardTask, WorkerInfo
 
@@ -57,105 +50,13 @@ class RunOptions:
     allow_version_change: bool = False
 
 
-@dataclass
-class LockedRun:
-    """A run whose output folder is locked, and checked against what it already holds (`open_run`)."""
-
-    config: JobConfig
-    manifest: Manifest
-    shards: list[ShardTask]
-    identity: dict
-    key: str
-    output: str
-    lock: OutputLock
-    folder: str  # its folder's name in a sweep; "" for a run of its own
-
-
-@dataclass
-class Run(LockedRun):
-    """A locked run with its resume planned and its job.json drafted (`plan_run`)."""
-
-    plan: ResumePlan
-    record: JobRecord  # its job.json
-    previous_status: str | None  # how its job.json said the run before ended
-    estimate: fit.Estimate | None  # what one of its actors needs in GPU memory; None on CPUs
-
-
 @dataclass(frozen=True)
 class GroupResult:
     summaries: list[JobSummary]  # one per run, in the group's order
     workers: list[WorkerInfo]  # the pool's actors
 
 
-# 1. Opening and planning a run.
-
-
-def open_run(config: JobConfig, manifest: Manifest, folder: str, locks: ExitStack, overwrite: bool) -> LockedRun:
-    """A run's folder, locked (until `locks` closes), with what it holds checked against the run (with
-    --overwrite, what it holds is to be cleared: nothing to check)."""
-    shards = plan_shards(manifest, config.shard_size, config.generation.images_per_prompt)
-    identity = job_identity(config, manifest)
-    output = prepare_output(config.output.path)
-    lock = locks.enter_context(OutputLock(output))
-    previous = None if overwrite else read_job_file(output)
-    remove_temp_files(output)
-    if previous is not None and shard_files_exist(output):
-        check_same_job(output, previous, identity)
-    return LockedRun(config, manifest, shards, identity, identity_key(identity), output, lock, folder)
-
-
-def plan_run(run: LockedRun, retry_failed: bool, warnings: list[str], estimate: fit.Estimate | None) -> Run:
-    """What is left to do of `run` (what an earlier run completed is reused), and its job.json."""
-    previous = read_job_file(run.output)  # None after --overwrite cleared it
-    plan = plan_resume(run.output, run.shards, run.key, retry_failed)
-    if previous is not None and not plan.has_shards:
-        previous = None  # a folder without a complete shard belongs to no job: start afresh
-    record = job_record(run.config, run.manifest, run.identity, len(run.shards), previous, warnings, estimate)
-    previous_status = previous.status if previous else None
-    return Run(**vars(run), plan=plan, record=record, previous_status=previous_status, estimate=estimate)
-
-
-def prepare_output(path: str) -> str:
-    """Create the output folder (it may already hold this job's earlier output)."""
-    if storage.is_remote(path):
-        # Buckets have no folders to create (keys appear as shards are published): check the bucket is there.
-        try:
-            found = storage.exists(storage.bucket(path))
-        except OSError as error:
-            raise OutputError(f"{path}: cannot reach the output location ({one_line(error)})") from None
-        if not found:
-            raise OutputError(f"{path}: bucket {storage.bucket(path)} does not exist")
-        return storage.normalized(path)
-    output = Path(path)
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"{output}: cannot create the output folder ({error.strerror})") from None
-    if not os.access(output, os.W_OK):
-        raise OutputError(f"{output}: output folder is not writable")
-    for name in layout.FOLDERS:
-        folder = output / name
-        if folder.exists() and not folder.is_dir():
-            raise OutputError(f"{folder}: not a folder; genbatch writes its shard files there")
-    return str(output.resolve())
-
-
-def job_warnings(config: JobConfig, manifest: Manifest) -> list[str]:
-    """Settings of the config that the manifest overrides, said once at start and kept in job.json."""
-    seeds = seed_column_warning(manifest, config.seed) if config.mode == "generate" else None
-    return [seeds] if seeds else []
-
-
-def finish_complete(run: Run, started: float) -> JobSummary:
-    """A run with nothing left to do starts nothing: job.json is rewritten only if it is lost or does not
-    say `finished` yet (a run killed after its last shard)."""
-    summary = summarize(run, DispatchOutcome(), {}, started)
-    if run.previous_status != "finished":
-        record_end(run.output, run.record, "finished", summary, DispatchOutcome(), run.plan.versions)
-    return summary
-
-
-# 2. The lifecycle of a group of runs served by one pool of actors.
+# 1. The lifecycle of a group of runs served by one pool of actors.
 
 
 def run_group(
@@ -328,7 +229,7 @@ class _Group:
         )
 
 
-# 3. The pool of actors, as run, sweep and rescore start and stop it.
+# 2. The pool of actors, as run, sweep and rescore start and stop it.
 
 
 def new_dispatcher(
@@ -384,7 +285,7 @@ def nothing_started(outcome: DispatchOutcome) -> bool:
     return not outcome.workers and bool(outcome.start_errors)
 
 
-# 4. A run's summary.
+# 3. A run's summary, and the end of a run with nothing left to do.
 
 
 def summarize(
@@ -424,3 +325,12 @@ def summarize(
         replaced_workers=outcome.replaced_workers,
         signal=None if interrupt is None else signals.signal_name_of(interrupt),
     )
+
+
+def finish_complete(run: Run, started: float) -> JobSummary:
+    """A run with nothing left to do starts nothing: job.json is rewritten only if it is lost or does not
+    say `finished` yet (a run killed after its last shard)."""
+    summary = summarize(run, DispatchOutcome(), {}, started)
+    if run.previous_status != "finished":
+        record_end(run.output, run.record, "finished", summary, DispatchOutcome(), run.plan.versions)
+    return summary

@@ -27,18 +27,8 @@ from jobs.errors import EXIT_OK, EXIT_ROWS_FAILED, OutputError
 from jobs.inputs.manifest import Manifest, read_manifest
 from jobs.pool import cluster
 from jobs.pool.dispatch import DispatchOutcome, JobHooks
-from jobs.run.lifecycle import (
-    LockedRun,
-    Run,
-    RunOptions,
-    finish_complete,
-    job_warnings,
-    open_run,
-    plan_run,
-    prepare_output,
-    run_group,
-    summarize,
-)
+from jobs.run.lifecycle import RunOptions, finish_complete, run_group, summarize
+from jobs.run.planning import LockedRun, Run, job_warnings, open_run, plan_run, prepare_output
 from jobs.run.progress import announce
 from jobs.run.records import JobSummary
 from jobs.runfolder.resume import clear_output

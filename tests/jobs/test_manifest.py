@@ -7,7 +7,7 @@ import pytest
 from jobs.cli.main import main
 from jobs.config.schema import JobConfig
 from jobs.inputs.manifest import find_manifest_files, read_manifest, seed_column_warning
-from jobs.run.lifecycle import job_warnings
+from jobs.run.planning import job_warnings
 from tests.conftest import read_output, write_config, write_manifest
 
 
