@@ -79,10 +79,7 @@ def manifest_command(args: argparse.Namespace) -> int:
             sample=args.sample,
             yes=args.yes,
         )
-        print(
-            f"genbatch: wrote {summary.rows} rows ({summary.prompts} combinations) to {summary.output}; "
-            f"columns: {', '.join(summary.columns)}"
-        )
+        _print_wrote(summary, "combinations")
         return 0
     if args.input is None:
         raise UsageError("manifest: give a prompt list (INPUT) or --template with --var NAME=FILE")
@@ -96,11 +93,16 @@ def manifest_command(args: argparse.Namespace) -> int:
         images_per_prompt=args.images_per_prompt,
         seed=args.seed,
     )
+    _print_wrote(summary, "prompts")
+    return 0
+
+
+def _print_wrote(summary, what: str) -> None:
+    """A manifest's summary line; `what` its prompts are (imported prompts, or a template's combinations)."""
     print(
-        f"genbatch: wrote {summary.rows} rows ({summary.prompts} prompts) to {summary.output}; "
+        f"genbatch: wrote {summary.rows} rows ({summary.prompts} {what}) to {summary.output}; "
         f"columns: {', '.join(summary.columns)}"
     )
-    return 0
 
 
 def report_command(args: argparse.Namespace) -> int:

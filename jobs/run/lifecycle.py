@@ -105,6 +105,7 @@ class _Group:
         self.guards = {
             run.output: VersionGuard(run.output, run.plan.versions, options.allow_version_change) for run in runs
         }
+        self.by_output = {run.output: run for run in runs}
         self.recorded: list[Run] = []  # runs whose job.json says running
         self.dispatcher: Dispatcher | None = None
         self.spans: dict[str, list[float]] = {}  # run output -> [its first shard's start, its last shard's end]
@@ -170,7 +171,7 @@ class _Group:
         now = time.perf_counter()
         span = self.spans.setdefault(result.output_dir, [math.inf, -math.inf])
         span[0], span[1] = min(span[0], now - result.seconds), max(span[1], now)
-        run = {run.output: run for run in self.runs}[result.output_dir]
+        run = self.by_output[result.output_dir]
         mine = self.outcome_of(run, self.dispatcher.outcome)
         if not mine.failures and len({r.shard for r in mine.results}) == len(run.plan.todo):
             summary = self.summary(run, mine, {}, None)
