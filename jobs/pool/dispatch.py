@@ -8,7 +8,8 @@ as many actors as the cluster's capacity allows, within [min, max], and re-reads
 CAPACITY_CHECK_SECONDS and when an actor dies. A node that joins gets new actors; a dead actor is
 replaced only while the cluster has room for it (or to keep min), and when the capacity drops below
 the pool, actors still starting are stopped, newest first (such as a replacement started before Ray
-saw its node go, which cannot be placed). Ready actors are never stopped: they go with their nodes.
+saw its node go, which cannot be placed); one that Ray placed on that node dies loading, and with no room
+left for it the pool shrinks as well. Ready actors are never stopped: they go with their nodes.
 The pool grows only once an actor has loaded, and an actor that fails to start is not replaced (it
 would most likely fail again): its slot stays empty for the run, in either kind of pool.
 The actors are reached through an ActorBackend (jobs.pool.actor_backend): Ray in a job, fakes in tests.
@@ -225,9 +226,17 @@ class Dispatcher:
             info = self.backend.ready_info(ref)
         except Exception as error:  # noqa: BLE001 - a worker that cannot start is reported, not fatal
             actor.alive = False
-            self._failed_starts += 1
-            self.outcome.start_errors.append(_describe(error))
-            logger.warning("worker-%d failed to start: %s", actor.index, _describe(error))
+            if isinstance(error, ActorDied) and self._no_room_for(actor):
+                # It went with its node: Ray placed it (a replacement, often) on a node it had not yet seen
+                # fail. The pool shrinks, as for a ready actor's lost node; a failed start would keep its slot.
+                if actor.replacement:
+                    self.outcome.replaced_workers -= 1
+                logger.warning("worker-%d could not start: its node left", actor.index)
+                logger.warning("pool: %d -> %d workers (a node left)", self._live() + 1, self._live())
+            else:
+                self._failed_starts += 1
+                self.outcome.start_errors.append(_describe(error))
+                logger.warning("worker-%d failed to start: %s", actor.index, _describe(error))
         else:
             actor.info = info
             self.outcome.workers.append(info)
@@ -235,6 +244,10 @@ class Dispatcher:
             if self.outcome.first_ready_at is None:
                 self.outcome.first_ready_at = time.perf_counter()
         self._report_workers()
+
+    def _no_room_for(self, actor: _Actor) -> bool:
+        """Whether an elastic pool's cluster has lost the room of `actor` (no longer counted live)."""
+        return self.pool.elastic and self.pool_size() < self._live() + self._failed_starts + 1
 
     def _advance(self, stream) -> None:
         actor, _ = self._tasks[stream]

@@ -117,6 +117,7 @@ class FakeBackend:
             return call.actor.worker.ready()
         except Crash:
             call.actor.alive = False
+            self.deaths.append(call.actor.name)
             raise ActorDied(DIED) from None
 
     def run_shard(self, handle: FakeActor, shard: ShardTask) -> Stream:

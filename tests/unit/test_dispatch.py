@@ -155,9 +155,7 @@ def test_an_actor_that_cannot_load_is_recorded_and_the_others_run_every_shard():
 
 
 def test_when_no_actor_can_start_no_shard_runs_and_none_is_counted_failed():
-    backend = FakeBackend(
-        faults={("0#1", "ready"): WorkerLoadError("OSError: out of memory"), ("1#1", "ready"): DIE}
-    )
+    backend = FakeBackend(faults={("0#1", "ready"): WorkerLoadError("OSError: out of memory"), ("1#1", "ready"): DIE})
     run = Run(backend, workers=2, shard_count=3)
     outcome = run.run()
     assert outcome.start_errors == ["OSError: out of memory", DIED]
@@ -312,6 +310,36 @@ def test_a_replacement_still_starting_when_the_node_is_seen_gone_is_stopped(capa
     assert backend.started == ["0#1", "1#1", "1#2"] and backend.killed == ["1#1", "1#2"]
     assert (outcome.retries, outcome.replaced_workers, outcome.failures) == (1, 0, [])
     assert sorted(run.done) == [0, 1, 2, 3, 4, 5] and run.ran_on()[2] == "0#1"
+
+
+def test_a_replacement_placed_on_the_lost_node_dies_loading_and_the_pool_shrinks(capacity_every_wait, caplog):
+    # The cluster still counts the lost node when the death is seen; the replacement is placed on that node
+    # and dies with it while loading. That is the node leaving, not a failed start: nothing is kept for it.
+    faults = {("1#1", 2): DIE, ("1#2", "ready"): DIE}
+    backend = FakeBackend(faults=faults, capacity=lambda b: 1 if "1#2" in b.deaths else 2)
+    run = Run(backend, workers=AUTO, shard_count=6, max_shard_retries=1)
+    with caplog.at_level(logging.WARNING, logger="jobs.pool.dispatch"):
+        outcome = run.run()
+    assert pool_lines(caplog) == [
+        f"worker-1 died ({DIED}); starting a replacement",
+        "worker-1 could not start: its node left",
+        "pool: 2 -> 1 workers (a node left)",
+    ]
+    assert backend.started == ["0#1", "1#1", "1#2"] and backend.killed == ["1#1"]
+    assert (outcome.retries, outcome.replaced_workers, outcome.start_errors, outcome.failures) == (1, 0, [], [])
+    assert sorted(run.done) == [0, 1, 2, 3, 4, 5] and run.ran_on()[2] == "0#1"
+    assert run.worker_counts[-1] == (1, 1)
+
+
+def test_an_actor_that_dies_loading_while_its_slot_is_still_there_is_a_failed_start(capacity_every_wait, caplog):
+    # Its process died (out of memory, say) but the cluster still has room for it: its slot stays empty.
+    backend = FakeBackend(faults={("1#1", "ready"): DIE}, capacity=2)
+    run = Run(backend, workers=AUTO, shard_count=6)
+    with caplog.at_level(logging.WARNING, logger="jobs.pool.dispatch"):
+        outcome = run.run()
+    assert pool_lines(caplog) == [f"worker-1 failed to start: {DIED}"]
+    assert backend.started == ["0#1", "1#1"] and outcome.start_errors == [DIED]
+    assert set(run.ran_on().values()) == {"0#1"} and outcome.replaced_workers == 0
 
 
 def test_an_elastic_pool_replaces_dead_actors_up_to_its_min_without_room(capacity_every_wait):

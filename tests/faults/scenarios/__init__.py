@@ -1,7 +1,6 @@
 """Scenarios on Ray clusters of their own nodes: all run on one cluster, in one process (see shared_cluster).
 
-Each scenario's `run(cluster, workdir)` returns a report of what happened, with `checks`: whether its own
-checks hold.
+Each scenario's `run(cluster, workdir)` returns a report of what happened; its test checks the report.
 """
 
 from __future__ import annotations

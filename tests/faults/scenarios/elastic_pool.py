@@ -31,7 +31,7 @@ class PoolLog(logging.Handler):
 
 
 def run(cluster, workdir: Path) -> dict:
-    """What happened; `checks` is whether the scenario's own checks hold."""
+    """What happened, for the test to check."""
     from jobs.config.schema import JobConfig
     from jobs.pool.dispatch import JobHooks
     from jobs.run.driver import run_job
@@ -85,7 +85,7 @@ def run(cluster, workdir: Path) -> dict:
     if joined is not None:  # the cluster as it was
         cluster.remove_node(joined)
     stats = read_all_stats(str(workdir / "out"))
-    result = {
+    return {
         "seconds": round(time.monotonic() - started, 1),
         "joined": joined is not None,
         "removed": "removed" in nodes,
@@ -97,14 +97,3 @@ def run(cluster, workdir: Path) -> dict:
         "pool_log": [line for line in pool_log.lines if line.startswith(("pool:", "worker-"))],
         **job_outcome(summary, workdir / "out", "e", ROWS),
     }
-    result["checks"] = (
-        result["removed"]
-        and result["shards_on_joined_node"] >= 1
-        and "pool: 1 -> 2 workers (a node joined)" in result["pool_log"]
-        # The lost node's actor is not replaced (or its replacement, started before Ray saw the node go, is stopped).
-        and "pool: 2 -> 1 workers (a node left)" in result["pool_log"]
-        and result["replaced"] == 0
-        and result["ok"] == ROWS
-        and result["ids_exactly_once"]
-    )
-    return result
