@@ -8,8 +8,9 @@ as many actors as the cluster's capacity allows, within [min, max], and re-reads
 CAPACITY_CHECK_SECONDS and when an actor dies. A node that joins gets new actors; a dead actor is
 replaced only while the cluster has room for it (or to keep min), and when the capacity drops below
 the pool, actors still starting are stopped, newest first (such as a replacement started before Ray
-saw its node go, which cannot be placed); one that Ray placed on that node dies loading, and with no room
-left for it the pool shrinks as well. Ready actors are never stopped: they go with their nodes.
+saw its node go, which cannot be placed). Ready actors are never stopped: they go with their nodes. An actor
+that dies while loading after the cluster lost room (Ray placed it on a node it had not yet seen fail) went
+with its node, and is treated as a ready one lost with its node would be, in either kind of pool.
 The pool grows only once an actor has loaded, and an actor that fails to start is not replaced (it
 would most likely fail again): its slot stays empty for the run, in either kind of pool.
 The actors are reached through an ActorBackend (jobs.pool.actor_backend): Ray in a job, fakes in tests.
@@ -82,6 +83,7 @@ class _Actor:
     produced: bool = False
     info: WorkerInfo | None = None  # once its ready call answered
     replacement: bool = False  # started in place of a dead actor
+    room_at_start: int | None = None  # the cluster's capacity as last read when it started (see _went_with_a_node)
 
 
 class Dispatcher:
@@ -160,13 +162,21 @@ class Dispatcher:
         within the elastic pool's bounds."""
         if not self.pool.elastic:
             return self.pool.min
-        try:
-            capacity = self.backend.capacity()
-        except Exception as error:  # noqa: BLE001 - the pool keeps its size until the next read
-            logger.warning("cannot read the cluster's capacity: %s", _describe(error))
+        capacity = self._read_capacity()
+        if capacity is None:  # the pool keeps its size until the next read
             capacity = self._capacity if self._capacity is not None else self.pool.min
-        self._capacity, self._capacity_read_at = capacity, time.monotonic()
+            self._capacity = capacity
         return self.pool.size(capacity)
+
+    def _read_capacity(self) -> int | None:
+        """The cluster's capacity now, or None (a warning said why) if it cannot be read."""
+        self._capacity_read_at = time.monotonic()
+        try:
+            self._capacity = self.backend.capacity()
+        except Exception as error:  # noqa: BLE001 - the caller goes on with what it knew
+            logger.warning("cannot read the cluster's capacity: %s", _describe(error))
+            return None
+        return self._capacity
 
     def handles(self) -> list:
         return [actor.handle for actor in self.actors]
@@ -182,8 +192,17 @@ class Dispatcher:
         self._delivered.clear()
 
     def _new_actor(self, index: int, replacement: bool = False) -> _Actor:
+        # A replacement may be placed on a node that is going (see _went_with_a_node): a fixed pool reads the
+        # capacity for it too (an elastic one has just read it).
+        room = self._read_capacity() if replacement and not self.pool.elastic else self._capacity
         handle = self.backend.start(index)
-        return _Actor(index=index, handle=handle, ready_ref=self.backend.ready(handle), replacement=replacement)
+        return _Actor(
+            index=index,
+            handle=handle,
+            ready_ref=self.backend.ready(handle),
+            replacement=replacement,
+            room_at_start=room,
+        )
 
     def _live(self) -> int:
         return sum(1 for actor in self.actors if actor.alive)
@@ -226,13 +245,8 @@ class Dispatcher:
             info = self.backend.ready_info(ref)
         except Exception as error:  # noqa: BLE001 - a worker that cannot start is reported, not fatal
             actor.alive = False
-            if isinstance(error, ActorDied) and self._no_room_for(actor):
-                # It went with its node: Ray placed it (a replacement, often) on a node it had not yet seen
-                # fail. The pool shrinks, as for a ready actor's lost node; a failed start would keep its slot.
-                if actor.replacement:
-                    self.outcome.replaced_workers -= 1
-                logger.warning("worker-%d could not start: its node left", actor.index)
-                logger.warning("pool: %d -> %d workers (a node left)", self._live() + 1, self._live())
+            if isinstance(error, ActorDied) and self._went_with_a_node(actor):
+                self._lost_while_loading(actor)
             else:
                 self._failed_starts += 1
                 self.outcome.start_errors.append(_describe(error))
@@ -245,9 +259,33 @@ class Dispatcher:
                 self.outcome.first_ready_at = time.perf_counter()
         self._report_workers()
 
-    def _no_room_for(self, actor: _Actor) -> bool:
-        """Whether an elastic pool's cluster has lost the room of `actor` (no longer counted live)."""
-        return self.pool.elastic and self.pool_size() < self._live() + self._failed_starts + 1
+    def _went_with_a_node(self, actor: _Actor) -> bool:
+        """Whether an actor whose process died while it loaded went with its node: the cluster has less room
+        than when it started. Ray places an actor (a replacement, often) on a node it has not yet seen fail.
+        Otherwise it died loading (out of memory, a crash) and would most likely die again: a failed start."""
+        if actor.room_at_start is None:
+            return False
+        room = self._read_capacity()
+        return room is not None and room < actor.room_at_start
+
+    def _lost_while_loading(self, actor: _Actor) -> None:
+        """A loading actor lost with its node: as for a ready actor's, its slot is started again where the pool
+        keeps it, or the pool shrinks."""
+        if self._keeps_the_slot():
+            logger.warning("worker-%d could not start: its node left; starting it again", actor.index)
+            self.actors.append(self._new_actor(actor.index, replacement=actor.replacement))
+            return
+        if actor.replacement:
+            self.outcome.replaced_workers -= 1
+        live = self._live()
+        logger.warning("worker-%d could not start: its node left", actor.index)
+        logger.warning("pool: %d -> %d workers (a node left)", live + 1, live)
+
+    def _keeps_the_slot(self) -> bool:
+        """Whether the slot of an actor that just died is filled again: a fixed pool's always, an elastic
+        pool's up to its min, and beyond it while the cluster has room."""
+        live = self._live()
+        return live < self.pool.min or (self.pool.elastic and live + self._failed_starts < self.pool_size())
 
     def _advance(self, stream) -> None:
         actor, _ = self._tasks[stream]
@@ -290,13 +328,12 @@ class Dispatcher:
         actor.running_at_death = unfinished[0] if unfinished else None
         # "Unavailable" can be temporary: make sure the old actor cannot come back and compete.
         self.backend.kill(actor.handle)
-        live = self._live()
-        # A fixed pool always has room for it; an elastic one when the cluster does, and up to its min.
-        if live < self.pool.min or (self.pool.elastic and live + self._failed_starts < self.pool_size()):
+        if self._keeps_the_slot():
             logger.warning("worker-%d died (%s); starting a replacement", actor.index, _describe(error))
             self.actors.append(self._new_actor(actor.index, replacement=True))
             self.outcome.replaced_workers += 1
         else:
+            live = self._live()
             logger.warning("worker-%d died (%s)", actor.index, _describe(error))
             logger.warning("pool: %d -> %d workers (a node left)", live + 1, live)
         self._report_workers()

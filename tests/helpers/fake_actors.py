@@ -18,6 +18,7 @@ DIED = "ActorDiedError: The actor died unexpectedly before finishing this task."
 # Fault table values, keyed by (actor name, shard index) or (actor name, "ready").
 DIE = "die"  # the actor's process dies after the shard's first micro-batch (or while it loads)
 DIE_AFTER_RESULT = "die after result"  # ... after the shard's ShardResult arrived, before its stream ended
+ROOMY = 64  # the capacity of a cluster with room for any pool (FakeBackend's default)
 CLOCK = SimpleNamespace(now=0.0)  # the dispatcher's monotonic clock: only a wait that times out moves it
 
 
@@ -91,7 +92,8 @@ class Stream:
 class FakeBackend:
     """An ActorBackend of FakeWorkers. `slow_starts[name]`: waits that time out (moving CLOCK) before that
     actor's ready call has an answer. `capacity`: the cluster's room for actors, a number or a function of
-    this backend (of what happened so far); None for a fixed pool, which must never ask."""
+    this backend (of what happened so far); None: room for any pool, always (a fixed pool reads it only when
+    it starts a replacement)."""
 
     def __init__(self, faults: dict | None = None, slow_starts: dict | None = None, capacity=None):
         self.faults = faults or {}
@@ -161,8 +163,7 @@ class FakeBackend:
         self.killed.append(handle.name)
 
     def capacity(self) -> int:
-        assert self.room is not None, "a fixed pool asked for the cluster's capacity"
-        answer = self.room(self) if callable(self.room) else self.room
+        answer = ROOMY if self.room is None else self.room(self) if callable(self.room) else self.room
         if isinstance(answer, Exception):
             raise answer
         self.capacity_reads.append((CLOCK.now, answer))

@@ -18,7 +18,17 @@ from jobs import signals
 from jobs.config.schema import WorkerRange
 from jobs.pool import dispatch
 from jobs.pool.dispatch import Dispatcher
-from tests.helpers.fake_actors import BATCH, CLOCK, DIE, DIE_AFTER_RESULT, DIED, IMAGES_PER_SHARD, FakeBackend, shards
+from tests.helpers.fake_actors import (
+    BATCH,
+    CLOCK,
+    DIE,
+    DIE_AFTER_RESULT,
+    DIED,
+    IMAGES_PER_SHARD,
+    ROOMY,
+    FakeBackend,
+    shards,
+)
 from workers.errors import WorkerLoadError
 
 
@@ -173,6 +183,7 @@ def test_when_every_actor_is_dead_the_pending_shards_fail():
     outcome = run.run()
     assert backend.started == ["0#1", "0#2"] and outcome.start_errors == [DIED]
     assert (outcome.retries, outcome.replaced_workers) == (1, 1)
+    assert backend.capacity_reads == [(0.0, ROOMY), (0.0, ROOMY)]  # as the replacement starts, and as it dies
     # Shard 1, requeued uncharged, went back to the front of the queue.
     assert run.failed() == [(1, "no worker is alive"), (0, "no worker is alive")]
     assert outcome.results == [] and run.progress_sum == (8, 8)
@@ -242,8 +253,9 @@ def test_an_elastic_pool_starts_one_actor_per_slot_within_its_bounds(workers, ca
 
 def test_a_fixed_pool_and_an_elastic_one_of_equal_bounds_never_read_the_capacity():
     for workers in (2, WorkerRange(min=2, max=2)):
-        run = Run(FakeBackend(capacity=None), workers=workers, shard_count=4)  # capacity() would fail the test
+        run = Run(FakeBackend(), workers=workers, shard_count=4)
         assert run.run().failures == [] and run.backend.started == ["0#1", "1#1"]
+        assert run.backend.capacity_reads == []
 
 
 def test_a_node_that_joins_mid_job_gets_a_new_actor_that_takes_shards(capacity_every_wait, caplog):
@@ -329,6 +341,23 @@ def test_a_replacement_placed_on_the_lost_node_dies_loading_and_the_pool_shrinks
     assert (outcome.retries, outcome.replaced_workers, outcome.start_errors, outcome.failures) == (1, 0, [], [])
     assert sorted(run.done) == [0, 1, 2, 3, 4, 5] and run.ran_on()[2] == "0#1"
     assert run.worker_counts[-1] == (1, 1)
+
+
+def test_a_fixed_pool_starts_again_a_replacement_that_went_with_the_lost_node(caplog):
+    # As above in a fixed pool of 2: the slot is kept, so it is started once more (on a live cluster it waits
+    # for a place, as a fixed pool's extra actors do) and runs shards.
+    faults = {("1#1", 2): DIE, ("1#2", "ready"): DIE}
+    backend = FakeBackend(faults=faults, capacity=lambda b: 1 if "1#2" in b.deaths else 2)
+    run = Run(backend, workers=2, shard_count=6, max_shard_retries=1)
+    with caplog.at_level(logging.WARNING, logger="jobs.pool.dispatch"):
+        outcome = run.run()
+    assert pool_lines(caplog) == [
+        f"worker-1 died ({DIED}); starting a replacement",
+        "worker-1 could not start: its node left; starting it again",
+    ]
+    assert backend.started == ["0#1", "1#1", "1#2", "1#3"] and backend.killed == ["1#1"]
+    assert (outcome.retries, outcome.replaced_workers, outcome.start_errors, outcome.failures) == (1, 1, [], [])
+    assert "1#3" in run.ran_on().values() and sorted(run.done) == [0, 1, 2, 3, 4, 5]
 
 
 def test_an_actor_that_dies_loading_while_its_slot_is_still_there_is_a_failed_start(capacity_every_wait, caplog):
