@@ -1,12 +1,13 @@
-"""The one lifecycle of a group of actors. A run is a group of one run (jobs.run.driver), a sweep runs one
-group per kind of actor (jobs.run.sweep), and a rescore drives its scoring actors through the same pool
-start and stop (jobs.run.rescore). The runs come opened and planned (jobs.run.planning).
+"""The one lifecycle of a group of actors (`drive`), which every command that drives actors goes through: a
+run is a group of one run (jobs.run.driver), a sweep runs one group per kind of actor (jobs.run.sweep),
+and a rescore is a group of scoring actors (jobs.run.rescore). The runs come opened and planned
+(jobs.run.planning).
 
-A group of runs, step by step (`run_group`): each run's job.json says it is running; Ray, the actors'
-resources and the pool start; the shards of all the runs go through one dispatcher; a stop signal
-ends dispatching cleanly, a failure is recorded in each job.json; the actors are stopped (or parked,
-jobs.pool.worker_reuse) and temporary files removed; each run's job.json records its end, with the counts
-of what is on disk.
+Step by step: the work is recorded as under way, Ray and the pool start; the shards go through one
+dispatcher; a stop signal ends dispatching cleanly, a failure is recorded; the actors are stopped (or
+parked, jobs.pool.worker_reuse) and temporary files removed; if no actor could load, that is recorded and
+raised; the end is recorded. A group of runs (`run_group`) records each step in each run's job.json, with
+the counts of what is on disk.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from jobs import signals
 from jobs.config import fit
@@ -56,23 +57,41 @@ class GroupResult:
     workers: list[WorkerInfo]  # the pool's actors
 
 
-# 1. The lifecycle of a group of runs served by one pool of actors.
+# 1. The lifecycle of a group of actors, and a group of runs served by one pool of them.
+
+Result = TypeVar("Result", covariant=True)
 
 
-def run_group(
-    runs: list[Run], options: RunOptions, started: float, sweep: bool = False, last: bool = True
-) -> GroupResult:
-    """Run the shards left to do of `runs` on one pool of actors, in one queue (run by run).
+class ActorGroup(Protocol[Result]):
+    """What a command does at each step of the one lifecycle (`drive`)."""
 
-    In a `sweep`, each run says it finished as soon as its shards are written and has its own images/s;
-    a group that is not the `last` leaves stop signals live for the next. A stop signal
-    (jobs.signals.Interrupted, or Ctrl-C's KeyboardInterrupt) ends the runs cleanly: their summaries say
-    `interrupted`, and count what is on disk."""
-    group = _Group(runs, options, started, sweep)
+    def start(self) -> None:
+        """Record that the work is under way, then connect to Ray and start the pool (actors load in parallel)."""
+
+    def dispatch(self) -> None:
+        """Run the shards until each has an outcome."""
+
+    def fail(self) -> None:
+        """On the way out of an error: stop the actors, and record the failure."""
+
+    def stop(self, finished: bool) -> DispatchOutcome:
+        """Stop the actors (or park them, if `finished`), wait until they are gone, tidy the folders."""
+
+    def record_not_started(self, outcome: DispatchOutcome) -> None:
+        """No actor could load: record it, and raise WorkerStartError."""
+
+    def end(self, outcome: DispatchOutcome, interrupt: KeyboardInterrupt | None) -> Result:
+        """Record the end (of work stopped by `interrupt`, if any); what the command returns."""
+
+
+def drive(group: ActorGroup[Result], last: bool = True) -> Result:
+    """Take `group` through the lifecycle. A stop signal (jobs.signals.Interrupted, or Ctrl-C's
+    KeyboardInterrupt) ends dispatching cleanly and is handed to `end`; any other error stops the actors,
+    is recorded, and is raised. A group that is not the `last` (of a sweep) leaves stop signals live for
+    the next."""
     interrupt: KeyboardInterrupt | None = None
     try:
-        # 1. Record what the runs are, then start Ray and the actors (they load their models in parallel).
-        group.record_running()
+        # 1. Record the work, then start Ray and the actors.
         group.start()
         # 2. Dispatch shards until each has an outcome.
         group.dispatch()
@@ -84,20 +103,29 @@ def run_group(
         signals.stopping()
         group.fail()
         raise
-    # 3. Stop the actors (park them if kept) and tidy each run's folder.
+    # 3. Stop the actors (park them if kept) and tidy the folders.
     if last:
         signals.stopping()
     outcome = group.stop(finished=interrupt is None)
-    # 4. If no actor could load the models, nothing ran: each run's job.json says so.
+    # 4. If no actor could load, nothing ran: recorded and raised.
     if interrupt is None and nothing_started(outcome):
         group.record_not_started(outcome)
-    # 5. Record each run's end: for an interrupted run, what is on disk now.
-    summaries = [group.end_run(run, outcome, interrupt) for run in runs]
-    return GroupResult(summaries, outcome.workers)
+    # 5. Record the end: for interrupted work, what is on disk now.
+    return group.end(outcome, interrupt)
+
+
+def run_group(
+    runs: list[Run], options: RunOptions, started: float, sweep: bool = False, last: bool = True
+) -> GroupResult:
+    """Run the shards left to do of `runs` on one pool of actors, in one queue (run by run).
+
+    In a `sweep`, each run says it finished as soon as its shards are written and has its own images/s.
+    A stop signal ends the runs cleanly: their summaries say `interrupted`, and count what is on disk."""
+    return drive(_Group(runs, options, started, sweep), last)
 
 
 class _Group:
-    """One group's lifecycle: the state its steps and the dispatcher's callbacks share."""
+    """A group of runs (an ActorGroup): the state its steps and the dispatcher's callbacks share."""
 
     def __init__(self, runs: list[Run], options: RunOptions, started: float, sweep: bool):
         self.runs, self.options, self.started, self.sweep = runs, options, started, sweep
@@ -111,12 +139,11 @@ class _Group:
         self.spans: dict[str, list[float]] = {}  # run output -> [its first shard's start, its last shard's end]
         self.finished: set[str] = set()  # runs of a sweep whose every shard is written
 
-    def record_running(self) -> None:
+    def start(self) -> None:
+        # Each run's job.json says it is running before anything starts.
         for run in self.runs:
             write_job_file(run.output, run.record)
             self.recorded.append(run)
-
-    def start(self) -> None:
         first, options = self.runs[0].config, self.options
         cluster.connect(
             options.address, options.forward_actor_logs, announce=lambda message: announce(message, options.progress)
@@ -195,6 +222,9 @@ class _Group:
             record_failure(run.output, run.record, outcome, self.guards[run.output].seen, summary)
         raise WorkerStartError(f"no worker could load the models: {outcome.start_errors[0]}", summary)
 
+    def end(self, outcome: DispatchOutcome, interrupt: KeyboardInterrupt | None) -> GroupResult:
+        return GroupResult([self.end_run(run, outcome, interrupt) for run in self.runs], outcome.workers)
+
     def end_run(self, run: Run, outcome: DispatchOutcome, interrupt: KeyboardInterrupt | None) -> JobSummary:
         mine = self.outcome_of(run, outcome)
         stopped = interrupt if run.output not in self.finished else None  # a finished run was not interrupted
@@ -230,7 +260,7 @@ class _Group:
         )
 
 
-# 2. The pool of actors, as run, sweep and rescore start and stop it.
+# 2. The pool of actors, as the groups of run, sweep and rescore start and stop it.
 
 
 def new_dispatcher(

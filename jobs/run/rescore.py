@@ -3,8 +3,9 @@
 Reads top to bottom: the run's record and its new config, the shards to rescore (verified from their
 footers), Ray actors that rescore them shard by shard (workers.rescoring), then job.json with the new
 identity, so that `genbatch run` with the new `scores` section finds nothing to do; until then job.json's
-`rescoring` names the new job key (genbatch status shows the rescore, not the finished run). The actors are fed
-by the dispatcher a run uses (jobs.pool.dispatch): a shard that fails, or whose actor dies, is retried up to
+`rescoring` names the new job key (genbatch status shows the rescore, not the finished run). The actors go
+through the lifecycle a run's do (jobs.run.lifecycle.drive), fed by the same dispatcher
+(jobs.pool.dispatch): a shard that fails, or whose actor dies, is retried up to
 `resources.max_shard_retries` times, and a dead actor is replaced. An interrupted or failed rescore
 leaves each shard either as it was or rescored whole; rerun the same command to finish it (the shards
 already carrying the new job key are skipped).
@@ -26,8 +27,8 @@ from jobs.config.schema import JobConfig, apply_override, describe_validation_er
 from jobs.errors import ConfigError, OutputError, RescoreError, WorkerStartError
 from jobs.pool import cluster
 from jobs.pool.actor_backend import RescoreBackend
-from jobs.pool.dispatch import DispatchOutcome, JobHooks, describe_pool
-from jobs.run.lifecycle import new_dispatcher, nothing_started, stop_pool
+from jobs.pool.dispatch import Dispatcher, DispatchOutcome, JobHooks, describe_pool
+from jobs.run.lifecycle import drive, new_dispatcher, stop_pool
 from jobs.runfolder.jobfile import JobRecord, RescoringRecord, identity_key, read_job_file, utc_now, write_job_file
 from jobs.runfolder.lock import OutputLock
 from jobs.runfolder.resume import scores_identity
@@ -214,33 +215,66 @@ def score_on_actors(
     hooks: JobHooks,
 ) -> DispatchOutcome:
     """Rescore `todo` on the `resources.workers` pool (a fixed one: at most one actor per shard) through the
-    dispatcher, as a run's shards are: retried up to `resources.max_shard_retries` times, dead actors replaced.
+    one actor lifecycle (jobs.run.lifecycle.drive), as a run's shards are: retried up to
+    `resources.max_shard_retries` times, dead actors replaced.
 
-    A shard that still fails fails the rescore once the others are done: those are kept, a rerun goes on from them."""
-    cluster.connect(address, forward_actor_logs)
-    resources = cluster.actor_resources(config)
-    settings = replace(settings, num_threads=max(1, int(resources.num_cpus)))  # known once Ray is connected
-    pool = config.resources.worker_range()
-    workers = None if pool.elastic else min(pool.min, len(todo))  # an elastic pool sizes itself to the shards
-    dispatcher = new_dispatcher(RescoreBackend(settings, resources), config, todo, hooks, workers=workers)
-    logger.info("rescoring %d shards on %s", len(todo), describe_pool(dispatcher.initial_size(), dispatcher.pool))
-    try:
-        outcome = dispatcher.run()
-    finally:
+    A shard that still fails fails the rescore once the others are done: those are kept, a rerun goes on from them.
+    A stop signal is raised again once the actors are stopped: job.json still says a rescore is under way."""
+    return drive(_RescoreGroup(config, settings, todo, address, forward_actor_logs, hooks))
+
+
+class _RescoreGroup:
+    """A rescore's actors, as an ActorGroup of the lifecycle. job.json already says a rescore is under way
+    (rescore_run), and keeps saying so if the rescore fails or is stopped, so that a rerun goes on."""
+
+    def __init__(
+        self,
+        config: JobConfig,
+        settings: RescoreSettings,
+        todo: list[RescoreTask],
+        address: str | None,
+        forward_actor_logs: bool,
+        hooks: JobHooks,
+    ):
+        self.config, self.settings, self.todo, self.hooks = config, settings, todo, hooks
+        self.address, self.forward_actor_logs = address, forward_actor_logs
+        self.dispatcher: Dispatcher | None = None
+
+    def start(self) -> None:
+        cluster.connect(self.address, self.forward_actor_logs)
+        resources = cluster.actor_resources(self.config)
+        settings = replace(self.settings, num_threads=max(1, int(resources.num_cpus)))  # known once Ray is connected
+        pool = self.config.resources.worker_range()
+        workers = None if pool.elastic else min(pool.min, len(self.todo))  # an elastic pool sizes itself to the shards
+        backend = RescoreBackend(settings, resources)
+        dispatcher = new_dispatcher(backend, self.config, self.todo, self.hooks, workers=workers)
+        pool_text = describe_pool(dispatcher.initial_size(), dispatcher.pool)
+        logger.info("rescoring %d shards on %s", len(self.todo), pool_text)
+        self.dispatcher = dispatcher
+
+    def dispatch(self) -> None:
+        assert self.dispatcher is not None
+        self.dispatcher.run()
+
+    def fail(self) -> None:
+        self.stop(finished=False)
+
+    def stop(self, finished: bool) -> DispatchOutcome:
         # Stopped, and their processes gone, before the lock is let go: no attempt can still be writing.
-        stop_pool(dispatcher, [settings.output_dir])
-    check_outcome(outcome)
-    return outcome
+        stop_pool(self.dispatcher, [self.settings.output_dir])
+        return self.dispatcher.outcome if self.dispatcher is not None else DispatchOutcome()
 
-
-def check_outcome(outcome: DispatchOutcome) -> None:
-    """Raise if no actor could load the scorers, or if a shard failed all its attempts."""
-    if nothing_started(outcome):
+    def record_not_started(self, outcome: DispatchOutcome) -> None:
         raise WorkerStartError(f"no worker could load the scorers: {outcome.start_errors[0]}")
-    if outcome.failures:
-        failed = sorted(outcome.failures, key=lambda failure: failure.shard.index)
-        others = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        raise RescoreError(
-            f"shard {failed[0].shard.index}{others} could not be rescored: {failed[0].error}; the "
-            f"{len(outcome.results)} shards rescored are kept: rerun to go on"
-        )
+
+    def end(self, outcome: DispatchOutcome, interrupt: KeyboardInterrupt | None) -> DispatchOutcome:
+        if interrupt is not None:
+            raise interrupt
+        if outcome.failures:
+            failed = sorted(outcome.failures, key=lambda failure: failure.shard.index)
+            others = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise RescoreError(
+                f"shard {failed[0].shard.index}{others} could not be rescored: {failed[0].error}; the "
+                f"{len(outcome.results)} shards rescored are kept: rerun to go on"
+            )
+        return outcome
