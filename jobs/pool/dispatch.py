@@ -271,6 +271,7 @@ class Dispatcher:
     def _lost_while_loading(self, actor: _Actor) -> None:
         """A loading actor lost with its node: as for a ready actor's, its slot is started again where the pool
         keeps it, or the pool shrinks."""
+        self.backend.kill(actor.handle)  # "unavailable" may yet come back: it must not hold a place
         if self._keeps_the_slot():
             logger.warning("worker-%d could not start: its node left; starting it again", actor.index)
             self.actors.append(self._new_actor(actor.index, replacement=actor.replacement))
