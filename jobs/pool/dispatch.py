@@ -192,9 +192,8 @@ class Dispatcher:
         self._delivered.clear()
 
     def _new_actor(self, index: int, replacement: bool = False) -> _Actor:
-        # A replacement may be placed on a node that is going (see _went_with_a_node): a fixed pool reads the
-        # capacity for it too (an elastic one has just read it).
-        room = self._read_capacity() if replacement and not self.pool.elastic else self._capacity
+        # A replacement may be placed on a node that is going (see _went_with_a_node): its room is read afresh.
+        room = self._read_capacity() if replacement else self._capacity
         handle = self.backend.start(index)
         return _Actor(
             index=index,
